@@ -1,0 +1,44 @@
+"""Every error a fedmq user can hit derives from :class:`FedmqError`.
+
+Each subclass names the layer that raised it so callers can catch narrowly, and every message says what
+was wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class FedmqError(Exception):
+    """Base class of all fedmq errors."""
+
+
+class ConfigError(FedmqError, ValueError):
+    """A configuration object failed validation; the message names the bad field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"invalid configuration field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class WireError(FedmqError):
+    """A payload could not be decoded into a known, well-formed message."""
+
+
+class ChunkError(WireError):
+    """A chunked payload is inconsistent (size, hash or index mismatch)."""
+
+
+class ProtocolError(FedmqError):
+    """A well-formed message that breaks the protocol (wrong round, unknown sender, replay...)."""
+
+
+class SecAggError(ProtocolError):
+    """Secure aggregation refused to proceed (bad signature, threshold not met, double reveal...)."""
+
+
+class CodecError(FedmqError):
+    """An update could not be encoded or decoded (shape mismatch, bit width out of range...)."""
+
+
+class StoreError(FedmqError):
+    """The aggregator's durable store is missing or inconsistent."""

@@ -1,0 +1,1 @@
+"""Foundation messages: rounds, model snapshots, updates, presence. Placeholder until written."""
