@@ -1,0 +1,407 @@
+"""The aggregator's round engine: announce, collect until deadline or target, close or abandon.
+
+One round, plain mode (secure aggregation adds phases between announce and close):
+
+1. Announce ``RoundAnnounce(round r, base version v, deadline)`` retained on ``fl/<fed>/round``.
+2. Ingest updates on ``fl/<fed>/r/<r>/update/<cid>``: each frame is validated, journaled durably,
+   then counted (at most once per device).
+3. At ``target_clients`` updates or at the deadline: with ``>= min_clients`` updates, average by
+   example count, take a server optimiser step, write snapshot v+1 atomically, then publish it
+   retained; otherwise abandon the round without touching the model. Either way a retained
+   ``RoundResult`` says what happened, and the next round starts.
+
+After a crash the engine reloads the newest snapshot file, replays the open round's journal and
+either continues that round (its window is still open) or closes it at once with what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aggregator.accumulator import WeightedMean
+from aggregator.config import AggregatorConfig
+from aggregator.optimizer import ServerOptimizer
+from aggregator.store import Store
+from shared.chunking import Reassembler
+from shared.errors import FedmqError, ProtocolError, StoreError, WireError
+from shared.layout import ModelLayout
+from shared.mqtt import MqttConnection, publish_framed
+from shared.signing import load_or_create_key, sign
+from shared.snapshots import make_snapshot, read_initial, snapshot_weights
+from shared.topics import UPDATE, Topics
+from shared.wire import (
+    PHASE_ABANDONED,
+    PHASE_CLOSED,
+    PHASE_COLLECT,
+    ModelSnapshot,
+    ModelUpdate,
+    RoundAnnounce,
+    RoundResult,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+RoundObserver = Callable[[RoundResult, np.ndarray], None]
+
+
+@dataclass
+class _OpenRound:
+    announce: RoundAnnounce
+    accumulator: WeightedMean
+    contributors: set[str] = field(default_factory=set)
+    reassembler: Reassembler = field(default_factory=Reassembler)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def round_id(self) -> int:
+        return self.announce.round_id
+
+
+class Aggregator:
+    """Runs rounds for one federation. ``async with Aggregator(cfg, initial=path) as agg: await agg.run(5)``.
+
+    ``observers`` are called with each round's result and the new weights (used by the simulator to
+    evaluate the model; the engine itself never needs torch).
+    """
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        initial: Path | ModelSnapshot | None = None,
+        observers: list[RoundObserver] | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = Topics(config.federation)
+        self.observers = list(observers or [])
+        self._initial = initial
+        self.store: Store | None = None
+        self.key = load_or_create_key(Path(config.store_dir) / "aggregator.key")
+        self.version = -1
+        self.weights = np.zeros(0, np.float32)
+        self.layout: ModelLayout | None = None
+        self.optimizer: ServerOptimizer | None = None
+        self._snapshot_bytes = b""
+        self._round: _OpenRound | None = None
+        self._conn: MqttConnection | None = None
+        self._intake: asyncio.Task[None] | None = None
+        self.dropped: list[tuple[str, str]] = []  # (sender or topic, reason), for tests and metrics
+        self.results: list[RoundResult] = []
+
+    @property
+    def verify_key(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Aggregator:
+        self.store = Store(Path(self.config.store_dir))
+        self._load_model()
+        self._conn = MqttConnection(self.config.mqtt, [self.topics.round_kind_all(UPDATE)])
+        await self._conn.__aenter__()
+        self._intake = asyncio.create_task(self._intake_loop(), name="aggregator-intake")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._intake is not None:
+            self._intake.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._intake
+        if self._conn is not None:
+            await self._conn.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _load_model(self) -> None:
+        assert self.store is not None
+        stored = self.store.latest_snapshot()
+        if stored is not None:
+            snapshot = decode(stored.snapshot, ModelSnapshot)
+            state = stored.optimizer
+            log.info("resuming from stored snapshot v%d (round %d)", snapshot.version, snapshot.round_id)
+        elif self._initial is not None:
+            snapshot = (
+                self._initial if isinstance(self._initial, ModelSnapshot) else read_initial(self._initial)
+            )
+            if snapshot.version != 0:
+                snapshot = ModelSnapshot(**{**snapshot.__dict__, "version": 0})
+            snapshot = sign(snapshot, self.key)
+            state = {}
+            log.info(
+                "starting from initial snapshot (%d parameters)", ModelLayout.from_wire(snapshot.layout).dim
+            )
+        else:
+            raise StoreError(f"no snapshot in {self.store.directory} and no initial model given")
+        self.layout = ModelLayout.from_wire(snapshot.layout)
+        self.weights = snapshot_weights(snapshot)
+        self.version = snapshot.version
+        self.optimizer = ServerOptimizer(self.config.optimizer, self.layout.dim, state)
+        self._snapshot_bytes = encode(snapshot)
+        if stored is None:
+            self.store.write_snapshot(0, -1, self._snapshot_bytes, {})
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    async def run(
+        self, max_rounds: int | None = None, stop: asyncio.Event | None = None
+    ) -> list[RoundResult]:
+        """Run rounds until ``max_rounds`` have ended (closed or abandoned) or ``stop`` is set."""
+        assert self._conn is not None and self.store is not None
+        await self._wait_connected()
+        await self._publish_snapshot()
+        done = 0
+        while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
+            opened = self._resume_or_open()
+            await self._publish_announce(opened.announce)
+            await self._collect(opened, stop)
+            await self._close(opened)
+            done += 1
+            if self.config.round_gap_s:
+                await asyncio.sleep(self.config.round_gap_s)
+        return self.results
+
+    async def _wait_connected(self) -> None:
+        assert self._conn is not None
+        while True:
+            try:
+                await self._conn.wait_connected()
+                return
+            except FedmqError as exc:
+                log.warning("aggregator still waiting for the broker: %s", exc)
+
+    def _resume_or_open(self) -> _OpenRound:
+        assert self.store is not None and self.layout is not None
+        last = self.store.last_round()
+        now = time.time()
+        if last is not None and last.status == "open":
+            stored = self.store.latest_snapshot()
+            if stored is not None and stored.round_id >= last.round_id:
+                # Crashed after writing the snapshot but before marking the round: it did close.
+                self.store.finish_round(last.round_id, "closed", last.contributors, "recovered")
+            else:
+                announce = RoundAnnounce(
+                    self.config.federation,
+                    last.round_id,
+                    last.base_version,
+                    PHASE_COLLECT,
+                    last.opened_at,
+                    last.deadline,
+                    self.config.min_clients,
+                    self.config.target_clients,
+                    self._round_config(),
+                )
+                self._round = _OpenRound(sign(announce, self.key), WeightedMean(self.layout.dim))
+                frames = self.store.frames(last.round_id)
+                for topic, payload in frames:
+                    self._ingest(topic, payload, replay=True)
+                log.info(
+                    "round=%d resumed from journal: %d frames, %d updates, %.1fs left",
+                    last.round_id,
+                    len(frames),
+                    len(self._round.contributors),
+                    last.deadline - now,
+                )
+                return self._round
+        round_id = 0 if last is None else last.round_id + 1
+        deadline = now + self.config.round_window_s
+        self.store.open_round(round_id, self.version, now, deadline)
+        announce = RoundAnnounce(
+            self.config.federation,
+            round_id,
+            self.version,
+            PHASE_COLLECT,
+            now,
+            deadline,
+            self.config.min_clients,
+            self.config.target_clients,
+            self._round_config(),
+        )
+        self._round = _OpenRound(sign(announce, self.key), WeightedMean(self.layout.dim))
+        log.info("round=%d opened on v%d, window %.1fs", round_id, self.version, self.config.round_window_s)
+        return self._round
+
+    def _round_config(self) -> dict[str, object]:
+        return {"mode": "plain", "encoding": "f32"}
+
+    async def _collect(self, opened: _OpenRound, stop: asyncio.Event | None) -> None:
+        """Wait for the target count or the deadline, whichever is first (never longer)."""
+        remaining = opened.announce.deadline - time.time()
+        waiters = [asyncio.create_task(opened.full.wait())]
+        if stop is not None:
+            waiters.append(asyncio.create_task(stop.wait()))
+        try:
+            if remaining > 0 and not opened.full.is_set():
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _close(self, opened: _OpenRound) -> None:
+        assert self.store is not None and self.optimizer is not None and self.layout is not None
+        self._round = None  # late updates for this round are now "wrong round"
+        count = len(opened.contributors)
+        round_id = opened.round_id
+        if count >= self.config.min_clients:
+            mean_delta = opened.accumulator.mean()
+            new_weights = self.optimizer.step(self.weights, mean_delta)
+            version = self.version + 1
+            snapshot = make_snapshot(
+                self.config.federation, version, round_id, self.layout, new_weights, self.key
+            )
+            snapshot_bytes = encode(snapshot)
+            self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
+            self.store.finish_round(round_id, "closed", count)
+            self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
+            metrics = {"total_weight": opened.accumulator.total_weight, **self._mean_metrics(opened)}
+            result = RoundResult(round_id, PHASE_CLOSED, version, count, "", metrics)
+            log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
+            await self._publish_snapshot()
+        else:
+            reason = f"{count} updates < min_clients {self.config.min_clients} at the deadline"
+            self.store.finish_round(round_id, "abandoned", count, reason)
+            result = RoundResult(round_id, PHASE_ABANDONED, self.version, count, reason)
+            log.warning("round=%d abandoned: %s; model stays at v%d", round_id, reason, self.version)
+        self.store.prune_journal(round_id - self.config.keep_journal_rounds)
+        self.results.append(result)
+        await self._publish(self.topics.result, encode(result), retain=True)
+        for observer in self.observers:
+            try:
+                observer(result, self.weights)
+            except Exception:
+                log.exception("round observer failed")
+
+    @staticmethod
+    def _mean_metrics(opened: _OpenRound) -> dict[str, float]:
+        n = max(1, len(opened.contributors))
+        return {k: v / n for k, v in opened.metrics.items()}
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        assert self._conn is not None
+        try:
+            await self._conn.publish(topic, payload, retain=retain)
+        except FedmqError as exc:
+            log.error("publish to %s failed: %s", topic, exc)
+
+    async def _publish_snapshot(self) -> None:
+        assert self._conn is not None
+        try:
+            await publish_framed(
+                self._conn,
+                self.topics.model,
+                self.topics.model_chunk,
+                self._snapshot_bytes,
+                self.config.chunk_limit,
+                retain=True,
+            )
+        except FedmqError as exc:
+            log.error("publishing snapshot v%d failed: %s", self.version, exc)
+
+    async def _publish_announce(self, announce: RoundAnnounce) -> None:
+        remaining = max(1.0, announce.deadline - time.time())
+        assert self._conn is not None
+        try:
+            await self._conn.publish(
+                self.topics.round, encode(announce), retain=True, expiry_s=remaining + 60
+            )
+        except FedmqError as exc:
+            log.error("announcing round %d failed: %s", announce.round_id, exc)
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    async def _intake_loop(self) -> None:
+        assert self._conn is not None
+        async for msg in self._conn.messages():
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
+            self._ingest(str(msg.topic), payload)
+
+    def _drop(self, who: str, reason: str, round_id: int | None = None) -> None:
+        self.dropped.append((who, reason))
+        log.warning("dropped message round=%s from=%s: %s", round_id, who, reason)
+
+    def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
+        """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
+        assert self.store is not None
+        sender = topic
+        round_id = None
+        try:
+            parsed = self.topics.parse_round(topic)
+            sender, round_id = parsed.sender, parsed.round_id
+            current = self._round
+            if current is None or parsed.round_id != current.round_id:
+                now = "none" if current is None else current.round_id
+                raise ProtocolError(f"update for round {parsed.round_id}, current round is {now}")
+            if parsed.kind != UPDATE:
+                raise ProtocolError(f"unexpected message kind {parsed.kind!r} in plain mode")
+            if self.config.enrolled is not None and sender not in self.config.enrolled:
+                raise ProtocolError(f"unknown sender {sender!r}")
+            if sender in current.contributors:
+                log.debug("round=%d duplicate from %s ignored", current.round_id, sender)
+                return
+            if len(payload) > self.config.max_update_bytes:
+                raise WireError(f"oversized payload: {len(payload)} bytes > {self.config.max_update_bytes}")
+            key = f"{current.round_id}/{sender}"
+            part = -1 if parsed.chunk is None else parsed.chunk
+            if parsed.chunk is None:
+                # Whole messages are fully validated before they are journaled.
+                msg = current.reassembler.feed(key, None, payload, self.config.max_update_bytes)
+                if msg is not None:
+                    delta = self._validate(msg, parsed.round_id, sender, current)
+                if not replay and not self.store.journal(
+                    current.round_id, sender, UPDATE, part, topic, payload
+                ):
+                    return
+            else:
+                if not replay and not self.store.journal(
+                    current.round_id, sender, UPDATE, part, topic, payload
+                ):
+                    return
+                msg = current.reassembler.feed(key, parsed.chunk, payload, self.config.max_update_bytes)
+                if msg is not None:
+                    delta = self._validate(msg, parsed.round_id, sender, current)
+            if msg is None:
+                return  # a chunked transfer is still incomplete
+            assert isinstance(msg, ModelUpdate)
+            current.accumulator.add(delta, float(msg.num_examples))
+            current.contributors.add(sender)
+            for name, value in msg.metrics.items():
+                current.metrics[name] = current.metrics.get(name, 0.0) + float(value)
+            log.info(
+                "round=%d accepted update from %s (%d/%d)",
+                current.round_id,
+                sender,
+                len(current.contributors),
+                self.config.target_clients,
+            )
+            if len(current.contributors) >= self.config.target_clients:
+                current.full.set()
+        except FedmqError as exc:
+            self._drop(sender, str(exc), round_id)
+
+    def _validate(self, msg: object, round_id: int, sender: str, current: _OpenRound) -> np.ndarray:
+        assert self.layout is not None
+        if not isinstance(msg, ModelUpdate):
+            raise WireError(f"expected an update message, got {type(msg).__name__}")
+        if msg.round_id != round_id or msg.sender != sender:
+            raise ProtocolError("message round/sender do not match its topic")
+        if msg.base_version != current.announce.base_version:
+            raise ProtocolError(
+                f"update built on v{msg.base_version}, round is on v{current.announce.base_version}"
+            )
+        if msg.encoding != "f32" or msg.dim != self.layout.dim or len(msg.data) != 4 * self.layout.dim:
+            raise WireError(f"update shape/encoding mismatch (dim {msg.dim}, {len(msg.data)} bytes)")
+        delta = np.frombuffer(msg.data, dtype="<f4")
+        if not np.isfinite(delta).all():
+            raise WireError("update contains NaN or infinity")
+        return delta

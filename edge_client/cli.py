@@ -1,0 +1,95 @@
+"""``fedmq-edge`` / ``python -m edge_client``: run one device.
+
+The model and data come either from a simulator workload (``--task digits --shard i --shards n``,
+handy for docker-compose and demos) or from your own code: ``--model pkg.module:factory`` returning an
+``nn.Module`` and ``--data file.npz`` holding arrays ``x`` and ``y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_client.client import EdgeClient, EdgeConfig
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.errors import ConfigError, FedmqError
+from shared.mqtt import MqttConfig
+
+log = logging.getLogger("edge_client")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedmq-edge", description="fedmq edge device")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--federation", default="demo")
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--aggregator-key", default=None, help="hex Ed25519 public key of the aggregator")
+    p.add_argument("--task", default=None, help="simulator workload (digits)")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--model", default=None, help="module:factory returning an nn.Module")
+    p.add_argument("--data", type=Path, default=None, help=".npz with arrays x and y")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def load_model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    if args.task == "digits":
+        from simulator.data import dirichlet_partition, load_digits_split
+        from simulator.models import digits_mlp
+
+        split = load_digits_split()
+        shard = dirichlet_partition(split.y_train, args.shards, seed=0)[args.shard]
+        return digits_mlp(), torch.from_numpy(split.x_train[shard]), torch.from_numpy(split.y_train[shard])
+    if args.model and args.data:
+        module_name, _, attr = args.model.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        arrays = np.load(args.data)
+        return factory(), torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    raise ConfigError("task", "give --task digits, or --model and --data")
+
+
+async def serve(config: EdgeConfig, trainer: LocalTrainer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with EdgeClient(config, trainer) as device:
+        await device.run(stop)
+    log.info("device %s stopped after %d rounds", config.client_id, device.stats.rounds_joined)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        module, x, y = load_model_and_data(args)
+        trainer = LocalTrainer(FederatedModel(module), x, y, TrainConfig(epochs=args.epochs, lr=args.lr))
+        key = bytes.fromhex(args.aggregator_key) if args.aggregator_key else None
+        config = EdgeConfig(
+            federation=args.federation,
+            mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id),
+            aggregator_key=key,
+        )
+        asyncio.run(serve(config, trainer))
+    except FedmqError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The device: keeps the latest global model, trains when a round it can join is open, and publishes
+its update inside the round's window.
+
+The client rides out broker disconnects (the connection helper reconnects and re-subscribes; retained
+snapshot and round messages bring it up to date on every subscribe), and a device that comes online
+late joins the round that is open at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nacl.signing
+import numpy as np
+
+from edge_client.trainer import LocalTrainer, TrainResult
+from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
+from shared.errors import ConfigError, FedmqError, ProtocolError
+from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
+from shared.signing import verify
+from shared.snapshots import snapshot_weights
+from shared.topics import UPDATE, Topics, check_id
+from shared.wire import PHASE_COLLECT, ModelSnapshot, ModelUpdate, RoundAnnounce, decode, encode
+from shared.wire import Presence as PresenceMsg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    federation: str
+    mqtt: MqttConfig
+    #: The aggregator's Ed25519 public key; when set, unsigned or forged snapshots/rounds are refused.
+    aggregator_key: bytes | None = None
+    chunk_limit: int = DEFAULT_CHUNK_LIMIT
+    max_snapshot_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_id(self.federation, "federation")
+        if self.aggregator_key is not None and len(self.aggregator_key) != 32:
+            raise ConfigError("aggregator_key", "must be a 32-byte Ed25519 public key")
+        if self.chunk_limit < 1024:
+            raise ConfigError("chunk_limit", "must be >= 1024 bytes")
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id
+
+
+@dataclass
+class EdgeStats:
+    snapshots: int = 0
+    rounds_joined: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+class EdgeClient:
+    """``async with EdgeClient(cfg, trainer) as device: await device.run(stop)``."""
+
+    def __init__(self, config: EdgeConfig, trainer: LocalTrainer) -> None:
+        self.config = config
+        self.trainer = trainer
+        self.topics = Topics(config.federation)
+        self._verify_key = nacl.signing.VerifyKey(config.aggregator_key) if config.aggregator_key else None
+        self.version = -1
+        self.weights: np.ndarray | None = None
+        self.snapshot: ModelSnapshot | None = None
+        self.announce: RoundAnnounce | None = None
+        self.contributed: set[int] = set()
+        self.stats = EdgeStats()
+        self._reassembler = Reassembler(max_total=config.max_snapshot_bytes)
+        self._training: asyncio.Task[None] | None = None
+        self._updated = asyncio.Event()
+        cid = config.client_id
+        presence = Presence(
+            self.topics.status(cid),
+            online=encode(PresenceMsg(cid, True, time.time())),
+            offline=encode(PresenceMsg(cid, False, time.time())),
+        )
+        self.conn = MqttConnection(config.mqtt, [self.topics.model_all, self.topics.round], presence)
+
+    @property
+    def client_id(self) -> str:
+        return self.config.client_id
+
+    async def __aenter__(self) -> EdgeClient:
+        await self.conn.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._training is not None:
+            self._training.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._training
+        await self.conn.close()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Handle messages until ``stop`` is set (or forever)."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            msg = await self.conn.next_message(timeout=0.5)
+            if msg is None:
+                continue
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
+            self.handle(str(msg.topic), payload)
+
+    async def wait_for_version(self, version: int, timeout: float) -> None:
+        """Wait until the device holds snapshot ``version`` or newer (raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while self.version < version:
+            self._updated.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.client_id} still on v{self.version}, wanted v{version}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._updated.wait(), remaining)
+
+    # -- incoming --------------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one incoming message; bad input is logged and dropped, never raised."""
+        if not payload:
+            return  # a retained message being cleared
+        try:
+            if topic == self.topics.round:
+                self._on_round(decode(payload, RoundAnnounce))
+            else:
+                index = self.topics.parse_model_chunk(topic)
+                msg = self._reassembler.feed("model", index, payload, self.config.max_snapshot_bytes)
+                if msg is not None:
+                    if not isinstance(msg, ModelSnapshot):
+                        raise ProtocolError(f"expected a model snapshot on {topic}, got {msg.TYPE}")
+                    self._on_snapshot(msg)
+        except FedmqError as exc:
+            self.stats.rejected.append(str(exc))
+            log.warning("device=%s dropped message on %s: %s", self.client_id, topic, exc)
+
+    def _on_snapshot(self, snapshot: ModelSnapshot) -> None:
+        if snapshot.federation != self.config.federation:
+            raise ProtocolError(f"snapshot for federation {snapshot.federation!r}")
+        if snapshot.version <= self.version:
+            return
+        weights = snapshot_weights(snapshot, self._verify_key)
+        if self.weights is not None and weights.shape != self.weights.shape:
+            raise ProtocolError("snapshot layout changed size")
+        if weights.shape != (self.trainer.model.dim,):
+            raise ProtocolError(
+                f"snapshot has {weights.size} parameters, local model {self.trainer.model.dim}"
+            )
+        self.weights, self.version, self.snapshot = weights, snapshot.version, snapshot
+        self.stats.snapshots += 1
+        self._updated.set()
+        log.info("device=%s has snapshot v%d", self.client_id, snapshot.version)
+        self._maybe_train()
+
+    def _on_round(self, announce: RoundAnnounce) -> None:
+        if announce.federation != self.config.federation:
+            raise ProtocolError(f"round for federation {announce.federation!r}")
+        if self._verify_key is not None:
+            verify(announce, self._verify_key)
+        if self.announce is not None and announce.round_id < self.announce.round_id:
+            raise ProtocolError(f"replayed announcement of round {announce.round_id}")
+        self.announce = announce
+        self._maybe_train()
+
+    # -- participation ---------------------------------------------------------------------------
+
+    def _joinable(self) -> RoundAnnounce | None:
+        a = self.announce
+        if a is None or a.phase != PHASE_COLLECT or a.round_id in self.contributed:
+            return None
+        if a.base_version != self.version or self.weights is None or time.time() >= a.deadline:
+            return None
+        return a
+
+    def _maybe_train(self) -> None:
+        if self._training is not None and not self._training.done():
+            return
+        announce = self._joinable()
+        if announce is None:
+            return
+        self._training = asyncio.create_task(self._participate(announce), name=f"train-{self.client_id}")
+
+    async def _participate(self, announce: RoundAnnounce) -> None:
+        round_id = announce.round_id
+        assert self.weights is not None
+        try:
+            result: TrainResult = await asyncio.to_thread(self.trainer.train, self.weights)
+            remaining = announce.deadline - time.time()
+            if remaining <= 0:
+                log.info("device=%s round=%d: trained too late for the window", self.client_id, round_id)
+                return
+            update = ModelUpdate(
+                round_id=round_id,
+                sender=self.client_id,
+                base_version=announce.base_version,
+                num_examples=result.num_examples,
+                encoding="f32",
+                dim=int(result.delta.size),
+                data=np.ascontiguousarray(result.delta, dtype="<f4").tobytes(),
+                metrics={"loss": result.loss, "train_s": result.seconds},
+            )
+            await publish_framed(
+                self.conn,
+                self.topics.round_msg(round_id, UPDATE, self.client_id),
+                lambda i: self.topics.round_chunk(round_id, UPDATE, self.client_id, i),
+                encode(update),
+                self.config.chunk_limit,
+                expiry_s=remaining,
+            )
+            self.contributed.add(round_id)
+            self.stats.rounds_joined += 1
+            log.info("device=%s round=%d update sent (loss %.3f)", self.client_id, round_id, result.loss)
+        except FedmqError as exc:
+            log.warning("device=%s round=%d could not contribute: %s", self.client_id, round_id, exc)
+        finally:
+            # A newer round or snapshot may have arrived while we trained.
+            asyncio.get_running_loop().call_soon(self._maybe_train)

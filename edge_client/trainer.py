@@ -1,0 +1,113 @@
+"""Local training on the device: runs without MQTT, so tests and benchmarks can drive it alone."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_client.model import FederatedModel
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings. ``steps`` (if set) overrides ``epochs``."""
+
+    epochs: int = 5
+    steps: int | None = None
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    #: torch threads; 1 keeps many simulated devices (and a real SBC) from oversubscribing cores.
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 and self.steps is None:
+            raise ConfigError("epochs", "must be >= 1 (or set steps)")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("steps", "must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size", "must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("lr", "must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("momentum", "must be in [0, 1)")
+        if self.threads < 1:
+            raise ConfigError("threads", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    delta: np.ndarray  # float32, new weights minus the weights training started from
+    num_examples: int
+    loss: float
+    seconds: float
+
+
+class LocalTrainer:
+    """Trains a :class:`FederatedModel` on one device's data, starting from given global weights."""
+
+    def __init__(
+        self,
+        model: FederatedModel,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        config: TrainConfig | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if len(features) != len(labels) or len(features) == 0:
+            raise ConfigError("dataset", "features and labels must be non-empty and of equal length")
+        self.model = model
+        self.features = features
+        self.labels = labels
+        self.config = config or TrainConfig()
+        self.loss_fn = loss_fn or nn.functional.cross_entropy
+        self._rounds = 0
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def train(self, global_weights: np.ndarray) -> TrainResult:
+        cfg = self.config
+        start = time.perf_counter()
+        torch.set_num_threads(cfg.threads)
+        self.model.set_flat(global_weights)
+        module = self.model.module
+        module.train()
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + self._rounds)
+        self._rounds += 1
+        n = self.num_examples
+        steps_per_epoch = max(1, -(-n // cfg.batch_size))
+        total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        losses: list[float] = []
+        step = 0
+        while step < total_steps:
+            order = torch.randperm(n, generator=generator)
+            for begin in range(0, n, cfg.batch_size):
+                if step >= total_steps:
+                    break
+                idx = order[begin : begin + cfg.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(module(self.features[idx]), self.labels[idx])
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                step += 1
+        delta = self.model.get_flat() - global_weights.astype(np.float32)
+        return TrainResult(delta, n, float(np.mean(losses)) if losses else 0.0, time.perf_counter() - start)

@@ -1,0 +1,134 @@
+"""The MQTT topic tree of one federation — the only place topic strings are built or parsed.
+
+::
+
+    fl/<fed>/model                       retained model snapshot (or the manifest of a chunked one)
+    fl/<fed>/model/c/<i>                 retained chunk i of a chunked snapshot
+    fl/<fed>/round                       retained round announcement (id, base version, phase, config)
+    fl/<fed>/result                      retained result of the last closed or abandoned round
+    fl/<fed>/status/<cid>                retained presence ("online"/"offline", the latter as last will)
+    fl/<fed>/r/<round>/<kind>/<cid>      round-scoped message of kind <kind> sent by device <cid>
+    fl/<fed>/r/<round>/<kind>/<cid>/c/<i>  chunk i of a chunked round-scoped message
+    fl/<fed>/inbox/<cid>                 messages addressed to one device (secure-aggregation shares)
+
+Device and federation ids are restricted to ``[A-Za-z0-9_.-]`` so they can never smuggle MQTT
+wildcards or separators into a topic, and so broker ACL patterns (``%u``) map one-to-one onto them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import ConfigError, WireError
+
+ROOT = "fl"
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+#: Round-scoped message kinds. Adding a protocol phase means adding its kind here.
+UPDATE = "update"
+KEYS = "keys"
+MASKED = "masked"
+UNMASK = "unmask"
+ROUND_KINDS = frozenset({UPDATE, KEYS, MASKED, UNMASK})
+
+
+def check_id(value: str, field: str) -> str:
+    """Validate a federation or device id; raises ConfigError naming ``field``."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ConfigError(field, f"{value!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    return value
+
+
+@dataclass(frozen=True)
+class RoundTopic:
+    """A parsed round-scoped topic."""
+
+    round_id: int
+    kind: str
+    sender: str
+    chunk: int | None  # None for the message itself, i for chunk i
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of federation ``fed``."""
+
+    fed: str
+
+    def __post_init__(self) -> None:
+        check_id(self.fed, "federation")
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.fed}"
+
+    @property
+    def model(self) -> str:
+        return f"{self.prefix}/model"
+
+    def model_chunk(self, index: int) -> str:
+        return f"{self.model}/c/{index}"
+
+    @property
+    def model_all(self) -> str:
+        """Subscription to the snapshot and its chunks."""
+        return f"{self.model}/#"
+
+    @property
+    def round(self) -> str:
+        return f"{self.prefix}/round"
+
+    @property
+    def result(self) -> str:
+        return f"{self.prefix}/result"
+
+    def status(self, cid: str) -> str:
+        return f"{self.prefix}/status/{check_id(cid, 'client_id')}"
+
+    @property
+    def status_all(self) -> str:
+        return f"{self.prefix}/status/+"
+
+    def inbox(self, cid: str) -> str:
+        return f"{self.prefix}/inbox/{check_id(cid, 'client_id')}"
+
+    def inbox_all(self, cid: str) -> str:
+        return f"{self.inbox(cid)}/#"
+
+    def round_msg(self, round_id: int, kind: str, cid: str) -> str:
+        if kind not in ROUND_KINDS:
+            raise ValueError(f"unknown round message kind {kind!r}")
+        return f"{self.prefix}/r/{int(round_id)}/{kind}/{check_id(cid, 'client_id')}"
+
+    def round_chunk(self, round_id: int, kind: str, cid: str, index: int) -> str:
+        return f"{self.round_msg(round_id, kind, cid)}/c/{index}"
+
+    def round_kind_all(self, kind: str) -> str:
+        """Aggregator subscription to every device's messages of ``kind`` (and chunks), any round."""
+        return f"{self.prefix}/r/+/{kind}/#"
+
+    def parse_round(self, topic: str) -> RoundTopic:
+        """Parse a round-scoped topic; raises WireError on anything else."""
+        parts = topic.split("/")
+        base = [ROOT, self.fed, "r"]
+        if parts[:3] != base or len(parts) not in (6, 8):
+            raise WireError(f"not a round topic of federation {self.fed!r}: {topic!r}")
+        _, _, _, round_s, kind, sender, *rest = parts
+        if not round_s.isdigit() or kind not in ROUND_KINDS or not _ID.match(sender):
+            raise WireError(f"malformed round topic {topic!r}")
+        chunk = None
+        if rest:
+            if rest[0] != "c" or not rest[1].isdigit():
+                raise WireError(f"malformed chunk topic {topic!r}")
+            chunk = int(rest[1])
+        return RoundTopic(int(round_s), kind, sender, chunk)
+
+    def parse_model_chunk(self, topic: str) -> int | None:
+        """Chunk index of a model chunk topic, None for the snapshot topic itself."""
+        if topic == self.model:
+            return None
+        prefix = f"{self.model}/c/"
+        if topic.startswith(prefix) and topic[len(prefix) :].isdigit():
+            return int(topic[len(prefix) :])
+        raise WireError(f"not a model topic: {topic!r}")

@@ -1,0 +1,129 @@
+"""Run a real Mosquitto from ``broker_config/`` on a free loopback port (tests, the demo).
+
+Never port 1883: a system broker may already sit there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from shared.errors import FedmqError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def broker_config_dir() -> Path:
+    return Path(os.environ.get("FEDMQ_BROKER_CONFIG", REPO_ROOT / "broker_config"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FedmqError("mosquitto not found: run scripts/install_system_deps.sh (apt-get install mosquitto)")
+
+
+class MosquittoBroker:
+    """A private Mosquitto process: ``start()``, ``kill()`` (SIGKILL), ``restart()``, ``stop()``.
+
+    The port and data folder stay the same across restarts, so persistence can be tested.
+    """
+
+    def __init__(
+        self, workdir: Path | None = None, port: int | None = None, auth: str = "allow_anonymous true"
+    ) -> None:
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-broker-"))
+        self.port = port or free_port()
+        self.auth = auth
+        self.data_dir = self.workdir / "data"
+        self.log_file = self.workdir / "mosquitto.log"
+        self.conf_file = self.workdir / "mosquitto.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def render(self) -> Path:
+        template = (broker_config_dir() / "mosquitto.conf.tmpl").read_text()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        text = template.format(
+            port=self.port,
+            data_dir=self.data_dir,
+            log_file=self.log_file,
+            user=getpass.getuser(),
+            auth=self.auth,
+        )
+        self.conf_file.write_text(text)
+        return self.conf_file
+
+    def start(self, timeout: float = 10.0) -> MosquittoBroker:
+        self.render()
+        self.process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(self.conf_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise FedmqError(f"mosquitto exited at start (code {self.process.returncode}): {err.strip()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                log.info("mosquitto listening on 127.0.0.1:%d", self.port)
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise FedmqError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like (persistence keeps what was saved)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistence file and exits."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self, hard: bool = True) -> None:
+        self.kill() if hard else self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
