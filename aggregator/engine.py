@@ -95,6 +95,9 @@ class Aggregator:
         self._round: _OpenRound | None = None
         self._conn: MqttConnection | None = None
         self._intake: asyncio.Task[None] | None = None
+        # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
+        # them until the open round has been restored from the journal, or they would look "late".
+        self._accepting = asyncio.Event()
         self.dropped: list[tuple[str, str]] = []  # (sender or topic, reason), for tests and metrics
         self.results: list[RoundResult] = []
 
@@ -107,7 +110,9 @@ class Aggregator:
     async def __aenter__(self) -> Aggregator:
         self.store = Store(Path(self.config.store_dir))
         self._load_model()
-        self._conn = MqttConnection(self.config.mqtt, [self.topics.round_kind_all(UPDATE)])
+        self._conn = MqttConnection(
+            self.config.mqtt, [self.topics.round_kind_all(UPDATE)], on_connect=[self._republish]
+        )
         await self._conn.__aenter__()
         self._intake = asyncio.create_task(self._intake_loop(), name="aggregator-intake")
         return self
@@ -162,6 +167,7 @@ class Aggregator:
         done = 0
         while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
             opened = self._resume_or_open()
+            self._accepting.set()
             await self._publish_announce(opened.announce)
             await self._collect(opened, stop)
             await self._close(opened)
@@ -294,6 +300,14 @@ class Aggregator:
         except FedmqError as exc:
             log.error("publish to %s failed: %s", topic, exc)
 
+    async def _republish(self) -> None:
+        """After a reconnect, re-assert the retained state: a broker that crashed may have lost it."""
+        if self.version < 0 or self._conn is None or self._conn.stats.connects <= 1:
+            return
+        await self._publish_snapshot()
+        if self._round is not None:
+            await self._publish_announce(self._round.announce)
+
     async def _publish_snapshot(self) -> None:
         assert self._conn is not None
         try:
@@ -322,6 +336,7 @@ class Aggregator:
 
     async def _intake_loop(self) -> None:
         assert self._conn is not None
+        await self._accepting.wait()
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             self._ingest(str(msg.topic), payload)

@@ -40,7 +40,9 @@ class FleetConfig:
     rounds: int = 20
     alpha: float = 0.5
     seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05, momentum=0.9))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=5, lr=0.1, momentum=0.9, batch_size=16)
+    )
     window_s: float = 30.0
     min_clients: int | None = None  # default: half the fleet
     target_clients: int | None = None  # default: the whole fleet

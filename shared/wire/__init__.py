@@ -5,6 +5,7 @@ one concern (``messages`` for rounds and models, ``secagg`` for secure aggregati
 package registers all of them.
 """
 
+from shared.wire import messages  # noqa: F401  (registers message types)
 from shared.wire.base import (
     MAX_PAYLOAD_BYTES,
     SCHEMA_VERSION,
@@ -14,7 +15,6 @@ from shared.wire.base import (
     message,
     registered_types,
 )
-from shared.wire import messages  # noqa: F401  (registers message types)
 from shared.wire.messages import *  # noqa: F403
 
 __all__ = [
