@@ -5,7 +5,10 @@ one concern (``messages`` for rounds and models, ``secagg`` for secure aggregati
 package registers all of them.
 """
 
-from shared.wire import messages  # noqa: F401  (registers message types)
+from shared.wire import (
+    messages,  # noqa: F401  (registers message types)
+    secagg,  # noqa: F401  (registers secure-aggregation message types)
+)
 from shared.wire.base import (
     MAX_PAYLOAD_BYTES,
     SCHEMA_VERSION,

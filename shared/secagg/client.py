@@ -1,0 +1,348 @@
+"""Device side of SecAgg+: one state machine per device, one round at a time, no I/O.
+
+Rounds follow Bonawitz et al. CCS 2017 Fig. 4 (with signatures, §6.2 "active adversary") restricted to
+the SecAgg+ neighbour graph of Bell et al. CCS 2020 §4:
+
+0. :meth:`SecAggClient.advertise` - fresh keys, signed advert.
+1. :meth:`SecAggClient.on_roster` - check the aggregator's signature *and every member's own advert
+   signature* (a swapped key is refused), recompute the graph seed, Shamir-share ``b_u`` and the mask
+   key among the neighbours, seal one bundle per neighbour. :meth:`on_shares` opens incoming bundles.
+2. :meth:`SecAggClient.mask` - given the signed U2 notice, ``y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
+   - sum_{v<u} PRG(s_uv) mod 2^b`` over neighbours in U2; :meth:`masked_input` signs the packed vector.
+3. :meth:`SecAggClient.on_survivors` - given the signed U3 notice, reveal ``b``-shares of surviving
+   neighbours and mask-key shares of dropped ones, never both kinds for one neighbour.
+
+Every refusal raises :class:`~shared.errors.SecAggError` and is logged with round and device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import nacl.signing
+import numpy as np
+
+from shared.errors import CodecError, SecAggError
+from shared.secagg import bundles, keys, prg, shamir
+from shared.secagg.graph import graph_seed, neighbour_graph
+from shared.wire.secagg import (
+    PHASE_MASKED,
+    PHASE_SHARED,
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    Roster,
+    SurvivorList,
+    UnmaskReveal,
+)
+
+log = logging.getLogger(__name__)
+
+_SELF_MASK = "self_mask"
+_MASK_KEY = "mask_key"
+
+
+@dataclass
+class _Round:
+    """Everything a device holds for one round; dropped when the next round starts."""
+
+    round_id: int
+    keys: keys.RoundKeys
+    advert: AdvertiseKeys
+    roster: Roster | None = None
+    neighbours: tuple[str, ...] = ()
+    peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc pk, mask pk)
+    outgoing: list[EncryptedShares] = field(default_factory=list)
+    received: dict[str, bundles.ShareBundle] = field(default_factory=dict)
+    shared: frozenset[str] | None = None
+    masked: np.ndarray | None = None
+    masked_message: MaskedInput | None = None
+    revealed: dict[str, str] = field(default_factory=dict)  # neighbour -> kind revealed
+    survivors: frozenset[str] | None = None
+    reveal: UnmaskReveal | None = None
+
+
+class SecAggClient:
+    """One device's secure-aggregation state machine (pure; the MQTT layer feeds it messages).
+
+    ``directory`` maps every enrolled device id to its Ed25519 verify key (32 bytes) and
+    ``aggregator_key`` is the aggregator's verify key; both come from enrolment, never from a round.
+    """
+
+    def __init__(
+        self,
+        federation: str,
+        device_id: str,
+        identity: nacl.signing.SigningKey,
+        aggregator_key: bytes,
+        directory: Mapping[str, bytes],
+        min_threshold: int = 2,
+    ) -> None:
+        self.federation = federation
+        self.device_id = device_id
+        self._identity = identity
+        self._aggregator_key = bytes(aggregator_key)
+        self._directory = directory
+        self._min_threshold = min_threshold
+        self._last_round = -1
+        self._round: _Round | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _refuse(self, round_id: object, reason: str) -> SecAggError:
+        log.warning(
+            "secagg refusal round=%s device=%s: %s",
+            round_id,
+            self.device_id,
+            reason,
+            extra={"round": round_id, "device": self.device_id, "phase": "secagg"},
+        )
+        return SecAggError(f"device {self.device_id!r} round {round_id}: {reason}")
+
+    def _current(self, federation: str, round_id: int, what: str) -> _Round:
+        state = self._round
+        if federation != self.federation:
+            raise self._refuse(round_id, f"{what} is for federation {federation!r}")
+        if state is None or round_id != state.round_id:
+            current = None if state is None else state.round_id
+            stale = state is not None and round_id < state.round_id
+            kind = "replayed from an earlier round" if stale else "not for this round"
+            raise self._refuse(round_id, f"{what} is {kind} (current round {current})")
+        return state
+
+    def _verify_notice(self, notice: SurvivorList, phase: str) -> _Round:
+        state = self._current(notice.federation, notice.round, f"{phase} notice")
+        if state.roster is None:
+            raise self._refuse(notice.round, f"{phase} notice before the roster")
+        if notice.phase != phase:
+            raise self._refuse(notice.round, f"expected a {phase!r} notice, got {notice.phase!r}")
+        try:
+            keys.verify(self._aggregator_key, notice.signed_bytes(), notice.signature, f"{phase} notice")
+        except SecAggError as exc:
+            raise self._refuse(notice.round, str(exc)) from exc
+        members = {m.device for m in state.roster.members}
+        if not set(notice.devices) <= members:
+            raise self._refuse(notice.round, f"{phase} notice names devices outside the roster")
+        if self.device_id not in notice.devices:
+            raise self._refuse(notice.round, f"{phase} notice does not list this device")
+        if len(notice.devices) < state.roster.threshold:
+            raise self._refuse(
+                notice.round,
+                f"only {len(notice.devices)} devices in the {phase} set, below the threshold "
+                f"{state.roster.threshold}",
+            )
+        return state
+
+    # -- round 0 -------------------------------------------------------------------------------
+    def advertise(self, round_id: int) -> AdvertiseKeys:
+        """Start ``round_id`` with fresh keys; rounds only move forward."""
+        if round_id <= self._last_round:
+            raise self._refuse(round_id, f"round {round_id} is not after round {self._last_round}")
+        round_keys = keys.RoundKeys.generate()
+        unsigned = AdvertiseKeys(
+            self.federation,
+            round_id,
+            self.device_id,
+            round_keys.enc_pk,
+            round_keys.mask_pk,
+            round_keys.self_mask_commitment,
+        )
+        advert = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
+        self._last_round = round_id
+        self._round = _Round(round_id, round_keys, advert)
+        return advert
+
+    # -- round 1 -------------------------------------------------------------------------------
+    def on_roster(self, roster: Roster) -> list[EncryptedShares]:
+        """Verify the roster and return one sealed share bundle per neighbour."""
+        state = self._current(roster.federation, roster.round, "roster")
+        if state.roster is not None:
+            if roster == state.roster:  # QoS 1 duplicate
+                return list(state.outgoing)
+            raise self._refuse(roster.round, "a second, different roster for the same round")
+        try:
+            keys.verify(self._aggregator_key, roster.signed_bytes(), roster.signature, "roster")
+        except SecAggError as exc:
+            raise self._refuse(roster.round, str(exc)) from exc
+        peers: dict[str, tuple[bytes, bytes]] = {}
+        for member in roster.members:
+            identity = self._directory.get(member.device)
+            if identity is None:
+                raise self._refuse(roster.round, f"roster lists unenrolled device {member.device!r}")
+            if member.device in peers:
+                raise self._refuse(roster.round, f"roster lists {member.device!r} twice")
+            advert = member.advert(roster.federation, roster.round)
+            try:
+                keys.verify(identity, advert.signed_bytes(), member.signature, f"keys of {member.device!r}")
+            except SecAggError as exc:
+                raise self._refuse(roster.round, f"{exc} (swapped or forged key)") from exc
+            peers[member.device] = (member.enc_pk, member.mask_pk)
+        mine = state.advert
+        if peers.get(self.device_id) != (mine.enc_pk, mine.mask_pk):
+            raise self._refuse(roster.round, "roster does not carry this device's own keys")
+        rows = [(m.device, m.enc_pk, m.mask_pk) for m in roster.members]
+        if roster.graph_seed != graph_seed(roster.federation, roster.round, rows):
+            raise self._refuse(roster.round, "graph seed does not match the roster")
+        if roster.length < 0 or roster.bits < 1:
+            raise self._refuse(roster.round, "bad vector shape in roster")
+        try:
+            graph = neighbour_graph(list(peers), roster.degree, roster.graph_seed)
+        except SecAggError as exc:
+            raise self._refuse(roster.round, str(exc)) from exc
+        neighbours = graph[self.device_id]
+        t = roster.threshold
+        # Privacy floor (Bonawitz et al. §4, Bell et al. §4): with t <= k/2 an aggregator could collect
+        # one kind of share from half the neighbours and the other kind from the rest.
+        if 2 * t <= len(neighbours) or t < self._min_threshold or t > len(neighbours):
+            raise self._refuse(
+                roster.round, f"threshold {t} unsafe for {len(neighbours)} neighbours (need k/2 < t <= k)"
+            )
+        b_shares = shamir.split(state.keys.self_mask, t, len(neighbours))
+        key_shares = shamir.split(state.keys.mask_sk, t, len(neighbours))
+        outgoing = []
+        for i, neighbour in enumerate(neighbours):
+            ciphertext = bundles.seal(
+                state.keys.enc_sk,
+                peers[neighbour][0],
+                self.federation,
+                roster.round,
+                self.device_id,
+                neighbour,
+                b_shares[i],
+                key_shares[i],
+            )
+            outgoing.append(
+                EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext)
+            )
+        state.roster = roster
+        state.neighbours = neighbours
+        state.peers = peers
+        state.outgoing = outgoing
+        return list(outgoing)
+
+    def on_shares(self, message: EncryptedShares) -> None:
+        """Open a bundle addressed to this device; duplicates are idempotent."""
+        state = self._current(message.federation, message.round, "share bundle")
+        if state.roster is None:
+            raise self._refuse(message.round, "share bundle before the roster")
+        if message.recipient != self.device_id:
+            raise self._refuse(message.round, f"share bundle addressed to {message.recipient!r}")
+        if message.sender not in state.neighbours:
+            raise self._refuse(message.round, f"share bundle from non-neighbour {message.sender!r}")
+        if state.shared is not None:
+            raise self._refuse(message.round, "share bundle after the share phase closed")
+        try:
+            bundle = bundles.open_bundle(
+                state.keys.enc_sk,
+                state.peers[message.sender][0],
+                message.ciphertext,
+                self.federation,
+                message.round,
+                message.sender,
+                self.device_id,
+            )
+        except SecAggError as exc:
+            raise self._refuse(message.round, str(exc)) from exc
+        earlier = state.received.get(message.sender)
+        if earlier is not None and earlier != bundle:
+            raise self._refuse(message.round, f"{message.sender!r} sent two different share bundles")
+        state.received[message.sender] = bundle
+
+    # -- round 2 -------------------------------------------------------------------------------
+    def mask(self, x: np.ndarray, shared: SurvivorList, workers: int = 1) -> np.ndarray:
+        """Masked input ``y_u`` (uint32 in [0, 2^b)) for the signed U2 notice ``shared``."""
+        state = self._verify_notice(shared, PHASE_SHARED)
+        assert state.roster is not None
+        u2 = frozenset(shared.devices)
+        if state.shared is not None and state.shared != u2:
+            raise self._refuse(shared.round, "a second, different shared-set notice")
+        live = [v for v in state.neighbours if v in u2]
+        if len(live) < state.roster.threshold:
+            raise self._refuse(
+                shared.round,
+                f"only {len(live)} neighbours in U2, below the threshold {state.roster.threshold}",
+            )
+        bits, length = state.roster.bits, state.roster.length
+        vector = np.asarray(x)
+        if vector.shape != (length,) or vector.dtype.kind not in "ui":
+            raise CodecError(
+                f"input must be an integer vector of length {length}, got {vector.dtype}{vector.shape}"
+            )
+        if length and (int(vector.min()) < 0 or int(vector.max()) >= 1 << bits):
+            raise CodecError(f"input values must lie in [0, 2^{bits})")
+        if state.masked is not None:
+            raise self._refuse(shared.round, "this round's input is already masked (one input per round)")
+        plus = [state.keys.self_mask]
+        minus = []
+        for v in live:
+            seed = keys.pair_seed(
+                state.keys.mask_sk, state.peers[v][1], self.federation, shared.round, self.device_id, v
+            )
+            (plus if self.device_id < v else minus).append(seed)
+        masks = prg.combined_mask_parallel(plus, minus, bits, length, workers=workers)
+        y = vector.astype(np.uint32)
+        np.add(y, masks, out=y)
+        np.bitwise_and(y, prg.modulus_mask(bits), out=y)
+        state.shared = u2
+        state.masked = y
+        return y
+
+    def masked_input(self, payload: bytes) -> MaskedInput:
+        """Sign the packed form of the vector :meth:`mask` returned (packing is the codec's job)."""
+        state = self._round
+        if state is None or state.masked is None or state.roster is None:
+            raise self._refuse(None if state is None else state.round_id, "nothing masked this round")
+        unsigned = MaskedInput(
+            self.federation,
+            state.round_id,
+            self.device_id,
+            bytes(payload),
+            state.roster.bits,
+            state.roster.length,
+        )
+        signed = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
+        state.masked_message = signed
+        return signed
+
+    # -- round 3 -------------------------------------------------------------------------------
+    def on_survivors(self, survivors: SurvivorList) -> UnmaskReveal:
+        """Reveal shares for the signed U3 notice; never both kinds for one neighbour."""
+        state = self._verify_notice(survivors, PHASE_MASKED)
+        assert state.roster is not None
+        if state.shared is None or state.masked is None:
+            raise self._refuse(survivors.round, "survivor list before this device masked its input")
+        u3 = frozenset(survivors.devices)
+        if not u3 <= state.shared:
+            raise self._refuse(survivors.round, "survivor list names devices that were not in the shared set")
+        if state.reveal is not None and state.survivors == u3:
+            return state.reveal  # QoS 1 duplicate
+        live = [v for v in state.neighbours if v in u3]
+        if len(live) < state.roster.threshold:
+            raise self._refuse(
+                survivors.round,
+                f"only {len(live)} neighbours survived, below the threshold {state.roster.threshold}",
+            )
+        wanted: dict[str, str] = {}
+        for v in state.neighbours:
+            if v == self.device_id or v not in state.shared or v not in state.received:
+                continue
+            wanted[v] = _SELF_MASK if v in u3 else _MASK_KEY
+        clash = sorted(v for v, kind in wanted.items() if state.revealed.get(v, kind) != kind)
+        if clash:
+            raise self._refuse(
+                survivors.round,
+                f"double reveal: survivor list asks for the other kind of share already revealed for {clash}",
+            )
+        self_mask_shares = {
+            v: state.received[v].self_mask_share for v, k in wanted.items() if k == _SELF_MASK
+        }
+        mask_key_shares = {v: state.received[v].mask_key_share for v, k in wanted.items() if k == _MASK_KEY}
+        unsigned = UnmaskReveal(
+            self.federation, survivors.round, self.device_id, self_mask_shares, mask_key_shares
+        )
+        reveal = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
+        state.revealed.update(wanted)
+        state.survivors = u3
+        state.reveal = reveal
+        return reveal

@@ -1,0 +1,372 @@
+"""Aggregator side of SecAgg+: a pure, phase-by-phase round engine core (no I/O, no clocks).
+
+Phases (Bonawitz et al. CCS 2017 Fig. 4; Bell et al. CCS 2020 §4), each closed by the caller when its
+deadline passes:
+
+``advertise``  :meth:`add_advert` ... :meth:`make_roster` (signed; fixes k, t, graph)
+``share``      :meth:`add_shares` ... :meth:`close_share_phase` -> signed U2. Devices that did not
+               deliver a bundle to every neighbour are out *before anybody masks*, so an early dropout
+               never costs a reconstruction and never kills the round.
+``mask``       :meth:`add_masked` (running modular sum, O(d) memory) ... :meth:`close_masked_phase`
+               -> signed U3.
+``unmask``     :meth:`add_reveal` ... :meth:`unmask` -> exact sum mod 2^b of U3's inputs.
+
+Below the threshold at any close the round is abandoned with :class:`RoundAbandoned` (no model change).
+Only what is needed is rebuilt: survivors' self-mask seeds and the mask keys of devices that shared but
+did not mask *and* have a surviving neighbour; pair seeds are recomputed only for (dropped, survivor)
+pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`shared.secagg.prg`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import nacl.signing
+import numpy as np
+
+from shared.errors import ConfigError, SecAggError
+from shared.secagg import keys, prg, shamir
+from shared.secagg.graph import graph_seed, neighbour_graph, share_index
+from shared.secagg.params import SecAggParams, choose_params
+from shared.wire.secagg import (
+    PHASE_MASKED,
+    PHASE_SHARED,
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    Roster,
+    RosterMember,
+    SurvivorList,
+    UnmaskReveal,
+)
+
+log = logging.getLogger(__name__)
+
+#: Share subsets tried per secret before giving up on a reconstruction that fails its check.
+MAX_RECONSTRUCTION_TRIES = 32
+
+
+class RoundAbandoned(SecAggError):
+    """The round cannot complete securely (too few devices or shares); apply no model change."""
+
+
+def unpack_raw(message: MaskedInput) -> np.ndarray:
+    """Placeholder unpacker: the payload is the raw little-endian uint32 vector."""
+    if len(message.payload) != 4 * message.length:
+        raise SecAggError(f"payload of {len(message.payload)} bytes is not {message.length} uint32 values")
+    return np.frombuffer(message.payload, dtype="<u4").astype(np.uint32, copy=False)
+
+
+class SecAggServer:
+    """One round of secure aggregation, as the aggregator sees it."""
+
+    def __init__(
+        self,
+        federation: str,
+        round_id: int,
+        identity: nacl.signing.SigningKey,
+        directory: Mapping[str, bytes],
+        bits: int,
+        length: int,
+        delta: float = 0.2,
+        gamma: float = 0.1,
+        params: SecAggParams | None = None,
+        unpack: Callable[[MaskedInput], np.ndarray] = unpack_raw,
+    ) -> None:
+        prg.check_bits(bits)
+        if length < 0:
+            raise ConfigError("secagg.length", f"must be >= 0, got {length}")
+        self.federation = federation
+        self.round_id = round_id
+        self.bits = bits
+        self.length = length
+        self.delta = delta
+        self.gamma = gamma
+        self.phase = "advertise"
+        self._identity = identity
+        self._directory = directory
+        self._fixed_params = params
+        self._unpack = unpack
+        self.params: SecAggParams | None = None
+        self.adverts: dict[str, AdvertiseKeys] = {}
+        self.roster: Roster | None = None
+        self.graph: dict[str, tuple[str, ...]] = {}
+        self._bundles: dict[tuple[str, str], EncryptedShares] = {}
+        self.shared: frozenset[str] = frozenset()
+        self.masked: frozenset[str] = frozenset()
+        self._masked_from: set[str] = set()
+        self._sum = np.zeros(length, dtype=np.uint32)
+        self._self_mask_shares: dict[str, dict[int, bytes]] = {}
+        self._mask_key_shares: dict[str, dict[int, bytes]] = {}
+        self._revealed_by: set[str] = set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
+        log.warning(
+            "secagg %s round=%s device=%s phase=%s: %s",
+            "abandon" if abandon else "refusal",
+            self.round_id,
+            device,
+            self.phase,
+            reason,
+            extra={"round": self.round_id, "device": device, "phase": self.phase},
+        )
+        error = RoundAbandoned if abandon else SecAggError
+        return error(f"round {self.round_id}: {reason}")
+
+    def _check_round(self, federation: str, round_id: int, device: str, phase: str) -> None:
+        if federation != self.federation or round_id != self.round_id:
+            raise self._refuse(device, f"message for {federation!r}/{round_id} (replayed or misrouted)")
+        if self.phase != phase:
+            raise self._refuse(device, f"{phase} message arrived in phase {self.phase!r}")
+
+    def _verify_device(self, device: str, payload: bytes, signature: bytes, what: str) -> None:
+        identity = self._directory.get(device)
+        if identity is None:
+            raise self._refuse(device, f"{what} from unenrolled device")
+        try:
+            keys.verify(identity, payload, signature, what)
+        except SecAggError as exc:
+            raise self._refuse(device, str(exc)) from exc
+
+    def _notice(self, phase: str, devices: frozenset[str]) -> SurvivorList:
+        unsigned = SurvivorList(self.federation, self.round_id, phase, sorted(devices))
+        return replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
+
+    @property
+    def threshold(self) -> int:
+        if self.params is None:
+            raise SecAggError("threshold is fixed by make_roster()")
+        return self.params.t
+
+    # -- advertise -----------------------------------------------------------------------------
+    def add_advert(self, advert: AdvertiseKeys) -> bool:
+        """Record a signed advert; returns False for a duplicate."""
+        self._check_round(advert.federation, advert.round, advert.device, "advertise")
+        self._verify_device(advert.device, advert.signed_bytes(), advert.signature, "advert")
+        earlier = self.adverts.get(advert.device)
+        if earlier is not None:
+            if earlier == advert:
+                return False
+            raise self._refuse(advert.device, "second advert with different keys")
+        self.adverts[advert.device] = advert
+        return True
+
+    def make_roster(self) -> Roster:
+        """Close the advertise phase: fix members, (k, t), the graph; sign the roster."""
+        if self.phase != "advertise":
+            raise self._refuse(None, "roster already made")
+        n = len(self.adverts)
+        try:
+            self.params = self._fixed_params or choose_params(n, self.delta, self.gamma)
+        except ConfigError as exc:
+            self.phase = "abandoned"
+            raise self._refuse(None, f"{n} adverts: {exc}", abandon=True) from exc
+        if self.params.n != n:
+            self.phase = "abandoned"
+            raise self._refuse(None, f"parameters are for {self.params.n} devices, got {n}", abandon=True)
+        members = [
+            RosterMember(a.device, a.enc_pk, a.mask_pk, a.self_mask_commitment, a.signature)
+            for a in sorted(self.adverts.values(), key=lambda a: a.device)
+        ]
+        seed = graph_seed(self.federation, self.round_id, [(m.device, m.enc_pk, m.mask_pk) for m in members])
+        self.graph = neighbour_graph([m.device for m in members], self.params.k, seed)
+        unsigned = Roster(
+            self.federation,
+            self.round_id,
+            members,
+            seed,
+            self.params.k,
+            self.params.t,
+            self.bits,
+            self.length,
+        )
+        self.roster = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
+        self.phase = "share"
+        return self.roster
+
+    # -- share ---------------------------------------------------------------------------------
+    def add_shares(self, bundle: EncryptedShares) -> bool:
+        """Record a bundle for routing; returns False for a duplicate."""
+        self._check_round(bundle.federation, bundle.round, bundle.sender, "share")
+        if bundle.recipient not in self.graph.get(bundle.sender, ()):
+            raise self._refuse(bundle.sender, f"bundle to non-neighbour {bundle.recipient!r}")
+        key = (bundle.sender, bundle.recipient)
+        if key in self._bundles:
+            return False
+        self._bundles[key] = bundle
+        return True
+
+    def close_share_phase(self) -> SurvivorList:
+        """U2 = devices whose bundles reached every neighbour; signed 'shared' notice."""
+        if self.phase != "share":
+            raise self._refuse(None, f"cannot close the share phase in phase {self.phase!r}")
+        delivered = frozenset(u for u, ns in self.graph.items() if all((u, v) in self._bundles for v in ns))
+        if len(delivered) < self.threshold:
+            self.phase = "abandoned"
+            raise self._refuse(
+                None, f"{len(delivered)} devices shared, threshold {self.threshold}", abandon=True
+            )
+        self.shared = delivered
+        self.phase = "mask"
+        return self._notice(PHASE_SHARED, delivered)
+
+    def shares_for(self, recipient: str) -> list[EncryptedShares]:
+        """Bundles to forward to ``recipient`` (from U2 senders once the share phase is closed)."""
+        return [
+            b
+            for (sender, to), b in sorted(self._bundles.items())
+            if to == recipient and (not self.shared or sender in self.shared)
+        ]
+
+    # -- mask ----------------------------------------------------------------------------------
+    def add_masked(self, message: MaskedInput, vector: np.ndarray | None = None) -> bool:
+        """Add a signed masked input to the running sum; returns False for a duplicate.
+
+        ``vector`` is the unpacked payload when the caller already decoded it, else ``unpack`` runs.
+        """
+        self._check_round(message.federation, message.round, message.device, "mask")
+        if message.device not in self.shared:
+            raise self._refuse(message.device, "masked input from a device outside U2")
+        if message.device in self._masked_from:
+            return False
+        if message.bits != self.bits or message.length != self.length:
+            raise self._refuse(
+                message.device, f"masked input has bits={message.bits} length={message.length}"
+            )
+        self._verify_device(message.device, message.signed_bytes(), message.signature, "masked input")
+        values = self._unpack(message) if vector is None else np.asarray(vector)
+        if values.shape != (self.length,) or values.dtype.kind not in "ui":
+            raise self._refuse(message.device, f"masked vector has shape {values.shape} {values.dtype}")
+        if self.length and int(values.max()) >> self.bits:
+            raise self._refuse(message.device, f"masked vector has values outside Z_2^{self.bits}")
+        np.add(self._sum, values.astype(np.uint32, copy=False), out=self._sum)
+        self._masked_from.add(message.device)
+        return True
+
+    def close_masked_phase(self) -> SurvivorList:
+        """U3 = devices whose masked input arrived; signed 'masked' notice."""
+        if self.phase != "mask":
+            raise self._refuse(None, f"cannot close the mask phase in phase {self.phase!r}")
+        survivors = frozenset(self._masked_from)
+        if len(survivors) < self.threshold:
+            self.phase = "abandoned"
+            raise self._refuse(
+                None, f"{len(survivors)} masked inputs, threshold {self.threshold}", abandon=True
+            )
+        self.masked = survivors
+        self.phase = "unmask"
+        return self._notice(PHASE_MASKED, survivors)
+
+    # -- unmask --------------------------------------------------------------------------------
+    @property
+    def dropped(self) -> frozenset[str]:
+        """Devices that shared but did not mask (their pair masks stay in the sum)."""
+        return self.shared - self.masked
+
+    def add_reveal(self, reveal: UnmaskReveal) -> bool:
+        """Record a survivor's shares; returns False for a duplicate."""
+        self._check_round(reveal.federation, reveal.round, reveal.device, "unmask")
+        sender = reveal.device
+        if sender not in self.masked:
+            raise self._refuse(sender, "reveal from a device outside U3")
+        if sender in self._revealed_by:
+            return False
+        self._verify_device(sender, reveal.signed_bytes(), reveal.signature, "reveal")
+        neighbours = set(self.graph[sender])
+        bad_b = set(reveal.self_mask_shares) - (neighbours & self.masked)
+        bad_key = set(reveal.mask_key_shares) - (neighbours & self.dropped)
+        if bad_b or bad_key:
+            raise self._refuse(
+                sender, f"reveal asks for the wrong kind of share for {sorted(bad_b | bad_key)}"
+            )
+        for store, shares in (
+            (self._self_mask_shares, reveal.self_mask_shares),
+            (self._mask_key_shares, reveal.mask_key_shares),
+        ):
+            for owner, share in shares.items():
+                if len(share) != shamir.SHARE_BYTES:
+                    raise self._refuse(sender, f"malformed share of {owner!r}")
+            for owner, share in shares.items():
+                store.setdefault(owner, {})[share_index(self.graph, owner, sender)] = share
+        self._revealed_by.add(sender)
+        return True
+
+    def _needed_keys(self) -> list[str]:
+        return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
+
+    def missing_shares(self) -> dict[str, int]:
+        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready)."""
+        t = self.threshold
+        missing = {u: t - len(self._self_mask_shares.get(u, {})) for u in self.masked}
+        missing.update({v: t - len(self._mask_key_shares.get(v, {})) for v in self._needed_keys()})
+        return {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
+
+    def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
+        t = self.threshold
+        if len(shares) < t:
+            raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
+        for tries, subset in enumerate(itertools.combinations(sorted(shares), t)):
+            if tries >= MAX_RECONSTRUCTION_TRIES:
+                break
+            try:
+                secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
+            except SecAggError:
+                continue
+            if check(secret):
+                return secret
+        raise self._refuse(owner, f"no consistent subset of shares rebuilds {owner!r}'s secret", abandon=True)
+
+    def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:
+        """(plus, minus) seeds whose combined mask is still in the sum (Bonawitz et al. §4 round 4)."""
+        if self.phase != "unmask":
+            raise self._refuse(None, f"cannot unmask in phase {self.phase!r}")
+        plus: list[bytes] = []
+        minus: list[bytes] = []
+        for u in sorted(self.masked):
+            commitment = self.adverts[u].self_mask_commitment
+            plus.append(
+                self._recover(
+                    u,
+                    self._self_mask_shares.get(u, {}),
+                    lambda s, c=commitment: keys.commit_self_mask(s) == c,
+                )
+            )
+        for v in self._needed_keys():
+            mask_pk = self.adverts[v].mask_pk
+            sk = self._recover(
+                v, self._mask_key_shares.get(v, {}), lambda s, p=mask_pk: keys.mask_public_key(s) == p
+            )
+            for u in self.graph[v]:
+                if u in self.masked:
+                    seed = keys.pair_seed(sk, self.adverts[u].mask_pk, self.federation, self.round_id, v, u)
+                    # u added +PRG(s_uv) when u < v and subtracted it otherwise
+                    (plus if u < v else minus).append(seed)
+        return plus, minus
+
+    def unmask(self, workers: int | None = None, pool: str = "thread") -> np.ndarray:
+        """The exact sum mod 2^b (uint32) of the surviving devices' inputs; ends the round."""
+        plus, minus = self.mask_seeds()
+        masks = prg.combined_mask_parallel(
+            plus,
+            minus,
+            self.bits,
+            self.length,
+            workers=workers,
+            pool="process" if pool == "process" else "thread",
+        )
+        total = self._sum - masks
+        np.bitwise_and(total, prg.modulus_mask(self.bits), out=total)
+        self.phase = "done"
+        log.info(
+            "secagg unmasked round=%s survivors=%d dropped=%d masks=%d",
+            self.round_id,
+            len(self.masked),
+            len(self.dropped),
+            len(plus) + len(minus),
+            extra={"round": self.round_id, "phase": "unmask"},
+        )
+        return total

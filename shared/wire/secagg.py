@@ -1,0 +1,252 @@
+"""Wire messages of secure aggregation (SecAgg+, Bonawitz et al. CCS 2017 Fig. 4; Bell et al. CCS 2020).
+
+One dataclass per protocol step. Every message that a party must be able to attribute carries an
+Ed25519 signature over :meth:`signed_bytes`, a canonical msgpack list that starts with a domain string
+and the message type, federation and round, so a signature can never be replayed into another message
+kind, federation or round. Share bundles need no signature: NaCl Box authenticates them under keys the
+signed roster fixes.
+
+Light structural checks live in ``__post_init__`` (the codec turns their ``ValueError`` into a
+``WireError``); protocol checks (who may send what, when) live in ``shared.secagg.client``/``server``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import msgpack
+
+from shared.wire.base import Message, message
+
+_DOMAIN = "fedmq/secagg/v1"
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+PHASE_SHARED = "shared"  # U2: devices whose share bundles all arrived
+PHASE_MASKED = "masked"  # U3: devices whose masked input arrived
+_EMPTY_SIG = b"\0" * SIGNATURE_BYTES
+
+
+def _canonical(*fields: object) -> bytes:
+    return msgpack.packb([_DOMAIN, *fields], use_bin_type=True)
+
+
+def _check_round(round_id: int) -> None:
+    if round_id < 0:
+        raise ValueError(f"round must be >= 0, got {round_id}")
+
+
+def _check_key(name: str, key: bytes, size: int = KEY_BYTES) -> None:
+    if len(key) != size:
+        raise ValueError(f"{name} must be {size} bytes, got {len(key)}")
+
+
+@message("secagg.advertise_keys")
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Round 0: a device's fresh X25519 public keys and a commitment to its self-mask seed, signed."""
+
+    federation: str
+    round: int
+    device: str
+    enc_pk: bytes
+    mask_pk: bytes
+    self_mask_commitment: bytes
+    signature: bytes = _EMPTY_SIG
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_key("enc_pk", self.enc_pk)
+        _check_key("mask_pk", self.mask_pk)
+        _check_key("self_mask_commitment", self.self_mask_commitment)
+        _check_key("signature", self.signature, SIGNATURE_BYTES)
+
+    def signed_bytes(self) -> bytes:
+        return _canonical(
+            self.TYPE,
+            self.federation,
+            self.round,
+            self.device,
+            self.enc_pk,
+            self.mask_pk,
+            self.self_mask_commitment,
+        )
+
+
+@dataclass(frozen=True)
+class RosterMember:
+    """One member as the roster lists it, with the member's own advert signature (checked by peers)."""
+
+    device: str
+    enc_pk: bytes
+    mask_pk: bytes
+    self_mask_commitment: bytes
+    signature: bytes
+
+    def advert(self, federation: str, round_id: int) -> AdvertiseKeys:
+        """The advert this entry claims to come from (so its signature can be checked)."""
+        return AdvertiseKeys(
+            federation,
+            round_id,
+            self.device,
+            self.enc_pk,
+            self.mask_pk,
+            self.self_mask_commitment,
+            self.signature,
+        )
+
+
+@message("secagg.roster")
+@dataclass(frozen=True)
+class Roster(Message):
+    """Round 0 close: who is in, their keys, the public graph seed and the round's parameters.
+
+    ``degree`` is the neighbour degree k and ``threshold`` the Shamir threshold t (the wire keys ``t``
+    and ``v`` are reserved by the codec, hence the long names).
+
+    Signed by the aggregator; each member entry also carries the member's own signature, so a roster
+    with a swapped key is refused by every honest device.
+    """
+
+    federation: str
+    round: int
+    members: list[RosterMember]
+    graph_seed: bytes
+    degree: int
+    threshold: int
+    bits: int
+    length: int
+    signature: bytes = _EMPTY_SIG
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_key("graph_seed", self.graph_seed)
+        _check_key("signature", self.signature, SIGNATURE_BYTES)
+        if not 1 <= self.bits <= 32:
+            raise ValueError(f"bits must be in 1..32, got {self.bits}")
+        if self.length < 0 or self.degree < 1 or not 1 <= self.threshold <= self.degree:
+            raise ValueError(
+                f"bad roster parameters degree={self.degree} threshold={self.threshold} length={self.length}"
+            )
+
+    def signed_bytes(self) -> bytes:
+        rows = [[m.device, m.enc_pk, m.mask_pk, m.self_mask_commitment, m.signature] for m in self.members]
+        return _canonical(
+            self.TYPE,
+            self.federation,
+            self.round,
+            rows,
+            self.graph_seed,
+            self.degree,
+            self.threshold,
+            self.bits,
+            self.length,
+        )
+
+
+@message("secagg.encrypted_shares")
+@dataclass(frozen=True)
+class EncryptedShares(Message):
+    """Round 1: one NaCl Box ciphertext from ``sender`` to its neighbour ``recipient``."""
+
+    federation: str
+    round: int
+    sender: str
+    recipient: str
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+
+
+@message("secagg.survivor_list")
+@dataclass(frozen=True)
+class SurvivorList(Message):
+    """Phase notice, aggregator-signed: U2 (``phase="shared"``) or U3 (``phase="masked"``)."""
+
+    federation: str
+    round: int
+    phase: str
+    devices: list[str]
+    signature: bytes = _EMPTY_SIG
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_key("signature", self.signature, SIGNATURE_BYTES)
+        if self.phase not in (PHASE_SHARED, PHASE_MASKED):
+            raise ValueError(f"phase must be {PHASE_SHARED!r} or {PHASE_MASKED!r}, got {self.phase!r}")
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError("survivor list repeats a device")
+
+    def signed_bytes(self) -> bytes:
+        return _canonical(self.TYPE, self.federation, self.round, self.phase, sorted(self.devices))
+
+
+@message("secagg.masked_input")
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Round 2: a device's masked vector in Z_{2^bits}, packed by the codec layer; device-signed."""
+
+    federation: str
+    round: int
+    device: str
+    payload: bytes
+    bits: int
+    length: int
+    signature: bytes = _EMPTY_SIG
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_key("signature", self.signature, SIGNATURE_BYTES)
+        if not 1 <= self.bits <= 32 or self.length < 0:
+            raise ValueError(f"bad bits={self.bits} or length={self.length}")
+
+    def signed_bytes(self) -> bytes:
+        digest = hashlib.blake2b(self.payload, digest_size=32).digest()
+        return _canonical(self.TYPE, self.federation, self.round, self.device, digest, self.bits, self.length)
+
+
+@message("secagg.unmask_reveal")
+@dataclass(frozen=True)
+class UnmaskReveal(Message):
+    """Round 3: shares of surviving neighbours' self-mask seeds and of dropped neighbours' mask keys.
+
+    Keys of both maps are the owners' device ids; no id may appear in both (Bonawitz et al. §4 round 4).
+    """
+
+    federation: str
+    round: int
+    device: str
+    self_mask_shares: dict[str, bytes] = field(default_factory=dict)
+    mask_key_shares: dict[str, bytes] = field(default_factory=dict)
+    signature: bytes = _EMPTY_SIG
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_key("signature", self.signature, SIGNATURE_BYTES)
+        both = set(self.self_mask_shares) & set(self.mask_key_shares)
+        if both:
+            raise ValueError(f"reveal carries both kinds of share for {sorted(both)}")
+
+    def signed_bytes(self) -> bytes:
+        return _canonical(
+            self.TYPE,
+            self.federation,
+            self.round,
+            self.device,
+            sorted(self.self_mask_shares.items()),
+            sorted(self.mask_key_shares.items()),
+        )
+
+
+__all__ = [
+    "PHASE_MASKED",
+    "PHASE_SHARED",
+    "AdvertiseKeys",
+    "EncryptedShares",
+    "MaskedInput",
+    "Roster",
+    "RosterMember",
+    "SurvivorList",
+    "UnmaskReveal",
+]
