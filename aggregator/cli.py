@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from aggregator.config import AggregatorConfig
+from aggregator.config import MODES, AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.optimizer import OPTIMIZERS, ServerOptimizerConfig
+from shared.codec import CodecConfig
 from shared.errors import FedmqError
 from shared.mqtt import MqttConfig
 
@@ -31,7 +33,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-clients", type=int, default=10)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="fedavg")
     p.add_argument("--server-lr", type=float, default=1.0)
-    p.add_argument("--enrolled", type=Path, default=None, help="file with one allowed device id per line")
+    p.add_argument("--mode", choices=MODES, default="secure", help="secure aggregation, or plain (trusted)")
+    p.add_argument(
+        "--directory",
+        type=Path,
+        default=None,
+        help="JSON map of enrolled device id -> hex Ed25519 public key (required in secure mode)",
+    )
+    p.add_argument("--bits", type=int, default=16, help="secure mode: bits per coordinate")
+    p.add_argument("--clip-norm", type=float, default=5.0, help="secure mode: L2 clip of each update")
+    p.add_argument("--enrolled", type=Path, default=None, help="plain mode: file with one device id per line")
     p.add_argument("--ca-file", default=None)
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -42,6 +53,9 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
     if args.enrolled is not None:
         enrolled = frozenset(line.strip() for line in args.enrolled.read_text().splitlines() if line.strip())
     extra = {"ca_file": args.ca_file} if args.ca_file else {}
+    directory = None
+    if args.directory is not None:
+        directory = {cid: bytes.fromhex(key) for cid, key in json.loads(args.directory.read_text()).items()}
     return AggregatorConfig(
         federation=args.federation,
         mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id, **extra),
@@ -51,6 +65,9 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         target_clients=args.target_clients,
         optimizer=ServerOptimizerConfig(args.optimizer, lr=args.server_lr),
         enrolled=enrolled,
+        mode=args.mode,
+        directory=directory,
+        codec=CodecConfig(bits=args.bits, clip_norm=args.clip_norm, expected_clients=1, seed=bytes(32)),
     )
 
 

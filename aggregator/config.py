@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator.optimizer import ServerOptimizerConfig
+from aggregator.secure import PhaseWindows
 from shared.chunking import DEFAULT_CHUNK_LIMIT
+from shared.codec import CodecConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.topics import check_id
 
+MODES = ("secure", "plain")
+
+
+def default_codec() -> CodecConfig:
+    """16-bit integer updates with rotation; ``expected_clients`` and ``seed`` are set per round."""
+    return CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32))
+
 
 @dataclass(frozen=True)
 class AggregatorConfig:
+    """``mode="secure"`` (the default) runs SecAgg+ rounds and needs ``directory``, the enrolled
+    devices' Ed25519 public keys; ``mode="plain"`` is the trusted-aggregator mode (float32 updates)."""
+
     federation: str
     mqtt: MqttConfig
     store_dir: Path
+    mode: str = "secure"
+    #: Enrolled devices' Ed25519 verify keys (32 bytes each), by device id. Required in secure mode.
+    directory: Mapping[str, bytes] | None = None
+    #: Secure mode: uplink codec (bits, clip norm, rotation, subsampling) and per-phase windows.
+    codec: CodecConfig = field(default_factory=default_codec)
+    windows: PhaseWindows = field(default_factory=PhaseWindows)
+    #: Secure mode: dropout rate the neighbour graph must tolerate, and assumed corrupt fraction.
+    dropout_rate: float = 0.2
+    corrupt_fraction: float = 0.1
+    #: A device's weight is min(examples / weight_cap, 1): FedAvg weighting with a bounded contribution.
+    weight_cap: int = 1000
     #: Length of a round's collection window in seconds (the deadline).
     round_window_s: float = 30.0
     #: A round closes with the devices that answered if at least this many did, else it is abandoned.
@@ -51,3 +75,25 @@ class AggregatorConfig:
         if self.enrolled is not None:
             for device in self.enrolled:
                 check_id(device, "enrolled")
+        if self.mode not in MODES:
+            raise ConfigError("mode", f"{self.mode!r} is not one of {MODES}")
+        if self.mode == "secure":
+            if not self.directory:
+                raise ConfigError("directory", "secure mode needs the enrolled devices' public keys")
+            for device, key in self.directory.items():
+                check_id(device, "directory")
+                if len(key) != 32:
+                    raise ConfigError("directory", f"key of {device!r} must be 32 bytes")
+            self.codec.validate(secure=True)
+            if not 0 <= self.dropout_rate < 1:
+                raise ConfigError("dropout_rate", "must be in [0, 1)")
+            if not 0 <= self.corrupt_fraction < 0.5:
+                raise ConfigError("corrupt_fraction", "must be in [0, 0.5)")
+        if self.weight_cap < 1:
+            raise ConfigError("weight_cap", "must be >= 1")
+
+    def allows(self, device: str) -> bool:
+        """Is ``device`` enrolled? (No list at all accepts any id: development only.)"""
+        if self.mode == "secure":
+            return device in (self.directory or {})
+        return self.enrolled is None or device in self.enrolled

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import numpy as np
 from aggregator.accumulator import WeightedMean
 from aggregator.config import AggregatorConfig
 from aggregator.optimizer import ServerOptimizer
+from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.chunking import Reassembler
 from shared.errors import FedmqError, ProtocolError, StoreError, WireError
@@ -36,11 +39,13 @@ from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_snapshot, read_initial, snapshot_weights
-from shared.topics import UPDATE, Topics
+from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import (
     PHASE_ABANDONED,
     PHASE_CLOSED,
     PHASE_COLLECT,
+    PHASE_KEYS,
+    Message,
     ModelSnapshot,
     ModelUpdate,
     RoundAnnounce,
@@ -93,6 +98,8 @@ class Aggregator:
         self.optimizer: ServerOptimizer | None = None
         self._snapshot_bytes = b""
         self._round: _OpenRound | None = None
+        self._secure: SecureRound | None = None
+        self._last_announce: RoundAnnounce | None = None
         self._conn: MqttConnection | None = None
         self._intake: asyncio.Task[None] | None = None
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -110,9 +117,7 @@ class Aggregator:
     async def __aenter__(self) -> Aggregator:
         self.store = Store(Path(self.config.store_dir))
         self._load_model()
-        self._conn = MqttConnection(
-            self.config.mqtt, [self.topics.round_kind_all(UPDATE)], on_connect=[self._republish]
-        )
+        self._conn = MqttConnection(self.config.mqtt, [self.topics.rounds_all], on_connect=[self._republish])
         await self._conn.__aenter__()
         self._intake = asyncio.create_task(self._intake_loop(), name="aggregator-intake")
         return self
@@ -166,11 +171,14 @@ class Aggregator:
         await self._publish_snapshot()
         done = 0
         while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
-            opened = self._resume_or_open()
-            self._accepting.set()
-            await self._publish_announce(opened.announce)
-            await self._collect(opened, stop)
-            await self._close(opened)
+            if self.config.mode == "secure":
+                await self._secure_round(stop)
+            else:
+                opened = self._resume_or_open()
+                self._accepting.set()
+                await self._publish_announce(opened.announce)
+                await self._collect(opened, stop)
+                await self._close(opened)
             done += 1
             if self.config.round_gap_s:
                 await asyncio.sleep(self.config.round_gap_s)
@@ -253,31 +261,42 @@ class Aggregator:
                 waiter.cancel()
 
     async def _close(self, opened: _OpenRound) -> None:
-        assert self.store is not None and self.optimizer is not None and self.layout is not None
         self._round = None  # late updates for this round are now "wrong round"
         count = len(opened.contributors)
-        round_id = opened.round_id
         if count >= self.config.min_clients:
-            mean_delta = opened.accumulator.mean()
-            new_weights = self.optimizer.step(self.weights, mean_delta)
-            version = self.version + 1
-            snapshot = make_snapshot(
-                self.config.federation, version, round_id, self.layout, new_weights, self.key
-            )
-            snapshot_bytes = encode(snapshot)
-            self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
-            self.store.finish_round(round_id, "closed", count)
-            self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
             metrics = {"total_weight": opened.accumulator.total_weight, **self._mean_metrics(opened)}
-            result = RoundResult(round_id, PHASE_CLOSED, version, count, "", metrics)
-            log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
-            await self._publish_snapshot()
+            await self._apply(opened.round_id, opened.accumulator.mean(), count, metrics)
         else:
             reason = f"{count} updates < min_clients {self.config.min_clients} at the deadline"
-            self.store.finish_round(round_id, "abandoned", count, reason)
-            result = RoundResult(round_id, PHASE_ABANDONED, self.version, count, reason)
-            log.warning("round=%d abandoned: %s; model stays at v%d", round_id, reason, self.version)
-        self.store.prune_journal(round_id - self.config.keep_journal_rounds)
+            await self._abandon(opened.round_id, count, reason)
+
+    async def _apply(
+        self, round_id: int, mean_delta: np.ndarray, count: int, metrics: dict[str, float]
+    ) -> None:
+        """Server step, durable snapshot, then publish: the model only moves forward."""
+        assert self.store is not None and self.optimizer is not None and self.layout is not None
+        new_weights = self.optimizer.step(self.weights, mean_delta)
+        version = self.version + 1
+        snapshot = make_snapshot(
+            self.config.federation, version, round_id, self.layout, new_weights, self.key
+        )
+        snapshot_bytes = encode(snapshot)
+        self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
+        self.store.finish_round(round_id, "closed", count)
+        self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
+        log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
+        await self._publish_snapshot()
+        await self._finish(RoundResult(round_id, PHASE_CLOSED, version, count, "", metrics))
+
+    async def _abandon(self, round_id: int, count: int, reason: str) -> None:
+        assert self.store is not None
+        self.store.finish_round(round_id, "abandoned", count, reason)
+        log.warning("round=%d abandoned: %s; model stays at v%d", round_id, reason, self.version)
+        await self._finish(RoundResult(round_id, PHASE_ABANDONED, self.version, count, reason))
+
+    async def _finish(self, result: RoundResult) -> None:
+        assert self.store is not None
+        self.store.prune_journal(result.round_id - self.config.keep_journal_rounds)
         self.results.append(result)
         await self._publish(self.topics.result, encode(result), retain=True)
         for observer in self.observers:
@@ -285,6 +304,87 @@ class Aggregator:
                 observer(result, self.weights)
             except Exception:
                 log.exception("round observer failed")
+
+    # -- secure rounds ---------------------------------------------------------------------------
+
+    async def _secure_round(self, stop: asyncio.Event | None) -> None:
+        assert self.store is not None and self.layout is not None
+        last = self.store.last_round()
+        if last is not None and last.status == "open":
+            stored = self.store.latest_snapshot()
+            if stored is not None and stored.round_id >= last.round_id:
+                self.store.finish_round(last.round_id, "closed", last.contributors, "recovered")
+            else:
+                await self._abandon(last.round_id, 0, "aggregator restarted during a secure round")
+        round_id = 0 if last is None else last.round_id + 1
+        windows = self.config.windows
+        now = time.time()
+        deadline = now + windows.total
+        self.store.open_round(round_id, self.version, now, deadline)
+        codec = dataclasses.replace(self.config.codec, seed=os.urandom(32))
+        secure = SecureRound(
+            self.config.federation,
+            round_id,
+            self.key,
+            self.config.directory or {},
+            codec,
+            self.layout.dim,
+            windows,
+            self.config.min_clients,
+            self.config.target_clients,
+            self.config.dropout_rate,
+            self.config.corrupt_fraction,
+            self.config.max_update_bytes,
+        )
+        announce = RoundAnnounce(
+            self.config.federation,
+            round_id,
+            self.version,
+            PHASE_KEYS,
+            now,
+            deadline,
+            self.config.min_clients,
+            self.config.target_clients,
+            {
+                "mode": "secure",
+                "codec": codec.to_dict(),
+                "weight_cap": self.config.weight_cap,
+                "windows": dataclasses.asdict(windows),
+            },
+        )
+        self._secure = secure
+        self._accepting.set()
+        await self._publish_announce(sign(announce, self.key))
+        log.info("round=%d opened (secure) on v%d", round_id, self.version)
+        try:
+            outcome = await secure.run(self._publish_roster, self._publish_notice, self._publish_inbox, stop)
+        except FedmqError as exc:
+            count = len(secure.server.masked) if secure.server is not None else len(secure.adverts)
+            await self._abandon(round_id, count, str(exc))
+            return
+        finally:
+            self._secure = None
+        metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
+        await self._apply(round_id, outcome.mean_delta, outcome.contributors, metrics)
+
+    async def _publish_roster(self, roster: Message) -> None:
+        await self._publish(self.topics.roster, encode(roster), retain=True)
+
+    async def _publish_notice(self, notice: Message) -> None:
+        await self._publish(self.topics.notice, encode(notice), retain=True)
+
+    async def _publish_inbox(self, device: str, batch: Message) -> None:
+        assert self._conn is not None
+        try:
+            await publish_framed(
+                self._conn,
+                self.topics.inbox(device),
+                lambda i: self.topics.inbox_chunk(device, i),
+                encode(batch),
+                self.config.chunk_limit,
+            )
+        except FedmqError as exc:
+            log.error("delivering shares to %s failed: %s", device, exc)
 
     @staticmethod
     def _mean_metrics(opened: _OpenRound) -> dict[str, float]:
@@ -307,6 +407,8 @@ class Aggregator:
         await self._publish_snapshot()
         if self._round is not None:
             await self._publish_announce(self._round.announce)
+        if self._last_announce is not None and self._secure is not None:
+            await self._publish_announce(self._last_announce)
 
     async def _publish_snapshot(self) -> None:
         assert self._conn is not None
@@ -323,6 +425,7 @@ class Aggregator:
             log.error("publishing snapshot v%d failed: %s", self.version, exc)
 
     async def _publish_announce(self, announce: RoundAnnounce) -> None:
+        self._last_announce = announce
         remaining = max(1.0, announce.deadline - time.time())
         assert self._conn is not None
         try:
@@ -353,13 +456,16 @@ class Aggregator:
         try:
             parsed = self.topics.parse_round(topic)
             sender, round_id = parsed.sender, parsed.round_id
+            if parsed.kind in SecureRound.KINDS:
+                self._ingest_secure(parsed, payload)
+                return
             current = self._round
             if current is None or parsed.round_id != current.round_id:
                 now = "none" if current is None else current.round_id
                 raise ProtocolError(f"update for round {parsed.round_id}, current round is {now}")
             if parsed.kind != UPDATE:
                 raise ProtocolError(f"unexpected message kind {parsed.kind!r} in plain mode")
-            if self.config.enrolled is not None and sender not in self.config.enrolled:
+            if not self.config.allows(sender):
                 raise ProtocolError(f"unknown sender {sender!r}")
             if sender in current.contributors:
                 log.debug("round=%d duplicate from %s ignored", current.round_id, sender)
@@ -403,6 +509,17 @@ class Aggregator:
                 current.full.set()
         except FedmqError as exc:
             self._drop(sender, str(exc), round_id)
+
+    def _ingest_secure(self, parsed: RoundTopic, payload: bytes) -> None:
+        secure = self._secure
+        if secure is None or parsed.round_id != secure.round_id:
+            now = "none" if secure is None else secure.round_id
+            raise ProtocolError(f"{parsed.kind} for round {parsed.round_id}, current round is {now}")
+        if not self.config.allows(parsed.sender):
+            raise ProtocolError(f"unknown sender {parsed.sender!r}")
+        if len(payload) > self.config.max_update_bytes:
+            raise WireError(f"oversized payload: {len(payload)} bytes > {self.config.max_update_bytes}")
+        secure.ingest(parsed, payload)
 
     def _validate(self, msg: object, round_id: int, sender: str, current: _OpenRound) -> np.ndarray:
         assert self.layout is not None

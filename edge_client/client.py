@@ -12,20 +12,33 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 
 import nacl.signing
 import numpy as np
 
+from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
 from shared.errors import ConfigError, FedmqError, ProtocolError
 from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
+from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import snapshot_weights
 from shared.topics import UPDATE, Topics, check_id
-from shared.wire import PHASE_COLLECT, ModelSnapshot, ModelUpdate, RoundAnnounce, decode, encode
+from shared.wire import (
+    PHASE_COLLECT,
+    PHASE_KEYS,
+    Message,
+    ModelSnapshot,
+    ModelUpdate,
+    RoundAnnounce,
+    decode,
+    encode,
+)
 from shared.wire import Presence as PresenceMsg
+from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,9 @@ class EdgeConfig:
     aggregator_key: bytes | None = None
     chunk_limit: int = DEFAULT_CHUNK_LIMIT
     max_snapshot_bytes: int = 64 * 1024 * 1024
+    #: Secure aggregation: this device's enrolled Ed25519 identity and the enrolled devices' public keys.
+    identity: nacl.signing.SigningKey | None = None
+    directory: Mapping[str, bytes] | None = None
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -45,6 +61,14 @@ class EdgeConfig:
             raise ConfigError("aggregator_key", "must be a 32-byte Ed25519 public key")
         if self.chunk_limit < 1024:
             raise ConfigError("chunk_limit", "must be >= 1024 bytes")
+        if (self.identity is None) != (self.directory is None):
+            raise ConfigError("identity", "secure aggregation needs both identity and directory")
+        if self.identity is not None and self.aggregator_key is None:
+            raise ConfigError("aggregator_key", "secure aggregation needs the aggregator's public key")
+
+    @property
+    def secure(self) -> bool:
+        return self.identity is not None
 
     @property
     def client_id(self) -> str:
@@ -81,7 +105,17 @@ class EdgeClient:
             online=encode(PresenceMsg(cid, True, time.time())),
             offline=encode(PresenceMsg(cid, False, time.time())),
         )
-        self.conn = MqttConnection(config.mqtt, [self.topics.model_all, self.topics.round], presence)
+        subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
+        self.conn = MqttConnection(config.mqtt, subscriptions, presence)
+        self._secagg = (
+            SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
+            if config.identity is not None and config.aggregator_key is not None and config.directory
+            else None
+        )
+        self._secure: SecureParticipation | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Called with the name of each secure phase this device completes (observability, fault tests).
+        self.phase_hook: Callable[[str], None] | None = None
 
     @property
     def client_id(self) -> str:
@@ -92,10 +126,11 @@ class EdgeClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._training is not None:
-            self._training.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._training
+        for task in [self._training, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.conn.close()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -128,6 +163,22 @@ class EdgeClient:
         try:
             if topic == self.topics.round:
                 self._on_round(decode(payload, RoundAnnounce))
+            elif topic == self.topics.roster:
+                roster = decode(payload, Roster)
+                if self._secure is not None:
+                    self._spawn(self._secure.on_roster(roster))
+            elif topic == self.topics.notice:
+                notice = decode(payload, SurvivorList)
+                if self._secure is not None:
+                    self._spawn(self._secure.on_notice(notice))
+            elif topic.startswith(self.topics.inbox(self.client_id)):
+                index = self.topics.parse_inbox(self.client_id, topic)
+                batch = self._reassembler.feed("inbox", index, payload, self.config.max_snapshot_bytes)
+                if batch is not None:
+                    if not isinstance(batch, ShareBatch) or batch.device != self.client_id:
+                        raise ProtocolError("inbox message is not a share batch for this device")
+                    if self._secure is not None:
+                        self._spawn(self._secure.on_inbox(batch))
             else:
                 index = self.topics.parse_model_chunk(topic)
                 msg = self._reassembler.feed("model", index, payload, self.config.max_snapshot_bytes)
@@ -169,9 +220,24 @@ class EdgeClient:
 
     # -- participation ---------------------------------------------------------------------------
 
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Coroutine[object, object, None]) -> None:
+        try:
+            await coro
+        except (FedmqError, asyncio.TimeoutError) as exc:
+            self.stats.rejected.append(str(exc))
+            log.warning("device=%s secure round step failed: %s", self.client_id, exc)
+
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
-        if a is None or a.phase != PHASE_COLLECT or a.round_id in self.contributed:
+        wanted = PHASE_KEYS if a is not None and a.config.get("mode") == "secure" else PHASE_COLLECT
+        if a is None or a.phase != wanted or a.round_id in self.contributed:
+            return None
+        if wanted == PHASE_KEYS and self._secagg is None:
             return None
         if a.base_version != self.version or self.weights is None or time.time() >= a.deadline:
             return None
@@ -183,7 +249,45 @@ class EdgeClient:
         announce = self._joinable()
         if announce is None:
             return
+        if announce.phase == PHASE_KEYS:
+            self._join_secure(announce)
+            return
         self._training = asyncio.create_task(self._participate(announce), name=f"train-{self.client_id}")
+
+    def _join_secure(self, announce: RoundAnnounce) -> None:
+        assert self._secagg is not None and self.weights is not None
+        self.contributed.add(announce.round_id)
+        training = asyncio.create_task(asyncio.to_thread(self.trainer.train, self.weights))
+        self._training = asyncio.create_task(self._await_quietly(training))
+        round_id = announce.round_id
+
+        async def send(kind: str, message: Message) -> None:
+            remaining = max(1.0, announce.deadline - time.time())
+            await publish_framed(
+                self.conn,
+                self.topics.round_msg(round_id, kind, self.client_id),
+                lambda i: self.topics.round_chunk(round_id, kind, self.client_id, i),
+                encode(message),
+                self.config.chunk_limit,
+                expiry_s=remaining,
+            )
+
+        def on_phase(phase: str) -> None:
+            if phase == "masked":
+                self.stats.rounds_joined += 1
+            if self.phase_hook is not None:
+                self.phase_hook(phase)
+
+        self._secure = SecureParticipation(
+            self._secagg, announce, training, self.trainer.model.dim, send, on_phase
+        )
+        self._spawn(self._secure.start())
+        log.info("device=%s joined secure round %d", self.client_id, round_id)
+
+    @staticmethod
+    async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
+        with contextlib.suppress(Exception):
+            await task
 
     async def _participate(self, announce: RoundAnnounce) -> None:
         round_id = announce.round_id

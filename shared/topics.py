@@ -5,6 +5,8 @@
     fl/<fed>/model                       retained model snapshot (or the manifest of a chunked one)
     fl/<fed>/model/c/<i>                 retained chunk i of a chunked snapshot
     fl/<fed>/round                       retained round announcement (id, base version, phase, config)
+    fl/<fed>/round/roster                retained secure-aggregation roster of the open round
+    fl/<fed>/round/notice                retained signed survivor list (U2, then U3) of the open round
     fl/<fed>/result                      retained result of the last closed or abandoned round
     fl/<fed>/status/<cid>                retained presence ("online"/"offline", the latter as last will)
     fl/<fed>/r/<round>/<kind>/<cid>      round-scoped message of kind <kind> sent by device <cid>
@@ -28,9 +30,10 @@ _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Round-scoped message kinds. Adding a protocol phase means adding its kind here.
 UPDATE = "update"
 KEYS = "keys"
+SHARES = "shares"
 MASKED = "masked"
 UNMASK = "unmask"
-ROUND_KINDS = frozenset({UPDATE, KEYS, MASKED, UNMASK})
+ROUND_KINDS = frozenset({UPDATE, KEYS, SHARES, MASKED, UNMASK})
 
 
 def check_id(value: str, field: str) -> str:
@@ -80,6 +83,19 @@ class Topics:
         return f"{self.prefix}/round"
 
     @property
+    def roster(self) -> str:
+        return f"{self.round}/roster"
+
+    @property
+    def notice(self) -> str:
+        return f"{self.round}/notice"
+
+    @property
+    def round_all(self) -> str:
+        """Subscription to the announcement and the round's roster and notices."""
+        return f"{self.round}/#"
+
+    @property
     def result(self) -> str:
         return f"{self.prefix}/result"
 
@@ -93,9 +109,6 @@ class Topics:
     def inbox(self, cid: str) -> str:
         return f"{self.prefix}/inbox/{check_id(cid, 'client_id')}"
 
-    def inbox_all(self, cid: str) -> str:
-        return f"{self.inbox(cid)}/#"
-
     def round_msg(self, round_id: int, kind: str, cid: str) -> str:
         if kind not in ROUND_KINDS:
             raise ValueError(f"unknown round message kind {kind!r}")
@@ -103,6 +116,23 @@ class Topics:
 
     def round_chunk(self, round_id: int, kind: str, cid: str, index: int) -> str:
         return f"{self.round_msg(round_id, kind, cid)}/c/{index}"
+
+    def inbox_chunk(self, cid: str, index: int) -> str:
+        return f"{self.inbox(cid)}/c/{index}"
+
+    def parse_inbox(self, cid: str, topic: str) -> int | None:
+        """Chunk index of a topic in ``cid``'s inbox (None for the message itself); WireError otherwise."""
+        rest = topic.removeprefix(self.inbox(cid))
+        if rest == "":
+            return None
+        if rest != topic and rest.startswith("/c/") and rest[3:].isdigit():
+            return int(rest[3:])
+        raise WireError(f"not an inbox topic of {cid!r}: {topic!r}")
+
+    @property
+    def rounds_all(self) -> str:
+        """Aggregator subscription to every round-scoped device message."""
+        return f"{self.prefix}/r/#"
 
     def round_kind_all(self, kind: str) -> str:
         """Aggregator subscription to every device's messages of ``kind`` (and chunks), any round."""

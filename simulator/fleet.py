@@ -14,16 +14,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nacl.signing
 import numpy as np
 import torch
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.optimizer import ServerOptimizerConfig
+from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.chunking import DEFAULT_CHUNK_LIMIT
+from shared.codec import CodecConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
@@ -50,6 +53,11 @@ class FleetConfig:
     chunk_limit: int = DEFAULT_CHUNK_LIMIT
     federation: str = "demo"
     central_epochs: int = 60
+    #: Secure aggregation (SecAgg+) with the integer codec; False runs the trusted plain mode.
+    secure: bool = True
+    codec_bits: int = 16
+    clip_norm: float = 5.0
+    subsample_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -152,16 +160,30 @@ async def run_fleet(
         if on_round is not None:
             on_round(report)
 
+    ids = [f"dev-{i:03d}" for i in range(config.clients)]
+    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids} if config.secure else {}
+    directory = {cid: bytes(key.verify_key) for cid, key in identities.items()}
     agg_config = AggregatorConfig(
         federation=config.federation,
         mqtt=MqttConfig.from_url(broker_url, client_id="aggregator"),
         store_dir=store_dir,
+        mode="secure" if config.secure else "plain",
+        directory=directory or None,
+        codec=CodecConfig(
+            bits=config.codec_bits,
+            clip_norm=config.clip_norm,
+            expected_clients=1,
+            seed=bytes(32),
+            subsample_rate=config.subsample_rate,
+        ),
+        windows=PhaseWindows(masked=config.window_s),
         round_window_s=config.window_s,
         min_clients=config.effective_min,
         target_clients=config.effective_target,
         optimizer=config.optimizer,
-        enrolled=frozenset(f"dev-{i:03d}" for i in range(config.clients)),
+        enrolled=frozenset(ids),
         chunk_limit=config.chunk_limit,
+        weight_cap=max(len(s) for s in shards),
     )
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
@@ -175,9 +197,11 @@ async def run_fleet(
             )
             edge = EdgeConfig(
                 federation=config.federation,
-                mqtt=MqttConfig.from_url(broker_url, client_id=f"dev-{i:03d}"),
+                mqtt=MqttConfig.from_url(broker_url, client_id=ids[i]),
                 aggregator_key=aggregator.verify_key,
                 chunk_limit=config.chunk_limit,
+                identity=identities.get(ids[i]),
+                directory=directory or None,
             )
             devices.append(EdgeClient(edge, trainer))
         stop = asyncio.Event()

@@ -31,7 +31,7 @@ import numpy as np
 
 from shared.codec.clip import Clip, clip_factor
 from shared.codec.quantize import StochasticQuantize, no_wrap_scale
-from shared.codec.rotation import SEED_BYTES, RandomizedHadamard, padded_dim
+from shared.codec.rotation import SEED_BYTES, RandomizedHadamard
 from shared.codec.subsample import Subsample
 from shared.errors import CodecError, ConfigError
 
@@ -179,12 +179,13 @@ class _IntegerChain:
             raise CodecError(f"update dimension must be a positive integer, got {dim!r}")
         self.config = config
         self.dim = dim
-        self.padded_dim = padded_dim(dim) if config.rotation else dim
         self.clip = Clip(config.clip_norm)
         self.rotate = RandomizedHadamard(dim, config.seed) if config.rotation else None
+        self.padded_dim = self.rotate.padded_dim if self.rotate is not None else dim
+        mixing = self.rotate.mixing_dim if self.rotate is not None else dim
         self.subsample = Subsample(self.padded_dim, config.subsample_rate, config.seed)
-        scale = no_wrap_scale(config.bits, config.clip_norm, self.padded_dim, config.expected_clients,
-                              config.wrap_probability, config.rotation)
+        scale = no_wrap_scale(config.bits, config.clip_norm, mixing, config.expected_clients,
+                              config.wrap_probability, config.rotation, coordinates=self.padded_dim)
         self.quantize = StochasticQuantize(scale, config.bits)
         self.weights = WeightCoordinates(config.bits, config.weight_bits, config.expected_clients)
         self.data_length = self.subsample.kept

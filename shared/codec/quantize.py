@@ -39,15 +39,20 @@ FLOAT_SLACK = 1e-5
 
 
 def coordinate_bound(clip_norm: float, padded_dim: int, clients: int, wrap_probability: float,
-                     rotated: bool = True) -> float:
-    """High-probability bound ``t`` on every coordinate of the rotated sum of ``clients`` vectors."""
+                     rotated: bool = True, coordinates: int | None = None) -> float:
+    """High-probability bound ``t`` on every coordinate of the rotated sum of ``clients`` vectors.
+
+    ``padded_dim`` is the Hadamard block length (each coordinate mixes that many terms) and
+    ``coordinates`` the number of coordinates the union bound runs over (default: ``padded_dim``).
+    """
     if not rotated:
         return clients * clip_norm
-    return clients * clip_norm * math.sqrt(2.0 * math.log(2.0 * padded_dim / wrap_probability) / padded_dim)
+    count = padded_dim if coordinates is None else coordinates
+    return clients * clip_norm * math.sqrt(2.0 * math.log(2.0 * count / wrap_probability) / padded_dim)
 
 
 def no_wrap_scale(bits: int, clip_norm: float, padded_dim: int, clients: int, wrap_probability: float,
-                  rotated: bool = True) -> float:
+                  rotated: bool = True, coordinates: int | None = None) -> float:
     """The largest scale ``s`` for which the sum of ``clients`` encodings wraps with probability <= beta.
 
     See the module docstring for the derivation; raises :class:`CodecError` when ``bits`` leaves no room.
@@ -55,7 +60,7 @@ def no_wrap_scale(bits: int, clip_norm: float, padded_dim: int, clients: int, wr
     room = (1 << (bits - 1)) - 1 - clients
     if room <= 0:
         raise CodecError(f"{bits} bits cannot hold the rounding error of {clients} clients; use more bits")
-    bound = coordinate_bound(clip_norm, padded_dim, clients, wrap_probability, rotated)
+    bound = coordinate_bound(clip_norm, padded_dim, clients, wrap_probability, rotated, coordinates)
     return room / (bound * (1.0 + FLOAT_SLACK))
 
 

@@ -7,11 +7,14 @@ al. 2017, "Distributed mean estimation with limited communication", §4) and giv
 bound the quantizer uses to rule out wrap-around of the modular sum (Kairouz et al. 2021, DDG §4.1).
 ``H D`` is linear and orthogonal, so the server can rotate back the *sum* of all devices' vectors.
 
-Padding: the vector is zero-padded to the next power of two ``d_pad`` and rotated as one block. One block
-keeps the tail bound at ``C / sqrt(d_pad)`` whatever the shape of the update; block-wise rotation would
-pad less but only guarantees ``C / sqrt(block)``, costing bits on every coordinate. The price is up to 2x
-coordinates when ``d`` is just above a power of two (4.9% for ``d = 10^6``); choose layer subsets
-accordingly.
+No padding: when ``d`` is not a power of two, let ``m = 2^floor(log2 d)`` (so ``m > d/2``). The step
+rotates the first ``m`` coordinates (signs ``D1``, Hadamard), then the last ``m`` coordinates (signs
+``D2``, Hadamard). Both are orthogonal, so their composition is too, and every output coordinate is a
+Rademacher sum over a vector of norm ``<= ||x||`` with ``m`` terms: the tail bound is ``C / sqrt(m)``,
+at most ``sqrt(2)`` (half a bit) worse than padding to ``2m``, while the vector keeps exactly ``d``
+coordinates. Zero-padding to the next power of two would cost up to 2x the bytes on the wire (70% for the
+4,810-parameter demo MLP, 4.9% at ``d = 10^6``), which is what secure aggregation's upload budget
+cannot afford.
 
 Randomness: the signs come from the *raw* 64-bit output of PCG64 seeded through ``SeedSequence`` with the
 round's 32-byte seed. Both are stream-stable across numpy versions (unlike ``Generator`` methods), so two
@@ -32,6 +35,7 @@ from shared.errors import CodecError
 #: ``spawn_key`` values separating the uses of one round seed.
 PURPOSE_SIGNS = 1
 PURPOSE_SUBSAMPLE = 2
+PURPOSE_SIGNS_TAIL = 3
 #: Coordinates per chunk when drawing signs or masks; any multiple of 64 yields the same stream.
 CHUNK = 1 << 16
 SEED_BYTES = 32
@@ -42,6 +46,13 @@ def padded_dim(dim: int) -> int:
     if dim < 1:
         raise CodecError(f"dimension must be positive, got {dim}")
     return 1 << (dim - 1).bit_length()
+
+
+def mixing_dim(dim: int) -> int:
+    """Largest power of two at or below ``dim``: the length of each Hadamard block."""
+    if dim < 1:
+        raise CodecError(f"dimension must be positive, got {dim}")
+    return 1 << (dim.bit_length() - 1)
 
 
 def seeded_bits(seed: bytes, purpose: int) -> np.random.PCG64:
@@ -74,37 +85,49 @@ def fwht(vector: np.ndarray) -> None:
 
 
 class RandomizedHadamard:
-    """Pipeline step: ``x -> H D x`` on a buffer of length :attr:`padded_dim` (zero-padded by the caller).
+    """Pipeline step: ``x -> H2 D2 H1 D1 x`` in place on exactly ``dim`` coordinates (see module doc).
 
-    The sign vector is regenerated chunk by chunk on every call rather than stored, so an encoder holds
-    no per-round state of the model's size.
+    :attr:`padded_dim` is the buffer length (``dim``: nothing is padded) and :attr:`mixing_dim` the
+    Hadamard block length ``m`` that the tail bound uses. The sign vectors are regenerated chunk by chunk
+    on every call rather than stored, so an encoder holds no per-round state of the model's size.
     """
 
     def __init__(self, dim: int, seed: bytes) -> None:
         self.dim = dim
-        self.padded_dim = padded_dim(dim)
+        self.padded_dim = dim
+        self.mixing_dim = mixing_dim(dim)
         self.seed = bytes(seed)
         seeded_bits(self.seed, PURPOSE_SIGNS)  # validate the seed early
 
-    def _apply_signs(self, vector: np.ndarray) -> None:
-        bits = seeded_bits(self.seed, PURPOSE_SIGNS)
-        for start in range(0, self.padded_dim, CHUNK):
+    def _apply_signs(self, vector: np.ndarray, purpose: int) -> None:
+        bits = seeded_bits(self.seed, purpose)
+        for start in range(0, vector.size, CHUNK):
             part = vector[start : start + CHUNK]
             words = bits.random_raw((part.size + 63) // 64).astype("<u8")
             flips = np.unpackbits(words.view(np.uint8), bitorder="little", count=part.size).view(bool)
             np.negative(part, out=part, where=flips)
 
     def encode(self, vector: np.ndarray) -> None:
-        """Rotate ``vector`` (length :attr:`padded_dim`) in place: signs, then Hadamard."""
+        """Rotate ``vector`` (length :attr:`padded_dim`) in place: signs, then Hadamard, per block."""
         self._check(vector)
-        self._apply_signs(vector)
-        fwht(vector)
+        head = vector[: self.mixing_dim]
+        self._apply_signs(head, PURPOSE_SIGNS)
+        fwht(head)
+        if self.mixing_dim < self.dim:
+            tail = vector[self.dim - self.mixing_dim :]
+            self._apply_signs(tail, PURPOSE_SIGNS_TAIL)
+            fwht(tail)
 
     def decode(self, vector: np.ndarray) -> None:
-        """Undo :meth:`encode` in place: ``(H D)^-1 = D H``."""
+        """Undo :meth:`encode` in place: ``(H2 D2 H1 D1)^-1 = D1 H1 D2 H2``."""
         self._check(vector)
-        fwht(vector)
-        self._apply_signs(vector)
+        if self.mixing_dim < self.dim:
+            tail = vector[self.dim - self.mixing_dim :]
+            fwht(tail)
+            self._apply_signs(tail, PURPOSE_SIGNS_TAIL)
+        head = vector[: self.mixing_dim]
+        fwht(head)
+        self._apply_signs(head, PURPOSE_SIGNS)
 
     def _check(self, vector: np.ndarray) -> None:
         if vector.ndim != 1 or vector.size != self.padded_dim:

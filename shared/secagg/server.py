@@ -137,6 +137,18 @@ class SecAggServer:
         return replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
 
     @property
+    def bundles_received(self) -> int:
+        return len(self._bundles)
+
+    @property
+    def masked_received(self) -> int:
+        return len(self._masked_from)
+
+    @property
+    def reveals_received(self) -> int:
+        return len(self._revealed_by)
+
+    @property
     def threshold(self) -> int:
         if self.params is None:
             raise SecAggError("threshold is fixed by make_roster()")

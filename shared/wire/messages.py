@@ -13,6 +13,7 @@ from shared.wire.base import Message, message
 
 #: Round phases. ``collect`` is the plain-mode phase; secure aggregation adds its own.
 PHASE_COLLECT = "collect"
+PHASE_KEYS = "keys"  # secure aggregation: the round starts by collecting keys
 PHASE_CLOSED = "closed"
 PHASE_ABANDONED = "abandoned"
 
@@ -20,6 +21,7 @@ __all__ = [
     "PHASE_ABANDONED",
     "PHASE_CLOSED",
     "PHASE_COLLECT",
+    "PHASE_KEYS",
     "Chunk",
     "ChunkManifest",
     "ModelSnapshot",

@@ -159,6 +159,29 @@ class EncryptedShares(Message):
         _check_round(self.round)
 
 
+@message("secagg.share_batch")
+@dataclass(frozen=True)
+class ShareBatch(Message):
+    """All share bundles of one hop in one MQTT message.
+
+    Device to aggregator: ``device`` is the sender and every bundle's sender. Aggregator to a device's
+    inbox: ``device`` is the recipient and every bundle's recipient. Bundles stay sealed end to end.
+    """
+
+    federation: str
+    round: int
+    device: str
+    bundles: list[EncryptedShares]
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        for bundle in self.bundles:
+            if bundle.round != self.round or bundle.federation != self.federation:
+                raise ValueError("a bundle belongs to another round or federation")
+            if self.device not in (bundle.sender, bundle.recipient):
+                raise ValueError(f"bundle {bundle.sender}->{bundle.recipient} does not involve {self.device}")
+
+
 @message("secagg.survivor_list")
 @dataclass(frozen=True)
 class SurvivorList(Message):
@@ -247,6 +270,7 @@ __all__ = [
     "MaskedInput",
     "Roster",
     "RosterMember",
+    "ShareBatch",
     "SurvivorList",
     "UnmaskReveal",
 ]

@@ -30,7 +30,7 @@ def start_aggregator(broker, store: Path, initial: Path, log: Path) -> subproces
     cmd = [
         sys.executable, "-m", "aggregator",
         "--broker", broker.url, "--federation", FED, "--store", str(store), "--initial", str(initial),
-        "--window", "25", "--min-clients", "3", "--target-clients", "3", "--rounds", "1",
+        "--window", "25", "--min-clients", "3", "--target-clients", "3", "--rounds", "1", "--mode", "plain",
     ]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
@@ -106,6 +106,7 @@ async def test_broker_restart_mid_round_everyone_reconnects(broker, tmp_path, di
         federation=FED,
         mqtt=mqtt_config(broker, "aggregator"),
         store_dir=tmp_path / "agg",
+        mode="plain",
         round_window_s=30.0,
         min_clients=5,
         target_clients=5,

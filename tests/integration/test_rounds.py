@@ -33,6 +33,7 @@ def agg_config(broker, tmp_path, **kw) -> AggregatorConfig:
         federation=FED,
         mqtt=mqtt_config(broker, "aggregator"),
         store_dir=tmp_path / "agg",
+        mode="plain",
         round_window_s=20.0,
         min_clients=2,
         target_clients=5,

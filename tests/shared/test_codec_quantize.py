@@ -41,10 +41,11 @@ def test_scale_formula() -> None:
         no_wrap_scale(4, 1.0, 64, 7, 0.01)
 
 
-def count_wraps(scale_factor: float, beta: float, trials: int) -> int:
+def count_wraps(scale_factor: float, beta: float, trials: int, dim: int = 64) -> int:
     """Sum n encodings of norm-C vectors all pointing the same way (the worst case for ||sum||)."""
-    bits, clip, clients, dim = 8, 1.0, 8, 64
-    scale = no_wrap_scale(bits, clip, dim, clients, beta) * scale_factor
+    bits, clip, clients = 8, 1.0, 8
+    mixing = RandomizedHadamard(dim, bytes(32)).mixing_dim
+    scale = no_wrap_scale(bits, clip, mixing, clients, beta, coordinates=dim) * scale_factor
     step = StochasticQuantize(scale, bits)
     rng = np.random.default_rng(1234)
     wraps = 0
@@ -63,10 +64,11 @@ def count_wraps(scale_factor: float, beta: float, trials: int) -> int:
     return wraps
 
 
-def test_wrap_rate_is_below_the_stated_probability() -> None:
+@pytest.mark.parametrize("dim", [64, 96])  # a power of two, and the two-block rotation
+def test_wrap_rate_is_below_the_stated_probability(dim: int) -> None:
     beta, trials = 0.2, 400
-    wraps = count_wraps(1.0, beta, trials)
+    wraps = count_wraps(1.0, beta, trials, dim)
     # Binomial(trials, beta) upper tail: allow 4 sigma above the stated rate (the bound is conservative).
     assert wraps <= trials * beta + 4 * math.sqrt(trials * beta * (1 - beta))
     # The counter is sensitive: with a scale 2.5x beyond the bound, sums do wrap.
-    assert count_wraps(2.5, beta, 100) > 0
+    assert count_wraps(2.5, beta, 100, dim) > 0

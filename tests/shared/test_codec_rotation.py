@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.codec.rotation import RandomizedHadamard, fwht, padded_dim
+from shared.codec.rotation import RandomizedHadamard, fwht
 from shared.errors import CodecError
 
 
@@ -27,7 +27,8 @@ def test_fwht_matches_the_matrix(n: int) -> None:
 @pytest.mark.parametrize("dim", [1, 3, 64, 1000, 70_000])
 def test_round_trip_and_norm(dim: int) -> None:
     rotation = RandomizedHadamard(dim, bytes(range(32)))
-    assert rotation.padded_dim == padded_dim(dim) >= dim
+    assert rotation.padded_dim == dim  # nothing is padded
+    assert rotation.mixing_dim <= dim < 2 * rotation.mixing_dim
     x = np.zeros(rotation.padded_dim, dtype=np.float32)
     x[:dim] = np.random.default_rng(dim).standard_normal(dim)
     y = x.copy()
@@ -46,6 +47,18 @@ def test_spreads_a_spike_and_depends_on_the_seed() -> None:
     RandomizedHadamard(1024, b"\x02" * 32).encode(c)
     np.testing.assert_allclose(np.abs(a), 1 / 32)  # energy spread evenly
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_non_power_of_two_spreads_a_spike_in_the_tail() -> None:
+    """A spike in the coordinates only the second block covers is still spread over m coordinates."""
+    dim = 1000
+    rotation = RandomizedHadamard(dim, b"\x03" * 32)
+    for position in (0, 700, 999):
+        spike = np.zeros(dim)
+        spike[position] = 1.0
+        rotation.encode(spike)
+        assert np.abs(spike).max() <= 1 / np.sqrt(rotation.mixing_dim) + 1e-12
+        assert np.count_nonzero(np.abs(spike) > 1e-12) >= rotation.mixing_dim
 
 
 def test_rejects_bad_seed_and_length() -> None:

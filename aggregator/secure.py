@@ -1,0 +1,245 @@
+"""One secure-aggregation round over MQTT (SecAgg+), phase by phase, each with its own window.
+
+::
+
+    keys     devices advertise fresh keys (signed)        -> roster (signed, retained)
+    shares   devices send sealed share bundles              -> U2 notice + each device's inbox
+    masked   devices send packed masked vectors (streamed into a running modular sum)
+                                                            -> U3 notice
+    unmask   devices reveal shares                          -> exact integer sum -> decoder
+
+Membership is fixed when the share phase closes: a device whose bundles did not all arrive is simply out
+(nobody masks with it), so an early dropout never kills the round. Every phase ends at its target or its
+deadline; a phase that ends below what the protocol needs abandons the round with a logged reason and no
+model change. The protocol itself lives in :mod:`shared.secagg`; this module moves its messages.
+
+Crash recovery: a secure round is not resumed after an aggregator restart (its in-memory protocol state,
+including the partial modular sum, is gone); the restarted aggregator abandons it and opens the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import nacl.signing
+import numpy as np
+
+from shared.chunking import Reassembler
+from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
+from shared.errors import ProtocolError, WireError
+from shared.secagg import RoundAbandoned, SecAggServer
+from shared.secagg import keys as secagg_keys
+from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
+from shared.wire import Message
+from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhaseWindows:
+    """Seconds each phase may take; ``masked`` includes the devices' local training."""
+
+    keys: float = 5.0
+    shares: float = 5.0
+    masked: float = 30.0
+    unmask: float = 5.0
+
+    @property
+    def total(self) -> float:
+        return self.keys + self.shares + self.masked + self.unmask
+
+
+@dataclass(frozen=True)
+class SecureOutcome:
+    mean_delta: np.ndarray
+    total_weight: float
+    contributors: int
+    dropped: int
+
+
+class SecureRound:
+    """Drives one round; :meth:`ingest` is fed the round's device messages by the engine."""
+
+    KINDS = frozenset({KEYS, SHARES, MASKED, UNMASK})
+
+    def __init__(
+        self,
+        federation: str,
+        round_id: int,
+        identity: nacl.signing.SigningKey,
+        directory: Mapping[str, bytes],
+        codec: CodecConfig,
+        dim: int,
+        windows: PhaseWindows,
+        min_clients: int,
+        target_clients: int,
+        dropout_rate: float,
+        corrupt_fraction: float,
+        max_bytes: int,
+    ) -> None:
+        self.federation = federation
+        self.round_id = round_id
+        self.identity = identity
+        self.directory = directory
+        self.codec = codec
+        self.dim = dim
+        self.windows = windows
+        self.min_clients = min_clients
+        self.target_clients = target_clients
+        self.dropout_rate = dropout_rate
+        self.corrupt_fraction = corrupt_fraction
+        self.max_bytes = max_bytes
+        self.adverts: dict[str, AdvertiseKeys] = {}
+        self.server: SecAggServer | None = None
+        self.config: CodecConfig | None = None
+        self.phase = KEYS
+        self._progress = asyncio.Event()
+        self._reassembler = Reassembler(max_total=max_bytes)
+        self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
+
+    # -- the phases ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        publish_roster: Callable[[Message], Awaitable[None]],
+        publish_notice: Callable[[SurvivorList], Awaitable[None]],
+        publish_inbox: Callable[[str, ShareBatch], Awaitable[None]],
+        stop: asyncio.Event | None = None,
+    ) -> SecureOutcome:
+        """Run the phases; raises RoundAbandoned (with the reason) when the round cannot complete."""
+        w = self.windows
+        await self._wait(w.keys, lambda: len(self.adverts) >= self.target_clients, stop)
+        if len(self.adverts) < self.min_clients:
+            raise RoundAbandoned(
+                f"{len(self.adverts)} devices advertised keys < min_clients {self.min_clients}"
+            )
+        n = len(self.adverts)
+        self.config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": n})
+        length = UpdateEncoder(self.config, self.dim).encoded_length
+        bits = self.config.bits
+        self.server = SecAggServer(
+            self.federation,
+            self.round_id,
+            self.identity,
+            self.directory,
+            bits=bits,
+            length=length,
+            delta=self.dropout_rate,
+            gamma=self.corrupt_fraction,
+            unpack=lambda m: unpack(m.payload, bits, length),
+        )
+        for advert in self.adverts.values():
+            self.server.add_advert(advert)
+        roster = self.server.make_roster()
+        self.phase = SHARES
+        log.info(
+            "round=%d phase=shares roster of %d devices, k=%d t=%d, %d coordinates at %d bits",
+            self.round_id, n, roster.degree, roster.threshold, length, bits,
+        )  # fmt: skip
+        await publish_roster(roster)
+        server = self.server
+        await self._wait(w.shares, lambda: server.bundles_received >= self._expected_bundles(), stop)
+        u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
+        self.phase = MASKED
+        for device in u2.devices:
+            await publish_inbox(
+                device, ShareBatch(self.federation, self.round_id, device, server.shares_for(device))
+            )
+        await publish_notice(u2)
+        log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
+        await self._wait(w.masked, lambda: server.masked_received >= len(u2.devices), stop)
+        u3 = server.close_masked_phase()
+        self.phase = UNMASK
+        await publish_notice(u3)
+        log.info("round=%d phase=unmask U3 has %d devices", self.round_id, len(u3.devices))
+        await self._wait(w.unmask, lambda: server.reveals_received >= len(u3.devices), stop)
+        missing = server.missing_shares()
+        if missing:
+            raise RoundAbandoned(f"too few reveals to unmask: missing shares for {sorted(missing)[:5]}")
+        started = time.perf_counter()
+        total = await asyncio.to_thread(server.unmask)
+        mean, weight = UpdateDecoder(self.config, self.dim).decode(total, len(u3.devices))
+        log.info(
+            "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
+            self.round_id, len(u3.devices), time.perf_counter() - started, weight,
+        )  # fmt: skip
+        return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices))
+
+    def _expected_bundles(self) -> int:
+        assert self.server is not None
+        return sum(len(neighbours) for neighbours in self.server.graph.values())
+
+    async def _wait(self, window: float, done: Callable[[], bool], stop: asyncio.Event | None) -> None:
+        deadline = time.monotonic() + window
+        while not done() and not (stop and stop.is_set()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def ingest(self, parsed: RoundTopic, payload: bytes) -> None:
+        """Feed one device frame; raises FedmqError (logged and dropped by the engine) on bad input."""
+        if parsed.kind != self.phase:
+            raise ProtocolError(f"{parsed.kind} message in phase {self.phase}")
+        key = f"{parsed.round_id}/{parsed.kind}/{parsed.sender}"
+        msg = self._reassembler.feed(key, parsed.chunk, payload, self.max_bytes)
+        self.bytes_in[parsed.kind] += len(payload)
+        if msg is None:
+            return
+        device = getattr(msg, "device", None)
+        if device != parsed.sender:
+            raise ProtocolError(
+                f"message device {device!r} does not match its topic sender {parsed.sender!r}"
+            )
+        if parsed.kind == KEYS:
+            self._on_advert(msg)
+        elif parsed.kind == SHARES:
+            self._on_shares(msg)
+        elif parsed.kind == MASKED:
+            self._on_masked(msg)
+        else:
+            self._on_reveal(msg)
+        self._progress.set()
+
+    def _on_advert(self, msg: Message) -> None:
+        if not isinstance(msg, AdvertiseKeys):
+            raise WireError(f"expected keys, got {msg.TYPE}")
+        if msg.federation != self.federation or msg.round != self.round_id:
+            raise ProtocolError(f"keys for {msg.federation}/{msg.round} (replayed or misrouted)")
+        if msg.device not in self.directory:
+            raise ProtocolError(f"unknown sender {msg.device!r}")
+        if msg.device in self.adverts:
+            return
+        secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
+        self.adverts[msg.device] = msg
+
+    def _on_shares(self, msg: Message) -> None:
+        if not isinstance(msg, ShareBatch):
+            raise WireError(f"expected a share batch, got {msg.TYPE}")
+        assert self.server is not None
+        for bundle in msg.bundles:
+            if bundle.sender != msg.device:
+                raise ProtocolError("share batch carries another device's bundle")
+            self.server.add_shares(bundle)
+
+    def _on_masked(self, msg: Message) -> None:
+        if not isinstance(msg, MaskedInput):
+            raise WireError(f"expected a masked input, got {msg.TYPE}")
+        assert self.server is not None
+        self.server.add_masked(msg)
+
+    def _on_reveal(self, msg: Message) -> None:
+        if not isinstance(msg, UnmaskReveal):
+            raise WireError(f"expected a reveal, got {msg.TYPE}")
+        assert self.server is not None
+        self.server.add_reveal(msg)

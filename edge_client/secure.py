@@ -1,0 +1,122 @@
+"""A device's side of one secure round: keys -> shares -> masked input -> reveal, over MQTT.
+
+The protocol decisions (signature checks, the refusal rules) are :class:`shared.secagg.SecAggClient`'s;
+this class only sequences them against the round's messages and the local training task, encodes the
+delta with the round's codec, and publishes. Example counts and metrics never travel in clear: the
+device's weight rides inside the masked vector as extra coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from edge_client.trainer import TrainResult
+from shared.codec import CodecConfig, UpdateEncoder, pack
+from shared.errors import ProtocolError
+from shared.secagg import SecAggClient
+from shared.wire import Message, RoundAnnounce
+from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, Message], Awaitable[None]]
+
+
+class SecureParticipation:
+    """State of this device in one secure round."""
+
+    def __init__(
+        self,
+        secagg: SecAggClient,
+        announce: RoundAnnounce,
+        training: asyncio.Task[TrainResult],
+        dim: int,
+        send: Send,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> None:
+        self.secagg = secagg
+        self.announce = announce
+        self.round_id = announce.round_id
+        self.training = training
+        self.dim = dim
+        self.send = send
+        self.on_phase = on_phase or (lambda phase: None)
+        cfg = announce.config
+        self.codec = CodecConfig.from_dict(dict(cfg.get("codec", {})))
+        self.weight_cap = int(cfg.get("weight_cap", 1000))
+        self.roster: Roster | None = None
+        self.masked_sent = False
+        self.revealed = False
+        self._lock = asyncio.Lock()
+        self._early_bundles: list[ShareBatch] = []
+
+    async def start(self) -> None:
+        await self.send("keys", self.secagg.advertise(self.round_id))
+        self.on_phase("keys")
+
+    async def on_roster(self, roster: Roster) -> None:
+        async with self._lock:
+            if roster.round != self.round_id or self.roster is not None:
+                return
+            bundles = self.secagg.on_roster(roster)
+            self.roster = roster
+            await self.send(
+                "shares", ShareBatch(roster.federation, roster.round, self.secagg.device_id, bundles)
+            )
+            self.on_phase("shares")
+            for batch in self._early_bundles:
+                self._open(batch)
+            self._early_bundles.clear()
+
+    async def on_inbox(self, batch: ShareBatch) -> None:
+        async with self._lock:
+            if batch.round != self.round_id:
+                raise ProtocolError(f"share batch for round {batch.round}, this device is in {self.round_id}")
+            if self.roster is None:
+                self._early_bundles.append(batch)
+            else:
+                self._open(batch)
+
+    def _open(self, batch: ShareBatch) -> None:
+        for bundle in batch.bundles:
+            self.secagg.on_shares(bundle)
+
+    async def on_notice(self, notice: SurvivorList) -> None:
+        async with self._lock:
+            if notice.round != self.round_id:
+                return
+            if notice.phase == PHASE_SHARED and not self.masked_sent:
+                await self._send_masked(notice)
+            elif notice.phase == PHASE_MASKED and not self.revealed and self.masked_sent:
+                reveal = self.secagg.on_survivors(notice)
+                await self.send("unmask", reveal)
+                self.revealed = True
+                self.on_phase("unmask")
+
+    async def _send_masked(self, shared: SurvivorList) -> None:
+        if self.roster is None:
+            raise ProtocolError("shared-set notice before the roster")
+        remaining = self.announce.deadline - time.time()
+        result = await asyncio.wait_for(asyncio.shield(self.training), max(0.1, remaining))
+        config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": len(self.roster.members)})
+        encoder = UpdateEncoder(config, self.dim)
+        if encoder.encoded_length != self.roster.length or config.bits != self.roster.bits:
+            raise ProtocolError(
+                f"roster expects {self.roster.length} coordinates at {self.roster.bits} bits, "
+                f"the codec gives {encoder.encoded_length} at {config.bits}"
+            )
+        weight = min(result.num_examples / self.weight_cap, 1.0)
+        encoded = await asyncio.to_thread(encoder.encode, result.delta, weight, np.random.default_rng())
+        masked = await asyncio.to_thread(self.secagg.mask, encoded, shared)
+        message = self.secagg.masked_input(pack(masked, config.bits))
+        await self.send("masked", message)
+        self.masked_sent = True
+        self.on_phase("masked")
+
+
+__all__ = ["SecureParticipation"]
