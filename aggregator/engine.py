@@ -100,6 +100,7 @@ class Aggregator:
         self._round: _OpenRound | None = None
         self._secure: SecureRound | None = None
         self._last_announce: RoundAnnounce | None = None
+        self.last_secure: SecureRound | None = None
         self._conn: MqttConnection | None = None
         self._intake: asyncio.Task[None] | None = None
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -352,7 +353,7 @@ class Aggregator:
                 "windows": dataclasses.asdict(windows),
             },
         )
-        self._secure = secure
+        self._secure = self.last_secure = secure
         self._accepting.set()
         await self._publish_announce(sign(announce, self.key))
         log.info("round=%d opened (secure) on v%d", round_id, self.version)

@@ -99,6 +99,8 @@ class SecureRound:
         self.server: SecAggServer | None = None
         self.config: CodecConfig | None = None
         self.phase = KEYS
+        #: The unmasked integer sum, once the round got that far (tests check it bit-exactly).
+        self.total: np.ndarray | None = None
         self._progress = asyncio.Event()
         self._reassembler = Reassembler(max_total=max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
@@ -164,6 +166,7 @@ class SecureRound:
             raise RoundAbandoned(f"too few reveals to unmask: missing shares for {sorted(missing)[:5]}")
         started = time.perf_counter()
         total = await asyncio.to_thread(server.unmask)
+        self.total = total
         mean, weight = UpdateDecoder(self.config, self.dim).decode(total, len(u3.devices))
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",

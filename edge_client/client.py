@@ -133,6 +133,20 @@ class EdgeClient:
                     await task
         await self.conn.close()
 
+    async def crash(self) -> None:
+        """Vanish as a crash or a dead link would: no DISCONNECT (the broker fires the last will after its
+        delay) and no further part in the current round. Used by fault tests and the fleet simulator."""
+        self.phase_hook = None
+        self._secure = None
+        for task in list(self._tasks):
+            task.cancel()
+        self.conn.abort()
+        await self.conn.close(graceful=False)
+
+    @property
+    def secure_round(self) -> SecureParticipation | None:
+        return self._secure
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()

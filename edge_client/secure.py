@@ -51,6 +51,8 @@ class SecureParticipation:
         self.weight_cap = int(cfg.get("weight_cap", 1000))
         self.roster: Roster | None = None
         self.masked_sent = False
+        #: The encoded (unmasked) vector this device contributed: kept for tests and audits, never sent.
+        self.encoded: np.ndarray | None = None
         self.revealed = False
         self._lock = asyncio.Lock()
         self._early_bundles: list[ShareBatch] = []
@@ -112,6 +114,7 @@ class SecureParticipation:
             )
         weight = min(result.num_examples / self.weight_cap, 1.0)
         encoded = await asyncio.to_thread(encoder.encode, result.delta, weight, np.random.default_rng())
+        self.encoded = encoded
         masked = await asyncio.to_thread(self.secagg.mask, encoded, shared)
         message = self.secagg.masked_input(pack(masked, config.bits))
         await self.send("masked", message)

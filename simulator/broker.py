@@ -63,6 +63,22 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @classmethod
+    def with_accounts(cls, accounts: dict[str, str], workdir: Path | None = None) -> MosquittoBroker:
+        """A broker that requires these username/password accounts and enforces ``broker_config/acl.conf``."""
+        broker = cls(workdir)
+        broker.workdir.mkdir(parents=True, exist_ok=True)
+        passwd = broker.workdir / "passwd"
+        passwd.write_text("")
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        for user, password in accounts.items():
+            subprocess.run([tool, "-b", str(passwd), user, password], check=True, capture_output=True)
+        passwd.chmod(0o600)
+        broker.auth = (
+            f"allow_anonymous false\npassword_file {passwd}\nacl_file {broker_config_dir() / 'acl.conf'}"
+        )
+        return broker
+
     def render(self) -> Path:
         template = (broker_config_dir() / "mosquitto.conf.tmpl").read_text()
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,156 @@
+"""Secure aggregation over a real Mosquitto with the ACL config (usernames = device ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+import aiomqtt
+import nacl.signing
+import numpy as np
+import pytest
+import torch
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import Aggregator
+from aggregator.secure import PhaseWindows
+from edge_client.client import EdgeClient, EdgeConfig
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.codec import CodecConfig
+from shared.mqtt import MqttConnection
+from shared.snapshots import make_snapshot
+from shared.topics import KEYS, Topics
+from simulator.broker import MosquittoBroker
+from simulator.data import dirichlet_partition
+from simulator.models import digits_mlp
+from tests.support import initial_weights, mqtt_config
+
+pytestmark = pytest.mark.broker
+FED = "sec"
+
+
+@pytest.fixture
+def accounts():
+    ids = [f"dev-{i:02d}" for i in range(20)] + ["aggregator", "spy"]
+    return {user: secrets.token_hex(8) for user in ids}
+
+
+@pytest.fixture
+def acl_broker(tmp_path, accounts):
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+def creds(broker, accounts, user, **kw):
+    return mqtt_config(broker, user, username=user, password=accounts[user], **kw)
+
+
+async def test_twenty_devices_thirty_percent_killed_after_shares_exact_sum(
+    acl_broker, tmp_path, accounts, digits
+):
+    ids = [f"dev-{i:02d}" for i in range(20)]
+    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
+    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=creds(acl_broker, accounts, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=10, shares=10, masked=4, unmask=10),
+        min_clients=10,
+        target_clients=20,
+    )
+    shards = dirichlet_partition(digits.y_train, 20, alpha=0.5, seed=0)
+    victims = set(ids[:6])  # 30%
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices: list[EdgeClient] = []
+        for cid, shard in zip(ids, shards):
+            trainer = LocalTrainer(
+                FederatedModel(digits_mlp()),
+                torch.from_numpy(digits.x_train[shard]),
+                torch.from_numpy(digits.y_train[shard]),
+                TrainConfig(epochs=1, lr=0.1),
+            )
+            edge = EdgeConfig(
+                FED,
+                creds(acl_broker, accounts, cid),
+                agg.verify_key,
+                identity=identities[cid],
+                directory=directory,
+            )
+            devices.append(EdgeClient(edge, trainer))
+        stop = asyncio.Event()
+        crashes: list[asyncio.Task] = []
+
+        def crash_after_shares(device: EdgeClient):
+            def hook(phase: str) -> None:
+                if phase == "shares":
+                    crashes.append(asyncio.create_task(device.crash()))
+
+            return hook
+
+        async with contextlib.AsyncExitStack() as stack:
+            for device in devices:
+                if device.client_id in victims:
+                    device.phase_hook = crash_after_shares(device)
+                await stack.enter_async_context(device)
+            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+            try:
+                results = await asyncio.wait_for(agg.run(1), timeout=90)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, *crashes, return_exceptions=True)
+        secure = agg.last_secure
+    assert results[0].status == "closed", results[0].reason
+    assert results[0].contributors == 14 and results[0].version == 1
+    survivors = [d for d in devices if d.client_id not in victims]
+    assert secure is not None and secure.server is not None
+    assert secure.server.masked == frozenset(d.client_id for d in survivors)
+    bits = secure.config.bits
+    plain_sum = np.zeros_like(secure.total)
+    for device in survivors:
+        np.add(plain_sum, device.secure_round.encoded, out=plain_sum)
+    plain_sum &= np.uint32((1 << bits) - 1)
+    np.testing.assert_array_equal(secure.total, plain_sum)  # bit-exact
+    assert np.all(agg.weights != weights)
+
+
+async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts):
+    topics = Topics(FED)
+    async with MqttConnection(creds(acl_broker, accounts, "aggregator"), [topics.rounds_all]) as agg:
+        await agg.wait_connected()
+        client = aiomqtt.Client(
+            "127.0.0.1", acl_broker.port, identifier="dev-01", username="dev-01",
+            password=accounts["dev-01"], protocol=aiomqtt.ProtocolVersion.V5,
+        )  # fmt: skip
+        async with client:
+            own = await client.subscribe(f"{topics.inbox('dev-01')}/#", qos=1)
+            assert own[0].value < 0x80  # granted
+            # Mosquitto 2.0 grants the SUBACK and enforces "read" at delivery: nothing may arrive.
+            await client.subscribe(f"{topics.inbox('dev-02')}/#", qos=1)
+            await client.publish(topics.round_msg(0, KEYS, "dev-02"), b"impersonated", qos=1)
+            await client.publish(topics.round_msg(0, KEYS, "dev-01"), b"own", qos=1)
+            await agg.publish(topics.inbox("dev-02"), b"sealed for dev-02")
+            received = []
+            while (msg := await agg.next_message(timeout=1.0)) is not None:
+                received.append((str(msg.topic), msg.payload))
+            assert received == [(topics.round_msg(0, KEYS, "dev-01"), b"own")]
+            with pytest.raises(asyncio.TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for _ in client.messages:
+                        break  # dev-01 must not get dev-02's inbox message
+
+    with pytest.raises(aiomqtt.MqttError):  # a wrong password is refused outright
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            acl_broker.port,
+            username="dev-01",
+            password="nope",
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ):
+            pass
