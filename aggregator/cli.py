@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--bits", type=int, default=16, help="secure mode: bits per coordinate")
     p.add_argument("--clip-norm", type=float, default=5.0, help="secure mode: L2 clip of each update")
+    p.add_argument(
+        "--snapshot-encoding", choices=("f16", "q16", "q8", "f32"), default="f16", help="downlink encoding"
+    )
     p.add_argument("--enrolled", type=Path, default=None, help="plain mode: file with one device id per line")
     p.add_argument("--ca-file", default=None)
     p.add_argument("--log-level", default="INFO")
@@ -66,6 +69,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         optimizer=ServerOptimizerConfig(args.optimizer, lr=args.server_lr),
         enrolled=enrolled,
         mode=args.mode,
+        snapshot_encoding=args.snapshot_encoding,
         directory=directory,
         codec=CodecConfig(bits=args.bits, clip_norm=args.clip_norm, expected_clients=1, seed=bytes(32)),
     )

@@ -12,6 +12,7 @@ from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
+from shared.snapshots import TENSOR_ENCODINGS
 from shared.topics import check_id
 
 MODES = ("secure", "plain")
@@ -41,6 +42,8 @@ class AggregatorConfig:
     corrupt_fraction: float = 0.1
     #: A device's weight is min(examples / weight_cap, 1): FedAvg weighting with a bounded contribution.
     weight_cap: int = 1000
+    #: Downlink: ``f16`` (compact float16 + zstd, the default), ``q16``/``q8`` or raw ``f32``.
+    snapshot_encoding: str = "f16"
     #: Length of a round's collection window in seconds (the deadline).
     round_window_s: float = 30.0
     #: A round closes with the devices that answered if at least this many did, else it is abandoned.
@@ -89,6 +92,8 @@ class AggregatorConfig:
                 raise ConfigError("dropout_rate", "must be in [0, 1)")
             if not 0 <= self.corrupt_fraction < 0.5:
                 raise ConfigError("corrupt_fraction", "must be in [0, 0.5)")
+        if self.snapshot_encoding not in ("f32", *TENSOR_ENCODINGS):
+            raise ConfigError("snapshot_encoding", f"{self.snapshot_encoding!r} is not f32, f16, q16 or q8")
         if self.weight_cap < 1:
             raise ConfigError("weight_cap", "must be >= 1")
 

@@ -110,6 +110,11 @@ class Aggregator:
         self.results: list[RoundResult] = []
 
     @property
+    def published_weights(self) -> np.ndarray:
+        """The weights devices decode from the current snapshot (the master may be more precise)."""
+        return snapshot_weights(decode(self._snapshot_bytes, ModelSnapshot))
+
+    @property
     def verify_key(self) -> bytes:
         return bytes(self.key.verify_key)
 
@@ -141,16 +146,22 @@ class Aggregator:
             state = stored.optimizer
             log.info("resuming from stored snapshot v%d (round %d)", snapshot.version, snapshot.round_id)
         elif self._initial is not None:
-            snapshot = (
+            initial = (
                 self._initial if isinstance(self._initial, ModelSnapshot) else read_initial(self._initial)
             )
-            if snapshot.version != 0:
-                snapshot = ModelSnapshot(**{**snapshot.__dict__, "version": 0})
-            snapshot = sign(snapshot, self.key)
-            state = {}
-            log.info(
-                "starting from initial snapshot (%d parameters)", ModelLayout.from_wire(snapshot.layout).dim
+            layout = ModelLayout.from_wire(initial.layout)
+            # Re-issue the initial model as our own signed v0 in the configured downlink encoding.
+            snapshot = make_snapshot(
+                self.config.federation,
+                0,
+                -1,
+                layout,
+                snapshot_weights(initial),
+                self.key,
+                self.config.snapshot_encoding,
             )
+            state = {}
+            log.info("starting from initial snapshot (%d parameters)", layout.dim)
         else:
             raise StoreError(f"no snapshot in {self.store.directory} and no initial model given")
         self.layout = ModelLayout.from_wire(snapshot.layout)
@@ -279,7 +290,13 @@ class Aggregator:
         new_weights = self.optimizer.step(self.weights, mean_delta)
         version = self.version + 1
         snapshot = make_snapshot(
-            self.config.federation, version, round_id, self.layout, new_weights, self.key
+            self.config.federation,
+            version,
+            round_id,
+            self.layout,
+            new_weights,
+            self.key,
+            self.config.snapshot_encoding,
         )
         snapshot_bytes = encode(snapshot)
         self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)

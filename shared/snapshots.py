@@ -1,7 +1,13 @@
 """Build and read :class:`~shared.wire.ModelSnapshot` messages: the global model as devices see it.
 
-The body encoding is named in the message so that compact encodings can be added without a schema
-change; ``f32`` is raw little-endian float32 of the flat layout.
+The body encoding is named in the message: ``f32`` is raw little-endian float32 of the flat layout (the
+simplest thing for a foreign decoder); ``compact`` is :mod:`shared.codec.snapshot`'s per-tensor container
+(float16 or 8/16-bit integers with a scale per tensor, then zstd), which halves or better the download.
+
+Master weights: the aggregator keeps float32 master weights and publishes their compact encoding; a
+device trains from the *decoded* weights and reports its delta against them, and the aggregator adds the
+mean delta to its master. The snapshot's quantization error therefore never accumulates: each snapshot
+re-encodes the current master, and what a device decodes is fixed by the snapshot's hash.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ from pathlib import Path
 import nacl.signing
 import numpy as np
 
+from shared.codec.snapshot import decode_snapshot, encode_snapshot
 from shared.errors import CodecError, ProtocolError
 from shared.layout import ModelLayout
 from shared.signing import sign, verify
 from shared.wire import ModelSnapshot, decode, encode
 
 F32 = "f32"
+COMPACT = "compact"
+#: Tensor encodings of compact snapshots (see shared.codec.snapshot).
+TENSOR_ENCODINGS = ("f16", "q16", "q8")
 
 
 def make_snapshot(
@@ -28,16 +38,26 @@ def make_snapshot(
     layout: ModelLayout,
     weights: np.ndarray,
     key: nacl.signing.SigningKey | None = None,
+    encoding: str = F32,
 ) -> ModelSnapshot:
+    """Snapshot of flat ``weights``; ``encoding`` is ``f32`` or a tensor encoding of ``compact``."""
     if weights.shape != (layout.dim,):
         raise CodecError(f"weights have shape {weights.shape}, layout needs ({layout.dim},)")
-    body = np.ascontiguousarray(weights, dtype="<f4").tobytes()
+    if encoding == F32:
+        body = np.ascontiguousarray(weights, dtype="<f4").tobytes()
+    elif encoding in TENSOR_ENCODINGS:
+        tensors = {
+            name: np.ascontiguousarray(t, dtype=np.float32) for name, t in layout.split(weights).items()
+        }
+        body, _ = encode_snapshot(tensors, encoding)
+    else:
+        raise CodecError(f"unknown snapshot encoding {encoding!r}; use f32 or one of {TENSOR_ENCODINGS}")
     snapshot = ModelSnapshot(
         federation=federation,
         version=version,
         round_id=round_id,
         layout=layout.to_wire(),
-        encoding=F32,
+        encoding=F32 if encoding == F32 else COMPACT,
         weights=body,
         sha256=hashlib.sha256(body).digest(),
         created_at=time.time(),
@@ -52,6 +72,11 @@ def snapshot_weights(snapshot: ModelSnapshot, verify_key: nacl.signing.VerifyKey
     if verify_key is not None:
         verify(snapshot, verify_key)
     layout = ModelLayout.from_wire(snapshot.layout)
+    if snapshot.encoding == COMPACT:
+        decoded = decode_snapshot(snapshot.weights)
+        if list(decoded) != layout.names:
+            raise CodecError("compact snapshot tensors do not match the layout")
+        return layout.flatten(decoded)
     if snapshot.encoding != F32:
         raise CodecError(f"unknown snapshot encoding {snapshot.encoding!r}")
     if len(snapshot.weights) != 4 * layout.dim:

@@ -30,7 +30,8 @@ def start_aggregator(broker, store: Path, initial: Path, log: Path) -> subproces
     cmd = [
         sys.executable, "-m", "aggregator",
         "--broker", broker.url, "--federation", FED, "--store", str(store), "--initial", str(initial),
-        "--window", "25", "--min-clients", "3", "--target-clients", "3", "--rounds", "1", "--mode", "plain",
+        "--window", "25", "--min-clients", "3", "--target-clients", "3", "--rounds", "1",
+        "--mode", "plain", "--snapshot-encoding", "f32",
     ]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import subprocess
 import time
@@ -14,6 +15,7 @@ import nacl.signing
 import numpy as np
 import pytest
 import torch
+import zstandard
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
@@ -98,7 +100,9 @@ async def test_late_device_gets_retained_snapshot_at_once(broker, tmp_path, digi
             await late.wait_for_version(2, timeout=5)
         assert time.monotonic() - t0 < 5
         assert late.version == 2
-        np.testing.assert_array_equal(late.weights, agg.weights)
+        np.testing.assert_array_equal(late.weights, agg.published_weights)
+        # float16 snapshot: within half a float16 step of the float32 master
+        np.testing.assert_allclose(late.weights, agg.weights, rtol=2**-10, atol=1e-7)
 
 
 async def test_round_closes_at_deadline_with_those_who_answered(broker, tmp_path, digits):
@@ -135,12 +139,29 @@ async def test_snapshot_and_updates_travel_chunked(broker, tmp_path, digits):
         assert results[0].contributors == 3  # 19 KB updates in 2 KB chunks
         assert len(agg._snapshot_bytes) > 4 * 2048
         for device in devices:
-            np.testing.assert_array_equal(device.weights, agg.weights)
+            np.testing.assert_array_equal(device.weights, agg.published_weights)
             assert device.conn.stats.publishes > 10
 
 
-async def test_stock_mosquitto_sub_reads_the_retained_snapshot(broker, tmp_path, digits):
-    async with Aggregator(agg_config(broker, tmp_path), initial=initial_snapshot()) as agg:
+def decode_compact_with_stock_libraries(blob: bytes) -> np.ndarray:
+    """docs/wire.md's recipe for ``compact`` snapshots: msgpack, zstandard and numpy only."""
+    dtypes = {"f16": "<f2", "q16": "<i2", "q8": "i1", "f32": "<f4"}
+    container = msgpack.unpackb(blob, raw=False)
+    assert container["fmt"] == "fedmq.snapshot"
+    parts = []
+    for tensor in container["tensors"]:
+        codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(tensor["data"]), dtypes[tensor["enc"]])
+        values = codes.astype(np.float32)
+        if tensor["enc"] in ("q16", "q8"):
+            values *= np.float32(tensor["scale"])
+        parts.append(values)
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("encoding", ["f32", "f16"])
+async def test_stock_mosquitto_sub_reads_the_retained_snapshot(broker, tmp_path, digits, encoding):
+    cfg = agg_config(broker, tmp_path, snapshot_encoding=encoding)
+    async with Aggregator(cfg, initial=initial_snapshot()) as agg:
         async with running(make_devices(broker, digits, 2, agg.verify_key, FED)):
             await asyncio.wait_for(agg.run(1), timeout=30)
         out = subprocess.run(
@@ -150,27 +171,19 @@ async def test_stock_mosquitto_sub_reads_the_retained_snapshot(broker, tmp_path,
             check=True,
         ).stdout
         body = msgpack.unpackb(out, raw=False)  # plain msgpack, no fedmq code
-        documented = {
-            "v",
-            "t",
-            "federation",
-            "version",
-            "round_id",
-            "layout",
-            "encoding",
-            "weights",
-            "sha256",
-            "created_at",
-            "base_version",
-            "signature",
-        }
+        documented = {"v", "t", "federation", "version", "round_id", "layout", "encoding", "weights",
+                      "sha256", "created_at", "base_version", "signature"}  # fmt: skip
         assert set(body) == documented
-        assert body["t"] == "model" and body["version"] == 1 and body["encoding"] == "f32"
-        import hashlib
-
+        assert body["t"] == "model" and body["version"] == 1
         assert hashlib.sha256(body["weights"]).digest() == body["sha256"]
-        weights = np.frombuffer(body["weights"], "<f4")
-        np.testing.assert_array_equal(weights, agg.weights)
+        if encoding == "f32":
+            assert body["encoding"] == "f32"
+            weights = np.frombuffer(body["weights"], "<f4")
+        else:
+            assert body["encoding"] == "compact"
+            weights = decode_compact_with_stock_libraries(body["weights"])
+            assert len(body["weights"]) < 0.6 * 4 * weights.size  # at least ~2x smaller than float32
+        np.testing.assert_array_equal(weights, agg.published_weights)
         unsigned = msgpack.packb({**body, "signature": b""}, use_bin_type=True)
         nacl.signing.VerifyKey(agg.verify_key).verify(unsigned, body["signature"])
 
