@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-clients", type=int, default=None, help="default: half the devices")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="fedavg", help="server optimiser")
     p.add_argument("--server-lr", type=float, default=1.0)
+    p.add_argument("--plain", action="store_true", help="trusted mode: no secure aggregation (float32)")
+    p.add_argument("--bits", type=int, default=16, help="secure mode: bits per uploaded coordinate")
+    p.add_argument("--clip-norm", type=float, default=5.0, help="secure mode: L2 clip of each update")
+    p.add_argument("--subsample", type=float, default=1.0, help="secure mode: shared-seed coordinate rate")
+    p.add_argument(
+        "--snapshot-encoding", choices=("f16", "q16", "q8", "f32"), default="f16", help="downlink encoding"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--broker", default=None, help="use this broker (mqtt://host:port) instead of starting one"
@@ -56,6 +63,7 @@ def summary_table(report: FleetReport) -> Table:
     table.add_row("final test accuracy (federated)", f"{report.final_accuracy:.4f}")
     table.add_row("central-training baseline", f"{report.central_accuracy:.4f}")
     table.add_row("gap", f"{report.central_accuracy - report.final_accuracy:+.4f}")
+    table.add_row("mode", report.mode)
     table.add_row("rounds", str(report.rounds))
     table.add_row("clients", str(report.clients))
     table.add_row("bytes up per client per round", f"{report.bytes_up_per_client_round:,.0f}")
@@ -74,6 +82,11 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         window_s=args.window,
         min_clients=args.min_clients,
         optimizer=ServerOptimizerConfig(args.optimizer, lr=args.server_lr),
+        secure=not args.plain,
+        codec_bits=args.bits,
+        clip_norm=args.clip_norm,
+        subsample_rate=args.subsample,
+        snapshot_encoding=args.snapshot_encoding,
     )
     progress = Progress(
         TextColumn("[bold]round"),

@@ -58,6 +58,7 @@ class FleetConfig:
     codec_bits: int = 16
     clip_norm: float = 5.0
     subsample_rate: float = 1.0
+    snapshot_encoding: str = "f16"
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -95,6 +96,7 @@ class FleetReport:
     bytes_up_per_client_round: float
     bytes_down_per_client_round: float
     wall_s: float
+    mode: str = "secure"
     per_round: list[RoundReport] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
@@ -184,6 +186,7 @@ async def run_fleet(
         enrolled=frozenset(ids),
         chunk_limit=config.chunk_limit,
         weight_cap=max(len(s) for s in shards),
+        snapshot_encoding=config.snapshot_encoding,
     )
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
@@ -226,5 +229,11 @@ async def run_fleet(
         bytes_up_per_client_round=up,
         bytes_down_per_client_round=down,
         wall_s=time.perf_counter() - start,
+        mode=(
+            f"secure, {config.codec_bits}-bit, subsample {config.subsample_rate:g}"
+            if config.secure
+            else "plain"
+        )
+        + f", snapshots {config.snapshot_encoding}",
         per_round=reports,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge_client.architectures import default_train_config
+from edge_client.architectures import DEFAULTS
 from simulator.data import dirichlet_partition, load_digits_split
 from simulator.workloads import Workload, seeded_module
 
@@ -47,6 +47,6 @@ def load_digits_workload(n_devices: int = DEFAULT_DEVICES, seed: int = 0) -> Wor
         test_data=(torch.from_numpy(split.x_test).reshape(-1, 1, 8, 8), torch.from_numpy(split.y_test)),
         loss_fn=nn.functional.cross_entropy,
         metric="accuracy",
-        train_config=default_train_config(digits_cnn(), epochs=2, batch_size=16, lr=0.05, seed=seed),
+        train_config=DEFAULTS["cnn"].train_config(epochs=2, batch_size=16, lr=0.05, seed=seed),
         central_epochs=30,
     )

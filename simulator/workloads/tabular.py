@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_client.architectures import default_train_config
+from edge_client.architectures import DEFAULTS
 from simulator.data import dirichlet_partition
 from simulator.workloads import Workload, seeded_module
 
@@ -59,7 +59,7 @@ def _tabular_workload(
         test_data=(torch.from_numpy(x_test), torch.from_numpy(y_test.astype(np.int64))),
         loss_fn=nn.functional.cross_entropy,
         metric="accuracy",
-        train_config=default_train_config(build(), epochs=2, batch_size=16, lr=0.05, seed=seed),
+        train_config=DEFAULTS["mlp"].train_config(epochs=2, batch_size=16, lr=0.05, seed=seed),
         central_epochs=30,
     )
 
