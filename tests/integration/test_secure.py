@@ -18,8 +18,8 @@ from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
-from shared.codec import CodecConfig
-from shared.mqtt import MqttConnection
+from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder
+from shared.mqtt import MqttConfig, MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import KEYS, Topics
 from simulator.broker import MosquittoBroker
@@ -154,3 +154,77 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             protocol=aiomqtt.ProtocolVersion.V5,
         ):
             pass
+
+
+@pytest.mark.parametrize("bits, subsample", [(16, 1.0), (8, 0.5)])
+async def test_compressed_secure_round_matches_the_plaintext_oracle(
+    broker, tmp_path, digits, bits, subsample
+):
+    """Decode(unmasked sum) equals decode(plaintext sum of the same encodings) computed by an oracle."""
+    ids = [f"dev-{i:02d}" for i in range(6)]
+    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
+    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(
+            bits=bits, clip_norm=5.0, expected_clients=1, seed=bytes(32), subsample_rate=subsample
+        ),
+        windows=PhaseWindows(keys=10, shares=10, masked=20, unmask=10),
+        min_clients=4,
+        target_clients=6,
+        snapshot_encoding="f32",
+    )
+    shards = dirichlet_partition(digits.y_train, 6, alpha=0.5, seed=1)
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        before = agg.weights.copy()
+        devices = []
+        for cid, shard in zip(ids, shards):
+            trainer = LocalTrainer(
+                FederatedModel(digits_mlp()),
+                torch.from_numpy(digits.x_train[shard]),
+                torch.from_numpy(digits.y_train[shard]),
+                TrainConfig(epochs=1, lr=0.1),
+            )
+            edge = EdgeConfig(
+                FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid], directory=directory
+            )
+            devices.append(EdgeClient(edge, trainer))
+        stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            for device in devices:
+                await stack.enter_async_context(device)
+            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+            try:
+                results = await asyncio.wait_for(agg.run(1), timeout=60)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        secure = agg.last_secure
+        applied = agg.weights - before  # FedAvg with server lr 1: the decoded mean delta
+    assert results[0].status == "closed" and results[0].contributors == 6
+    config = secure.config
+    oracle_sum = np.zeros(UpdateEncoder(config, model.dim).encoded_length, dtype=np.uint32)
+    for device in devices:
+        np.add(oracle_sum, device.secure_round.encoded, out=oracle_sum)
+    oracle_sum &= np.uint32((1 << config.bits) - 1)
+    np.testing.assert_array_equal(secure.total, oracle_sum)
+    oracle_mean, oracle_weight = UpdateDecoder(config, model.dim).decode(oracle_sum, 6)
+    np.testing.assert_allclose(applied, oracle_mean, rtol=0, atol=2e-6)
+    assert oracle_weight == pytest.approx(results[0].metrics["total_weight"])
+
+
+def test_non_linear_codec_is_refused_under_secure_aggregation(tmp_path):
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scheme"):
+        AggregatorConfig(
+            federation=FED,
+            mqtt=MqttConfig(client_id="aggregator"),
+            store_dir=tmp_path,
+            directory={"dev-00": bytes(32)},
+            codec=CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32), scheme="topk"),
+        )
