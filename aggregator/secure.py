@@ -31,6 +31,7 @@ import numpy as np
 
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
+from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_noise
 from shared.errors import ProtocolError, WireError
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
@@ -61,6 +62,8 @@ class SecureOutcome:
     total_weight: float
     contributors: int
     dropped: int
+    #: Noise multiplier the released sum really carried (survivors counted); None without DP.
+    noise_multiplier: float | None = None
 
 
 class SecureRound:
@@ -82,6 +85,8 @@ class SecureRound:
         dropout_rate: float,
         corrupt_fraction: float,
         max_bytes: int,
+        dp: DPConfig | None = None,
+        noise_multiplier: float | None = None,
     ) -> None:
         self.federation = federation
         self.round_id = round_id
@@ -95,6 +100,8 @@ class SecureRound:
         self.dropout_rate = dropout_rate
         self.corrupt_fraction = corrupt_fraction
         self.max_bytes = max_bytes
+        self.dp = dp if dp is not None and dp.enabled else None
+        self.noise_multiplier = noise_multiplier
         self.adverts: dict[str, AdvertiseKeys] = {}
         self.server: SecAggServer | None = None
         self.config: CodecConfig | None = None
@@ -172,7 +179,32 @@ class SecureRound:
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
             self.round_id, len(u3.devices), time.perf_counter() - started, weight,
         )  # fmt: skip
-        return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices))
+        present = None
+        if self.dp is not None:
+            mean, present = self._privatize(mean, weight, n, len(u3.devices))
+        return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices), present)
+
+    def _privatize(
+        self, mean: np.ndarray, weight: float, roster: int, survivors: int
+    ) -> tuple[np.ndarray, float]:
+        """Distributed mode: the noise is already in the sum; measure it. Central mode: add it now."""
+        assert self.dp is not None and self.config is not None and self.noise_multiplier is not None
+        encoder = UpdateEncoder(self.config, self.dim)
+        if self.dp.mode == "distributed":
+            plan = device_noise_plan(self.dp, self.noise_multiplier, self.config, encoder, roster)
+            present = plan.noise_multiplier_present(survivors)
+            if not plan.meets_target(survivors):
+                log.warning(
+                    "round=%d only %d of %d devices survived: noise multiplier %.3f is below the target %.3f",
+                    self.round_id, survivors, roster, present, self.noise_multiplier,
+                )  # fmt: skip
+            return mean, present
+        # Central mode (trusted aggregator): Gaussian noise on the decoded sum, then re-normalise.
+        std = central_noise_std(
+            self.noise_multiplier, self.config.clip_norm, scale=encoder.scale, dim=encoder.data_length
+        )
+        noisy = mean.astype(np.float64) + gaussian_noise(mean.size, std) / max(weight, 1e-12)
+        return noisy.astype(np.float32), self.noise_multiplier
 
     def _expected_bundles(self) -> int:
         assert self.server is not None

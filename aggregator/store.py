@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     status       TEXT NOT NULL,           -- open | closed | abandoned
     contributors INTEGER NOT NULL DEFAULT 0,
     reason       TEXT NOT NULL DEFAULT '',
-    closed_at    REAL
+    closed_at    REAL,
+    noise        REAL                     -- DP noise multiplier the released sum carried, if any
 );
 CREATE TABLE IF NOT EXISTS journal (
     round_id    INTEGER NOT NULL,
@@ -114,13 +115,23 @@ class Store:
             (round_id, base_version, opened_at, deadline),
         )
 
-    def finish_round(self, round_id: int, status: str, contributors: int, reason: str = "") -> None:
+    def finish_round(
+        self, round_id: int, status: str, contributors: int, reason: str = "", noise: float | None = None
+    ) -> None:
         if status not in ("closed", "abandoned"):
             raise StoreError(f"unknown round status {status!r}")
         self._db.execute(
-            "UPDATE rounds SET status = ?, contributors = ?, reason = ?, closed_at = ? WHERE round_id = ?",
-            (status, contributors, reason, time.time(), round_id),
+            "UPDATE rounds SET status = ?, contributors = ?, reason = ?, closed_at = ?, noise = ? "
+            "WHERE round_id = ?",
+            (status, contributors, reason, time.time(), noise, round_id),
         )
+
+    def noise_history(self) -> list[float]:
+        """Noise multipliers of the closed rounds that released a DP sum, in order (for the accountant)."""
+        rows = self._db.execute(
+            "SELECT noise FROM rounds WHERE status = 'closed' AND noise IS NOT NULL ORDER BY round_id"
+        )
+        return [float(noise) for (noise,) in rows]
 
     def last_round(self) -> RoundRecord | None:
         row = self._db.execute(

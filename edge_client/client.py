@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from shared.wire import Presence as PresenceMsg
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
 log = logging.getLogger(__name__)
+_SAMPLER = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,12 @@ class EdgeClient:
     def _join_secure(self, announce: RoundAnnounce) -> None:
         assert self._secagg is not None and self.weights is not None
         self.contributed.add(announce.round_id)
+        dp = announce.config.get("dp") or {}
+        q = dp.get("sampling_q") if isinstance(dp, dict) else None
+        if isinstance(q, float) and q < 1.0 and _SAMPLER.random() >= q:
+            # Poisson self-sampling: the privacy amplification the accountant assumes (DESIGN.md §7).
+            log.info("device=%s sat out round %d (sampled with q=%g)", self.client_id, announce.round_id, q)
+            return
         training = asyncio.create_task(asyncio.to_thread(self.trainer.train, self.weights))
         self._training = asyncio.create_task(self._await_quietly(training))
         round_id = announce.round_id

@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_client.trainer import TrainResult
 from shared.codec import CodecConfig, UpdateEncoder, pack
+from shared.dp import DPConfig, device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
 from shared.secagg import SecAggClient
 from shared.wire import Message, RoundAnnounce
@@ -25,6 +26,34 @@ from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, S
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Message], Awaitable[None]]
+
+
+NOISE_CHUNK = 1 << 16
+
+
+def encode_update(
+    encoder: UpdateEncoder,
+    delta: np.ndarray,
+    weight: float,
+    rng: np.random.Generator,
+    noise_variance: float = 0.0,
+    noise_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """The device's vector in Z_2^b: codec output plus, in distributed DP mode, Skellam noise.
+
+    The noise is added in the integer domain after rounding and before masking (Agarwal et al. 2021), to
+    the data coordinates only, chunk by chunk so no extra full-size temporary is needed.
+    """
+    vector = encoder.encode(delta, weight, rng)
+    if noise_variance > 0:
+        modulus_mask = np.uint32((1 << encoder.config.bits) - 1) if encoder.config.bits < 32 else None
+        for start in range(0, encoder.data_length, NOISE_CHUNK):
+            part = vector[start : min(start + NOISE_CHUNK, encoder.data_length)]
+            noise = skellam_noise(part.size, noise_variance, rng=noise_rng)
+            part += noise.astype(np.uint32)  # two's complement: adding mod 2^32, then reduce mod 2^b
+            if modulus_mask is not None:
+                part &= modulus_mask
+    return vector
 
 
 class SecureParticipation:
@@ -49,6 +78,7 @@ class SecureParticipation:
         cfg = announce.config
         self.codec = CodecConfig.from_dict(dict(cfg.get("codec", {})))
         self.weight_cap = int(cfg.get("weight_cap", 1000))
+        self.dp = DPConfig.from_dict(dict(cfg["dp"])) if cfg.get("dp") else None
         self.roster: Roster | None = None
         self.masked_sent = False
         #: The encoded (unmasked) vector this device contributed: kept for tests and audits, never sent.
@@ -113,7 +143,21 @@ class SecureParticipation:
                 f"the codec gives {encoder.encoded_length} at {config.bits}"
             )
         weight = min(result.num_examples / self.weight_cap, 1.0)
-        encoded = await asyncio.to_thread(encoder.encode, result.delta, weight, np.random.default_rng())
+        noise_variance = 0.0
+        if self.dp is not None and self.dp.mode == "distributed":
+            plan = device_noise_plan(
+                self.dp, self.dp.resolved_noise_multiplier(), config, encoder, len(self.roster.members)
+            )
+            noise_variance = plan.per_device_variance
+        encoded = await asyncio.to_thread(
+            encode_update,
+            encoder,
+            result.delta,
+            weight,
+            np.random.default_rng(),
+            noise_variance,
+            secure_generator(),
+        )
         self.encoded = encoded
         masked = await asyncio.to_thread(self.secagg.mask, encoded, shared)
         message = self.secagg.masked_input(pack(masked, config.bits))

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from aggregator.optimizer import OPTIMIZERS, ServerOptimizerConfig
 from edge_client.trainer import TrainConfig
+from shared.dp import DPConfig
 from shared.errors import FedmqError
 from simulator.broker import MosquittoBroker
 from simulator.fleet import FleetConfig, FleetReport, RoundReport, run_fleet
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--snapshot-encoding", choices=("f16", "q16", "q8", "f32"), default="f16", help="downlink encoding"
     )
+    p.add_argument("--dp", choices=("distributed", "central"), default=None, help="differential privacy mode")
+    p.add_argument("--dp-noise", type=float, default=None, help="DP noise multiplier z")
+    p.add_argument("--dp-epsilon", type=float, default=None, help="DP target epsilon (calibrates z)")
+    p.add_argument("--dp-delta", type=float, default=1e-3, help="DP delta (well below 1/devices)")
+    p.add_argument("--dp-budget", type=float, default=None, help="stop before epsilon would exceed this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--broker", default=None, help="use this broker (mqtt://host:port) instead of starting one"
@@ -56,6 +62,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def dp_config(args: argparse.Namespace) -> DPConfig:
+    if args.dp is None:
+        return DPConfig()
+    if args.dp_noise is None and args.dp_epsilon is None:
+        args.dp_noise = 1.0
+    return DPConfig(
+        mode=args.dp,
+        noise_multiplier=args.dp_noise,
+        target_epsilon=args.dp_epsilon if args.dp_noise is None else None,
+        target_rounds=args.rounds if args.dp_noise is None else None,
+        delta=args.dp_delta,
+        clip_norm=args.clip_norm,
+        budget_epsilon=args.dp_budget,
+    ).validate()
+
+
 def summary_table(report: FleetReport) -> Table:
     table = Table(title="fedmq demo summary")
     table.add_column("figure")
@@ -64,6 +86,8 @@ def summary_table(report: FleetReport) -> Table:
     table.add_row("central-training baseline", f"{report.central_accuracy:.4f}")
     table.add_row("gap", f"{report.central_accuracy - report.final_accuracy:+.4f}")
     table.add_row("mode", report.mode)
+    if report.epsilon is not None:
+        table.add_row("privacy spent (epsilon, delta)", f"({report.epsilon:.3f}, {report.delta:g})")
     table.add_row("rounds", str(report.rounds))
     table.add_row("clients", str(report.clients))
     table.add_row("bytes up per client per round", f"{report.bytes_up_per_client_round:,.0f}")
@@ -87,6 +111,7 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         clip_norm=args.clip_norm,
         subsample_rate=args.subsample,
         snapshot_encoding=args.snapshot_encoding,
+        dp=dp_config(args),
     )
     progress = Progress(
         TextColumn("[bold]round"),
@@ -102,7 +127,10 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         status = (
             f"r{r.round} {r.status}: {r.contributors}/{config.clients} devices in, "
             f"{config.clients - r.contributors} out, v{r.version}, acc {r.accuracy:.3f}"
+            + (f", eps {r.epsilon:.3f}" if r.epsilon is not None else "")
         )
+        if r.epsilon is not None:
+            progress.console.log(f"round {r.round}: epsilon = {r.epsilon:.4f} (delta {config.dp.delta:g})")
         progress.update(task, advance=1, status=status)
 
     with tempfile.TemporaryDirectory(prefix="fedmq-demo-") as tmp:

@@ -27,6 +27,7 @@ from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
+from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
@@ -59,6 +60,7 @@ class FleetConfig:
     clip_norm: float = 5.0
     subsample_rate: float = 1.0
     snapshot_encoding: str = "f16"
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -85,6 +87,7 @@ class RoundReport:
     contributors: int
     accuracy: float
     elapsed_s: float
+    epsilon: float | None = None
 
 
 @dataclass
@@ -97,6 +100,8 @@ class FleetReport:
     bytes_down_per_client_round: float
     wall_s: float
     mode: str = "secure"
+    epsilon: float | None = None
+    delta: float | None = None
     per_round: list[RoundReport] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
@@ -157,6 +162,7 @@ async def run_fleet(
             result.contributors,
             evaluator(weights),
             time.perf_counter() - start,
+            result.metrics.get("epsilon"),
         )
         reports.append(report)
         if on_round is not None:
@@ -187,6 +193,7 @@ async def run_fleet(
         chunk_limit=config.chunk_limit,
         weight_cap=max(len(s) for s in shards),
         snapshot_encoding=config.snapshot_encoding,
+        dp=config.dp,
     )
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
@@ -234,6 +241,9 @@ async def run_fleet(
             if config.secure
             else "plain"
         )
-        + f", snapshots {config.snapshot_encoding}",
+        + f", snapshots {config.snapshot_encoding}"
+        + (f", DP {config.dp.mode}" if config.dp.enabled else ""),
+        epsilon=next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
+        delta=config.dp.delta if config.dp.enabled else None,
         per_round=reports,
     )

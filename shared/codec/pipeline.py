@@ -62,6 +62,8 @@ class CodecConfig:
     wrap_probability: float = 1e-9
     scheme: str = SCHEME_INT
     topk_fraction: float = 0.01
+    #: Effective DP noise multiplier of the sum (0: no noise); the scale leaves headroom for it.
+    noise_multiplier: float = 0.0
 
     def validate(self, secure: bool = False) -> CodecConfig:
         """Check every field; ``secure=True`` also refuses codecs that cannot run under secure aggregation."""
@@ -90,6 +92,8 @@ class CodecConfig:
             raise ConfigError("weight_bits", f"must be an integer in 0..30, got {self.weight_bits!r}")
         if not _is_real(self.wrap_probability) or not 0.0 < self.wrap_probability < 1.0:
             raise ConfigError("wrap_probability", f"must be in (0, 1), got {self.wrap_probability!r}")
+        if not _is_real(self.noise_multiplier) or not 0.0 <= self.noise_multiplier < 1e6:
+            raise ConfigError("noise_multiplier", f"must be >= 0, got {self.noise_multiplier!r}")
         if not _is_real(self.topk_fraction) or not 0.0 < self.topk_fraction <= 1.0:
             raise ConfigError("topk_fraction", f"must be in (0, 1], got {self.topk_fraction!r}")
         if self.scheme == SCHEME_INT and (1 << (self.bits - 1)) - 1 - self.expected_clients <= 0:
@@ -185,7 +189,8 @@ class _IntegerChain:
         mixing = self.rotate.mixing_dim if self.rotate is not None else dim
         self.subsample = Subsample(self.padded_dim, config.subsample_rate, config.seed)
         scale = no_wrap_scale(config.bits, config.clip_norm, mixing, config.expected_clients,
-                              config.wrap_probability, config.rotation, coordinates=self.padded_dim)
+                              config.wrap_probability, config.rotation, coordinates=self.padded_dim,
+                              noise_multiplier=config.noise_multiplier)
         self.quantize = StochasticQuantize(scale, config.bits)
         self.weights = WeightCoordinates(config.bits, config.weight_bits, config.expected_clients)
         self.data_length = self.subsample.kept

@@ -22,6 +22,15 @@ probability at most ``beta`` over the round's signs. Without rotation the bound 
 ``t = n C`` (a coordinate is at most the norm). ``beta`` is a property of the round seed, not of the data,
 provided the devices' updates do not depend on the seed (they are trained before it is used). A malicious
 device can always wrap the sum by sending arbitrary integers; secure aggregation cannot see that.
+
+Differential-privacy headroom. When devices add integer noise whose sum has standard deviation at most
+``z (C s + sqrt(d))`` per coordinate (``z`` the effective noise multiplier, ``C s + sqrt(d)`` the
+worst-case sensitivity of a rounded update, Kairouz et al. 2021 Thm. 1), a sub-Gaussian tail bound over
+the ``d`` coordinates adds ``z (C s + sqrt(d)) sqrt(2 ln(2 d / beta))`` to the range the sum needs, so
+
+    s = (2^(b-1) - 1 - n - z sqrt(d) tau) / (t + z C tau),    tau = sqrt(2 ln(2 d / beta))
+
+and the sum wraps with probability at most ``2 beta`` (signal and noise tails together).
 """
 
 from __future__ import annotations
@@ -52,7 +61,8 @@ def coordinate_bound(clip_norm: float, padded_dim: int, clients: int, wrap_proba
 
 
 def no_wrap_scale(bits: int, clip_norm: float, padded_dim: int, clients: int, wrap_probability: float,
-                  rotated: bool = True, coordinates: int | None = None) -> float:
+                  rotated: bool = True, coordinates: int | None = None,
+                  noise_multiplier: float = 0.0) -> float:
     """The largest scale ``s`` for which the sum of ``clients`` encodings wraps with probability <= beta.
 
     See the module docstring for the derivation; raises :class:`CodecError` when ``bits`` leaves no room.
@@ -61,6 +71,13 @@ def no_wrap_scale(bits: int, clip_norm: float, padded_dim: int, clients: int, wr
     if room <= 0:
         raise CodecError(f"{bits} bits cannot hold the rounding error of {clients} clients; use more bits")
     bound = coordinate_bound(clip_norm, padded_dim, clients, wrap_probability, rotated, coordinates)
+    if noise_multiplier > 0:
+        count = padded_dim if coordinates is None else coordinates
+        tau = math.sqrt(2.0 * math.log(2.0 * count / wrap_probability))
+        room -= noise_multiplier * math.sqrt(count) * tau
+        bound += noise_multiplier * clip_norm * tau
+        if room <= 0:
+            raise CodecError(f"{bits} bits leave no room for noise multiplier {noise_multiplier}; add bits")
     return room / (bound * (1.0 + FLOAT_SLACK))
 
 

@@ -13,6 +13,7 @@ from shared.dp.accounting import PrivacyAccountant, epsilon_for_constant_noise
 from shared.dp.calibration import (
     DeviceNoisePlan,
     central_noise_std,
+    device_noise_plan,
     inflated_l1_bound,
     inflated_l2_bound,
     noise_multiplier_for_target,
@@ -30,6 +31,7 @@ __all__ = [
     "PrivacyAccountant",
     "add_central_gaussian_noise",
     "central_noise_std",
+    "device_noise_plan",
     "epsilon_for_constant_noise",
     "gaussian_noise",
     "inflated_l1_bound",

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from dp_accounting import get_sigma_gaussian
@@ -26,6 +27,10 @@ from shared.dp.accounting import (
     normalise_sampling_q,
 )
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.codec import CodecConfig, UpdateEncoder
+    from shared.dp.config import DPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +333,23 @@ def skellam_epsilon(
         base = np.minimum(base, sampled)
     eps, _order = rdp_compute_epsilon(list(orders), list(base * int(rounds)), float(delta))
     return float(eps)
+
+
+def device_noise_plan(
+    dp: DPConfig, noise_multiplier: float, codec: CodecConfig, encoder: UpdateEncoder, roster_size: int
+) -> DeviceNoisePlan:
+    """The plan every device and the aggregator derive from one round's announcement and roster.
+
+    ``codec`` is the round's :class:`shared.codec.CodecConfig` and ``encoder`` its
+    :class:`shared.codec.UpdateEncoder`: noise covers the encoder's data coordinates at its scale. The
+    codec rounds unconditionally, so the worst-case sensitivity bound applies (``beta = 0``).
+    """
+    return plan_device_noise(
+        noise_multiplier,
+        clip_norm=codec.clip_norm,
+        scale=encoder.scale,
+        dim=encoder.data_length,
+        n_expected=roster_size,
+        dropout_margin=dp.dropout_margin,
+        beta=0.0,
+    )

@@ -242,7 +242,8 @@ def pretrained_transformer(seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights of :class:`CharTransformer` pretrained centrally on ``PRETRAIN_ROLES`` roles that the
     LoRA workload never federates: 200 AdamW steps of 32 windows with the loss at every position.
 
-    Deterministic for a seed and cached in memory (a few seconds on two cores), because every device
+    Deterministic for a seed and cached in memory (about 7 s on one thread; one thread because
+    OpenMP workers spin badly when the cores are shared), because every device
     and the evaluator must hold the very same frozen base.
     """
     roles = _shuffled_roles(seed)[-PRETRAIN_ROLES:]
@@ -251,7 +252,7 @@ def pretrained_transformer(seed: int = 0) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         threads = torch.get_num_threads()
-        torch.set_num_threads(min(2, threads))
+        torch.set_num_threads(1)
         model = CharTransformer()
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -294,7 +295,7 @@ def load_lora_workload(n_devices: int = LORA_DEFAULT_DEVICES, seed: int = 0) -> 
     """LoRA fine-tuning, federated over ``n_devices`` roles disjoint from the ``PRETRAIN_ROLES``
     pretraining roles. Per device 192 training windows, test set ``32 * n_devices`` windows of those
     roles' held-out text. Only the adapters (4,096 numbers, 3.5% of the 117,471-parameter transformer)
-    are trained and federated; the base is pretrained in about 6 s on two idle cores. Metric: loss;
+    are trained and federated; the base is pretrained once in about 7 s. Metric: loss;
     ``scores`` adds accuracy.
     """
     roles = _shuffled_roles(seed)
