@@ -228,3 +228,65 @@ def test_non_linear_codec_is_refused_under_secure_aggregation(tmp_path):
             directory={"dev-00": bytes(32)},
             codec=CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32), scheme="topk"),
         )
+
+
+async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(broker, tmp_path, digits):
+    from shared.dp import DPConfig, PrivacyAccountant
+
+    ids = [f"dev-{i:02d}" for i in range(5)]
+    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
+    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    z, delta, margin = 1.0, 1e-3, 0.1
+    # The engine checks the planned z before each round and records the z present after it (all 5
+    # devices survive, so the noise is the target inflated by the dropout margin): replay that here.
+    present = z / np.sqrt(1 - margin)
+    acct = PrivacyAccountant(delta)
+    eps_after = []
+    for _ in range(3):
+        acct.record_round(present)
+        eps_after.append(acct.epsilon())
+    budget = (
+        eps_after[1] + PrivacyAccountant.from_history(delta, None, [(present, None)] * 2).epsilon_if_next(z)
+    ) / 2
+    assert eps_after[1] < budget  # two rounds fit, a third would not
+    dp = DPConfig(mode="distributed", noise_multiplier=z, delta=delta, clip_norm=5.0, dropout_margin=margin,
+                  budget_epsilon=budget)  # fmt: skip
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        windows=PhaseWindows(keys=10, shares=10, masked=20, unmask=10),
+        min_clients=4,
+        target_clients=5,
+        dp=dp,
+    )
+    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=2)
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = []
+        for cid, shard in zip(ids, shards):
+            trainer = LocalTrainer(
+                FederatedModel(digits_mlp()),
+                torch.from_numpy(digits.x_train[shard]),
+                torch.from_numpy(digits.y_train[shard]),
+                TrainConfig(epochs=1, lr=0.1),
+            )
+            edge = EdgeConfig(FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid],
+                              directory=directory)  # fmt: skip
+            devices.append(EdgeClient(edge, trainer))
+        stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            for device in devices:
+                await stack.enter_async_context(device)
+            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+            try:
+                results = await asyncio.wait_for(agg.run(5), timeout=90)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    assert [r.status for r in results] == ["closed", "closed"]  # the budget stopped the third round
+    epsilons = [r.metrics["epsilon"] for r in results]
+    assert epsilons == pytest.approx(eps_after[:2], rel=1e-6)
+    assert epsilons[-1] <= budget
+    assert all(r.metrics["noise_multiplier"] == pytest.approx(present) for r in results)
