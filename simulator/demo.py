@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -26,16 +27,17 @@ from shared.dp import DPConfig
 from shared.errors import FedmqError
 from simulator.broker import MosquittoBroker
 from simulator.fleet import FleetConfig, FleetReport, RoundReport, run_fleet
+from simulator.workloads import WORKLOAD_NAMES, get_workload
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fedmq-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=20, help="number of simulated devices")
     p.add_argument("--rounds", type=int, default=20, help="federated rounds")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
-    p.add_argument("--epochs", type=int, default=5, help="local epochs per round")
-    p.add_argument("--lr", type=float, default=0.1, help="device learning rate")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--task", choices=WORKLOAD_NAMES, default="digits-mlp", help="workload to federate")
+    p.add_argument("--epochs", type=int, default=None, help="local epochs per round (default: the task's)")
+    p.add_argument("--lr", type=float, default=None, help="device learning rate (default: the task's)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
     p.add_argument("--window", type=float, default=30.0, help="round window (deadline) in seconds")
     p.add_argument("--min-clients", type=int, default=None, help="default: half the devices")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="fedavg", help="server optimiser")
@@ -62,6 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig | None:
+    """The task's tuned local-training settings, with any command-line overrides."""
+    overrides = {
+        name: value
+        for name, value in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+        if value is not None
+    }
+    if not overrides:
+        return None
+    base = get_workload(args.task, 1 if args.task == "shakespeare-lora" else args.clients, args.seed)
+    return dataclasses.replace(base.train_config, **overrides)
+
+
 def dp_config(args: argparse.Namespace) -> DPConfig:
     if args.dp is None:
         return DPConfig()
@@ -82,7 +97,8 @@ def summary_table(report: FleetReport) -> Table:
     table = Table(title="fedmq demo summary")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("final test accuracy (federated)", f"{report.final_accuracy:.4f}")
+    table.add_row("task (metric)", f"{report.task} ({report.metric})")
+    table.add_row("final test metric (federated)", f"{report.final_accuracy:.4f}")
     table.add_row("central-training baseline", f"{report.central_accuracy:.4f}")
     table.add_row("gap", f"{report.central_accuracy - report.final_accuracy:+.4f}")
     table.add_row("mode", report.mode)
@@ -100,9 +116,9 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
     config = FleetConfig(
         clients=args.clients,
         rounds=args.rounds,
-        alpha=args.alpha,
         seed=args.seed,
-        train=TrainConfig(epochs=args.epochs, lr=args.lr, momentum=0.9, batch_size=args.batch_size),
+        task=args.task,
+        train=train_config(args),
         window_s=args.window,
         min_clients=args.min_clients,
         optimizer=ServerOptimizerConfig(args.optimizer, lr=args.server_lr),

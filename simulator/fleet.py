@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -16,14 +17,12 @@ from pathlib import Path
 
 import nacl.signing
 import numpy as np
-import torch
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.optimizer import ServerOptimizerConfig
 from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
@@ -32,8 +31,7 @@ from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult
-from simulator.data import Split, dirichlet_partition, load_digits_split
-from simulator.models import accuracy, digits_mlp
+from simulator.workloads import get_workload
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +40,18 @@ log = logging.getLogger(__name__)
 class FleetConfig:
     clients: int = 20
     rounds: int = 20
-    alpha: float = 0.5
     seed: int = 0
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=5, lr=0.1, momentum=0.9, batch_size=16)
-    )
+    #: Workload from :mod:`simulator.workloads`; the demo's default is the digits MLP.
+    task: str = "digits-mlp"
+    #: Local training; None takes the workload's tuned settings.
+    train: TrainConfig | None = None
     window_s: float = 30.0
     min_clients: int | None = None  # default: half the fleet
     target_clients: int | None = None  # default: the whole fleet
     optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     chunk_limit: int = DEFAULT_CHUNK_LIMIT
     federation: str = "demo"
-    central_epochs: int = 60
+    central_epochs: int | None = None  # None: the workload's default
     #: Secure aggregation (SecAgg+) with the integer codec; False runs the trusted plain mode.
     secure: bool = True
     codec_bits: int = 16
@@ -67,8 +65,6 @@ class FleetConfig:
             raise ConfigError("clients", "must be >= 1")
         if self.rounds < 1:
             raise ConfigError("rounds", "must be >= 1")
-        if self.alpha <= 0:
-            raise ConfigError("alpha", "must be > 0")
 
     @property
     def effective_min(self) -> int:
@@ -100,6 +96,8 @@ class FleetReport:
     bytes_down_per_client_round: float
     wall_s: float
     mode: str = "secure"
+    task: str = "digits-mlp"
+    metric: str = "accuracy"
     epsilon: float | None = None
     delta: float | None = None
     per_round: list[RoundReport] = field(default_factory=list)
@@ -110,48 +108,18 @@ class FleetReport:
         return out
 
 
-def central_baseline(split: Split, config: FleetConfig) -> float:
-    """The same model trained centrally on the union of all devices' data, evaluated on the test set."""
-    module = digits_mlp(seed=config.seed)
-    model = FederatedModel(module)
-    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
-    train = TrainConfig(
-        epochs=config.central_epochs,
-        lr=config.train.lr,
-        momentum=config.train.momentum,
-        batch_size=config.train.batch_size,
-        seed=config.seed,
-    )
-    LocalTrainer(model, x, y, train).train(model.get_flat())  # leaves the trained weights in the module
-    return accuracy(module, torch.from_numpy(split.x_test), torch.from_numpy(split.y_test))
-
-
-class Evaluator:
-    """Scores global weights on the held-out test set (the simulator's view; devices never see it)."""
-
-    def __init__(self, split: Split, seed: int) -> None:
-        self.module = digits_mlp(seed=seed)
-        self.model = FederatedModel(self.module)
-        self.x = torch.from_numpy(split.x_test)
-        self.y = torch.from_numpy(split.y_test)
-
-    def __call__(self, weights: np.ndarray) -> float:
-        self.model.set_flat(weights)
-        return accuracy(self.module, self.x, self.y)
-
-
 async def run_fleet(
     config: FleetConfig,
     broker_url: str,
     store_dir: Path,
     on_round: Callable[[RoundReport], None] | None = None,
 ) -> FleetReport:
-    """Run ``config.rounds`` rounds of federated training of the digits MLP and report."""
+    """Run ``config.rounds`` rounds of federated training of ``config.task`` and report."""
     start = time.perf_counter()
-    split = load_digits_split(seed=config.seed)
-    shards = dirichlet_partition(split.y_train, config.clients, config.alpha, seed=config.seed)
-    evaluator = Evaluator(split, config.seed)
-    initial = make_snapshot(config.federation, 0, -1, evaluator.model.layout, evaluator.model.get_flat())
+    workload = get_workload(config.task, config.clients, seed=config.seed)
+    train = config.train or workload.train_config
+    initial_model = workload.federated_model()
+    initial = make_snapshot(config.federation, 0, -1, initial_model.layout, initial_model.get_flat())
     reports: list[RoundReport] = []
 
     def observe(result: RoundResult, weights: np.ndarray) -> None:
@@ -160,7 +128,7 @@ async def run_fleet(
             result.status,
             result.version,
             result.contributors,
-            evaluator(weights),
+            workload.evaluate_flat(weights),
             time.perf_counter() - start,
             result.metrics.get("epsilon"),
         )
@@ -191,19 +159,19 @@ async def run_fleet(
         optimizer=config.optimizer,
         enrolled=frozenset(ids),
         chunk_limit=config.chunk_limit,
-        weight_cap=max(len(s) for s in shards),
+        weight_cap=max(workload.device_sizes),
         snapshot_encoding=config.snapshot_encoding,
         dp=config.dp,
     )
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
-        for i, shard in enumerate(shards):
-            model = FederatedModel(digits_mlp(seed=config.seed))
+        for i, (features, labels) in enumerate(workload.device_data):
             trainer = LocalTrainer(
-                model,
-                torch.from_numpy(split.x_train[shard]),
-                torch.from_numpy(split.y_train[shard]),
-                TrainConfig(**{**asdict(config.train), "seed": config.seed * 1000 + i}),
+                workload.federated_model(),
+                features,
+                labels,
+                dataclasses.replace(train, seed=config.seed * 1000 + i),
+                workload.loss_fn,
             )
             edge = EdgeConfig(
                 federation=config.federation,
@@ -228,9 +196,10 @@ async def run_fleet(
         up = sum(d.conn.stats.bytes_out for d in devices) / (config.clients * rounds)
         down = sum(d.conn.stats.bytes_in for d in devices) / (config.clients * rounds)
     final = reports[-1].accuracy if reports else float("nan")
+    central = workload.central_baseline(epochs=config.central_epochs, config=None)
     return FleetReport(
         final_accuracy=final,
-        central_accuracy=central_baseline(split, config),
+        central_accuracy=central,
         rounds=len(reports),
         clients=config.clients,
         bytes_up_per_client_round=up,
@@ -243,6 +212,8 @@ async def run_fleet(
         )
         + f", snapshots {config.snapshot_encoding}"
         + (f", DP {config.dp.mode}" if config.dp.enabled else ""),
+        task=config.task,
+        metric=workload.metric,
         epsilon=next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
         delta=config.dp.delta if config.dp.enabled else None,
         per_round=reports,

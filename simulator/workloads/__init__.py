@@ -9,6 +9,7 @@ installed with the project (scikit-learn's bundled sets, a seeded generator, the
 ==================  =====================================  ========  ===============================
 name                data                                   devices   model / metric
 ==================  =====================================  ========  ===============================
+digits-mlp          sklearn digits, Dirichlet(0.5)         20        MLP 64-64-10 / accuracy (demo)
 digits              sklearn digits, Dirichlet(0.5)         10        CNN 1x8x8 / accuracy
 health              sklearn breast cancer, "hospitals"     5         MLP 30-16-2 / accuracy
 finance             synthetic credit default (generated)   10        MLP 20-32-2 / accuracy
@@ -123,6 +124,7 @@ def _registry() -> dict[str, tuple[Callable[[int, int], Workload], int]]:
 
     return {
         "digits": (digits.load_digits_workload, digits.DEFAULT_DEVICES),
+        "digits-mlp": (digits.load_digits_mlp_workload, 20),
         "health": (tabular.load_health_workload, tabular.HEALTH_DEFAULT_DEVICES),
         "finance": (tabular.load_finance_workload, tabular.FINANCE_DEFAULT_DEVICES),
         "shakespeare": (shakespeare.load_shakespeare_workload, shakespeare.DEFAULT_DEVICES),
@@ -130,7 +132,7 @@ def _registry() -> dict[str, tuple[Callable[[int, int], Workload], int]]:
     }
 
 
-WORKLOAD_NAMES = ("digits", "health", "finance", "shakespeare", "shakespeare-lora")
+WORKLOAD_NAMES = ("digits-mlp", "digits", "health", "finance", "shakespeare", "shakespeare-lora")
 
 
 def get_workload(name: str, n_devices: int | None = None, seed: int = 0) -> Workload:

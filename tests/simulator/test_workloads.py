@@ -14,7 +14,14 @@ from edge_client.trainer import LocalTrainer
 from shared.errors import ConfigError
 from simulator.workloads import WORKLOAD_NAMES, Workload, digits, get_workload, shakespeare, tabular
 
-SMALL_FLEET = {"digits": 4, "health": 3, "finance": 4, "shakespeare": 4, "shakespeare-lora": 4}
+SMALL_FLEET = {
+    "digits-mlp": 4,
+    "digits": 4,
+    "health": 3,
+    "finance": 4,
+    "shakespeare": 4,
+    "shakespeare-lora": 4,
+}
 
 
 def _no_network(*args: object, **kwargs: object) -> None:
@@ -35,6 +42,8 @@ def test_documented_devices_and_examples(default_workloads: dict[str, Workload])
     assert sum(w["digits"].device_sizes) == digits.TRAIN_EXAMPLES == 1437
     assert len(w["digits"].test_data[1]) == digits.TEST_EXAMPLES == 360
     assert tuple(w["digits"].device_data[0][0].shape[1:]) == (1, 8, 8)
+    assert w["digits-mlp"].n_devices == 20 and sum(w["digits-mlp"].device_sizes) == digits.TRAIN_EXAMPLES
+    assert tuple(w["digits-mlp"].device_data[0][0].shape[1:]) == (64,)
 
     assert w["health"].n_devices == tabular.HEALTH_DEFAULT_DEVICES == 5
     assert sum(w["health"].device_sizes) == tabular.HEALTH_TRAIN_EXAMPLES == 455
