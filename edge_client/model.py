@@ -19,91 +19,17 @@ can compute the same blocks from the layout without torch (:func:`group_blocks`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from shared.errors import CodecError
-from shared.layout import ModelLayout
+from shared.layout import Block, BlockGrouping, ModelLayout, block_namer, group_blocks, module_block
 
 ParamFilter = Callable[[str, nn.Parameter], bool]
-#: How parameters are grouped into blocks: a callable from a parameter name to its block name, or a
-#: mapping from module-name prefixes (``"features"``, ``"encoder.layers.0"``) to block names, where the
-#: longest matching prefix wins and unmatched parameters fall back to the default (owning module).
-BlockGrouping = Callable[[str], str] | Mapping[str, str]
-
 _BATCH_NORM = (nn.modules.batchnorm._BatchNorm,)
-
-
-@dataclass(frozen=True)
-class Block:
-    """A contiguous run of the flat layout that partial training selects as one unit."""
-
-    name: str
-    param_names: tuple[str, ...]
-    offset: int
-    size: int
-
-    @property
-    def slice(self) -> slice:
-        return slice(self.offset, self.offset + self.size)
-
-
-def module_block(param_name: str) -> str:
-    """The default block of a parameter: the module that owns it (``"0.weight"`` -> ``"0"``).
-
-    A parameter registered directly on the root module (no dot) is its own block.
-    """
-    owner, _, _ = param_name.rpartition(".")
-    return owner or param_name
-
-
-def _block_namer(grouping: BlockGrouping | None) -> Callable[[str], str]:
-    if grouping is None:
-        return module_block
-    if callable(grouping):
-        return grouping
-    prefixes = sorted(grouping, key=len, reverse=True)
-
-    def by_prefix(param_name: str) -> str:
-        for prefix in prefixes:
-            if param_name == prefix or param_name.startswith(prefix + "."):
-                return grouping[prefix]
-        return module_block(param_name)
-
-    return by_prefix
-
-
-def group_blocks(
-    names: Sequence[str], sizes: Sequence[int], grouping: BlockGrouping | None = None
-) -> list[Block]:
-    """Blocks of a layout given as parameter names and sizes, in layout order.
-
-    Torch-free on purpose: the aggregator can call it on a ``ModelLayout`` (``layout.names``,
-    ``layout.sizes``) to know which coordinates a "trainable blocks" round config selects.
-    Raises :class:`CodecError` if one block's parameters are not contiguous in the layout, because a
-    block must be one slice of the flat vector; :class:`FederatedModel` orders its layout by block so
-    that this never happens for a model it built.
-    """
-    namer = _block_namer(grouping)
-    blocks: list[Block] = []
-    offset = 0
-    seen: set[str] = set()
-    for name, size in zip(names, sizes):
-        block = namer(name)
-        if blocks and blocks[-1].name == block:
-            last = blocks[-1]
-            blocks[-1] = Block(block, (*last.param_names, name), last.offset, last.size + int(size))
-        else:
-            if block in seen:
-                raise CodecError(f"block {block!r} is not contiguous in the layout (at parameter {name!r})")
-            seen.add(block)
-            blocks.append(Block(block, (name,), offset, int(size)))
-        offset += int(size)
-    return blocks
 
 
 def is_batch_norm(module: nn.Module) -> bool:
@@ -143,7 +69,7 @@ class FederatedModel:
         ]
         if not chosen:
             raise CodecError("the model has no federated parameters")
-        namer = _block_namer(blocks)
+        namer = block_namer(blocks)
         order: dict[str, int] = {}
         for name, _ in chosen:
             order.setdefault(namer(name), len(order))
@@ -221,3 +147,6 @@ class FederatedModel:
                 size = p.numel()
                 p.copy_(source[offset : offset + size].view_as(p))
                 offset += size
+
+
+__all__ = ["Block", "BlockGrouping", "FederatedModel", "group_blocks", "is_batch_norm", "module_block"]
