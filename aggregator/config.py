@@ -14,6 +14,7 @@ from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import TENSOR_ENCODINGS
+from shared.staleness import StalenessPolicy
 from shared.topics import check_id
 
 MODES = ("secure", "plain")
@@ -47,6 +48,14 @@ class AggregatorConfig:
     snapshot_encoding: str = "f16"
     #: Differential privacy (off by default); needs secure mode, whose codec clips every update.
     dp: DPConfig = field(default_factory=DPConfig)
+    #: Semi-asynchronous rounds: how stale deltas are weighted, and the oldest accepted.
+    staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
+    #: Secure mode: admit up to this many times ``target_clients`` to the keys phase; the round closes
+    #: once ``target_clients`` masked inputs are in (buffered aggregation, as in FedBuff).
+    over_selection: float = 1.3
+    #: Partial training: size each round's trainable block set to the smallest memory budget the
+    #: devices declared (rotating across rounds). Off: every block trains.
+    partial_training: bool = False
     #: Length of a round's collection window in seconds (the deadline).
     round_window_s: float = 30.0
     #: A round closes with the devices that answered if at least this many did, else it is abandoned.
@@ -105,6 +114,8 @@ class AggregatorConfig:
                 )
             if self.dp.clip_norm is not None and self.dp.clip_norm != self.codec.clip_norm:
                 raise ConfigError("dp.clip_norm", f"must equal codec.clip_norm ({self.codec.clip_norm})")
+        if self.over_selection < 1:
+            raise ConfigError("over_selection", "must be >= 1")
         if self.weight_cap < 1:
             raise ConfigError("weight_cap", "must be >= 1")
 

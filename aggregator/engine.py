@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.accumulator import WeightedMean
+from aggregator.blocks import choose_blocks
 from aggregator.config import AggregatorConfig
 from aggregator.optimizer import ServerOptimizer
 from aggregator.secure import SecureRound
@@ -55,6 +56,7 @@ from shared.wire import (
     decode,
     encode,
 )
+from shared.wire import Presence as PresenceMsg
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class Aggregator:
         self._secure: SecureRound | None = None
         self._last_announce: RoundAnnounce | None = None
         self.last_secure: SecureRound | None = None
+        #: Declared training-memory budgets of online devices (from their retained presence).
+        self.memory_budgets: dict[str, int] = {}
         dp = config.dp
         self._noise_multiplier = dp.resolved_noise_multiplier() if dp.enabled else None
         self.accountant = PrivacyAccountant(dp.delta, dp.sampling_q) if dp.enabled and dp.delta else None
@@ -372,7 +376,13 @@ class Aggregator:
             "mode": "secure",
             "weight_cap": self.config.weight_cap,
             "windows": dataclasses.asdict(windows),
+            "staleness": self.config.staleness.to_dict(),
         }
+        blocks = self._round_blocks(round_id)
+        round_slices = [self.layout.slice_of_block(b) for b in blocks] if blocks else None
+        round_dim = sum(s.stop - s.start for s in round_slices) if round_slices else self.layout.dim
+        if blocks:
+            round_config["blocks"] = blocks
         if dp.enabled:
             assert z is not None
             if dp.mode == "distributed":
@@ -388,7 +398,7 @@ class Aggregator:
             self.key,
             self.config.directory or {},
             codec,
-            self.layout.dim,
+            round_dim,
             windows,
             self.config.min_clients,
             self.config.target_clients,
@@ -397,6 +407,7 @@ class Aggregator:
             self.config.max_update_bytes,
             dp if dp.enabled else None,
             z,
+            self.config.over_selection,
         )
         announce = RoundAnnounce(
             self.config.federation,
@@ -432,8 +443,25 @@ class Aggregator:
                 round_id, outcome.noise_multiplier, metrics["epsilon"], metrics["delta"],
                 self.accountant.rounds,
             )  # fmt: skip
-        await self._apply(round_id, outcome.mean_delta, outcome.contributors, metrics)
+        mean = outcome.mean_delta
+        if round_slices:
+            # Partial training: the vector covered only this round's blocks; the rest did not move.
+            mean = np.zeros(self.layout.dim, np.float32)
+            offset = 0
+            for part in round_slices:
+                size = part.stop - part.start
+                mean[part] = outcome.mean_delta[offset : offset + size]
+                offset += size
+            metrics["trained_fraction"] = round_dim / self.layout.dim
+        await self._apply(round_id, mean, outcome.contributors, metrics)
         return True
+
+    def _round_blocks(self, round_id: int) -> list[str] | None:
+        """The trainable blocks of a round under the smallest declared memory budget (None: all)."""
+        if not self.config.partial_training or self.layout is None:
+            return None
+        budgets = [b for b in self.memory_budgets.values() if b > 0]
+        return choose_blocks(self.layout.blocks(), min(budgets) if budgets else None, round_id)
 
     async def _publish_roster(self, roster: Message) -> None:
         await self._publish(self.topics.roster, encode(roster), retain=True)
@@ -510,7 +538,27 @@ class Aggregator:
         await self._accepting.wait()
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
-            self._ingest(str(msg.topic), payload)
+            topic = str(msg.topic)
+            if topic.startswith(self.topics.status_all[:-1]):
+                self._on_presence(topic, payload)
+            else:
+                self._ingest(topic, payload)
+
+    def _on_presence(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            presence = decode(payload, PresenceMsg)
+        except FedmqError as exc:
+            self._drop(topic, str(exc))
+            return
+        if topic != self.topics.status(presence.client_id) or not self.config.allows(presence.client_id):
+            self._drop(topic, "presence for another or unknown device")
+            return
+        if presence.online and presence.memory_budget > 0:
+            self.memory_budgets[presence.client_id] = presence.memory_budget
+        else:
+            self.memory_budgets.pop(presence.client_id, None)
 
     def _drop(self, who: str, reason: str, round_id: int | None = None) -> None:
         self.dropped.append((who, reason))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class SecureRound:
         max_bytes: int,
         dp: DPConfig | None = None,
         noise_multiplier: float | None = None,
+        over_selection: float = 1.0,
     ) -> None:
         self.federation = federation
         self.round_id = round_id
@@ -97,6 +99,8 @@ class SecureRound:
         self.windows = windows
         self.min_clients = min_clients
         self.target_clients = target_clients
+        #: Over-selection: more devices may start the round than the buffer of ``target_clients`` needs.
+        self.admit = min(len(directory), max(target_clients, math.ceil(over_selection * target_clients)))
         self.dropout_rate = dropout_rate
         self.corrupt_fraction = corrupt_fraction
         self.max_bytes = max_bytes
@@ -123,7 +127,7 @@ class SecureRound:
     ) -> SecureOutcome:
         """Run the phases; raises RoundAbandoned (with the reason) when the round cannot complete."""
         w = self.windows
-        await self._wait(w.keys, lambda: len(self.adverts) >= self.target_clients, stop)
+        await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
             raise RoundAbandoned(
                 f"{len(self.adverts)} devices advertised keys < min_clients {self.min_clients}"
@@ -162,7 +166,9 @@ class SecureRound:
             )
         await publish_notice(u2)
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
-        await self._wait(w.masked, lambda: server.masked_received >= len(u2.devices), stop)
+        # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline).
+        wanted = min(self.target_clients, len(u2.devices))
+        await self._wait(w.masked, lambda: server.masked_received >= wanted, stop)
         u3 = server.close_masked_phase()
         self.phase = UNMASK
         await publish_notice(u3)
@@ -255,6 +261,8 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
+        if len(self.adverts) >= self.admit:
+            raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
         self.adverts[msg.device] = msg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import snapshot_weights
+from shared.staleness import StalenessPolicy
 from shared.topics import UPDATE, Topics, check_id
 from shared.wire import (
     PHASE_COLLECT,
@@ -56,6 +58,9 @@ class EdgeConfig:
     #: Secure aggregation: this device's enrolled Ed25519 identity and the enrolled devices' public keys.
     identity: nacl.signing.SigningKey | None = None
     directory: Mapping[str, bytes] | None = None
+    #: Bytes this device can spend on training state; announced with its presence so that rounds with
+    #: partial training stay within it. None: undeclared (train whatever the round asks).
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -82,6 +87,18 @@ class EdgeStats:
     snapshots: int = 0
     rounds_joined: int = 0
     rejected: list[str] = field(default_factory=list)
+    #: Staleness of every delta this device contributed (secure rounds).
+    staleness: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """A delta in the making (or ready): trained from snapshot ``base`` on ``blocks``."""
+
+    base: int
+    blocks: tuple[str, ...] | None
+    task: asyncio.Task[TrainResult]
+    dim: int
 
 
 class EdgeClient:
@@ -104,7 +121,7 @@ class EdgeClient:
         cid = config.client_id
         presence = Presence(
             self.topics.status(cid),
-            online=encode(PresenceMsg(cid, True, time.time())),
+            online=encode(PresenceMsg(cid, True, time.time(), config.memory_budget or 0)),
             offline=encode(PresenceMsg(cid, False, time.time())),
         )
         subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
@@ -115,6 +132,7 @@ class EdgeClient:
             else None
         )
         self._secure: SecureParticipation | None = None
+        self._pending: _Pending | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Called with the name of each secure phase this device completes (observability, fault tests).
         self.phase_hook: Callable[[str], None] | None = None
@@ -251,27 +269,33 @@ class EdgeClient:
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
         wanted = PHASE_KEYS if a is not None and a.config.get("mode") == "secure" else PHASE_COLLECT
-        if a is None or a.phase != wanted or a.round_id in self.contributed:
+        if a is None or a.phase != wanted or a.round_id in self.contributed or time.time() >= a.deadline:
             return None
-        if wanted == PHASE_KEYS and self._secagg is None:
-            return None
-        if a.base_version != self.version or self.weights is None or time.time() >= a.deadline:
+        if wanted == PHASE_KEYS:
+            # Secure rounds may take a delta trained on an older snapshot (semi-asynchronous).
+            return (
+                a
+                if self._secagg is not None and (self._pending is not None or a.base_version == self.version)
+                else None
+            )
+        if a.base_version != self.version or self.weights is None:
             return None
         return a
 
     def _maybe_train(self) -> None:
-        if self._training is not None and not self._training.done():
-            return
         announce = self._joinable()
         if announce is None:
             return
         if announce.phase == PHASE_KEYS:
             self._join_secure(announce)
             return
+        if self._training is not None and not self._training.done():
+            return
         self._training = asyncio.create_task(self._participate(announce), name=f"train-{self.client_id}")
 
     def _join_secure(self, announce: RoundAnnounce) -> None:
-        assert self._secagg is not None and self.weights is not None
+        """Join a secure round with a fresh delta, or with a ready one trained on an older snapshot."""
+        assert self._secagg is not None
         self.contributed.add(announce.round_id)
         dp = announce.config.get("dp") or {}
         q = dp.get("sampling_q") if isinstance(dp, dict) else None
@@ -279,9 +303,33 @@ class EdgeClient:
             # Poisson self-sampling: the privacy amplification the accountant assumes (DESIGN.md §7).
             log.info("device=%s sat out round %d (sampled with q=%g)", self.client_id, announce.round_id, q)
             return
-        training = asyncio.create_task(asyncio.to_thread(self.trainer.train, self.weights))
-        self._training = asyncio.create_task(self._await_quietly(training))
+        policy = StalenessPolicy.from_dict(
+            announce.config.get("staleness") or {**StalenessPolicy().to_dict()}
+        )
+        blocks = announce.config.get("blocks")
+        blocks = tuple(blocks) if isinstance(blocks, list) else None
+        pending = self._pending
+        if pending is not None and (
+            pending.blocks != blocks or not policy.accepts(announce.base_version - pending.base)
+        ):
+            log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id, pending.base,
+                     announce.round_id, announce.base_version)  # fmt: skip
+            pending = self._pending = None
+        if pending is not None and not pending.task.done() and pending.base != announce.base_version:
+            # Still training on an older snapshot: contribute it, stale, to a later round.
+            log.info(
+                "device=%s still training on v%d; skips round %d",
+                self.client_id,
+                pending.base,
+                announce.round_id,
+            )
+            return
+        if pending is None:
+            if self.weights is None or self.version != announce.base_version:
+                return  # no usable delta and not the round's snapshot: wait for the next one
+            pending = self._start_training(blocks)
         round_id = announce.round_id
+        tau = announce.base_version - pending.base
 
         async def send(kind: str, message: Message) -> None:
             remaining = max(1.0, announce.deadline - time.time())
@@ -297,14 +345,50 @@ class EdgeClient:
         def on_phase(phase: str) -> None:
             if phase == "masked":
                 self.stats.rounds_joined += 1
+                self.stats.staleness.append(tau)
+                if self._pending is pending:
+                    self._pending = None  # a delta is contributed once
             if self.phase_hook is not None:
                 self.phase_hook(phase)
 
         self._secure = SecureParticipation(
-            self._secagg, announce, training, self.trainer.model.dim, send, on_phase
+            self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy
         )
         self._spawn(self._secure.start())
-        log.info("device=%s joined secure round %d", self.client_id, round_id)
+        log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
+
+    def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
+        """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""
+        assert self.weights is not None
+        model = self.trainer.model
+        weights = self.weights
+        dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
+
+        def train() -> TrainResult:
+            trainable = (
+                None
+                if blocks is None
+                else {n for b in model.blocks if b.name in blocks for n in b.param_names}
+            )
+            params = dict(model.module.named_parameters())
+            federated = model.federated_names
+            try:
+                if trainable is not None:
+                    for name in federated:
+                        params[name].requires_grad_(name in trainable)
+                result = self.trainer.train(weights)
+            finally:
+                for name in federated:
+                    params[name].requires_grad_(True)
+            if blocks is None:
+                return result
+            delta = np.concatenate([result.delta[s] for s in model.block_slices(blocks)])
+            return dataclasses.replace(result, delta=delta)
+
+        task = asyncio.create_task(asyncio.to_thread(train))
+        self._training = asyncio.create_task(self._await_quietly(task))
+        self._pending = _Pending(self.version, blocks, task, dim)
+        return self._pending
 
     @staticmethod
     async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:

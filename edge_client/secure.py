@@ -20,6 +20,7 @@ from shared.codec import CodecConfig, UpdateEncoder, pack
 from shared.dp import DPConfig, device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
 from shared.secagg import SecAggClient
+from shared.staleness import StalenessPolicy
 from shared.wire import Message, RoundAnnounce
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
 
@@ -67,6 +68,8 @@ class SecureParticipation:
         dim: int,
         send: Send,
         on_phase: Callable[[str], None] | None = None,
+        staleness: int = 0,
+        policy: StalenessPolicy | None = None,
     ) -> None:
         self.secagg = secagg
         self.announce = announce
@@ -75,6 +78,8 @@ class SecureParticipation:
         self.dim = dim
         self.send = send
         self.on_phase = on_phase or (lambda phase: None)
+        self.staleness = staleness
+        self.policy = policy or StalenessPolicy()
         cfg = announce.config
         self.codec = CodecConfig.from_dict(dict(cfg.get("codec", {})))
         self.weight_cap = int(cfg.get("weight_cap", 1000))
@@ -142,7 +147,9 @@ class SecureParticipation:
                 f"roster expects {self.roster.length} coordinates at {self.roster.bits} bits, "
                 f"the codec gives {encoder.encoded_length} at {config.bits}"
             )
-        weight = min(result.num_examples / self.weight_cap, 1.0)
+        # FedAvg weight (bounded) times the staleness weight: both scale the delta before encoding.
+        norm = float(np.linalg.norm(result.delta.astype(np.float64)))
+        weight = min(result.num_examples / self.weight_cap, 1.0) * self.policy.weight(self.staleness, norm)
         noise_variance = 0.0
         if self.dp is not None and self.dp.mode == "distributed":
             plan = device_noise_plan(

@@ -16,6 +16,9 @@ from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: Local optimizers :class:`LocalTrainer` can run.
+OPTIMIZERS = ("sgd", "adamw")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -28,6 +31,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    #: "sgd" (with ``momentum``) or "adamw" (Loshchilov & Hutter, ICLR 2019; ``momentum`` unused,
+    #: ``weight_decay`` decoupled). AdamW's moments are rebuilt every round, so a device keeps no
+    #: optimizer state between rounds; it suits transformers and LoRA adapters, whose SGD steps are slow.
+    optimizer: str = "sgd"
     #: torch threads; 1 keeps many simulated devices (and a real SBC) from oversubscribing cores.
     threads: int = 1
     seed: int = 0
@@ -43,6 +50,8 @@ class TrainConfig:
             raise ConfigError("lr", "must be > 0")
         if not 0 <= self.momentum < 1:
             raise ConfigError("momentum", "must be in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", f"{self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.threads < 1:
             raise ConfigError("threads", "must be >= 1")
 
@@ -79,6 +88,12 @@ class LocalTrainer:
     def num_examples(self) -> int:
         return len(self.labels)
 
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
     def train(self, global_weights: np.ndarray) -> TrainResult:
         cfg = self.config
         start = time.perf_counter()
@@ -87,7 +102,7 @@ class LocalTrainer:
         module = self.model.module
         module.train()
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = self._make_optimizer(params)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + self._rounds)
         self._rounds += 1
         n = self.num_examples

@@ -55,6 +55,16 @@ class ModelLayout:
                 return slice(offset, offset + size)
         raise KeyError(name)
 
+    def blocks(self) -> list[Block]:
+        """The default parameter blocks (one per owning module), as devices group them."""
+        return group_blocks(self.names, self.sizes)
+
+    def slice_of_block(self, name: str) -> slice:
+        for block in self.blocks():
+            if block.name == name:
+                return block.slice
+        raise KeyError(name)
+
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Views of ``flat`` shaped like each tensor."""
         if flat.shape != (self.dim,):

@@ -143,6 +143,8 @@ class Presence(Message):
     client_id: str
     online: bool
     at: float
+    #: Bytes this device can spend on training state (weights, gradients, optimizer); 0 = undeclared.
+    memory_budget: int = 0
 
 
 @message("manifest")
