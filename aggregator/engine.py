@@ -132,7 +132,8 @@ class Aggregator:
     async def __aenter__(self) -> Aggregator:
         self.store = Store(Path(self.config.store_dir))
         self._load_model()
-        self._conn = MqttConnection(self.config.mqtt, [self.topics.rounds_all], on_connect=[self._republish])
+        subscriptions = [self.topics.rounds_all, self.topics.status_all]
+        self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
         await self._conn.__aenter__()
         self._intake = asyncio.create_task(self._intake_loop(), name="aggregator-intake")
         return self
@@ -535,14 +536,14 @@ class Aggregator:
 
     async def _intake_loop(self) -> None:
         assert self._conn is not None
-        await self._accepting.wait()
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             topic = str(msg.topic)
             if topic.startswith(self.topics.status_all[:-1]):
                 self._on_presence(topic, payload)
-            else:
-                self._ingest(topic, payload)
+                continue
+            await self._accepting.wait()
+            self._ingest(topic, payload)
 
     def _on_presence(self, topic: str, payload: bytes) -> None:
         if not payload:

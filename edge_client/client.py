@@ -249,6 +249,8 @@ class EdgeClient:
             verify(announce, self._verify_key)
         if self.announce is not None and announce.round_id < self.announce.round_id:
             raise ProtocolError(f"replayed announcement of round {announce.round_id}")
+        if self._secure is not None and announce.round_id > self._secure.round_id:
+            self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
 

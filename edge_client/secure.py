@@ -84,12 +84,21 @@ class SecureParticipation:
         self.codec = CodecConfig.from_dict(dict(cfg.get("codec", {})))
         self.weight_cap = int(cfg.get("weight_cap", 1000))
         self.dp = DPConfig.from_dict(dict(cfg["dp"])) if cfg.get("dp") else None
+        windows = cfg.get("windows") or {}
+        #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
+        self.masked_deadline = (
+            announce.opened_at + sum(float(windows.get(k, 0.0)) for k in ("keys", "shares", "masked"))
+            if windows
+            else announce.deadline
+        )
         self.roster: Roster | None = None
         self.masked_sent = False
+        self.left_out = False
         #: The encoded (unmasked) vector this device contributed: kept for tests and audits, never sent.
         self.encoded: np.ndarray | None = None
         self.revealed = False
         self._lock = asyncio.Lock()
+        self._masked_closed = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
 
     async def start(self) -> None:
@@ -98,7 +107,14 @@ class SecureParticipation:
 
     async def on_roster(self, roster: Roster) -> None:
         async with self._lock:
-            if roster.round != self.round_id or self.roster is not None:
+            if roster.round != self.round_id or self.roster is not None or self.left_out:
+                return
+            if all(m.device != self.secagg.device_id for m in roster.members):
+                # Over-selection: the round started without this device; its delta stays for later.
+                self.left_out = True
+                log.info(
+                    "device=%s not in round %d's roster; sits it out", self.secagg.device_id, self.round_id
+                )
                 return
             bundles = self.secagg.on_roster(roster)
             self.roster = roster
@@ -123,9 +139,15 @@ class SecureParticipation:
         for bundle in batch.bundles:
             self.secagg.on_shares(bundle)
 
+    def close_masked_phase(self) -> None:
+        """The round moved past the masked phase (a U3 notice or a newer round): never send late."""
+        self._masked_closed.set()
+
     async def on_notice(self, notice: SurvivorList) -> None:
+        if notice.round == self.round_id and notice.phase == PHASE_MASKED:
+            self._masked_closed.set()  # outside the lock: a pending masked send must see it
         async with self._lock:
-            if notice.round != self.round_id:
+            if notice.round != self.round_id or self.left_out:
                 return
             if notice.phase == PHASE_SHARED and not self.masked_sent:
                 await self._send_masked(notice)
@@ -138,8 +160,24 @@ class SecureParticipation:
     async def _send_masked(self, shared: SurvivorList) -> None:
         if self.roster is None:
             raise ProtocolError("shared-set notice before the roster")
-        remaining = self.announce.deadline - time.time()
-        result = await asyncio.wait_for(asyncio.shield(self.training), max(0.1, remaining))
+        closed = asyncio.ensure_future(self._masked_closed.wait())
+        try:
+            await asyncio.wait(
+                [asyncio.shield(self.training), closed],
+                timeout=max(0.0, self.masked_deadline - time.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            closed.cancel()
+        if not self.training.done() or self._masked_closed.is_set():
+            # Too slow for this round: keep the delta (it is not consumed) for a later round, stale.
+            log.info(
+                "device=%s round=%d: training not done before the masked phase closed; delta kept",
+                self.secagg.device_id,
+                self.round_id,
+            )
+            return
+        result = self.training.result()
         config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": len(self.roster.members)})
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != self.roster.length or config.bits != self.roster.bits:

@@ -1,0 +1,201 @@
+"""Semi-asynchronous secure rounds: staleness weighting, max staleness, buffered close with
+over-selection, and memory-budgeted partial training, over a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import nacl.signing
+import numpy as np
+import pytest
+import torch
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import Aggregator
+from aggregator.secure import PhaseWindows
+from edge_client.client import EdgeClient, EdgeConfig
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.codec import CodecConfig, UpdateEncoder
+from shared.snapshots import make_snapshot
+from shared.staleness import StalenessPolicy
+from simulator.data import dirichlet_partition
+from simulator.models import digits_mlp
+from tests.support import eventually, initial_weights, mqtt_config
+
+pytestmark = pytest.mark.broker
+FED = "async"
+
+
+class SlowTrainer(LocalTrainer):
+    """Trains normally but takes ``delay`` seconds for its first training (a straggler)."""
+
+    delay = 0.0
+
+    def train(self, global_weights):
+        result = super().train(global_weights)
+        if self.delay:
+            time.sleep(self.delay)
+            self.delay = 0.0
+        return result
+
+
+def fleet(broker, digits, n, directory_keys, verify_key, budgets=None):
+    shards = dirichlet_partition(digits.y_train, n, alpha=0.5, seed=3)
+    devices = []
+    for i, shard in enumerate(shards):
+        cid = f"dev-{i:02d}"
+        trainer = SlowTrainer(
+            FederatedModel(digits_mlp()),
+            torch.from_numpy(digits.x_train[shard]),
+            torch.from_numpy(digits.y_train[shard]),
+            TrainConfig(epochs=1, lr=0.1),
+        )
+        edge = EdgeConfig(
+            FED, mqtt_config(broker, cid), verify_key, identity=directory_keys[cid],
+            directory={c: bytes(k.verify_key) for c, k in directory_keys.items()},
+            memory_budget=(budgets or {}).get(cid),
+        )  # fmt: skip
+        devices.append(EdgeClient(edge, trainer))
+    return devices
+
+
+def agg_config(broker, tmp_path, keys, **kw):
+    values = dict(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory={c: bytes(k.verify_key) for c, k in keys.items()},
+        codec=CodecConfig(bits=20, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=3, shares=5, masked=3, unmask=5),
+        min_clients=2,
+        target_clients=4,
+        snapshot_encoding="f32",
+    )
+    values.update(kw)
+    return AggregatorConfig(**values)
+
+
+async def run_rounds(agg, devices, rounds, timeout=90, ready=None):
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        for device in devices:
+            await stack.enter_async_context(device)
+        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+        try:
+            if ready is not None:
+                await eventually(ready, 10, what="devices ready")
+            return await asyncio.wait_for(agg.run(rounds), timeout=timeout)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def keys_for(n):
+    return {f"dev-{i:02d}": nacl.signing.SigningKey.generate() for i in range(n)}
+
+
+@pytest.mark.parametrize("function", ["fedbuff", "age-variance"])
+async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, digits, function):
+    keys = keys_for(6)
+    model, weights = initial_weights()
+    policy = StalenessPolicy(function, max_staleness=3, reference_norm=0.5)
+    cfg = agg_config(broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=6)
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, 6, keys, agg.verify_key)
+        straggler = devices[0]
+        straggler.trainer.delay = 4.0  # misses round 0's masked window (3 s), delivers in a later round
+        captured = {}
+
+        def capture(phase):
+            if phase == "masked" and straggler.secure_round is not None:
+                captured[agg.version] = straggler.secure_round
+
+        straggler.phase_hook = capture
+        results = await run_rounds(agg, devices, 4)
+    assert all(r.status == "closed" for r in results)
+    assert results[0].contributors == 5  # the straggler dropped out of round 0 ...
+    # ... and contributed its v0 delta to a later round (staleness depends on timing, <= max 3)
+    assert len(straggler.stats.staleness) >= 1 and 1 <= straggler.stats.staleness[0] <= 3
+    tau = straggler.stats.staleness[0]
+    part = captured[tau]
+    assert part.staleness == tau
+    result = part.training.result()
+    norm = float(np.linalg.norm(result.delta.astype(np.float64)))
+    cap = part.weight_cap
+    expected_weight = min(result.num_examples / cap, 1.0) * policy.weight(tau, norm)
+    if function == "fedbuff":
+        assert policy.weight(tau, norm) == pytest.approx(1 / np.sqrt(1 + tau))
+    else:
+        assert policy.weight(tau, norm) < 1 / np.sqrt(1 + tau)  # large stale update: damped further
+    # Bit-exact: the weight limbs of the device's encoded vector hold round(w * s(tau) * 2^16).
+    config = CodecConfig(**{**part.codec.to_dict(), "expected_clients": len(part.roster.members)})
+    encoder = UpdateEncoder(config, part.dim)
+    limbs = part.encoded[encoder.data_length :].astype(np.int64)
+    grid = sum(int(v) << (encoder.weights.limb_bits * j) for j, v in enumerate(limbs))
+    assert grid == round(expected_weight * 2**16)
+
+
+async def test_deltas_older_than_max_staleness_never_reach_the_aggregate(broker, tmp_path, digits):
+    keys = keys_for(6)
+    model, weights = initial_weights()
+    policy = StalenessPolicy("fedbuff", max_staleness=0)
+    cfg = agg_config(broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=6)
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, 6, keys, agg.verify_key)
+        devices[0].trainer.delay = 4.0
+        results = await run_rounds(agg, devices, 4)
+    assert all(r.status == "closed" for r in results)
+    assert results[0].contributors == 5
+    assert all(tau == 0 for d in devices for tau in d.stats.staleness)  # nothing stale was ever sent
+    assert sum(r.contributors for r in results) == sum(len(d.stats.staleness) for d in devices)
+
+
+async def test_buffered_close_at_k_with_over_selection(broker, tmp_path, digits):
+    keys = keys_for(6)
+    model, weights = initial_weights()
+    cfg = agg_config(broker, tmp_path, keys, target_clients=4, over_selection=1.25,
+                     windows=PhaseWindows(keys=3, shares=5, masked=20, unmask=5))  # fmt: skip
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, 6, keys, agg.verify_key)
+        t0 = time.monotonic()
+        results = await run_rounds(agg, devices, 1)
+        elapsed = time.monotonic() - t0
+        secure = agg.last_secure
+    assert len(secure.adverts) == 5  # ceil(1.25 * 4) admitted, the sixth refused
+    assert results[0].status == "closed" and results[0].contributors == 4  # closed at K ...
+    assert elapsed < 20  # ... long before the 20 s masked window
+    # The sixth advert is refused: over the admission limit, or after the keys phase closed on it.
+    assert any("over-selection" in r or "keys message in phase" in r for _, r in agg.dropped)
+
+
+async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, digits):
+    keys = keys_for(6)
+    model, weights = initial_weights()
+    total = model.dim
+    blocks = model.layout.blocks()
+    # Budget: all weights plus training state for the first block only (the second does not fit).
+    budget = 4 * total + 12 * blocks[0].size + 1
+    budgets = {"dev-00": budget, "dev-01": 10 * budget}
+    cfg = agg_config(broker, tmp_path, keys, partial_training=True, min_clients=6, target_clients=6)
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, 6, keys, agg.verify_key, budgets)
+        before = agg.weights.copy()
+        results = await run_rounds(agg, devices, 2, ready=lambda: len(agg.memory_budgets) == 2)
+        secure = agg.last_secure
+    assert [r.status for r in results] == ["closed", "closed"]
+    # Round 0 trains block 0 only, round 1 rotates to block 1 (which alone fits too).
+    assert results[0].metrics["trained_fraction"] == pytest.approx(blocks[0].size / total)
+    assert results[1].metrics["trained_fraction"] == pytest.approx(blocks[1].size / total)
+    # Each device's encoded vector covered exactly the announced block (plus weight limbs).
+    announced = secure.dim
+    assert announced == blocks[1].size
+    for device in devices:
+        assert device.secure_round.dim == announced
+        assert device.secure_round.encoded.size == UpdateEncoder(secure.config, announced).encoded_length
+    moved = np.flatnonzero(agg.weights != before)
+    assert moved.min() >= 0 and set(
+        np.unique(np.searchsorted([b.offset for b in blocks], moved, "right") - 1)
+    ) <= {0, 1}
