@@ -136,6 +136,8 @@ class EdgeClient:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Called with the name of each secure phase this device completes (observability, fault tests).
         self.phase_hook: Callable[[str], None] | None = None
+        #: Keep a copy of each encoded (pre-mask) vector on ``secure_round.encoded`` (tests, audits).
+        self.keep_encoded = False
 
     @property
     def client_id(self) -> str:
@@ -354,7 +356,7 @@ class EdgeClient:
                 self.phase_hook(phase)
 
         self._secure = SecureParticipation(
-            self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy
+            self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy, self.keep_encoded
         )
         self._spawn(self._secure.start())
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)

@@ -70,6 +70,7 @@ class SecureParticipation:
         on_phase: Callable[[str], None] | None = None,
         staleness: int = 0,
         policy: StalenessPolicy | None = None,
+        keep_encoded: bool = False,
     ) -> None:
         self.secagg = secagg
         self.announce = announce
@@ -94,7 +95,9 @@ class SecureParticipation:
         self.roster: Roster | None = None
         self.masked_sent = False
         self.left_out = False
-        #: The encoded (unmasked) vector this device contributed: kept for tests and audits, never sent.
+        #: With ``keep_encoded``, a copy of the encoded (unmasked) vector this device contributed, for tests
+        #: and audits; never sent. Off by default: it would double the device's memory.
+        self.keep_encoded = keep_encoded
         self.encoded: np.ndarray | None = None
         self.revealed = False
         self._lock = asyncio.Lock()
@@ -203,8 +206,9 @@ class SecureParticipation:
             noise_variance,
             secure_generator(),
         )
-        self.encoded = encoded
-        masked = await asyncio.to_thread(self.secagg.mask, encoded, shared)
+        if self.keep_encoded:
+            self.encoded = encoded.copy()
+        masked = await asyncio.to_thread(self.secagg.mask, encoded, shared, 1, True)  # in place
         message = self.secagg.masked_input(pack(masked, config.bits))
         await self.send("masked", message)
         self.masked_sent = True

@@ -250,8 +250,14 @@ class SecAggClient:
         state.received[message.sender] = bundle
 
     # -- round 2 -------------------------------------------------------------------------------
-    def mask(self, x: np.ndarray, shared: SurvivorList, workers: int = 1) -> np.ndarray:
-        """Masked input ``y_u`` (uint32 in [0, 2^b)) for the signed U2 notice ``shared``."""
+    def mask(
+        self, x: np.ndarray, shared: SurvivorList, workers: int = 1, in_place: bool = False
+    ) -> np.ndarray:
+        """Masked input ``y_u`` (uint32 in [0, 2^b)) for the signed U2 notice ``shared``.
+
+        ``in_place`` masks a uint32 ``x`` in its own buffer, chunk by chunk, so a device needs no second
+        vector of the model's size (the encoder's output becomes the masked vector).
+        """
         state = self._verify_notice(shared, PHASE_SHARED)
         assert state.roster is not None
         u2 = frozenset(shared.devices)
@@ -280,10 +286,15 @@ class SecAggClient:
                 state.keys.mask_sk, state.peers[v][1], self.federation, shared.round, self.device_id, v
             )
             (plus if self.device_id < v else minus).append(seed)
-        masks = prg.combined_mask_parallel(plus, minus, bits, length, workers=workers)
-        y = vector.astype(np.uint32)
-        np.add(y, masks, out=y)
-        np.bitwise_and(y, prg.modulus_mask(bits), out=y)
+        y = vector if in_place and vector.dtype == np.uint32 else vector.astype(np.uint32)
+        modulus = prg.modulus_mask(bits)
+        if workers > 1:
+            np.add(y, prg.combined_mask_parallel(plus, minus, bits, length, workers=workers), out=y)
+        else:
+            for start in range(0, length, prg.CHUNK_COORDS):
+                stop = min(start + prg.CHUNK_COORDS, length)
+                y[start:stop] += prg.combined_mask(plus, minus, bits, start, stop)
+        np.bitwise_and(y, modulus, out=y)
         state.shared = u2
         state.masked = y
         return y

@@ -84,6 +84,7 @@ async def test_twenty_devices_thirty_percent_killed_after_shares_exact_sum(
                 directory=directory,
             )
             devices.append(EdgeClient(edge, trainer))
+            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
         stop = asyncio.Event()
         crashes: list[asyncio.Task] = []
 
@@ -193,6 +194,7 @@ async def test_compressed_secure_round_matches_the_plaintext_oracle(
                 FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid], directory=directory
             )
             devices.append(EdgeClient(edge, trainer))
+            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
         stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             for device in devices:
@@ -275,6 +277,7 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
             edge = EdgeConfig(FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid],
                               directory=directory)  # fmt: skip
             devices.append(EdgeClient(edge, trainer))
+            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
         stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             for device in devices:

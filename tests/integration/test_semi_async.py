@@ -59,6 +59,7 @@ def fleet(broker, digits, n, directory_keys, verify_key, budgets=None):
             memory_budget=(budgets or {}).get(cid),
         )  # fmt: skip
         devices.append(EdgeClient(edge, trainer))
+        devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
     return devices
 
 
