@@ -13,6 +13,7 @@ from pathlib import Path
 from aggregator.config import MODES, AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.optimizer import OPTIMIZERS, ServerOptimizerConfig
+from aggregator.secure import PhaseWindows
 from shared.codec import CodecConfig
 from shared.errors import FedmqError
 from shared.mqtt import MqttConfig
@@ -28,7 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", type=Path, required=True, help="folder for the journal and snapshots")
     p.add_argument("--initial", type=Path, default=None, help="initial snapshot file (first start only)")
     p.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run on)")
-    p.add_argument("--window", type=float, default=30.0, help="round window in seconds")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=30.0,
+        help="round window in seconds (secure mode: the masked-input phase)",
+    )
     p.add_argument("--min-clients", type=int, default=2)
     p.add_argument("--target-clients", type=int, default=10)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="fedavg")
@@ -64,6 +70,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id, **extra),
         store_dir=args.store,
         round_window_s=args.window,
+        windows=PhaseWindows(masked=args.window),
         min_clients=args.min_clients,
         target_clients=args.target_clients,
         optimizer=ServerOptimizerConfig(args.optimizer, lr=args.server_lr),

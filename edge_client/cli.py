@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.errors import ConfigError, FedmqError
 from shared.mqtt import MqttConfig
+from shared.signing import load_or_create_key
 
 log = logging.getLogger("edge_client")
 
@@ -38,6 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--model", default=None, help="module:factory returning an nn.Module")
     p.add_argument("--data", type=Path, default=None, help=".npz with arrays x and y")
+    p.add_argument(
+        "--identity", type=Path, default=None, help="secure mode: Ed25519 seed file (created if missing)"
+    )
+    p.add_argument(
+        "--directory", type=Path, default=None, help="secure mode: JSON {device id: hex public key}"
+    )
+    p.add_argument(
+        "--memory-budget", type=int, default=None, help="bytes for training state (partial training)"
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--log-level", default="INFO")
@@ -79,10 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         module, x, y = load_model_and_data(args)
         trainer = LocalTrainer(FederatedModel(module), x, y, TrainConfig(epochs=args.epochs, lr=args.lr))
         key = bytes.fromhex(args.aggregator_key) if args.aggregator_key else None
+        identity = load_or_create_key(args.identity) if args.identity else None
+        directory = None
+        if args.directory is not None:
+            directory = {cid: bytes.fromhex(k) for cid, k in json.loads(args.directory.read_text()).items()}
         config = EdgeConfig(
             federation=args.federation,
             mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id),
             aggregator_key=key,
+            identity=identity,
+            directory=directory,
+            memory_budget=args.memory_budget,
         )
         asyncio.run(serve(config, trainer))
     except FedmqError as exc:
