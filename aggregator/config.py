@@ -46,6 +46,9 @@ class AggregatorConfig:
     weight_cap: int = 1000
     #: Downlink: ``f16`` (compact float16 + zstd, the default), ``q16``/``q8`` or raw ``f32``.
     snapshot_encoding: str = "f16"
+    #: Also publish, retained on ``fl/<fed>/delta``, a bit-exact delta from the previous snapshot (or the
+    #: full snapshot when the delta would not be smaller); up-to-date devices listen there only.
+    publish_deltas: bool = True
     #: Differential privacy (off by default); needs secure mode, whose codec clips every update.
     dp: DPConfig = field(default_factory=DPConfig)
     #: Semi-asynchronous rounds: how stale deltas are weighted, and the oldest accepted.

@@ -41,7 +41,7 @@ from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
 from shared.signing import load_or_create_key, sign
-from shared.snapshots import make_snapshot, read_initial, snapshot_weights
+from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
 from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import (
     PHASE_ABANDONED,
@@ -101,6 +101,7 @@ class Aggregator:
         self.layout: ModelLayout | None = None
         self.optimizer: ServerOptimizer | None = None
         self._snapshot_bytes = b""
+        self._delta_bytes = b""  # the retained update for holders of version - 1 (delta or full)
         self._round: _OpenRound | None = None
         self._secure: SecureRound | None = None
         self._last_announce: RoundAnnounce | None = None
@@ -323,6 +324,12 @@ class Aggregator:
         snapshot_bytes = encode(snapshot)
         self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
         self.store.finish_round(round_id, "closed", count, noise=metrics.get("noise_multiplier"))
+        if self.config.publish_deltas:
+            previous = decode(self._snapshot_bytes, ModelSnapshot)
+            update = make_delta_snapshot(
+                snapshot, previous, snapshot_weights(previous), snapshot_weights(snapshot), self.key
+            )
+            self._delta_bytes = encode(update)
         self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
         log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
         await self._publish_snapshot()
@@ -508,7 +515,20 @@ class Aggregator:
             await self._publish_announce(self._last_announce)
 
     async def _publish_snapshot(self) -> None:
+        """The full snapshot (retained, for newcomers), then the update for holders of the last version."""
         assert self._conn is not None
+        if self._delta_bytes:
+            try:
+                await publish_framed(
+                    self._conn,
+                    self.topics.delta,
+                    self.topics.delta_chunk,
+                    self._delta_bytes,
+                    self.config.chunk_limit,
+                    retain=True,
+                )
+            except FedmqError as exc:
+                log.error("publishing the v%d delta failed: %s", self.version, exc)
         try:
             await publish_framed(
                 self._conn,

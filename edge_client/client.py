@@ -27,7 +27,7 @@ from shared.errors import ConfigError, FedmqError, ProtocolError
 from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
-from shared.snapshots import snapshot_weights
+from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
 from shared.staleness import StalenessPolicy
 from shared.topics import UPDATE, Topics, check_id
 from shared.wire import (
@@ -61,6 +61,8 @@ class EdgeConfig:
     #: Bytes this device can spend on training state; announced with its presence so that rounds with
     #: partial training stay within it. None: undeclared (train whatever the round asks).
     memory_budget: int | None = None
+    #: Once up to date, follow ``fl/<fed>/delta`` only and fetch the full snapshot just when behind.
+    use_deltas: bool = True
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -85,6 +87,7 @@ class EdgeConfig:
 @dataclass
 class EdgeStats:
     snapshots: int = 0
+    deltas: int = 0  # snapshots reached by applying a delta
     rounds_joined: int = 0
     rejected: list[str] = field(default_factory=list)
     #: Staleness of every delta this device contributed (secure rounds).
@@ -125,6 +128,8 @@ class EdgeClient:
             offline=encode(PresenceMsg(cid, False, time.time())),
         )
         subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
+        if config.use_deltas:
+            subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
@@ -133,6 +138,7 @@ class EdgeClient:
         )
         self._secure: SecureParticipation | None = None
         self._pending: _Pending | None = None
+        self._following_full = True  # subscribed to the full snapshot topic
         self._tasks: set[asyncio.Task[None]] = set()
         #: Called with the name of each secure phase this device completes (observability, fault tests).
         self.phase_hook: Callable[[str], None] | None = None
@@ -207,6 +213,13 @@ class EdgeClient:
                 notice = decode(payload, SurvivorList)
                 if self._secure is not None:
                     self._spawn(self._secure.on_notice(notice))
+            elif topic.startswith(self.topics.delta):
+                index = self.topics.parse_delta_chunk(topic)
+                update = self._reassembler.feed("delta", index, payload, self.config.max_snapshot_bytes)
+                if update is not None:
+                    if not isinstance(update, ModelSnapshot):
+                        raise ProtocolError(f"expected a model update on {topic}, got {update.TYPE}")
+                    self._on_delta(update)
             elif topic.startswith(self.topics.inbox(self.client_id)):
                 index = self.topics.parse_inbox(self.client_id, topic)
                 batch = self._reassembler.feed("inbox", index, payload, self.config.max_snapshot_bytes)
@@ -238,6 +251,32 @@ class EdgeClient:
             raise ProtocolError(
                 f"snapshot has {weights.size} parameters, local model {self.trainer.model.dim}"
             )
+        self._install(weights, snapshot)
+        if self.config.use_deltas and self._following_full:
+            # Up to date: from now on the (smaller) deltas are enough.
+            self._following_full = False
+            self._spawn(self.conn.unsubscribe(self.topics.model_all))
+
+    def _on_delta(self, update: ModelSnapshot) -> None:
+        if update.federation != self.config.federation:
+            raise ProtocolError(f"update for federation {update.federation!r}")
+        if update.version <= self.version:
+            return
+        if update.encoding != DELTA:
+            self._on_snapshot(update)  # the aggregator sent the full snapshot (smaller than a delta)
+            return
+        if update.base_version != self.version or self.weights is None:
+            if not self._following_full:
+                log.info("device=%s is on v%d, update is v%d->v%d: fetching the full snapshot",
+                         self.client_id, self.version, update.base_version, update.version)  # fmt: skip
+                self._following_full = True
+                self._spawn(self.conn.subscribe(self.topics.model_all))
+            return
+        weights = apply_delta_snapshot(update, self.weights, self._verify_key)
+        self.stats.deltas += 1
+        self._install(weights, update)
+
+    def _install(self, weights: np.ndarray, snapshot: ModelSnapshot) -> None:
         self.weights, self.version, self.snapshot = weights, snapshot.version, snapshot
         self.stats.snapshots += 1
         self._updated.set()

@@ -211,6 +211,15 @@ class MqttConnection:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.subscribe(topic, qos=1, timeout=self.config.connect_timeout_s)
 
+    async def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (also from the set renewed after reconnects)."""
+        if topic in self._subscriptions:
+            self._subscriptions.remove(topic)
+        client = self._client
+        if client is not None and self._connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(topic, timeout=self.config.connect_timeout_s)
+
     async def messages(self) -> AsyncIterator[aiomqtt.Message]:
         while True:
             yield await self._queue.get()

@@ -12,6 +12,7 @@ re-encodes the current master, and what a device decodes is fixed by the snapsho
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import nacl.signing
 import numpy as np
 
-from shared.codec.snapshot import decode_snapshot, encode_snapshot
+from shared.codec.snapshot import apply_delta, decode_snapshot, encode_delta, encode_snapshot
 from shared.errors import CodecError, ProtocolError
 from shared.layout import ModelLayout
 from shared.signing import sign, verify
@@ -27,6 +28,7 @@ from shared.wire import ModelSnapshot, decode, encode
 
 F32 = "f32"
 COMPACT = "compact"
+DELTA = "compact-delta"
 #: Tensor encodings of compact snapshots (see shared.codec.snapshot).
 TENSOR_ENCODINGS = ("f16", "q16", "q8")
 
@@ -82,6 +84,45 @@ def snapshot_weights(snapshot: ModelSnapshot, verify_key: nacl.signing.VerifyKey
     if len(snapshot.weights) != 4 * layout.dim:
         raise CodecError(f"snapshot body has {len(snapshot.weights)} bytes, layout needs {4 * layout.dim}")
     return np.frombuffer(snapshot.weights, dtype="<f4").astype(np.float32)
+
+
+def make_delta_snapshot(
+    full: ModelSnapshot,
+    previous: ModelSnapshot,
+    previous_weights: np.ndarray,
+    new_weights: np.ndarray,
+    key: nacl.signing.SigningKey | None = None,
+) -> ModelSnapshot:
+    """What a holder of ``previous`` needs to reach ``full``: a bit-exact delta if that is smaller than
+    ``full``'s body, else ``full`` itself. ``*_weights`` are the *decoded* weights of both snapshots."""
+    layout = ModelLayout.from_wire(full.layout)
+    body = encode_delta(layout.split(previous_weights), layout.split(new_weights))
+    if len(body) >= len(full.weights):
+        return full
+    delta = dataclasses.replace(
+        full,
+        encoding=DELTA,
+        weights=body,
+        sha256=hashlib.sha256(body).digest(),
+        base_version=previous.version,
+        signature=b"",
+    )
+    return sign(delta, key) if key is not None else delta
+
+
+def apply_delta_snapshot(
+    snapshot: ModelSnapshot, base_weights: np.ndarray, verify_key: nacl.signing.VerifyKey | None = None
+) -> np.ndarray:
+    """Weights of version ``snapshot.version`` from the decoded weights of ``snapshot.base_version``;
+    the delta checks both digests, so a wrong base raises CodecError (fetch the full snapshot)."""
+    if snapshot.encoding != DELTA:
+        raise CodecError(f"not a delta snapshot: {snapshot.encoding!r}")
+    if not snapshot.weights_ok():
+        raise ProtocolError(f"delta v{snapshot.base_version}->v{snapshot.version} fails its hash check")
+    if verify_key is not None:
+        verify(snapshot, verify_key)
+    layout = ModelLayout.from_wire(snapshot.layout)
+    return layout.flatten(apply_delta(layout.split(base_weights), snapshot.weights))
 
 
 def write_initial(path: Path, snapshot: ModelSnapshot) -> None:

@@ -4,6 +4,7 @@
 
     fl/<fed>/model                       retained model snapshot (or the manifest of a chunked one)
     fl/<fed>/model/c/<i>                 retained chunk i of a chunked snapshot
+    fl/<fed>/delta (+ /c/<i>)            retained update for holders of the previous version
     fl/<fed>/round                       retained round announcement (id, base version, phase, config)
     fl/<fed>/round/roster                retained secure-aggregation roster of the open round
     fl/<fed>/round/notice                retained signed survivor list (U2, then U3) of the open round
@@ -77,6 +78,26 @@ class Topics:
     def model_all(self) -> str:
         """Subscription to the snapshot and its chunks."""
         return f"{self.model}/#"
+
+    @property
+    def delta(self) -> str:
+        """Retained update for holders of the previous version (a delta, or the full snapshot)."""
+        return f"{self.prefix}/delta"
+
+    def delta_chunk(self, index: int) -> str:
+        return f"{self.delta}/c/{index}"
+
+    @property
+    def delta_all(self) -> str:
+        return f"{self.delta}/#"
+
+    def parse_delta_chunk(self, topic: str) -> int | None:
+        if topic == self.delta:
+            return None
+        prefix = f"{self.delta}/c/"
+        if topic.startswith(prefix) and topic[len(prefix) :].isdigit():
+            return int(topic[len(prefix) :])
+        raise WireError(f"not a delta topic: {topic!r}")
 
     @property
     def round(self) -> str:

@@ -70,18 +70,25 @@ class CodecConfig:
         if self.scheme not in SCHEMES:
             raise ConfigError("scheme", f"must be one of {SCHEMES}, got {self.scheme!r}")
         if secure and self.scheme != SCHEME_INT:
-            reason = ("top-k with error feedback is non-linear: the sum of masked top-k vectors is not the "
-                      "top-k of the sum" if self.scheme == SCHEME_TOPK else
-                      "float vectors cannot be masked in Z_2^b")
-            raise ConfigError("scheme", f"{self.scheme!r} is not allowed under secure aggregation "
-                                        f"({reason}); use {SCHEME_INT!r} or run in trusted-aggregator mode")
+            reason = (
+                "top-k with error feedback is non-linear: the sum of masked top-k vectors is not the "
+                "top-k of the sum"
+                if self.scheme == SCHEME_TOPK
+                else "float vectors cannot be masked in Z_2^b"
+            )
+            raise ConfigError(
+                "scheme",
+                f"{self.scheme!r} is not allowed under secure aggregation "
+                f"({reason}); use {SCHEME_INT!r} or run in trusted-aggregator mode",
+            )
         if not _is_int(self.bits) or not 1 <= self.bits <= 32:
             raise ConfigError("bits", f"must be an integer in 1..32, got {self.bits!r}")
         if not _is_real(self.clip_norm) or not self.clip_norm > 0 or not math.isfinite(self.clip_norm):
             raise ConfigError("clip_norm", f"must be a positive finite number, got {self.clip_norm!r}")
         if not _is_int(self.expected_clients) or self.expected_clients < 1:
-            raise ConfigError("expected_clients",
-                              f"must be a positive integer, got {self.expected_clients!r}")
+            raise ConfigError(
+                "expected_clients", f"must be a positive integer, got {self.expected_clients!r}"
+            )
         if not isinstance(self.seed, (bytes, bytearray)) or len(self.seed) != SEED_BYTES:
             raise ConfigError("seed", f"must be {SEED_BYTES} bytes")
         if not isinstance(self.rotation, bool):
@@ -97,9 +104,12 @@ class CodecConfig:
         if not _is_real(self.topk_fraction) or not 0.0 < self.topk_fraction <= 1.0:
             raise ConfigError("topk_fraction", f"must be in (0, 1], got {self.topk_fraction!r}")
         if self.scheme == SCHEME_INT and (1 << (self.bits - 1)) - 1 - self.expected_clients <= 0:
-            raise ConfigError("bits", f"{self.bits} bits cannot hold the rounding error of "
-                                      f"{self.expected_clients} clients; need at least "
-                                      f"{(self.expected_clients + 1).bit_length() + 1} (more for accuracy)")
+            raise ConfigError(
+                "bits",
+                f"{self.bits} bits cannot hold the rounding error of "
+                f"{self.expected_clients} clients; need at least "
+                f"{(self.expected_clients + 1).bit_length() + 1} (more for accuracy)",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,8 +176,10 @@ class WeightCoordinates:
         """The summed weight ``sum w_i`` from the summed limbs; refuses impossible totals."""
         total = sum(int(s) << (self.limb_bits * j) for j, s in enumerate(limb_sums))
         if total > contributors << self.weight_bits:
-            raise CodecError(f"summed weight {total / (1 << self.weight_bits)} exceeds {contributors} "
-                             "contributors of weight <= 1: the sum is corrupt or wrapped")
+            raise CodecError(
+                f"summed weight {total / (1 << self.weight_bits)} exceeds {contributors} "
+                "contributors of weight <= 1: the sum is corrupt or wrapped"
+            )
         return total / (1 << self.weight_bits)
 
 
@@ -177,8 +189,11 @@ class _IntegerChain:
     def __init__(self, config: CodecConfig, dim: int) -> None:
         config.validate()
         if config.scheme != SCHEME_INT:
-            raise ConfigError("scheme", f"the integer update codec needs scheme {SCHEME_INT!r}, "
-                                        f"got {config.scheme!r}; use Float32Codec / TopKEncoder")
+            raise ConfigError(
+                "scheme",
+                f"the integer update codec needs scheme {SCHEME_INT!r}, "
+                f"got {config.scheme!r}; use Float32Codec / TopKEncoder",
+            )
         if not _is_int(dim) or dim < 1:
             raise CodecError(f"update dimension must be a positive integer, got {dim!r}")
         self.config = config
@@ -188,9 +203,16 @@ class _IntegerChain:
         self.padded_dim = self.rotate.padded_dim if self.rotate is not None else dim
         mixing = self.rotate.mixing_dim if self.rotate is not None else dim
         self.subsample = Subsample(self.padded_dim, config.subsample_rate, config.seed)
-        scale = no_wrap_scale(config.bits, config.clip_norm, mixing, config.expected_clients,
-                              config.wrap_probability, config.rotation, coordinates=self.padded_dim,
-                              noise_multiplier=config.noise_multiplier)
+        scale = no_wrap_scale(
+            config.bits,
+            config.clip_norm,
+            mixing,
+            config.expected_clients,
+            config.wrap_probability,
+            config.rotation,
+            coordinates=self.padded_dim,
+            noise_multiplier=config.noise_multiplier,
+        )
         self.quantize = StochasticQuantize(scale, config.bits)
         self.weights = WeightCoordinates(config.bits, config.weight_bits, config.expected_clients)
         self.data_length = self.subsample.kept
@@ -219,8 +241,9 @@ class UpdateEncoder(_IntegerChain):
         """Encode ``weight * clip(delta)`` and ``weight``; ``rng`` is the device's private generator."""
         delta = np.asarray(delta)
         if delta.shape != (self.dim,) or delta.dtype != np.float32:
-            raise CodecError(f"expected a float32 delta of shape ({self.dim},), "
-                             f"got {delta.dtype} {delta.shape}")
+            raise CodecError(
+                f"expected a float32 delta of shape ({self.dim},), got {delta.dtype} {delta.shape}"
+            )
         grid_weight = self.weights.grid(weight)
         factor = clip_factor(delta, self.clip.clip_norm) * (grid_weight / (1 << self.weights.weight_bits))
         buffer = np.empty(self.padded_dim + self.weights.count, dtype=np.uint32)
@@ -249,11 +272,14 @@ class UpdateDecoder(_IntegerChain):
         """
         summed = np.asarray(summed)
         if summed.shape != (self.encoded_length,) or summed.dtype != np.uint32:
-            raise CodecError(f"expected a uint32 sum of shape ({self.encoded_length},), "
-                             f"got {summed.dtype} {summed.shape}")
+            raise CodecError(
+                f"expected a uint32 sum of shape ({self.encoded_length},), got {summed.dtype} {summed.shape}"
+            )
         if not _is_int(n_contributors) or not 1 <= n_contributors <= self.config.expected_clients:
-            raise CodecError(f"{n_contributors} contributors, but the round's codec is sized for 1.."
-                             f"{self.config.expected_clients}; the sum may have wrapped")
+            raise CodecError(
+                f"{n_contributors} contributors, but the round's codec is sized for 1.."
+                f"{self.config.expected_clients}; the sum may have wrapped"
+            )
         if self.config.bits < 32 and int(summed.max()) >> self.config.bits:
             raise CodecError(f"summed values must lie in Z_2^{self.config.bits}")
         total_weight = self.weights.decode(summed[self.data_length :], n_contributors)

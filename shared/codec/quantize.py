@@ -47,8 +47,14 @@ CHUNK = 1 << 14
 FLOAT_SLACK = 1e-5
 
 
-def coordinate_bound(clip_norm: float, padded_dim: int, clients: int, wrap_probability: float,
-                     rotated: bool = True, coordinates: int | None = None) -> float:
+def coordinate_bound(
+    clip_norm: float,
+    padded_dim: int,
+    clients: int,
+    wrap_probability: float,
+    rotated: bool = True,
+    coordinates: int | None = None,
+) -> float:
     """High-probability bound ``t`` on every coordinate of the rotated sum of ``clients`` vectors.
 
     ``padded_dim`` is the Hadamard block length (each coordinate mixes that many terms) and
@@ -60,9 +66,16 @@ def coordinate_bound(clip_norm: float, padded_dim: int, clients: int, wrap_proba
     return clients * clip_norm * math.sqrt(2.0 * math.log(2.0 * count / wrap_probability) / padded_dim)
 
 
-def no_wrap_scale(bits: int, clip_norm: float, padded_dim: int, clients: int, wrap_probability: float,
-                  rotated: bool = True, coordinates: int | None = None,
-                  noise_multiplier: float = 0.0) -> float:
+def no_wrap_scale(
+    bits: int,
+    clip_norm: float,
+    padded_dim: int,
+    clients: int,
+    wrap_probability: float,
+    rotated: bool = True,
+    coordinates: int | None = None,
+    noise_multiplier: float = 0.0,
+) -> float:
     """The largest scale ``s`` for which the sum of ``clients`` encodings wraps with probability <= beta.
 
     See the module docstring for the derivation; raises :class:`CodecError` when ``bits`` leaves no room.

@@ -95,8 +95,9 @@ def _check_weights(weights: Mapping[str, np.ndarray]) -> None:
             raise CodecError(f"tensor {name!r} contains NaN or infinite values")
 
 
-def encode_snapshot(weights: Mapping[str, np.ndarray],
-                    encoding: str | Mapping[str, str] = "f16") -> tuple[bytes, bytes]:
+def encode_snapshot(
+    weights: Mapping[str, np.ndarray], encoding: str | Mapping[str, str] = "f16"
+) -> tuple[bytes, bytes]:
     """Encode ordered float32 tensors; return ``(snapshot bytes, sha256 of the decoded weights)``.
 
     ``encoding`` is one of :data:`ENCODINGS` for every tensor or a per-tensor mapping (missing names use
@@ -112,8 +113,15 @@ def encode_snapshot(weights: Mapping[str, np.ndarray],
             raise CodecError(f"unknown tensor encoding {chosen!r} for {name!r}; use one of {ENCODINGS}")
         codes, scale = _quantize_tensor(tensor, chosen)
         decoded[name] = _dequantize(codes, chosen, scale).reshape(tensor.shape)
-        records.append({"name": name, "shape": list(tensor.shape), "enc": chosen, "scale": scale,
-                        "data": compressor.compress(codes.tobytes())})
+        records.append(
+            {
+                "name": name,
+                "shape": list(tensor.shape),
+                "enc": chosen,
+                "scale": scale,
+                "data": compressor.compress(codes.tobytes()),
+            }
+        )
     digest = weights_digest(decoded)
     body = {"fmt": FORMAT, "v": VERSION, "tensors": records, "sha256": digest}
     return msgpack.packb(body, use_bin_type=True), digest
@@ -123,8 +131,15 @@ def _unpack(data: bytes, expected_format: str) -> dict:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_PAYLOAD_BYTES:
         raise CodecError("snapshot payload must be bytes within the size limit")
     try:
-        body = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_bin_len=MAX_PAYLOAD_BYTES,
-                               max_str_len=1 << 16, max_array_len=MAX_TENSORS, max_map_len=MAX_TENSORS)
+        body = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_PAYLOAD_BYTES,
+            max_str_len=1 << 16,
+            max_array_len=MAX_TENSORS,
+            max_map_len=MAX_TENSORS,
+        )
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise CodecError(f"snapshot is not valid msgpack: {error}") from None
     if not isinstance(body, dict) or body.get("fmt") != expected_format or body.get("v") != VERSION:
@@ -134,8 +149,9 @@ def _unpack(data: bytes, expected_format: str) -> dict:
     return body
 
 
-def _read_codes(record: object, decompressor: zstandard.ZstdDecompressor,
-                dtype_of: Mapping[str, np.dtype]) -> tuple[str, tuple[int, ...], str, float, np.ndarray]:
+def _read_codes(
+    record: object, decompressor: zstandard.ZstdDecompressor, dtype_of: Mapping[str, np.dtype]
+) -> tuple[str, tuple[int, ...], str, float, np.ndarray]:
     if not isinstance(record, dict):
         raise CodecError("tensor record must be a map")
     name, shape, enc, scale, data = (record.get(k) for k in ("name", "shape", "enc", "scale", "data"))
@@ -188,10 +204,22 @@ def encode_delta(previous: Mapping[str, np.ndarray], new: Mapping[str, np.ndarra
         old_bits = np.ascontiguousarray(previous[name], dtype="<f4").view("<u4").reshape(-1)
         diff = np.ascontiguousarray(tensor, dtype="<f4").view("<u4").reshape(-1) - old_bits
         planes = diff.view(np.uint8).reshape(-1, 4).T.copy()  # byte plane j holds byte j of every word
-        records.append({"name": name, "shape": list(tensor.shape), "enc": "xplanes", "scale": 1.0,
-                        "data": compressor.compress(planes.tobytes())})
-    body = {"fmt": DELTA_FORMAT, "v": VERSION, "tensors": records,
-            "base_sha256": weights_digest(previous), "sha256": weights_digest(new)}
+        records.append(
+            {
+                "name": name,
+                "shape": list(tensor.shape),
+                "enc": "xplanes",
+                "scale": 1.0,
+                "data": compressor.compress(planes.tobytes()),
+            }
+        )
+    body = {
+        "fmt": DELTA_FORMAT,
+        "v": VERSION,
+        "tensors": records,
+        "base_sha256": weights_digest(previous),
+        "sha256": weights_digest(new),
+    }
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -199,8 +227,9 @@ def apply_delta(previous: Mapping[str, np.ndarray], delta: bytes) -> dict[str, n
     """Apply :func:`encode_delta` output to ``previous``; verifies the base and the result digests."""
     body = _unpack(delta, DELTA_FORMAT)
     if weights_digest(previous) != body.get("base_sha256"):
-        raise CodecError("delta does not apply to the weights held (base hash mismatch); "
-                         "fetch the full snapshot")
+        raise CodecError(
+            "delta does not apply to the weights held (base hash mismatch); fetch the full snapshot"
+        )
     decompressor = zstandard.ZstdDecompressor()
     records = body["tensors"]
     if [r.get("name") if isinstance(r, dict) else None for r in records] != list(previous):

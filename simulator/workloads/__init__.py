@@ -15,6 +15,7 @@ health              sklearn breast cancer, "hospitals"     5         MLP 30-16-2
 finance             synthetic credit default (generated)   10        MLP 20-32-2 / accuracy
 shakespeare         LEAF-style, one device per role        16        LSTM / loss (and accuracy)
 shakespeare-lora    other roles, pretrained transformer    8         LoRA r=4 / loss (and accuracy)
+shakespeare-full    the same, every parameter trained      8         full fine-tuning / loss
 ==================  =====================================  ========  ===============================
 
 The device counts are defaults; each loader's docstring states its example counts.
@@ -129,10 +130,19 @@ def _registry() -> dict[str, tuple[Callable[[int, int], Workload], int]]:
         "finance": (tabular.load_finance_workload, tabular.FINANCE_DEFAULT_DEVICES),
         "shakespeare": (shakespeare.load_shakespeare_workload, shakespeare.DEFAULT_DEVICES),
         "shakespeare-lora": (shakespeare.load_lora_workload, shakespeare.LORA_DEFAULT_DEVICES),
+        "shakespeare-full": (shakespeare.load_full_finetune_workload, shakespeare.LORA_DEFAULT_DEVICES),
     }
 
 
-WORKLOAD_NAMES = ("digits-mlp", "digits", "health", "finance", "shakespeare", "shakespeare-lora")
+WORKLOAD_NAMES = (
+    "digits-mlp",
+    "digits",
+    "health",
+    "finance",
+    "shakespeare",
+    "shakespeare-lora",
+    "shakespeare-full",
+)
 
 
 def get_workload(name: str, n_devices: int | None = None, seed: int = 0) -> Workload:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_client.model import FederatedModel
-from edge_client.trainer import LocalTrainer
+from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.errors import ConfigError
 from simulator.workloads import WORKLOAD_NAMES, Workload, digits, get_workload, shakespeare, tabular
 
@@ -21,6 +21,7 @@ SMALL_FLEET = {
     "finance": 4,
     "shakespeare": 4,
     "shakespeare-lora": 4,
+    "shakespeare-full": 2,
 }
 
 
@@ -120,3 +121,23 @@ def test_lora_upload_is_at_most_five_percent_of_full_fine_tuning() -> None:
 def test_central_baseline_beats_chance() -> None:
     workload = get_workload("health", 3, seed=0)
     assert workload.central_baseline(epochs=10) > 0.9
+
+
+def test_local_optimizer_is_validated_and_sgd_stays_the_default() -> None:
+    assert TrainConfig().optimizer == "sgd"
+    with pytest.raises(ConfigError) as excinfo:
+        TrainConfig(optimizer="adam")
+    assert excinfo.value.field == "optimizer"
+
+
+def test_adamw_local_training_moves_lora_adapters() -> None:
+    workload = get_workload("shakespeare-lora", 2, seed=0)
+    assert workload.train_config.optimizer == "adamw"
+    (x, y), model = workload.device_data[0], workload.federated_model()
+    result = LocalTrainer(model, x, y, workload.train_config, workload.loss_fn).train(model.get_flat())
+    assert np.isfinite(result.delta).all() and np.linalg.norm(result.delta) > 0.01
+
+
+def test_full_finetune_reference_trains_every_parameter() -> None:
+    full = get_workload("shakespeare-full", 2, seed=0).federated_model()
+    assert full.dim == FederatedModel(shakespeare.CharTransformer()).dim
