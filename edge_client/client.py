@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -407,28 +406,7 @@ class EdgeClient:
         weights = self.weights
         dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
 
-        def train() -> TrainResult:
-            trainable = (
-                None
-                if blocks is None
-                else {n for b in model.blocks if b.name in blocks for n in b.param_names}
-            )
-            params = dict(model.module.named_parameters())
-            federated = model.federated_names
-            try:
-                if trainable is not None:
-                    for name in federated:
-                        params[name].requires_grad_(name in trainable)
-                result = self.trainer.train(weights)
-            finally:
-                for name in federated:
-                    params[name].requires_grad_(True)
-            if blocks is None:
-                return result
-            delta = np.concatenate([result.delta[s] for s in model.block_slices(blocks)])
-            return dataclasses.replace(result, delta=delta)
-
-        task = asyncio.create_task(asyncio.to_thread(train))
+        task = asyncio.create_task(asyncio.to_thread(self.trainer.train, weights, blocks))
         self._training = asyncio.create_task(self._await_quietly(task))
         self._pending = _Pending(self.version, blocks, task, dim)
         return self._pending

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +59,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    delta: np.ndarray  # float32, new weights minus the weights training started from
+    delta: np.ndarray  # float32, new weights minus the weights training started from (trained blocks)
     num_examples: int
     loss: float
     seconds: float
+    #: Bytes of training state held at the end of training, measured from the live tensors: every
+    #: parameter of the module, the gradients of the trained ones, and the optimizer's state.
+    state_bytes: int = 0
 
 
 class LocalTrainer:
@@ -94,7 +98,29 @@ class LocalTrainer:
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    def train(self, global_weights: np.ndarray) -> TrainResult:
+    def train(self, global_weights: np.ndarray, blocks: Sequence[str] | None = None) -> TrainResult:
+        """Train from ``global_weights``; with ``blocks``, only those parameter blocks train (the rest are
+        frozen: no gradients, no optimizer state, and backward stops at the earliest trainable block) and
+        the delta covers only them, in layout order."""
+        if blocks is None:
+            return self._train(global_weights)
+        trainable = {n for b in self.model.blocks if b.name in set(blocks) for n in b.param_names}
+        unknown = set(blocks) - {b.name for b in self.model.blocks}
+        if unknown:
+            raise ConfigError("blocks", f"unknown blocks {sorted(unknown)}")
+        params = dict(self.model.module.named_parameters())
+        federated = self.model.federated_names
+        try:
+            for name in federated:
+                params[name].requires_grad_(name in trainable)
+            result = self._train(global_weights)
+        finally:
+            for name in federated:
+                params[name].requires_grad_(True)
+        delta = np.concatenate([result.delta[s] for s in self.model.block_slices(blocks)])
+        return dataclasses.replace(result, delta=delta)
+
+    def _train(self, global_weights: np.ndarray) -> TrainResult:
         cfg = self.config
         start = time.perf_counter()
         torch.set_num_threads(cfg.threads)
@@ -125,4 +151,18 @@ class LocalTrainer:
                 losses.append(float(loss.detach()))
                 step += 1
         delta = self.model.get_flat() - global_weights.astype(np.float32)
-        return TrainResult(delta, n, float(np.mean(losses)) if losses else 0.0, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return TrainResult(
+            delta, n, float(np.mean(losses)) if losses else 0.0, seconds, _state_bytes(module, optimizer)
+        )
+
+
+def _state_bytes(module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the live training state: all parameters, the trained ones' gradients, optimizer state."""
+    total = sum(p.numel() * p.element_size() for p in module.parameters())
+    total += sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+    for state in optimizer.state.values():
+        total += sum(
+            v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor) and v.dim()
+        )
+    return total
