@@ -127,6 +127,8 @@ class LocalTrainer:
         self.model.set_flat(global_weights)
         module = self.model.module
         module.train()
+        for param in module.parameters():
+            param.grad = None  # last round's gradients (of now-frozen blocks too) would only hold memory
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = self._make_optimizer(params)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + self._rounds)

@@ -34,8 +34,8 @@ class SlowTrainer(LocalTrainer):
 
     delay = 0.0
 
-    def train(self, global_weights):
-        result = super().train(global_weights)
+    def train(self, global_weights, blocks=None):
+        result = super().train(global_weights, blocks)
         if self.delay:
             time.sleep(self.delay)
             self.delay = 0.0
