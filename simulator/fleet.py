@@ -23,7 +23,7 @@ from aggregator.engine import Aggregator
 from aggregator.optimizer import ServerOptimizerConfig
 from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.trainer import LocalTrainer, TrainConfig
+from edge_client.trainer import LocalTrainer, TrainConfig, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
 from shared.dp import DPConfig
@@ -59,10 +59,25 @@ class FleetConfig:
     subsample_rate: float = 1.0
     snapshot_encoding: str = "f16"
     dp: DPConfig = field(default_factory=DPConfig)
+    #: Stragglers: this many devices (spread evenly over the fleet: every ``clients // slow_clients``-th)
+    #: sleep ``slow_delay_s`` after each local training, as a slower device would. 0: none (the default).
+    slow_clients: int = 0
+    slow_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.clients < 1:
             raise ConfigError("clients", "must be >= 1")
+        if not 0 <= self.slow_clients <= self.clients:
+            raise ConfigError("slow_clients", f"must be in [0, clients={self.clients}]")
+        if self.slow_delay_s < 0:
+            raise ConfigError("slow_delay_s", "must be >= 0")
+
+    def is_slow(self, index: int) -> bool:
+        """Whether device ``index`` is one of the ``slow_clients`` stragglers."""
+        if self.slow_clients == 0 or self.slow_delay_s == 0:
+            return False
+        stride = self.clients // self.slow_clients
+        return index % stride == 0 and index // stride < self.slow_clients
         if self.rounds < 1:
             raise ConfigError("rounds", "must be >= 1")
 
@@ -73,6 +88,19 @@ class FleetConfig:
     @property
     def effective_target(self) -> int:
         return self.target_clients or self.clients
+
+
+class SlowTrainer(LocalTrainer):
+    """A straggler: trains like any device, then sleeps ``delay_s`` (in the training thread)."""
+
+    def __init__(self, *args: object, delay_s: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.delay_s = delay_s
+
+    def train(self, global_weights: np.ndarray) -> TrainResult:
+        result = super().train(global_weights)
+        time.sleep(self.delay_s)
+        return dataclasses.replace(result, seconds=result.seconds + self.delay_s)
 
 
 @dataclass(frozen=True)
@@ -166,12 +194,17 @@ async def run_fleet(
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
         for i, (features, labels) in enumerate(workload.device_data):
-            trainer = LocalTrainer(
+            trainer_args = (
                 workload.federated_model(),
                 features,
                 labels,
                 dataclasses.replace(train, seed=config.seed * 1000 + i),
                 workload.loss_fn,
+            )
+            trainer = (
+                SlowTrainer(*trainer_args, delay_s=config.slow_delay_s)
+                if config.is_slow(i)
+                else LocalTrainer(*trainer_args)
             )
             edge = EdgeConfig(
                 federation=config.federation,

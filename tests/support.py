@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
+import nacl.signing
 import numpy as np
 import torch
 
@@ -60,3 +63,82 @@ async def eventually(predicate, timeout: float, interval: float = 0.05, what: st
 def initial_weights() -> tuple[FederatedModel, np.ndarray]:
     model = FederatedModel(digits_mlp())
     return model, model.get_flat()
+
+
+def enrol(n: int) -> dict[str, nacl.signing.SigningKey]:
+    """Fresh Ed25519 identities for devices ``dev-00`` .. ``dev-<n-1>``."""
+    return {f"dev-{i:02d}": nacl.signing.SigningKey.generate() for i in range(n)}
+
+
+def directory_of(keys: dict[str, nacl.signing.SigningKey]) -> dict[str, bytes]:
+    return {cid: bytes(key.verify_key) for cid, key in keys.items()}
+
+
+def secure_devices(
+    broker: MosquittoBroker,
+    digits,
+    keys: dict[str, nacl.signing.SigningKey],
+    verify_key: bytes,
+    federation: str,
+    *,
+    mqtt: Callable[[str], MqttConfig] | None = None,
+    seed: int = 0,
+    budgets: dict[str, int] | None = None,
+    trainer_cls: type[LocalTrainer] = LocalTrainer,
+) -> list[EdgeClient]:
+    """One secure-aggregation device per enrolled identity, on a Dirichlet split of digits (one local
+    epoch). Each keeps its pre-mask encodings so tests can compare the unmasked sum with an oracle."""
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, len(keys), alpha=0.5, seed=seed)
+    devices = []
+    for (cid, key), shard in zip(keys.items(), shards):
+        trainer = trainer_cls(
+            FederatedModel(digits_mlp()),
+            torch.from_numpy(digits.x_train[shard]),
+            torch.from_numpy(digits.y_train[shard]),
+            TrainConfig(epochs=1, lr=0.1),
+        )
+        config = EdgeConfig(
+            federation,
+            mqtt(cid) if mqtt is not None else mqtt_config(broker, cid),
+            verify_key,
+            identity=key,
+            directory=directory,
+            memory_budget=(budgets or {}).get(cid),
+        )
+        device = EdgeClient(config, trainer)
+        device.keep_encoded = True
+        devices.append(device)
+    return devices
+
+
+async def run_rounds(
+    aggregator,
+    devices: list[EdgeClient],
+    rounds: int,
+    timeout: float = 90,
+    ready: Callable[[], bool] | None = None,
+    until: Callable[[], bool] | None = None,
+) -> list:
+    """Connect ``devices``, optionally wait until ``ready()``, run up to ``rounds`` rounds (stopping
+    after the first round at whose end ``until()`` holds), disconnect."""
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        for device in devices:
+            await stack.enter_async_context(device)
+        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+        try:
+            if ready is not None:
+                await eventually(ready, 10, what="devices ready")
+            async def rounds_until() -> list:
+                first = len(aggregator.results)  # Aggregator.run returns every result so far
+                while len(aggregator.results) - first < rounds:
+                    await aggregator.run(1)
+                    if until is not None and until():
+                        break
+                return aggregator.results[first:]
+
+            return await asyncio.wait_for(rounds_until(), timeout=timeout)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)

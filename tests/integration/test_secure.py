@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 
 import aiomqtt
-import nacl.signing
 import numpy as np
 import pytest
-import torch
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
-from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.model import FederatedModel
-from edge_client.trainer import LocalTrainer, TrainConfig
+from edge_client.client import EdgeClient
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder
 from shared.mqtt import MqttConfig, MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import KEYS, Topics
 from simulator.broker import MosquittoBroker
-from simulator.data import dirichlet_partition
-from simulator.models import digits_mlp
-from tests.support import initial_weights, mqtt_config
+from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
 
 pytestmark = pytest.mark.broker
 FED = "sec"
@@ -51,9 +44,8 @@ def creds(broker, accounts, user, **kw):
 async def test_twenty_devices_thirty_percent_killed_after_shares_exact_sum(
     acl_broker, tmp_path, accounts, digits
 ):
-    ids = [f"dev-{i:02d}" for i in range(20)]
-    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
-    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    keys = enrol(20)
+    directory = directory_of(keys)
     model, weights = initial_weights()
     cfg = AggregatorConfig(
         federation=FED,
@@ -65,47 +57,24 @@ async def test_twenty_devices_thirty_percent_killed_after_shares_exact_sum(
         min_clients=10,
         target_clients=20,
     )
-    shards = dirichlet_partition(digits.y_train, 20, alpha=0.5, seed=0)
-    victims = set(ids[:6])  # 30%
+    victims = set(list(keys)[:6])  # 30%
+    crashes: list[asyncio.Task] = []
+
+    def crash_after_shares(device: EdgeClient):
+        def hook(phase: str) -> None:
+            if phase == "shares":
+                crashes.append(asyncio.create_task(device.crash()))
+
+        return hook
+
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices: list[EdgeClient] = []
-        for cid, shard in zip(ids, shards):
-            trainer = LocalTrainer(
-                FederatedModel(digits_mlp()),
-                torch.from_numpy(digits.x_train[shard]),
-                torch.from_numpy(digits.y_train[shard]),
-                TrainConfig(epochs=1, lr=0.1),
-            )
-            edge = EdgeConfig(
-                FED,
-                creds(acl_broker, accounts, cid),
-                agg.verify_key,
-                identity=identities[cid],
-                directory=directory,
-            )
-            devices.append(EdgeClient(edge, trainer))
-            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
-        stop = asyncio.Event()
-        crashes: list[asyncio.Task] = []
-
-        def crash_after_shares(device: EdgeClient):
-            def hook(phase: str) -> None:
-                if phase == "shares":
-                    crashes.append(asyncio.create_task(device.crash()))
-
-            return hook
-
-        async with contextlib.AsyncExitStack() as stack:
-            for device in devices:
-                if device.client_id in victims:
-                    device.phase_hook = crash_after_shares(device)
-                await stack.enter_async_context(device)
-            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-            try:
-                results = await asyncio.wait_for(agg.run(1), timeout=90)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks, *crashes, return_exceptions=True)
+        mqtt = lambda cid: creds(acl_broker, accounts, cid)  # noqa: E731
+        devices = secure_devices(acl_broker, digits, keys, agg.verify_key, FED, mqtt=mqtt)
+        for device in devices:
+            if device.client_id in victims:
+                device.phase_hook = crash_after_shares(device)
+        results = await run_rounds(agg, devices, 1)
+        await asyncio.gather(*crashes, return_exceptions=True)
         secure = agg.last_secure
     assert results[0].status == "closed", results[0].reason
     assert results[0].contributors == 14 and results[0].version == 1
@@ -162,9 +131,8 @@ async def test_compressed_secure_round_matches_the_plaintext_oracle(
     broker, tmp_path, digits, bits, subsample
 ):
     """Decode(unmasked sum) equals decode(plaintext sum of the same encodings) computed by an oracle."""
-    ids = [f"dev-{i:02d}" for i in range(6)]
-    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
-    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    keys = enrol(6)
+    directory = directory_of(keys)
     model, weights = initial_weights()
     cfg = AggregatorConfig(
         federation=FED,
@@ -179,32 +147,10 @@ async def test_compressed_secure_round_matches_the_plaintext_oracle(
         target_clients=6,
         snapshot_encoding="f32",
     )
-    shards = dirichlet_partition(digits.y_train, 6, alpha=0.5, seed=1)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
         before = agg.weights.copy()
-        devices = []
-        for cid, shard in zip(ids, shards):
-            trainer = LocalTrainer(
-                FederatedModel(digits_mlp()),
-                torch.from_numpy(digits.x_train[shard]),
-                torch.from_numpy(digits.y_train[shard]),
-                TrainConfig(epochs=1, lr=0.1),
-            )
-            edge = EdgeConfig(
-                FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid], directory=directory
-            )
-            devices.append(EdgeClient(edge, trainer))
-            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
-        stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            for device in devices:
-                await stack.enter_async_context(device)
-            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-            try:
-                results = await asyncio.wait_for(agg.run(1), timeout=60)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        devices = secure_devices(broker, digits, keys, agg.verify_key, FED, seed=1)
+        results = await run_rounds(agg, devices, 1, timeout=60)
         secure = agg.last_secure
         applied = agg.weights - before  # FedAvg with server lr 1: the decoded mean delta
     assert results[0].status == "closed" and results[0].contributors == 6
@@ -235,9 +181,8 @@ def test_non_linear_codec_is_refused_under_secure_aggregation(tmp_path):
 async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(broker, tmp_path, digits):
     from shared.dp import DPConfig, PrivacyAccountant
 
-    ids = [f"dev-{i:02d}" for i in range(5)]
-    identities = {cid: nacl.signing.SigningKey.generate() for cid in ids}
-    directory = {cid: bytes(k.verify_key) for cid, k in identities.items()}
+    keys = enrol(5)
+    directory = directory_of(keys)
     z, delta, margin = 1.0, 1e-3, 0.1
     # The engine checks the planned z before each round and records the z present after it (all 5
     # devices survive, so the noise is the target inflated by the dropout margin): replay that here.
@@ -264,30 +209,9 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
         target_clients=5,
         dp=dp,
     )
-    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=2)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices = []
-        for cid, shard in zip(ids, shards):
-            trainer = LocalTrainer(
-                FederatedModel(digits_mlp()),
-                torch.from_numpy(digits.x_train[shard]),
-                torch.from_numpy(digits.y_train[shard]),
-                TrainConfig(epochs=1, lr=0.1),
-            )
-            edge = EdgeConfig(FED, mqtt_config(broker, cid), agg.verify_key, identity=identities[cid],
-                              directory=directory)  # fmt: skip
-            devices.append(EdgeClient(edge, trainer))
-            devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
-        stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            for device in devices:
-                await stack.enter_async_context(device)
-            tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-            try:
-                results = await asyncio.wait_for(agg.run(5), timeout=90)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        devices = secure_devices(broker, digits, keys, agg.verify_key, FED, seed=2)
+        results = await run_rounds(agg, devices, 5)
     assert [r.status for r in results] == ["closed", "closed"]  # the budget stopped the third round
     epsilons = [r.metrics["epsilon"] for r in results]
     assert epsilons == pytest.approx(eps_after[:2], rel=1e-6)

@@ -3,27 +3,19 @@ over-selection, and memory-budgeted partial training, over a real Mosquitto."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
-import nacl.signing
 import numpy as np
 import pytest
-import torch
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
-from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.model import FederatedModel
-from edge_client.trainer import LocalTrainer, TrainConfig
+from edge_client.trainer import LocalTrainer
 from shared.codec import CodecConfig, UpdateEncoder
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
-from simulator.data import dirichlet_partition
-from simulator.models import digits_mlp
-from tests.support import eventually, initial_weights, mqtt_config
+from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
 
 pytestmark = pytest.mark.broker
 FED = "async"
@@ -42,25 +34,10 @@ class SlowTrainer(LocalTrainer):
         return result
 
 
-def fleet(broker, digits, n, directory_keys, verify_key, budgets=None):
-    shards = dirichlet_partition(digits.y_train, n, alpha=0.5, seed=3)
-    devices = []
-    for i, shard in enumerate(shards):
-        cid = f"dev-{i:02d}"
-        trainer = SlowTrainer(
-            FederatedModel(digits_mlp()),
-            torch.from_numpy(digits.x_train[shard]),
-            torch.from_numpy(digits.y_train[shard]),
-            TrainConfig(epochs=1, lr=0.1),
-        )
-        edge = EdgeConfig(
-            FED, mqtt_config(broker, cid), verify_key, identity=directory_keys[cid],
-            directory={c: bytes(k.verify_key) for c, k in directory_keys.items()},
-            memory_budget=(budgets or {}).get(cid),
-        )  # fmt: skip
-        devices.append(EdgeClient(edge, trainer))
-        devices[-1].keep_encoded = True  # the oracle reads the pre-mask encodings
-    return devices
+def fleet(broker, digits, keys, verify_key, budgets=None):
+    return secure_devices(
+        broker, digits, keys, verify_key, FED, seed=3, budgets=budgets, trainer_cls=SlowTrainer
+    )
 
 
 def agg_config(broker, tmp_path, keys, **kw):
@@ -68,9 +45,9 @@ def agg_config(broker, tmp_path, keys, **kw):
         federation=FED,
         mqtt=mqtt_config(broker, "aggregator"),
         store_dir=tmp_path / "agg",
-        directory={c: bytes(k.verify_key) for c, k in keys.items()},
+        directory=directory_of(keys),
         codec=CodecConfig(bits=20, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=3, shares=5, masked=3, unmask=5),
+        windows=PhaseWindows(keys=5, shares=8, masked=4, unmask=8),
         min_clients=2,
         target_clients=4,
         snapshot_encoding="f32",
@@ -79,35 +56,16 @@ def agg_config(broker, tmp_path, keys, **kw):
     return AggregatorConfig(**values)
 
 
-async def run_rounds(agg, devices, rounds, timeout=90, ready=None):
-    stop = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        for device in devices:
-            await stack.enter_async_context(device)
-        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-        try:
-            if ready is not None:
-                await eventually(ready, 10, what="devices ready")
-            return await asyncio.wait_for(agg.run(rounds), timeout=timeout)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def keys_for(n):
-    return {f"dev-{i:02d}": nacl.signing.SigningKey.generate() for i in range(n)}
-
-
 @pytest.mark.parametrize("function", ["fedbuff", "age-variance"])
 async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, digits, function):
-    keys = keys_for(6)
+    keys = enrol(6)
     model, weights = initial_weights()
     policy = StalenessPolicy(function, max_staleness=3, reference_norm=0.5)
     cfg = agg_config(broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=6)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices = fleet(broker, digits, 6, keys, agg.verify_key)
+        devices = fleet(broker, digits, keys, agg.verify_key)
         straggler = devices[0]
-        straggler.trainer.delay = 4.0  # misses round 0's masked window (3 s), delivers in a later round
+        straggler.trainer.delay = 6.0  # misses round 0's masked window (4 s), delivers in a later round
         captured = {}
 
         def capture(phase):
@@ -115,8 +73,8 @@ async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, d
                 captured[agg.version] = straggler.secure_round
 
         straggler.phase_hook = capture
-        results = await run_rounds(agg, devices, 4)
-    assert all(r.status == "closed" for r in results)
+        results = await run_rounds(agg, devices, 8, until=lambda: bool(captured))
+    assert all(r.status == "closed" for r in results), [r.reason for r in results]
     assert results[0].contributors == 5  # the straggler dropped out of round 0 ...
     # ... and contributed its v0 delta to a later round (staleness depends on timing, <= max 3)
     assert len(straggler.stats.staleness) >= 1 and 1 <= straggler.stats.staleness[0] <= 3
@@ -140,13 +98,13 @@ async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, d
 
 
 async def test_deltas_older_than_max_staleness_never_reach_the_aggregate(broker, tmp_path, digits):
-    keys = keys_for(6)
+    keys = enrol(6)
     model, weights = initial_weights()
     policy = StalenessPolicy("fedbuff", max_staleness=0)
     cfg = agg_config(broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=6)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices = fleet(broker, digits, 6, keys, agg.verify_key)
-        devices[0].trainer.delay = 4.0
+        devices = fleet(broker, digits, keys, agg.verify_key)
+        devices[0].trainer.delay = 6.0
         results = await run_rounds(agg, devices, 4)
     assert all(r.status == "closed" for r in results)
     assert results[0].contributors == 5
@@ -155,12 +113,12 @@ async def test_deltas_older_than_max_staleness_never_reach_the_aggregate(broker,
 
 
 async def test_buffered_close_at_k_with_over_selection(broker, tmp_path, digits):
-    keys = keys_for(6)
+    keys = enrol(6)
     model, weights = initial_weights()
     cfg = agg_config(broker, tmp_path, keys, target_clients=4, over_selection=1.25,
                      windows=PhaseWindows(keys=3, shares=5, masked=20, unmask=5))  # fmt: skip
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices = fleet(broker, digits, 6, keys, agg.verify_key)
+        devices = fleet(broker, digits, keys, agg.verify_key)
         t0 = time.monotonic()
         results = await run_rounds(agg, devices, 1)
         elapsed = time.monotonic() - t0
@@ -173,7 +131,7 @@ async def test_buffered_close_at_k_with_over_selection(broker, tmp_path, digits)
 
 
 async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, digits):
-    keys = keys_for(6)
+    keys = enrol(6)
     model, weights = initial_weights()
     total = model.dim
     blocks = model.layout.blocks()
@@ -182,7 +140,7 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     budgets = {"dev-00": budget, "dev-01": 10 * budget}
     cfg = agg_config(broker, tmp_path, keys, partial_training=True, min_clients=6, target_clients=6)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-        devices = fleet(broker, digits, 6, keys, agg.verify_key, budgets)
+        devices = fleet(broker, digits, keys, agg.verify_key, budgets)
         before = agg.weights.copy()
         results = await run_rounds(agg, devices, 2, ready=lambda: len(agg.memory_budgets) == 2)
         secure = agg.last_secure
