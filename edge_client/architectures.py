@@ -6,9 +6,9 @@ The families and why they differ:
   per-parameter state between rounds, so a device's memory is the model plus one momentum buffer;
 * ``rnn`` (RNN/LSTM/GRU): gradients explode through time, so clip their norm (Pascanu et al. 2013);
   LEAF's Shakespeare baseline trains its LSTM with plain SGD, which clipping keeps stable;
-* ``transformer``: AdamW is the usual choice centrally; on devices we keep SGD with momentum and
-  clipping in :class:`~edge_client.trainer.TrainConfig` (what :class:`LocalTrainer` runs), and offer
-  AdamW through :meth:`ArchitectureDefaults.make_optimizer` for custom training loops.
+* ``transformer``: AdamW with clipping; :class:`~edge_client.trainer.LocalTrainer` runs it
+  (``TrainConfig.optimizer="adamw"``), and :meth:`ArchitectureDefaults.make_optimizer` builds the same
+  optimizer for custom training loops.
 
 Detection looks at the module tree: anything attention-like wins, then recurrent layers, then
 convolutions; everything else is an MLP. Pass ``architecture=`` to override.
@@ -39,17 +39,18 @@ class ArchitectureDefaults:
     momentum: float
     weight_decay: float = 0.0
     grad_clip: float | None = None
-    #: the optimizer :meth:`make_optimizer` builds; :meth:`train_config` is always SGD (LocalTrainer).
+    #: the optimizer both :meth:`train_config` (for LocalTrainer) and :meth:`make_optimizer` use.
     optimizer: OptimizerName = "sgd"
     adamw_lr: float = 1e-3
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """A :class:`TrainConfig` with these defaults; ``overrides`` win (epochs, batch_size, ...)."""
         fields: dict[str, Any] = {
-            "lr": self.lr,
+            "lr": self.adamw_lr if self.optimizer == "adamw" else self.lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
+            "optimizer": self.optimizer,
         }
         fields.update(overrides)
         return TrainConfig(**fields)
