@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -17,6 +16,7 @@ from aggregator.secure import PhaseWindows
 from shared.codec import CodecConfig
 from shared.errors import FedmqError
 from shared.mqtt import MqttConfig
+from shared.signing import read_directory
 
 log = logging.getLogger("aggregator")
 
@@ -62,9 +62,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
     if args.enrolled is not None:
         enrolled = frozenset(line.strip() for line in args.enrolled.read_text().splitlines() if line.strip())
     extra = {"ca_file": args.ca_file} if args.ca_file else {}
-    directory = None
-    if args.directory is not None:
-        directory = {cid: bytes.fromhex(key) for cid, key in json.loads(args.directory.read_text()).items()}
+    directory = read_directory(args.directory) if args.directory is not None else None
     return AggregatorConfig(
         federation=args.federation,
         mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id, **extra),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import signal
 import sys
@@ -24,7 +23,7 @@ from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.errors import ConfigError, FedmqError
 from shared.mqtt import MqttConfig
-from shared.signing import load_or_create_key
+from shared.signing import load_or_create_key, read_directory
 
 log = logging.getLogger("edge_client")
 
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = LocalTrainer(FederatedModel(module), x, y, TrainConfig(epochs=args.epochs, lr=args.lr))
         key = bytes.fromhex(args.aggregator_key) if args.aggregator_key else None
         identity = load_or_create_key(args.identity) if args.identity else None
-        directory = None
-        if args.directory is not None:
-            directory = {cid: bytes.fromhex(k) for cid, k in json.loads(args.directory.read_text()).items()}
+        directory = read_directory(args.directory) if args.directory is not None else None
         config = EdgeConfig(
             federation=args.federation,
             mqtt=MqttConfig.from_url(args.broker, client_id=args.client_id),

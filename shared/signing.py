@@ -7,13 +7,14 @@ encode msgpack can verify without a second canonical form.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TypeVar
 
 import nacl.exceptions
 import nacl.signing
 
-from shared.errors import ProtocolError
+from shared.errors import ConfigError, ProtocolError
 from shared.wire import Message, encode
 
 S = TypeVar("S", bound=Message)
@@ -52,3 +53,16 @@ def load_or_create_key(path: Path) -> nacl.signing.SigningKey:
     tmp.chmod(0o600)
     tmp.replace(path)
     return key
+
+
+def read_directory(path: Path) -> dict[str, bytes]:
+    """An enrolment directory file: JSON ``{device id: hex Ed25519 public key}``."""
+    try:
+        entries = json.loads(Path(path).read_text())
+        directory = {str(cid): bytes.fromhex(key) for cid, key in entries.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError("directory", f"{path} is not a JSON map of device id to hex key: {exc}") from exc
+    for cid, key in directory.items():
+        if len(key) != 32:
+            raise ConfigError("directory", f"key of {cid!r} in {path} is not 32 bytes")
+    return directory
