@@ -133,7 +133,10 @@ async def run_rounds(
             async def rounds_until() -> list:
                 first = len(aggregator.results)  # Aggregator.run returns every result so far
                 while len(aggregator.results) - first < rounds:
+                    before = len(aggregator.results)
                     await aggregator.run(1)
+                    if len(aggregator.results) == before:  # the aggregator stopped (e.g. privacy budget)
+                        break
                     if until is not None and until():
                         break
                 return aggregator.results[first:]

@@ -87,7 +87,7 @@ async def test_twenty_devices_thirty_percent_killed_after_shares_exact_sum(
         np.add(plain_sum, device.secure_round.encoded, out=plain_sum)
     plain_sum &= np.uint32((1 << bits) - 1)
     np.testing.assert_array_equal(secure.total, plain_sum)  # bit-exact
-    assert np.all(agg.weights != weights)
+    assert np.linalg.norm(agg.weights - weights) > 0  # the round moved the model
 
 
 async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts):
