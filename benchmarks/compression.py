@@ -227,7 +227,7 @@ def rss_probe(dim: int, bits: int, n: int) -> dict:
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_bytes("VmRSS")
     encoded = encoder.encode(delta, 1.0, rng)
-    client.mask(encoded, shared, workers=1)
+    client.mask(encoded, shared, workers=1, in_place=True)
     return {"rss_peak_delta_bytes": _rss_bytes("VmHWM") - before}
 
 
@@ -244,7 +244,7 @@ def device_cost(dim: int, bits: int, n: int) -> dict:
         encoded = encoder.encode(delta, 1.0, rng)
         encode_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        masked = device.mask(encoded, shared, workers=1)
+        masked = device.mask(encoded, shared, workers=1, in_place=True)
         mask_times.append(time.perf_counter() - start)
     encode_s, mask_s = min(encode_times), min(mask_times)
     start = time.perf_counter()
@@ -256,7 +256,7 @@ def device_cost(dim: int, bits: int, n: int) -> dict:
     tracemalloc.start()
     encoded = encoder.encode(delta, 1.0, rng)
     encode_peak = tracemalloc.get_traced_memory()[1]
-    masked = traced.mask(encoded, shared, workers=1)
+    masked = traced.mask(encoded, shared, workers=1, in_place=True)
     encode_mask_peak = tracemalloc.get_traced_memory()[1]
     payload = pack(masked, bits)
     with_pack_peak = tracemalloc.get_traced_memory()[1]
