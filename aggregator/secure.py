@@ -166,8 +166,11 @@ class SecureRound:
             )
         await publish_notice(u2)
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
-        # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline).
-        wanted = min(self.target_clients, len(u2.devices))
+        # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline) -- but
+        # never leave out more of U2 than a neighbourhood can lose (k - t), or the round could not unmask.
+        assert server.params is not None
+        tolerance = server.params.tolerated_dropouts
+        wanted = max(min(self.target_clients, len(u2.devices)), len(u2.devices) - tolerance)
         await self._wait(w.masked, lambda: server.masked_received >= wanted, stop)
         u3 = server.close_masked_phase()
         self.phase = UNMASK
