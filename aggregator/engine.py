@@ -199,10 +199,12 @@ class Aggregator:
     async def run(
         self, max_rounds: int | None = None, stop: asyncio.Event | None = None
     ) -> list[RoundResult]:
-        """Run rounds until ``max_rounds`` have ended (closed or abandoned) or ``stop`` is set."""
+        """Run rounds until ``max_rounds`` have ended (closed or abandoned), ``stop`` is set or the privacy
+        budget is spent; returns the results of the rounds this call ran."""
         assert self._conn is not None and self.store is not None
         await self._wait_connected()
         await self._publish_snapshot()
+        first = len(self.results)
         done = 0
         while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
             if self.config.mode == "secure":
@@ -217,7 +219,7 @@ class Aggregator:
             done += 1
             if self.config.round_gap_s:
                 await asyncio.sleep(self.config.round_gap_s)
-        return self.results
+        return self.results[first:]
 
     async def _wait_connected(self) -> None:
         assert self._conn is not None

@@ -131,15 +131,13 @@ async def run_rounds(
             if ready is not None:
                 await eventually(ready, 10, what="devices ready")
             async def rounds_until() -> list:
-                first = len(aggregator.results)  # Aggregator.run returns every result so far
-                while len(aggregator.results) - first < rounds:
-                    before = len(aggregator.results)
-                    await aggregator.run(1)
-                    if len(aggregator.results) == before:  # the aggregator stopped (e.g. privacy budget)
+                results: list = []
+                while len(results) < rounds:
+                    ran = await aggregator.run(1)
+                    results += ran
+                    if not ran or (until is not None and until()):  # stopped (budget) or condition met
                         break
-                    if until is not None and until():
-                        break
-                return aggregator.results[first:]
+                return results
 
             return await asyncio.wait_for(rounds_until(), timeout=timeout)
         finally:
