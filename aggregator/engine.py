@@ -101,6 +101,7 @@ class Aggregator:
         self.layout: ModelLayout | None = None
         self.optimizer: ServerOptimizer | None = None
         self._snapshot_bytes = b""
+        self._published_weights = np.zeros(0, np.float32)  # what devices decode from _snapshot_bytes
         self._delta_bytes = b""  # the retained update for holders of version - 1 (delta or full)
         self._round: _OpenRound | None = None
         self._secure: SecureRound | None = None
@@ -122,7 +123,7 @@ class Aggregator:
     @property
     def published_weights(self) -> np.ndarray:
         """The weights devices decode from the current snapshot (the master may be more precise)."""
-        return snapshot_weights(decode(self._snapshot_bytes, ModelSnapshot))
+        return self._published_weights
 
     @property
     def verify_key(self) -> bytes:
@@ -188,6 +189,7 @@ class Aggregator:
             raise StoreError(f"no snapshot in {self.store.directory} and no initial model given")
         self.layout = ModelLayout.from_wire(snapshot.layout)
         self.weights = snapshot_weights(snapshot)
+        self._published_weights = self.weights
         self.version = snapshot.version
         self.optimizer = ServerOptimizer(self.config.optimizer, self.layout.dim, state)
         self._snapshot_bytes = encode(snapshot)
@@ -326,13 +328,12 @@ class Aggregator:
         snapshot_bytes = encode(snapshot)
         self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
         self.store.finish_round(round_id, "closed", count, noise=metrics.get("noise_multiplier"))
+        published = snapshot_weights(snapshot)
         if self.config.publish_deltas:
-            previous = decode(self._snapshot_bytes, ModelSnapshot)
-            update = make_delta_snapshot(
-                snapshot, previous, snapshot_weights(previous), snapshot_weights(snapshot), self.key
-            )
+            update = make_delta_snapshot(snapshot, self.version, self._published_weights, published, self.key)
             self._delta_bytes = encode(update)
         self.weights, self.version, self._snapshot_bytes = new_weights, version, snapshot_bytes
+        self._published_weights = published
         log.info("round=%d closed with %d updates -> v%d", round_id, count, version)
         await self._publish_snapshot()
         await self._finish(RoundResult(round_id, PHASE_CLOSED, version, count, "", metrics))

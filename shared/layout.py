@@ -49,12 +49,6 @@ class ModelLayout:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def slice_of(self, name: str) -> slice:
-        for spec, offset, size in zip(self.specs, self.offsets, self.sizes):
-            if spec.name == name:
-                return slice(offset, offset + size)
-        raise KeyError(name)
-
     def blocks(self) -> list[Block]:
         """The default parameter blocks (one per owning module), as devices group them."""
         return group_blocks(self.names, self.sizes)

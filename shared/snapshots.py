@@ -88,13 +88,13 @@ def snapshot_weights(snapshot: ModelSnapshot, verify_key: nacl.signing.VerifyKey
 
 def make_delta_snapshot(
     full: ModelSnapshot,
-    previous: ModelSnapshot,
+    base_version: int,
     previous_weights: np.ndarray,
     new_weights: np.ndarray,
     key: nacl.signing.SigningKey | None = None,
 ) -> ModelSnapshot:
-    """What a holder of ``previous`` needs to reach ``full``: a bit-exact delta if that is smaller than
-    ``full``'s body, else ``full`` itself. ``*_weights`` are the *decoded* weights of both snapshots."""
+    """What a holder of version ``base_version`` needs to reach ``full``: a bit-exact delta if that is
+    smaller than ``full``'s body, else ``full`` itself. ``*_weights`` are the *decoded* weights of both."""
     layout = ModelLayout.from_wire(full.layout)
     body = encode_delta(layout.split(previous_weights), layout.split(new_weights))
     if len(body) >= len(full.weights):
@@ -104,7 +104,7 @@ def make_delta_snapshot(
         encoding=DELTA,
         weights=body,
         sha256=hashlib.sha256(body).digest(),
-        base_version=previous.version,
+        base_version=base_version,
         signature=b"",
     )
     return sign(delta, key) if key is not None else delta

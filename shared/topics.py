@@ -155,10 +155,6 @@ class Topics:
         """Aggregator subscription to every round-scoped device message."""
         return f"{self.prefix}/r/#"
 
-    def round_kind_all(self, kind: str) -> str:
-        """Aggregator subscription to every device's messages of ``kind`` (and chunks), any round."""
-        return f"{self.prefix}/r/+/{kind}/#"
-
     def parse_round(self, topic: str) -> RoundTopic:
         """Parse a round-scoped topic; raises WireError on anything else."""
         parts = topic.split("/")
