@@ -1,50 +1,76 @@
 """Which parameter blocks train in a round: sized to the devices' memory, rotating so all train.
 
 FTTE (Tenison et al., arXiv 2510.03165) trains and sends only a parameter subset sized to the weakest
-device. Here a device declares the bytes it can spend on *training state*; training a block set ``S`` of
-a model with ``D`` parameters costs about
+device. A device declares the bytes it can spend on local training and, per block, the activations one
+example saves when backward stops at that block (``Presence.activation_profile``, measured on the device
+by ``edge_client/memory.py``). Training a block set ``S`` whose earliest block is ``f`` of a model with
+``D`` parameters then costs about
 
-    4 D            the weights (every block is held, frozen or not)
-  + 12 |S|         gradients, SGD momentum and the delta of the trainable parameters (float32 each)
+    4 D              the weights (every block is held, frozen or not)
+  + 8 |S|            gradient and SGD momentum of each trainable parameter (float32 each)
+  + act[f]           one example's saved activations; blocks before f save nothing
 
-bytes. The aggregator picks, each round, the longest run of consecutive blocks (wrapping around) that
-fits the smallest declared budget, starting one block later every round, so every block trains over
-time. Activations are the device's own concern: it declares its budget net of them.
+bytes. The device fits the rest of its budget by micro-batching (more examples per pass when there is
+room), so the set only has to fit at one example per pass. The aggregator picks, each round, the longest
+run of consecutive blocks (wrapping around) that fits the smallest declared budget, starting one block
+later every round, so every block that fits on its own trains over time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from shared.layout import Block
 
 log = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = 4
-BYTES_PER_TRAINABLE = 12
+BYTES_PER_TRAINABLE = 8
 
 
-def training_cost(total_params: int, trainable_params: int) -> int:
-    return BYTES_PER_WEIGHT * total_params + BYTES_PER_TRAINABLE * trainable_params
+def training_cost(total_params: int, trainable_params: int, activations: int = 0) -> int:
+    """Bytes to train ``trainable_params`` of ``total_params`` with ``activations`` saved per pass."""
+    return BYTES_PER_WEIGHT * total_params + BYTES_PER_TRAINABLE * trainable_params + activations
 
 
-def choose_blocks(blocks: list[Block], budget: int | None, round_id: int) -> list[str] | None:
-    """Trainable block names for ``round_id`` under ``budget`` bytes; None means "all blocks"."""
+def set_cost(blocks: Sequence[Block], chosen: Sequence[Block], profile: Sequence[int] | None) -> int:
+    """:func:`training_cost` of the block set ``chosen`` (activations from its earliest block)."""
     total = sum(b.size for b in blocks)
-    if budget is None or training_cost(total, total) <= budget:
+    first = min(blocks.index(b) for b in chosen)
+    act = profile[first] if profile else 0
+    return training_cost(total, sum(b.size for b in chosen), act)
+
+
+def choose_blocks(
+    blocks: list[Block], budget: int | None, round_id: int, profile: Sequence[int] | None = None
+) -> list[str] | None:
+    """Trainable block names for ``round_id`` under ``budget`` bytes; None means "all blocks".
+
+    ``profile`` is the per-block activation cost (see the module docstring); without one, activations
+    are not counted.
+    """
+    if profile is not None and len(profile) != len(blocks):
+        log.warning("activation profile has %d entries for %d blocks; ignored", len(profile), len(blocks))
+        profile = None
+    if budget is None or set_cost(blocks, blocks, profile) <= budget:
         return None
     start = round_id % len(blocks)
     chosen: list[Block] = []
     for i in range(len(blocks)):
         block = blocks[(start + i) % len(blocks)]
-        if training_cost(total, sum(b.size for b in chosen) + block.size) > budget:
+        if set_cost(blocks, [*chosen, block], profile) > budget:
             break
         chosen.append(block)
     if not chosen:
-        smallest = min(blocks, key=lambda b: b.size)
+        cheapest = min(blocks, key=lambda b: set_cost(blocks, [b], profile))
         log.warning(
-            "memory budget %d B is below the cost of any block; training only %s", budget, smallest.name
+            "memory budget %d B is below the cost of block %s (%d B); training only the cheapest, %s",
+            budget,
+            blocks[start].name,
+            set_cost(blocks, [blocks[start]], profile),
+            cheapest.name,
         )
-        chosen = [smallest]
+        chosen = [cheapest]
     names = {b.name for b in chosen}
     return [b.name for b in blocks if b.name in names]  # layout order

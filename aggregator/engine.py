@@ -109,6 +109,8 @@ class Aggregator:
         self.last_secure: SecureRound | None = None
         #: Declared training-memory budgets of online devices (from their retained presence).
         self.memory_budgets: dict[str, int] = {}
+        #: Their per-block activation costs (``Presence.activation_profile``).
+        self.activation_profiles: dict[str, list[int]] = {}
         dp = config.dp
         self._noise_multiplier = dp.resolved_noise_multiplier() if dp.enabled else None
         self.accountant = PrivacyAccountant(dp.delta, dp.sampling_q) if dp.enabled and dp.delta else None
@@ -472,7 +474,11 @@ class Aggregator:
         if not self.config.partial_training or self.layout is None:
             return None
         budgets = [b for b in self.memory_budgets.values() if b > 0]
-        return choose_blocks(self.layout.blocks(), min(budgets) if budgets else None, round_id)
+        blocks = self.layout.blocks()
+        profiles = [p for p in self.activation_profiles.values() if len(p) == len(blocks)]
+        # Devices run the same model; the largest declared figure per block is the safe one.
+        profile = [max(column) for column in zip(*profiles, strict=True)] if profiles else None
+        return choose_blocks(blocks, min(budgets) if budgets else None, round_id, profile)
 
     async def _publish_roster(self, roster: Message) -> None:
         await self._publish(self.topics.roster, encode(roster), retain=True)
@@ -581,8 +587,10 @@ class Aggregator:
             return
         if presence.online and presence.memory_budget > 0:
             self.memory_budgets[presence.client_id] = presence.memory_budget
+            self.activation_profiles[presence.client_id] = list(presence.activation_profile)
         else:
             self.memory_budgets.pop(presence.client_id, None)
+            self.activation_profiles.pop(presence.client_id, None)
 
     def _drop(self, who: str, reason: str, round_id: int | None = None) -> None:
         self.dropped.append((who, reason))

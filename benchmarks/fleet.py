@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import dataclasses
 import heapq
 import json
 import logging
@@ -73,6 +72,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -83,8 +83,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from aggregator.blocks import choose_blocks, training_cost  # noqa: E402
+from aggregator.blocks import choose_blocks  # noqa: E402
 from aggregator.optimizer import ServerOptimizer, ServerOptimizerConfig  # noqa: E402
+from edge_client.memory import (  # noqa: E402
+    TrainingMemory,
+    activation_profile,
+    measure_training_memory,
+    plan_micro_batch,
+)
 from edge_client.model import FederatedModel  # noqa: E402
 from edge_client.trainer import LocalTrainer, TrainResult  # noqa: E402
 from shared.codec import CodecConfig, Float32Codec, UpdateDecoder, UpdateEncoder, pack, packed_size, unpack  # noqa: E402
@@ -92,7 +98,6 @@ from shared.secagg import SecAggClient, SecAggServer, generate_identity  # noqa:
 from shared.staleness import StalenessPolicy  # noqa: E402
 from shared.wire import ModelUpdate, encode  # noqa: E402
 from shared.wire.secagg import ShareBatch  # noqa: E402
-from simulator.memory import frozen_except, measure_training_memory  # noqa: E402
 from simulator.workloads import Workload, get_workload  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,10 @@ TASK = "digits"
 #: fleets reuse these shards (device i holds shard i mod 100), i.e. several devices per data distribution.
 MAX_SHARDS = 100
 TARGET_ACCURACY = 0.90
+#: fedmq's device budget: the smallest fraction of full training's measured peak (249,980 B) at which
+#: every block of the CNN still trains on its own (block "3": weights, its gradient and momentum, and one
+#: example's activations = 65,628 B); below it, the second convolution could never train.
+BUDGET_FRACTION = 0.27
 #: Roster sizes fedmq rounds had (their SecAgg+ overhead is reported).
 ROSTER_SIZES: set[int] = set()
 #: Each run ends at the virtual horizon or after this many device contributions, whichever comes first.
@@ -142,7 +151,8 @@ class Method:
     concurrency: int = 0  # fedbuff: devices training at once
     over_selection: float = 1.0
     staleness: StalenessPolicy = field(default_factory=lambda: StalenessPolicy("none", 0))
-    #: Memory budget as a fraction of the full training state (choose_blocks' cost model); None: off.
+    #: Every device's memory budget, as a fraction of the measured peak of full training (whole
+    #: model, whole batches; ``edge_client.memory``); None: no budget.
     budget_fraction: float | None = None
     bits: int = 16
     clip_norm: float = 5.0
@@ -156,7 +166,7 @@ class Method:
         return out
 
 
-def default_methods() -> list[Method]:
+def default_methods(budget_fraction: float = 0.0) -> list[Method]:
     return [
         Method("fedavg", "sync", clients_per_round=10, deadline_s=60.0),
         Method(
@@ -174,7 +184,7 @@ def default_methods() -> list[Method]:
             over_selection=1.3,
             secure=True,
             staleness=StalenessPolicy("age-variance", max_staleness=20, reference_norm=1.0),
-            budget_fraction=0.85,
+            budget_fraction=budget_fraction or BUDGET_FRACTION,
             bits=16,
             subsample_rate=0.5,
             min_clients=2,
@@ -216,6 +226,7 @@ class Pending:
     weights: np.ndarray
     blocks: tuple[str, ...] | None
     ready_at: float
+    micro_batch: int | None = None
     result: TrainResult | None = None
 
 
@@ -259,15 +270,10 @@ class SimDevice:
         return steps * time_model.step_s * self.slowdown * jitter
 
     def delta(self, pending: Pending) -> TrainResult:
-        """Real local training from the pending delta's snapshot, on its blocks (the device's freezing)."""
+        """Real local training from the pending delta's snapshot, on its blocks, micro-batched as the
+        device's memory plan says (``EdgeClient._train_within_budget``)."""
         if pending.result is None:
-            model = self.trainer.model
-            with frozen_except(model, pending.blocks):
-                result = self.trainer.train(pending.weights)
-            if pending.blocks is not None:
-                delta = np.concatenate([result.delta[s] for s in model.block_slices(pending.blocks)])
-                result = dataclasses.replace(result, delta=delta)
-            pending.result = result
+            pending.result = self.trainer.train(pending.weights, pending.blocks, pending.micro_batch)
         return pending.result
 
 
@@ -551,6 +557,50 @@ def run_fedbuff(
     return trace
 
 
+class MemoryPlanner:
+    """A fleet's memory budget and the device-side plan for it (``edge_client.memory``), measured once.
+
+    The budget is ``fraction`` of the measured peak of full training; the profile is what each device
+    announces with it; the micro-batch per block set is what ``plan_micro_batch`` gives a device.
+    """
+
+    _cache: ClassVar[dict[tuple[str, int, float | None], MemoryPlanner]] = {}
+
+    def __init__(self, workload: Workload, fraction: float | None) -> None:
+        self.model = FederatedModel(workload.model_factory())
+        self.x = torch.cat([f for f, _ in workload.device_data])
+        self.y = torch.cat([labels for _, labels in workload.device_data])
+        self.workload = workload
+        w = workload
+        self.full = measure_training_memory(self.model, self.x, self.y, w.train_config, w.loss_fn)
+        self.budget = None if fraction is None else int(fraction * self.full.peak)
+        self.profile = (
+            None if fraction is None else activation_profile(self.model, self.x, self.y, workload.loss_fn)
+        )
+        self._plans: dict[tuple[str, ...] | None, tuple[int, TrainingMemory]] = {}
+
+    @classmethod
+    def of(cls, workload: Workload, fraction: float | None) -> MemoryPlanner:
+        key = (workload.name, workload.n_devices, fraction)
+        if key not in cls._cache:
+            cls._cache[key] = cls(workload, fraction)
+        return cls._cache[key]
+
+    def plan(self, blocks: tuple[str, ...] | None) -> tuple[int, TrainingMemory]:
+        if blocks not in self._plans:
+            if self.budget is None:
+                self._plans[blocks] = (self.workload.train_config.batch_size, self.full)
+            else:
+                w = self.workload
+                self._plans[blocks] = plan_micro_batch(
+                    self.model, self.x, self.y, w.train_config, w.loss_fn, blocks, self.budget
+                )
+        return self._plans[blocks]
+
+    def micro_batch(self, blocks: tuple[str, ...] | None) -> int | None:
+        return None if self.budget is None else self.plan(blocks)[0]
+
+
 def run_fedmq(
     server: Server,
     devices: list[SimDevice],
@@ -565,13 +615,12 @@ def run_fedmq(
     trace.accuracies.append(server.accuracy())
     policy = method.staleness
     admit = max(method.clients_per_round, math.ceil(method.over_selection * method.clients_per_round))
-    full_cost = training_cost(server.dim, server.dim)
-    budget = None if method.budget_fraction is None else int(method.budget_fraction * full_cost)
+    planner = MemoryPlanner.of(server.workload, method.budget_fraction)
     snapshot_s = tm.latency_s + 2 * server.dim / tm.down_bytes_per_s
     t = 0.0
     round_id = 0
     while t < horizon and not capped(trace, CONTRIBUTION_BUDGET):
-        blocks_list = choose_blocks(server.layout_blocks, budget, round_id)
+        blocks_list = choose_blocks(server.layout_blocks, planner.budget, round_id, planner.profile)
         blocks = tuple(blocks_list) if blocks_list is not None else None
         slices = [server.block_slices[b] for b in blocks] if blocks else [slice(0, server.dim)]
         dim = sum(s.stop - s.start for s in slices)
@@ -585,6 +634,13 @@ def run_fedmq(
             pending = device.pending
             if pending is not None and pending.ready_at > t and pending.base != server.version:
                 continue
+            if (
+                pending is not None
+                and pending.base != server.version
+                and pending.blocks != blocks
+                and policy.accepts(server.version - pending.base)
+            ):
+                continue  # keeps its stale delta for a round of its blocks (the edge client's rule)
             eligible.append(device)
         roster = rng.sample(eligible, min(admit, len(eligible)))
         n = len(roster)
@@ -615,7 +671,8 @@ def run_fedmq(
                 pending = device.pending = None
             if pending is None:
                 finish = t + snapshot_s + device.train_seconds(tm)
-                pending = device.pending = Pending(server.version, server.weights, blocks, finish)
+                micro = planner.micro_batch(blocks)
+                pending = device.pending = Pending(server.version, server.weights, blocks, finish, micro)
             arrive = device.next_online(max(masked_open, pending.ready_at)) + upload_s
             queue.push(arrive, "masked", device)
         accepted: list[SimDevice] = []
@@ -692,18 +749,24 @@ def run_method(
 # -- memory ---------------------------------------------------------------------------------------
 
 
-def memory_for(workload: Workload, block_sets: set[tuple[str, ...] | None]) -> dict[str, object]:
-    """Measured peak training memory of one device for every block set a method trained."""
-    model = FederatedModel(workload.model_factory())
-    x = torch.cat([f for f, _ in workload.device_data])
-    y = torch.cat([labels for _, labels in workload.device_data])
+def memory_for(
+    workload: Workload, method: Method, block_sets: set[tuple[str, ...] | None]
+) -> dict[str, object]:
+    """Measured peak training memory of one device for every block set a method trained, at the
+    micro-batch its memory plan chose."""
+    planner = MemoryPlanner.of(workload, method.budget_fraction)
     per_set = {}
     for blocks in sorted(block_sets, key=lambda b: (b is not None, b or ())):
         label = "all" if blocks is None else "+".join(blocks)
-        per_set[label] = measure_training_memory(
-            model, x, y, workload.train_config, workload.loss_fn, blocks
-        ).to_json()
-    return {"per_block_set": per_set, "peak": max(m["peak"] for m in per_set.values())}
+        per_set[label] = planner.plan(blocks)[1].to_json()
+    out: dict[str, object] = {
+        "per_block_set": per_set,
+        "peak": max(m["peak"] for m in per_set.values()),
+        "budget": planner.budget,
+    }
+    if planner.profile is not None:
+        out["activation_profile"] = planner.profile
+    return out
 
 
 # -- real MQTT ------------------------------------------------------------------------------------
@@ -926,19 +989,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 devices, shorter horizon, short real run")
     parser.add_argument("--no-mqtt", action="store_true", help="skip the real-MQTT run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=BUDGET_FRACTION,
+        help="fedmq's device memory budget as a fraction of full training's measured peak",
+    )
+    parser.add_argument("--fleets", type=int, nargs="+", help="fleet sizes (default 100 500)")
+    parser.add_argument("--stragglers", type=float, nargs="+", help="straggler fractions (default 0 .5 .9)")
+    parser.add_argument("--methods", nargs="+", help="only these methods (for exploration)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console()
     started = time.perf_counter()
     torch.set_num_threads(1)
 
-    fleets = [100] if args.quick else [100, 500]
-    fractions = [0.0, 0.5, 0.9]
+    fleets = args.fleets or ([100] if args.quick else [100, 500])
+    fractions = args.stragglers or [0.0, 0.5, 0.9]
     global CONTRIBUTION_BUDGET
     horizon = 4000.0
     CONTRIBUTION_BUDGET = 1200 if args.quick else 2500
     tm, availability = TimeModel(), Availability()
-    methods = default_methods()
+    methods = default_methods(args.budget_fraction)
     fedmq = next(m for m in methods if m.kind == "fedmq")
     rows: list[dict] = []
     workloads = {n: get_workload(TASK, min(n, MAX_SHARDS), seed=args.seed) for n in fleets}
@@ -946,6 +1018,8 @@ def main() -> None:
         for s in fractions:
             wanted = [*methods, ablation(fedmq)]
             for method in wanted:
+                if args.methods and method.name not in args.methods:
+                    continue
                 t0 = time.perf_counter()
                 trace = run_method(workloads[n], method, n, s, availability, tm, horizon, args.seed)
                 row = {
@@ -963,9 +1037,9 @@ def main() -> None:
 
     workload = workloads[fleets[0]]
     memory = {}
-    for name in ("fedavg", "fedbuff", "fedmq", "fedmq-full"):
-        sets = set().union(*(r["block_sets_raw"] for r in rows if r["method"] == name)) or {None}
-        memory[name] = memory_for(workload, sets)
+    for method in [*methods, ablation(fedmq)]:
+        sets = set().union(*(r["block_sets_raw"] for r in rows if r["method"] == method.name)) or {None}
+        memory[method.name] = memory_for(workload, method, sets)
     dim = workload.federated_model().dim
     bytes_ref = float(float32_update_bytes(dim))
     for row in rows:

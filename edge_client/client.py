@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 import numpy as np
 
+from edge_client.memory import activation_profile, plan_micro_batch
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
@@ -57,8 +58,10 @@ class EdgeConfig:
     #: Secure aggregation: this device's enrolled Ed25519 identity and the enrolled devices' public keys.
     identity: nacl.signing.SigningKey | None = None
     directory: Mapping[str, bytes] | None = None
-    #: Bytes this device can spend on training state; announced with its presence so that rounds with
-    #: partial training stay within it. None: undeclared (train whatever the round asks).
+    #: Bytes this device can spend on local training (weights, gradients, optimizer state and saved
+    #: activations; see ``edge_client/memory.py``). It announces the budget with its per-block activation
+    #: costs, the aggregator sizes each round's blocks to it, and the device micro-batches so the step
+    #: fits. None: undeclared (train whatever the round asks, whole batches).
     memory_budget: int | None = None
     #: Once up to date, follow ``fl/<fed>/delta`` only and fetch the full snapshot just when behind.
     use_deltas: bool = True
@@ -121,10 +124,12 @@ class EdgeClient:
         self._training: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
         cid = config.client_id
+        #: Micro-batch per block set that keeps a training step within ``config.memory_budget``.
+        self._micro_batches: dict[tuple[str, ...] | None, int] = {}
         presence = Presence(
             self.topics.status(cid),
-            online=encode(PresenceMsg(cid, True, time.time(), config.memory_budget or 0)),
-            offline=encode(PresenceMsg(cid, False, time.time())),
+            online=encode(self._presence(True)),
+            offline=encode(self._presence(False)),
         )
         subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
         if config.use_deltas:
@@ -351,12 +356,19 @@ class EdgeClient:
         blocks = announce.config.get("blocks")
         blocks = tuple(blocks) if isinstance(blocks, list) else None
         pending = self._pending
+        fresh = pending is not None and pending.base == announce.base_version
         if pending is not None and (
-            pending.blocks != blocks or not policy.accepts(announce.base_version - pending.base)
+            not policy.accepts(announce.base_version - pending.base) or (fresh and pending.blocks != blocks)
         ):
             log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id, pending.base,
                      announce.round_id, announce.base_version)  # fmt: skip
             pending = self._pending = None
+        if pending is not None and pending.blocks != blocks:
+            # A stale delta of other blocks: the rotation brings its blocks back within a few rounds, so
+            # keep it for one of those (until it ages out) rather than throw the training away.
+            log.info("device=%s keeps its delta of blocks %s for a later round than %d",
+                     self.client_id, pending.blocks, announce.round_id)  # fmt: skip
+            return
         if pending is not None and not pending.task.done() and pending.base != announce.base_version:
             # Still training on an older snapshot: contribute it, stale, to a later round.
             log.info(
@@ -399,6 +411,36 @@ class EdgeClient:
         self._spawn(self._secure.start())
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
 
+    def _presence(self, online: bool) -> PresenceMsg:
+        """Presence with the memory budget and, if one is set, this model's activation profile."""
+        cid, budget = self.config.client_id, self.config.memory_budget
+        if not online or budget is None:
+            return PresenceMsg(cid, online, time.time())
+        t = self.trainer
+        profile = activation_profile(t.model, t.features, t.labels, t.loss_fn)
+        log.info("device=%s memory budget %d B, activations per example by block %s", cid, budget, profile)
+        return PresenceMsg(cid, True, time.time(), budget, profile)
+
+    def _train_within_budget(self, weights: np.ndarray, blocks: tuple[str, ...] | None) -> TrainResult:
+        """Worker thread: train ``blocks``, micro-batched to fit ``memory_budget`` if one is set."""
+        budget = self.config.memory_budget
+        micro = None
+        if budget is not None:
+            if blocks not in self._micro_batches:
+                t = self.trainer
+                m, step = plan_micro_batch(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
+                self._micro_batches[blocks] = m
+                log.info(
+                    "device=%s blocks %s: micro-batch %d, measured step %d B of %d B",
+                    self.config.client_id,
+                    blocks or "all",
+                    m,
+                    step.peak,
+                    budget,
+                )
+            micro = self._micro_batches[blocks]
+        return self.trainer.train(weights, blocks, micro)
+
     def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
         """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""
         assert self.weights is not None
@@ -406,7 +448,7 @@ class EdgeClient:
         weights = self.weights
         dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
 
-        task = asyncio.create_task(asyncio.to_thread(self.trainer.train, weights, blocks))
+        task = asyncio.create_task(asyncio.to_thread(self._train_within_budget, weights, blocks))
         self._training = asyncio.create_task(self._await_quietly(task))
         self._pending = _Pending(self.version, blocks, task, dim)
         return self._pending
@@ -420,7 +462,7 @@ class EdgeClient:
         round_id = announce.round_id
         assert self.weights is not None
         try:
-            result: TrainResult = await asyncio.to_thread(self.trainer.train, self.weights)
+            result: TrainResult = await asyncio.to_thread(self._train_within_budget, self.weights, None)
             remaining = announce.deadline - time.time()
             if remaining <= 0:
                 log.info("device=%s round=%d: trained too late for the window", self.client_id, round_id)

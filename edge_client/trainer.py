@@ -92,18 +92,25 @@ class LocalTrainer:
     def num_examples(self) -> int:
         return len(self.labels)
 
-    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        cfg = self.config
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    def train(self, global_weights: np.ndarray, blocks: Sequence[str] | None = None) -> TrainResult:
+    def train(
+        self,
+        global_weights: np.ndarray,
+        blocks: Sequence[str] | None = None,
+        micro_batch: int | None = None,
+    ) -> TrainResult:
         """Train from ``global_weights``; with ``blocks``, only those parameter blocks train (the rest are
         frozen: no gradients, no optimizer state, and backward stops at the earliest trainable block) and
-        the delta covers only them, in layout order."""
+        the delta covers only them, in layout order.
+
+        ``micro_batch`` splits every batch into pieces of at most that many examples and accumulates their
+        gradients before the step: the same gradient as the whole batch (for a mean loss and no batch
+        statistics), with the saved activations of one piece instead of the batch. A device under a memory
+        budget gets it from :func:`edge_client.memory.plan_micro_batch`.
+        """
+        if micro_batch is not None and micro_batch < 1:
+            raise ConfigError("micro_batch", "must be >= 1")
         if blocks is None:
-            return self._train(global_weights)
+            return self._train(global_weights, micro_batch)
         trainable = {n for b in self.model.blocks if b.name in set(blocks) for n in b.param_names}
         unknown = set(blocks) - {b.name for b in self.model.blocks}
         if unknown:
@@ -113,14 +120,14 @@ class LocalTrainer:
         try:
             for name in federated:
                 params[name].requires_grad_(name in trainable)
-            result = self._train(global_weights)
+            result = self._train(global_weights, micro_batch)
         finally:
             for name in federated:
                 params[name].requires_grad_(True)
         delta = np.concatenate([result.delta[s] for s in self.model.block_slices(blocks)])
         return dataclasses.replace(result, delta=delta)
 
-    def _train(self, global_weights: np.ndarray) -> TrainResult:
+    def _train(self, global_weights: np.ndarray, micro_batch: int | None) -> TrainResult:
         cfg = self.config
         start = time.perf_counter()
         torch.set_num_threads(cfg.threads)
@@ -130,7 +137,7 @@ class LocalTrainer:
         for param in module.parameters():
             param.grad = None  # last round's gradients (of now-frozen blocks too) would only hold memory
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = self._make_optimizer(params)
+        optimizer = make_optimizer(cfg, params)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + self._rounds)
         self._rounds += 1
         n = self.num_examples
@@ -145,18 +152,34 @@ class LocalTrainer:
                     break
                 idx = order[begin : begin + cfg.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(module(self.features[idx]), self.labels[idx])
-                loss.backward()
+                if micro_batch is None or micro_batch >= len(idx):
+                    loss = self.loss_fn(module(self.features[idx]), self.labels[idx])
+                    loss.backward()
+                    batch_loss = float(loss.detach())
+                else:
+                    batch_loss = 0.0
+                    for part in idx.split(micro_batch):
+                        share = len(part) / len(idx)
+                        loss = self.loss_fn(module(self.features[part]), self.labels[part]) * share
+                        loss.backward()  # frees this piece's activations before the next one
+                        batch_loss += float(loss.detach())
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(batch_loss)
                 step += 1
         delta = self.model.get_flat() - global_weights.astype(np.float32)
         seconds = time.perf_counter() - start
         return TrainResult(
             delta, n, float(np.mean(losses)) if losses else 0.0, seconds, _state_bytes(module, optimizer)
         )
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The local optimizer ``config`` asks for, over ``params`` (the trainable ones only)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _state_bytes(module: nn.Module, optimizer: torch.optim.Optimizer) -> int:

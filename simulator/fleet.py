@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,8 +97,13 @@ class SlowTrainer(LocalTrainer):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.delay_s = delay_s
 
-    def train(self, global_weights: np.ndarray) -> TrainResult:
-        result = super().train(global_weights)
+    def train(
+        self,
+        global_weights: np.ndarray,
+        blocks: Sequence[str] | None = None,
+        micro_batch: int | None = None,
+    ) -> TrainResult:
+        result = super().train(global_weights, blocks, micro_batch)
         time.sleep(self.delay_s)
         return dataclasses.replace(result, seconds=result.seconds + self.delay_s)
 

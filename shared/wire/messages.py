@@ -143,8 +143,16 @@ class Presence(Message):
     client_id: str
     online: bool
     at: float
-    #: Bytes this device can spend on training state (weights, gradients, optimizer); 0 = undeclared.
+    #: Bytes this device can spend on local training (weights, gradients, optimizer state, saved
+    #: activations); 0 = undeclared.
     memory_budget: int = 0
+    #: Per block, in layout order: saved-activation bytes of one example when training starts at that
+    #: block (backward stops there). Lets the aggregator size block sets without the model or torch.
+    activation_profile: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.memory_budget < 0 or any(a < 0 for a in self.activation_profile):
+            raise ValueError("memory_budget and activation_profile must be >= 0")
 
 
 @message("manifest")

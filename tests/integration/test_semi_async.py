@@ -7,10 +7,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from aggregator.blocks import training_cost
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
+from edge_client.memory import activation_profile
 from edge_client.trainer import LocalTrainer
 from shared.codec import CodecConfig, UpdateEncoder
 from shared.snapshots import make_snapshot
@@ -26,8 +29,8 @@ class SlowTrainer(LocalTrainer):
 
     delay = 0.0
 
-    def train(self, global_weights, blocks=None):
-        result = super().train(global_weights, blocks)
+    def train(self, global_weights, blocks=None, micro_batch=None):
+        result = super().train(global_weights, blocks, micro_batch)
         if self.delay:
             time.sleep(self.delay)
             self.delay = 0.0
@@ -135,8 +138,11 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     model, weights = initial_weights()
     total = model.dim
     blocks = model.layout.blocks()
-    # Budget: all weights plus training state for the first block only (the second does not fit).
-    budget = 4 * total + 12 * blocks[0].size + 1
+    # Budget: all weights, training state for the first block and one example's activations from it
+    # (what the device announces), so the second block does not fit beside it.
+    x, y = torch.from_numpy(digits.x_train[:16]), torch.from_numpy(digits.y_train[:16])
+    profile = activation_profile(model, x, y, torch.nn.functional.cross_entropy)
+    budget = training_cost(total, blocks[0].size, profile[0]) + 1
     budgets = {"dev-00": budget, "dev-01": 10 * budget}
     cfg = agg_config(broker, tmp_path, keys, partial_training=True, min_clients=6, target_clients=6)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:

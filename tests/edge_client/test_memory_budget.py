@@ -1,0 +1,95 @@
+"""Training under a memory budget: micro-batching keeps the gradient and bounds the activations, the
+plan fits the measured step into the budget, and the aggregator's block choice counts activations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aggregator.blocks import choose_blocks, set_cost
+from edge_client.memory import activation_profile, measure_training_memory, plan_micro_batch
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.errors import ConfigError
+from simulator.workloads.digits import digits_cnn
+
+LOSS = torch.nn.functional.cross_entropy
+CONFIG = TrainConfig(epochs=1, batch_size=16, lr=0.05, momentum=0.9)
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(48, 1, 8, 8, generator=gen), torch.randint(0, 10, (48,), generator=gen)
+
+
+def fresh_model() -> FederatedModel:
+    torch.manual_seed(0)
+    return FederatedModel(digits_cnn())
+
+
+@pytest.mark.parametrize("micro", [1, 5, 8])
+def test_micro_batching_gives_the_whole_batch_update(data, micro):
+    x, y = data
+    whole = LocalTrainer(fresh_model(), x, y, CONFIG)
+    start = whole.model.get_flat()
+    reference = whole.train(start)
+    pieces = LocalTrainer(fresh_model(), x, y, CONFIG).train(start, micro_batch=micro)
+    # Same gradient up to float summation order: three SGD steps apart only by rounding.
+    np.testing.assert_allclose(pieces.delta, reference.delta, rtol=1e-4, atol=1e-6)
+    assert pieces.loss == pytest.approx(reference.loss, rel=1e-5)
+
+
+def test_micro_batch_below_one_is_refused(data):
+    x, y = data
+    trainer = LocalTrainer(fresh_model(), x, y, CONFIG)
+    with pytest.raises(ConfigError, match="micro_batch"):
+        trainer.train(trainer.model.get_flat(), micro_batch=0)
+
+
+def test_activations_shrink_with_the_micro_batch_and_the_frozen_prefix(data):
+    x, y = data
+    model = fresh_model()
+    whole = measure_training_memory(model, x, y, CONFIG, LOSS)
+    one = measure_training_memory(model, x, y, CONFIG, LOSS, micro_batch=1)
+    assert one.activations * 8 < whole.activations  # one example's worth instead of sixteen
+    assert (one.weights, one.gradients) == (whole.weights, whole.gradients)
+    profile = activation_profile(model, x, y, LOSS)
+    assert len(profile) == len(model.blocks)
+    assert profile == sorted(profile, reverse=True) and profile[0] > 2 * profile[-1]
+    assert profile[0] == one.activations  # all trainable == backward down to the first block
+
+
+def test_plan_fits_the_budget_with_the_largest_micro_batch(data):
+    x, y = data
+    model = fresh_model()
+    blocks = [model.blocks[0].name]
+    lo = measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=1).peak
+    hi = measure_training_memory(model, x, y, CONFIG, LOSS, blocks).peak
+    budget = (lo + hi) // 2
+    micro, step = plan_micro_batch(model, x, y, CONFIG, LOSS, blocks, budget)
+    assert 1 < micro < CONFIG.batch_size
+    assert step.peak <= budget < hi
+    assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro).peak == step.peak
+    assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro + 1).peak > budget
+    before = model.get_flat()
+    assert np.array_equal(model.get_flat(), before)  # measuring leaves the weights as they were
+
+
+def test_block_choice_counts_activations_and_the_chosen_set_trains_within_the_budget(data):
+    x, y = data
+    model = fresh_model()
+    blocks = model.layout.blocks()
+    profile = activation_profile(model, x, y, LOSS)
+    first = blocks[0]
+    # Room for the first block's parameters, not for them plus one example's activations below it.
+    budget = set_cost(blocks, [first], profile) - 1
+    assert choose_blocks(blocks, budget, 0) == [first.name]
+    chosen = choose_blocks(blocks, budget, 0, profile)
+    assert chosen is not None and first.name not in chosen
+    assert set_cost(blocks, [b for b in blocks if b.name in chosen], profile) <= budget
+    micro, step = plan_micro_batch(model, x, y, CONFIG, LOSS, chosen, budget)
+    assert step.peak <= budget and micro >= 1
+    # A profile for another model is ignored rather than trusted.
+    assert choose_blocks(blocks, budget, 0, profile[:-1]) == [first.name]
