@@ -7,13 +7,14 @@ by ``edge_client/memory.py``). Training a block set ``S`` whose earliest block i
 ``D`` parameters then costs about
 
     4 D              the weights (every block is held, frozen or not)
-  + 8 |S|            gradient and SGD momentum of each trainable parameter (float32 each)
+  + 4 |S|            the gradient of each trainable parameter (float32)
   + act[f]           one example's saved activations; blocks before f save nothing
 
-bytes. The device fits the rest of its budget by micro-batching (more examples per pass when there is
-room), so the set only has to fit at one example per pass. The aggregator picks, each round, the longest
-run of consecutive blocks (wrapping around) that fits the smallest declared budget, starting one block
-later every round, so every block that fits on its own trains over time.
+bytes: the least the device can train ``S`` with. It spends what is left of its budget on SGD momentum
+(4 B per trainable parameter) and then on more examples per pass (``edge_client.memory.plan_training``).
+The aggregator picks, each round, the longest run of consecutive blocks (wrapping around) that fits the
+smallest declared budget, starting one block later every round, so every block that fits on its own
+trains over time.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from shared.layout import Block
 log = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = 4
-BYTES_PER_TRAINABLE = 8
+BYTES_PER_TRAINABLE = 4
 
 
 def training_cost(total_params: int, trainable_params: int, activations: int = 0) -> int:

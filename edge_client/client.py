@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 import numpy as np
 
-from edge_client.memory import activation_profile, plan_micro_batch
+from edge_client.memory import TrainingPlan, activation_profile, plan_training
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
@@ -124,8 +124,8 @@ class EdgeClient:
         self._training: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
         cid = config.client_id
-        #: Micro-batch per block set that keeps a training step within ``config.memory_budget``.
-        self._micro_batches: dict[tuple[str, ...] | None, int] = {}
+        #: Per block set, how to train it within ``config.memory_budget``.
+        self._plans: dict[tuple[str, ...] | None, TrainingPlan] = {}
         presence = Presence(
             self.topics.status(cid),
             online=encode(self._presence(True)),
@@ -422,24 +422,21 @@ class EdgeClient:
         return PresenceMsg(cid, True, time.time(), budget, profile)
 
     def _train_within_budget(self, weights: np.ndarray, blocks: tuple[str, ...] | None) -> TrainResult:
-        """Worker thread: train ``blocks``, micro-batched to fit ``memory_budget`` if one is set."""
+        """Worker thread: train ``blocks`` as the memory plan for ``memory_budget`` says (if one is set)."""
         budget = self.config.memory_budget
-        micro = None
-        if budget is not None:
-            if blocks not in self._micro_batches:
-                t = self.trainer
-                m, step = plan_micro_batch(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
-                self._micro_batches[blocks] = m
-                log.info(
-                    "device=%s blocks %s: micro-batch %d, measured step %d B of %d B",
-                    self.config.client_id,
-                    blocks or "all",
-                    m,
-                    step.peak,
-                    budget,
-                )
-            micro = self._micro_batches[blocks]
-        return self.trainer.train(weights, blocks, micro)
+        if budget is None:
+            return self.trainer.train(weights, blocks)
+        if blocks not in self._plans:
+            t = self.trainer
+            plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
+            self._plans[blocks] = plan
+            log.info(
+                "device=%s blocks %s: micro-batch %d, momentum %s, measured step %d B of %d B",
+                self.config.client_id, blocks or "all", plan.micro_batch, plan.momentum,
+                plan.memory.peak, budget,
+            )  # fmt: skip
+        plan = self._plans[blocks]
+        return self.trainer.train(weights, blocks, plan.micro_batch, plan.momentum)
 
     def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
         """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""

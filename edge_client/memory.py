@@ -15,25 +15,29 @@ activations are all alive when ``backward`` starts, the optimizer state lives fr
 gradients are allocated while backward runs. This is the figure :func:`measure_training_memory` reports
 (an upper bound of the live tensor bytes; allocator slack and the interpreter are not counted).
 
-Two levers bring a step under a device's budget, and the device uses both (TinyTL, Cai et al. NeurIPS
-2020, shows activations, not weights, dominate on-device training memory):
+Three levers bring a step under a device's budget (TinyTL, Cai et al. NeurIPS 2020, shows activations,
+not weights, dominate on-device training memory):
 
 * **freezing** (partial training, :func:`frozen_except`, the rule of ``EdgeClient._start_training``):
   parameters outside the round's blocks get ``requires_grad=False``, so they have no gradient or optimizer
   state and autograd saves nothing for the layers before the earliest trainable block;
-* **micro-batching** (:func:`plan_micro_batch`): a batch is run in pieces whose gradients accumulate, so
+* **micro-batching** (:func:`plan_training`): a batch is run in pieces whose gradients accumulate, so
   only one piece's activations are alive. The gradient is the batch's (for a mean loss and no batch
-  statistics); the cost is time, not accuracy.
+  statistics); the cost is time, not accuracy;
+* **no momentum buffer**, only when the gradient and one example's activations fit but SGD momentum
+  does not: plain SGD for that round (the optimizer is rebuilt every round anyway).
 
 How the budget is split with the aggregator: a device announces its budget and its
 :func:`activation_profile` (one example's activations per earliest trainable block); the aggregator,
-torch-free, sizes the round's block set so it fits at one example per pass (``aggregator/blocks.py``),
-and the device then takes the largest micro-batch that still fits (:func:`plan_micro_batch`).
+torch-free, sizes the round's block set so its weights, gradients and one example's activations fit
+(``aggregator/blocks.py``), and the device then keeps momentum if it fits and takes the largest
+micro-batch that still fits (:func:`plan_training`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -178,7 +182,18 @@ def activation_profile(
     ]
 
 
-def plan_micro_batch(
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How a device trains a block set within its budget (see :func:`plan_training`)."""
+
+    micro_batch: int
+    #: False: SGD without its momentum buffer (the budget had no room for it).
+    momentum: bool
+    #: The measured step under this plan.
+    memory: TrainingMemory
+
+
+def plan_training(
     model: FederatedModel,
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -186,46 +201,58 @@ def plan_micro_batch(
     loss_fn: LossFn,
     blocks: Iterable[str] | None,
     budget: int,
-) -> tuple[int, TrainingMemory]:
-    """The largest micro-batch whose measured step fits ``budget`` bytes, with that step's memory.
+) -> TrainingPlan:
+    """The plan whose measured step fits ``budget`` bytes with the most examples per pass.
 
-    Activations grow linearly with the examples per pass, so two measurements (1 and 2 examples) predict
-    every size; the prediction is then measured and stepped down until it fits. When not even one example
-    fits, the device trains at 1 anyway (logged): the aggregator sized the blocks, and refusing would only
-    lose the update.
+    The configured optimizer comes first; when its state does not fit beside one example's activations
+    and SGD momentum is what overflows, the momentum buffer goes (plain SGD: a few local steps from a
+    zeroed buffer lose little, while an out-of-memory step loses the update). Activations grow linearly
+    with the examples per pass, so two measurements (1 and 2 examples) predict every size; the
+    prediction is then measured and stepped down until it fits. When nothing fits, the device trains at
+    one example without momentum anyway (logged): the aggregator sized the blocks, and refusing would
+    only lose the update.
     """
     blocks = None if blocks is None else list(blocks)
     batch = min(config.batch_size, len(labels))
+    lean = dataclasses.replace(config, momentum=0.0)
+    candidates = [(config, True)]
+    if config.optimizer == "sgd" and config.momentum > 0:
+        candidates.append((lean, False))
 
-    def measure(m: int) -> TrainingMemory:
-        return measure_training_memory(model, features, labels, config, loss_fn, blocks, micro_batch=m)
+    def measure(cfg: TrainConfig, m: int) -> TrainingMemory:
+        return measure_training_memory(model, features, labels, cfg, loss_fn, blocks, micro_batch=m)
 
-    one = measure(1)
-    if one.peak > budget or batch == 1:
+    for cfg, momentum in candidates:
+        one = measure(cfg, 1)
         if one.peak > budget:
-            log.warning(
-                "training %s needs %d B at one example per pass, over the %d B budget",
-                blocks or "all blocks",
-                one.peak,
-                budget,
-            )
-        return 1, one
-    two = measure(2)
-    per_example = max(1, two.activations - one.activations)
-    guess = 1 + (budget - one.peak) // per_example
-    m = int(max(1, min(batch, guess)))
-    while m > 1:
-        step = measure(m)
-        if step.peak <= budget:
-            return m, step
-        m = max(1, min(m - 1, int(m * budget / step.peak)))
-    return 1, one
+            continue
+        if batch == 1:
+            return TrainingPlan(1, momentum, one)
+        two = measure(cfg, 2)
+        per_example = max(1, two.activations - one.activations)
+        m = int(max(1, min(batch, 1 + (budget - one.peak) // per_example)))
+        while m > 1:
+            step = measure(cfg, m)
+            if step.peak <= budget:
+                return TrainingPlan(m, momentum, step)
+            m = max(1, min(m - 1, int(m * budget / step.peak)))
+        return TrainingPlan(1, momentum, one)
+    cfg, momentum = candidates[-1]
+    step = measure(cfg, 1)
+    log.warning(
+        "training %s needs %d B at one example per pass, over the %d B budget",
+        blocks or "all blocks",
+        step.peak,
+        budget,
+    )
+    return TrainingPlan(1, momentum, step)
 
 
 __all__ = [
     "TrainingMemory",
+    "TrainingPlan",
     "activation_profile",
     "frozen_except",
     "measure_training_memory",
-    "plan_micro_batch",
+    "plan_training",
 ]

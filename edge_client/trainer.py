@@ -97,6 +97,7 @@ class LocalTrainer:
         global_weights: np.ndarray,
         blocks: Sequence[str] | None = None,
         micro_batch: int | None = None,
+        momentum: bool = True,
     ) -> TrainResult:
         """Train from ``global_weights``; with ``blocks``, only those parameter blocks train (the rest are
         frozen: no gradients, no optimizer state, and backward stops at the earliest trainable block) and
@@ -105,12 +106,13 @@ class LocalTrainer:
         ``micro_batch`` splits every batch into pieces of at most that many examples and accumulates their
         gradients before the step: the same gradient as the whole batch (for a mean loss and no batch
         statistics), with the saved activations of one piece instead of the batch. A device under a memory
-        budget gets it from :func:`edge_client.memory.plan_micro_batch`.
+        budget gets it, and ``momentum=False`` (SGD without a momentum buffer) when even that does not
+        fit, from :func:`edge_client.memory.plan_training`.
         """
         if micro_batch is not None and micro_batch < 1:
             raise ConfigError("micro_batch", "must be >= 1")
         if blocks is None:
-            return self._train(global_weights, micro_batch)
+            return self._train(global_weights, micro_batch, momentum)
         trainable = {n for b in self.model.blocks if b.name in set(blocks) for n in b.param_names}
         unknown = set(blocks) - {b.name for b in self.model.blocks}
         if unknown:
@@ -120,15 +122,15 @@ class LocalTrainer:
         try:
             for name in federated:
                 params[name].requires_grad_(name in trainable)
-            result = self._train(global_weights, micro_batch)
+            result = self._train(global_weights, micro_batch, momentum)
         finally:
             for name in federated:
                 params[name].requires_grad_(True)
         delta = np.concatenate([result.delta[s] for s in self.model.block_slices(blocks)])
         return dataclasses.replace(result, delta=delta)
 
-    def _train(self, global_weights: np.ndarray, micro_batch: int | None) -> TrainResult:
-        cfg = self.config
+    def _train(self, global_weights: np.ndarray, micro_batch: int | None, momentum: bool) -> TrainResult:
+        cfg = self.config if momentum else dataclasses.replace(self.config, momentum=0.0)
         start = time.perf_counter()
         torch.set_num_threads(cfg.threads)
         self.model.set_flat(global_weights)

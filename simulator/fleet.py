@@ -102,8 +102,9 @@ class SlowTrainer(LocalTrainer):
         global_weights: np.ndarray,
         blocks: Sequence[str] | None = None,
         micro_batch: int | None = None,
+        momentum: bool = True,
     ) -> TrainResult:
-        result = super().train(global_weights, blocks, micro_batch)
+        result = super().train(global_weights, blocks, micro_batch, momentum)
         time.sleep(self.delay_s)
         return dataclasses.replace(result, seconds=result.seconds + self.delay_s)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aggregator.blocks import choose_blocks, set_cost
-from edge_client.memory import activation_profile, measure_training_memory, plan_micro_batch
+from edge_client.memory import activation_profile, measure_training_memory, plan_training
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.errors import ConfigError
@@ -68,8 +68,9 @@ def test_plan_fits_the_budget_with_the_largest_micro_batch(data):
     lo = measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=1).peak
     hi = measure_training_memory(model, x, y, CONFIG, LOSS, blocks).peak
     budget = (lo + hi) // 2
-    micro, step = plan_micro_batch(model, x, y, CONFIG, LOSS, blocks, budget)
-    assert 1 < micro < CONFIG.batch_size
+    plan = plan_training(model, x, y, CONFIG, LOSS, blocks, budget)
+    micro, step = plan.micro_batch, plan.memory
+    assert plan.momentum and 1 < micro < CONFIG.batch_size
     assert step.peak <= budget < hi
     assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro).peak == step.peak
     assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro + 1).peak > budget
@@ -89,7 +90,26 @@ def test_block_choice_counts_activations_and_the_chosen_set_trains_within_the_bu
     chosen = choose_blocks(blocks, budget, 0, profile)
     assert chosen is not None and first.name not in chosen
     assert set_cost(blocks, [b for b in blocks if b.name in chosen], profile) <= budget
-    micro, step = plan_micro_batch(model, x, y, CONFIG, LOSS, chosen, budget)
-    assert step.peak <= budget and micro >= 1
+    plan = plan_training(model, x, y, CONFIG, LOSS, chosen, budget)
+    assert plan.memory.peak <= budget and plan.micro_batch >= 1
     # A profile for another model is ignored rather than trusted.
     assert choose_blocks(blocks, budget, 0, profile[:-1]) == [first.name]
+
+
+def test_momentum_goes_only_when_it_does_not_fit(data):
+    x, y = data
+    model = fresh_model()
+    blocks = model.layout.blocks()
+    profile = activation_profile(model, x, y, LOSS)
+    big = blocks[1]  # the second convolution: most of the parameters
+    tight = set_cost(blocks, [big], profile)  # weights + its gradient + one example's activations
+    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], tight)
+    assert not plan.momentum and plan.micro_batch == 1 and plan.memory.optimizer_state == 0
+    assert plan.memory.peak <= tight
+    roomy = tight + 4 * big.size  # room for the momentum buffer too
+    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], roomy)
+    assert plan.momentum and plan.memory.optimizer_state == 4 * big.size and plan.memory.peak <= roomy
+    # Without momentum the trainer keeps no optimizer state at all.
+    trainer = LocalTrainer(model, x, y, CONFIG)
+    lean = trainer.train(model.get_flat(), [big.name], plan.micro_batch, momentum=False)
+    assert lean.state_bytes == 4 * model.dim + 4 * big.size

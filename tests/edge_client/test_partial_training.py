@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from aggregator.blocks import choose_blocks, training_cost
+from edge_client.memory import activation_profile, plan_training
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.errors import ConfigError
@@ -44,14 +45,19 @@ def test_measured_training_state_stays_within_the_budget(trainer):
     model = trainer.model
     blocks = model.layout.blocks()
     full = trainer.train(model.get_flat())
-    budget = training_cost(model.dim, blocks[0].size)  # room for the first block only
-    chosen = choose_blocks(blocks, budget, round_id=0)
+    profile = activation_profile(model, trainer.features, trainer.labels, trainer.loss_fn)
+    budget = training_cost(model.dim, blocks[0].size, profile[0])  # room for the first block only
+    chosen = choose_blocks(blocks, budget, round_id=0, profile=profile)
     assert chosen is not None and len(chosen) < len(blocks)
-    partial = trainer.train(model.get_flat(), blocks=chosen)
-    assert partial.state_bytes <= budget < full.state_bytes
-    # Measured, not modelled: weights + gradients + SGD momentum of what actually trained.
+    plan = plan_training(
+        model, trainer.features, trainer.labels, trainer.config, trainer.loss_fn, chosen, budget
+    )
+    assert plan.memory.peak <= budget < full.state_bytes
+    partial = trainer.train(model.get_flat(), chosen, plan.micro_batch, plan.momentum)
+    assert partial.state_bytes <= budget
+    # Measured, not modelled: weights + gradients (+ SGD momentum if the plan kept it) of what trained.
     trained = sum(s.stop - s.start for s in model.block_slices(chosen))
-    assert partial.state_bytes == 4 * model.dim + 8 * trained
+    assert partial.state_bytes == 4 * model.dim + (8 if plan.momentum else 4) * trained
 
 
 def test_unknown_block_is_refused(trainer):

@@ -29,8 +29,8 @@ class SlowTrainer(LocalTrainer):
 
     delay = 0.0
 
-    def train(self, global_weights, blocks=None, micro_batch=None):
-        result = super().train(global_weights, blocks, micro_batch)
+    def train(self, global_weights, blocks=None, micro_batch=None, momentum=True):
+        result = super().train(global_weights, blocks, micro_batch, momentum)
         if self.delay:
             time.sleep(self.delay)
             self.delay = 0.0
