@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nacl.signing
 import numpy as np
@@ -119,9 +119,10 @@ async def run_rounds(
     timeout: float = 90,
     ready: Callable[[], bool] | None = None,
     until: Callable[[], bool] | None = None,
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> list:
     """Connect ``devices``, optionally wait until ``ready()``, run up to ``rounds`` rounds (stopping
-    after the first round at whose end ``until()`` holds), disconnect."""
+    after the first round at whose end ``until()`` holds; awaiting ``between()`` after each), disconnect."""
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         for device in devices:
@@ -137,6 +138,8 @@ async def run_rounds(
                     results += ran
                     if not ran or (until is not None and until()):  # stopped (budget) or condition met
                         break
+                    if between is not None:
+                        await between()
                 return results
 
             return await asyncio.wait_for(rounds_until(), timeout=timeout)

@@ -18,7 +18,15 @@ from edge_client.trainer import LocalTrainer
 from shared.codec import CodecConfig, UpdateEncoder
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from tests.support import (
+    directory_of,
+    enrol,
+    eventually,
+    initial_weights,
+    mqtt_config,
+    run_rounds,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "async"
@@ -164,3 +172,43 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     assert moved.min() >= 0 and set(
         np.unique(np.searchsorted([b.offset for b in blocks], moved, "right") - 1)
     ) <= {0, 1}
+
+
+async def test_stale_delta_of_other_blocks_waits_for_a_round_of_its_blocks(broker, tmp_path, digits):
+    keys = enrol(6)
+    model, weights = initial_weights()
+    total = model.dim
+    blocks = model.layout.blocks()
+    x, y = torch.from_numpy(digits.x_train[:16]), torch.from_numpy(digits.y_train[:16])
+    profile = activation_profile(model, x, y, torch.nn.functional.cross_entropy)
+    budget = training_cost(total, blocks[0].size, profile[0]) + 1  # rounds alternate blocks 0, 1, 0
+    budgets = {cid: budget for cid in keys}
+    cfg = agg_config(
+        broker,
+        tmp_path,
+        keys,
+        partial_training=True,
+        min_clients=4,
+        target_clients=6,
+        staleness=StalenessPolicy("fedbuff", max_staleness=3),
+    )
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, keys, agg.verify_key, budgets)
+        straggler = devices[0]
+        straggler.trainer.delay = 6.0  # misses round 0's masked window (4 s)
+
+        async def straggler_done() -> None:
+            # Deterministic order: the straggler's block-0 delta is ready before round 1 (block 1) opens.
+            pending = straggler._pending
+            await eventually(lambda: pending is None or pending.task.done(), 15, what="straggler trained")
+
+        results = await run_rounds(
+            agg, devices, 3, ready=lambda: len(agg.memory_budgets) == 6, between=straggler_done
+        )
+    fractions = [r.metrics["trained_fraction"] for r in results]
+    first, second = blocks[0].size / total, blocks[1].size / total
+    assert fractions == pytest.approx([first, second, first])
+    # Round 1 (block 1): the straggler keeps its stale block-0 delta instead of discarding it ...
+    assert [r.contributors for r in results] == [5, 5, 6]
+    # ... and contributes it to round 2 (block 0 again), two versions stale.
+    assert straggler.stats.staleness == [2]
