@@ -46,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--directory", type=Path, default=None, help="secure mode: JSON {device id: hex public key}"
     )
     p.add_argument(
-        "--memory-budget", type=int, default=None, help="bytes for training state (partial training)"
+        "--memory-budget",
+        type=int,
+        default=None,
+        help="bytes for local training: weights, gradients, optimizer state, activations (partial training)",
     )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.05)
