@@ -12,9 +12,9 @@ by ``edge_client/memory.py``). Training a block set ``S`` whose earliest block i
 
 bytes: the least the device can train ``S`` with. It spends what is left of its budget on SGD momentum
 (4 B per trainable parameter) and then on more examples per pass (``edge_client.memory.plan_training``).
-The aggregator picks, each round, the longest run of consecutive blocks (wrapping around) that fits the
-smallest declared budget, starting one block later every round, so every block that fits on its own
-trains over time.
+Rounds cycle through the maximal runs of consecutive blocks (wrapping around) that fit the smallest
+declared budget (:func:`rotation`), so every block that fits on its own trains over time, as often as
+the budget allows.
 """
 
 from __future__ import annotations
@@ -43,10 +43,48 @@ def set_cost(blocks: Sequence[Block], chosen: Sequence[Block], profile: Sequence
     return training_cost(total, sum(b.size for b in chosen), act)
 
 
+def rotation(blocks: list[Block], budget: int, profile: Sequence[int] | None = None) -> list[list[Block]]:
+    """The block sets rounds cycle through under ``budget``: from every start, the longest run of
+    consecutive blocks (wrapping around) that fits, keeping only sets no other set contains.
+
+    Every block that fits on its own is in one of them, and no round trains a strict subset of what
+    another could, so each block trains as often as the budget allows. A block that fits nowhere is
+    left out (logged); if none fits, the cheapest block alone is the rotation.
+    """
+    runs: list[list[Block]] = []
+    for start in range(len(blocks)):
+        chosen: list[Block] = []
+        for i in range(len(blocks)):
+            block = blocks[(start + i) % len(blocks)]
+            if set_cost(blocks, [*chosen, block], profile) > budget:
+                break
+            chosen.append(block)
+        if chosen:
+            runs.append(chosen)
+    if not runs:
+        cheapest = min(blocks, key=lambda b: set_cost(blocks, [b], profile))
+        log.warning(
+            "memory budget %d B is below the cost of every block; training only the cheapest, %s (%d B)",
+            budget, cheapest.name, set_cost(blocks, [cheapest], profile),
+        )  # fmt: skip
+        return [[cheapest]]
+    names = [frozenset(b.name for b in run) for run in runs]
+    kept = [
+        run
+        for i, run in enumerate(runs)
+        if not any(names[i] < other or (names[i] == other and j < i) for j, other in enumerate(names))
+    ]
+    left_out = {b.name for b in blocks} - set().union(*names)
+    if left_out:
+        log.warning("memory budget %d B cannot train blocks %s at all", budget, sorted(left_out))
+    return kept
+
+
 def choose_blocks(
     blocks: list[Block], budget: int | None, round_id: int, profile: Sequence[int] | None = None
 ) -> list[str] | None:
-    """Trainable block names for ``round_id`` under ``budget`` bytes; None means "all blocks".
+    """Trainable block names for ``round_id`` under ``budget`` bytes (the :func:`rotation` set
+    ``round_id`` falls on); None means "all blocks".
 
     ``profile`` is the per-block activation cost (see the module docstring); without one, activations
     are not counted.
@@ -56,22 +94,6 @@ def choose_blocks(
         profile = None
     if budget is None or set_cost(blocks, blocks, profile) <= budget:
         return None
-    start = round_id % len(blocks)
-    chosen: list[Block] = []
-    for i in range(len(blocks)):
-        block = blocks[(start + i) % len(blocks)]
-        if set_cost(blocks, [*chosen, block], profile) > budget:
-            break
-        chosen.append(block)
-    if not chosen:
-        cheapest = min(blocks, key=lambda b: set_cost(blocks, [b], profile))
-        log.warning(
-            "memory budget %d B is below the cost of block %s (%d B); training only the cheapest, %s",
-            budget,
-            blocks[start].name,
-            set_cost(blocks, [blocks[start]], profile),
-            cheapest.name,
-        )
-        chosen = [cheapest]
-    names = {b.name for b in chosen}
+    sets = rotation(blocks, budget, profile)
+    names = {b.name for b in sets[round_id % len(sets)]}
     return [b.name for b in blocks if b.name in names]  # layout order
