@@ -10,6 +10,7 @@ installed with the project (scikit-learn's bundled sets, a seeded generator, the
 name                data                                   devices   model / metric
 ==================  =====================================  ========  ===============================
 digits-mlp          sklearn digits, Dirichlet(0.5)         20        MLP 64-64-10 / accuracy (demo)
+digits-wide         the same split as digits-mlp           20        MLP 64-1024-1024-10 / accuracy
 digits              sklearn digits, Dirichlet(0.5)         10        CNN 1x8x8 / accuracy
 health              sklearn breast cancer, "hospitals"     5         MLP 30-16-2 / accuracy
 finance             synthetic credit default (generated)   10        MLP 20-32-2 / accuracy
@@ -121,11 +122,12 @@ def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 
 
 def _registry() -> dict[str, tuple[Callable[[int, int], Workload], int]]:
-    from simulator.workloads import digits, shakespeare, tabular
+    from simulator.workloads import digits, digits_wide, shakespeare, tabular
 
     return {
         "digits": (digits.load_digits_workload, digits.DEFAULT_DEVICES),
         "digits-mlp": (digits.load_digits_mlp_workload, 20),
+        "digits-wide": (digits_wide.load_digits_wide_workload, digits_wide.DEFAULT_DEVICES),
         "health": (tabular.load_health_workload, tabular.HEALTH_DEFAULT_DEVICES),
         "finance": (tabular.load_finance_workload, tabular.FINANCE_DEFAULT_DEVICES),
         "shakespeare": (shakespeare.load_shakespeare_workload, shakespeare.DEFAULT_DEVICES),
@@ -136,6 +138,7 @@ def _registry() -> dict[str, tuple[Callable[[int, int], Workload], int]]:
 
 WORKLOAD_NAMES = (
     "digits-mlp",
+    "digits-wide",
     "digits",
     "health",
     "finance",

@@ -16,6 +16,7 @@ from simulator.workloads import WORKLOAD_NAMES, Workload, digits, get_workload, 
 
 SMALL_FLEET = {
     "digits-mlp": 4,
+    "digits-wide": 4,
     "digits": 4,
     "health": 3,
     "finance": 4,
