@@ -5,25 +5,33 @@ secret key. It travels through the broker and the aggregator, neither of which m
 sealed with ``nacl.public.Box(u's round encryption key, v's round encryption public key)``
 (X25519 + XSalsa20-Poly1305, authenticated).
 
-The plaintext repeats federation, round, sender and recipient, and the recipient checks them: the
-paper's ``u || v || shares`` binding. Without it an aggregator could re-route a bundle (e.g. hand v the
-bundle u made for w, or replay last round's) and learn from v's later reveals; with it any forwarded,
-replayed or cross-round bundle is refused. (A forwarded bundle also fails to decrypt, because the Box
-key depends on both ends; the binding is the second, explicit line.)
+The paper binds the plaintext to ``u || v`` so an aggregator cannot re-route a bundle (hand v the bundle
+u made for w, or replay last round's) and learn from v's later reveals. Here the binding is the nonce:
+``BLAKE2b(domain, federation, round, sender, recipient)``, which both ends derive, so it is neither sent
+nor repeated in the plaintext. A bundle opened under any other federation, round, sender or recipient
+uses another nonce and fails Poly1305 authentication, exactly like a forged one. The nonce never repeats
+under one key pair: encryption keys are fresh every round, the round is in the nonce, and a device seals
+one bundle per neighbour per round. The ciphertext is the two 33-byte shares plus the 16-byte tag.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
+import nacl.bindings
 import nacl.exceptions
 import nacl.public
 
 from shared.errors import SecAggError
 from shared.secagg.shamir import SHARE_BYTES
 
-_DOMAIN = "fedmq/secagg/shares/v1"
+_DOMAIN = "fedmq/secagg/shares/v2"
+#: Bytes of a sealed bundle: both shares and the Poly1305 tag (the nonce is derived, not sent).
+SEALED_BYTES = 2 * SHARE_BYTES + (
+    nacl.bindings.crypto_box_ZEROBYTES - nacl.bindings.crypto_box_BOXZEROBYTES
+)  # Poly1305: 16
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,11 @@ class ShareBundle:
     sender: str
     self_mask_share: bytes
     mask_key_share: bytes
+
+
+def _nonce(federation: str, round_id: int, sender: str, recipient: str) -> bytes:
+    binding = msgpack.packb([_DOMAIN, federation, round_id, sender, recipient], use_bin_type=True)
+    return hashlib.blake2b(binding, digest_size=nacl.public.Box.NONCE_SIZE).digest()
 
 
 def seal(
@@ -45,13 +58,12 @@ def seal(
     self_mask_share: bytes,
     mask_key_share: bytes,
 ) -> bytes:
-    """Encrypt one bundle for ``recipient`` (random 24-byte nonce, prepended)."""
-    plaintext = msgpack.packb(
-        [_DOMAIN, federation, round_id, sender, recipient, self_mask_share, mask_key_share],
-        use_bin_type=True,
-    )
+    """Encrypt one bundle for ``recipient`` under the nonce its binding derives."""
+    if len(self_mask_share) != SHARE_BYTES or len(mask_key_share) != SHARE_BYTES:
+        raise SecAggError(f"shares must be {SHARE_BYTES} bytes")
     box = nacl.public.Box(sender_enc_sk, nacl.public.PublicKey(recipient_enc_pk))
-    return bytes(box.encrypt(plaintext))
+    nonce = _nonce(federation, round_id, sender, recipient)
+    return bytes(box.encrypt(self_mask_share + mask_key_share, nonce).ciphertext)
 
 
 def open_bundle(
@@ -63,10 +75,14 @@ def open_bundle(
     sender: str,
     recipient: str,
 ) -> ShareBundle:
-    """Decrypt and check the binding; raise :class:`SecAggError` on any mismatch."""
+    """Decrypt under the expected binding; raise :class:`SecAggError` if it does not authenticate."""
+    if len(ciphertext) != SEALED_BYTES:
+        raise SecAggError(
+            f"share bundle {sender!r} -> {recipient!r} has {len(ciphertext)} bytes, expected {SEALED_BYTES}"
+        )
     try:
         box = nacl.public.Box(recipient_enc_sk, nacl.public.PublicKey(sender_enc_pk))
-        plaintext = box.decrypt(ciphertext)
+        plaintext = box.decrypt(ciphertext, _nonce(federation, round_id, sender, recipient))
     except (
         nacl.exceptions.CryptoError,
         nacl.exceptions.ValueError,
@@ -74,20 +90,8 @@ def open_bundle(
         ValueError,
         TypeError,
     ) as exc:
-        raise SecAggError(f"share bundle {sender!r} -> {recipient!r} does not decrypt") from exc
-    try:
-        fields = msgpack.unpackb(plaintext, raw=False, max_bin_len=1024, max_str_len=1024, max_array_len=16)
-    except Exception as exc:  # msgpack raises many types on garbage
-        raise SecAggError(f"share bundle {sender!r} -> {recipient!r} is malformed") from exc
-    if not isinstance(fields, list) or len(fields) != 7:
-        raise SecAggError(f"share bundle {sender!r} -> {recipient!r} is malformed")
-    domain, fed, rnd, from_id, to_id, b_share, key_share = fields
-    if (domain, fed, rnd, from_id, to_id) != (_DOMAIN, federation, round_id, sender, recipient):
         raise SecAggError(
-            f"share bundle binding mismatch: made for {fed!r}/{rnd!r} {from_id!r}->{to_id!r}, "
-            f"received as {federation!r}/{round_id} {sender!r}->{recipient!r} (replayed or forwarded)"
-        )
-    for share in (b_share, key_share):
-        if not isinstance(share, bytes) or len(share) != SHARE_BYTES:
-            raise SecAggError(f"share bundle {sender!r} -> {recipient!r} carries a malformed share")
-    return ShareBundle(sender, b_share, key_share)
+            f"share bundle {sender!r} -> {recipient!r} does not decrypt under round {round_id} of "
+            f"{federation!r} (forged, forwarded, replayed or corrupted)"
+        ) from exc
+    return ShareBundle(sender, plaintext[:SHARE_BYTES], plaintext[SHARE_BYTES:])

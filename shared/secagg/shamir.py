@@ -1,14 +1,17 @@
-"""t-out-of-k Shamir secret sharing of 32-byte secrets over GF(2^521 - 1).
+"""t-out-of-k Shamir secret sharing of 32-byte secrets over GF(2^256 + 297).
 
 Used exactly as in Bonawitz et al. CCS 2017 §3 ("Secret sharing") and §4 rounds 1 and 4: each device
 shares its self-mask seed ``b_u`` and its mask secret key with its neighbours; any ``t`` shares rebuild
 a secret, ``t - 1`` reveal nothing about it (information-theoretically).
 
-Why this field: p = 2^521 - 1 is a Mersenne prime larger than any 256-bit secret, so a secret maps to a
-field element without splitting, and Python's big ints do the arithmetic. Reconstruction uses exactly
-``t`` shares and Lagrange interpolation at 0 with one batched modular inversion, so rebuilding the
-~100 secrets of a 100-device round costs milliseconds (Flower-style per-share inversions in slow loops
-are where their unmasking time goes; not here).
+Why this field: p = 2^256 + 297 is the smallest prime above 2^256, so every 32-byte secret is a field
+element without splitting and a share fits in 33 bytes (the smallest a 256-bit secret allows; a share
+is sent to every neighbour and revealed again at unmasking, so its size is most of SecAgg+'s per-device
+overhead). A wrong reconstruction (a corrupted or mismatched share) is still a field element, so the
+aggregator checks every rebuilt secret against what the owner committed to in its advert (the self-mask
+commitment, the mask public key) and tries other share subsets if it fails. Python's big ints do the
+arithmetic. Reconstruction uses exactly ``t`` shares and Lagrange interpolation at 0 with one batched
+modular inversion, so rebuilding the ~100 secrets of a 100-device round costs milliseconds.
 
 Share x-coordinates are ``1..k``: the holder's position (plus one) in the owner's sorted neighbour
 list, which both sides and the aggregator derive from the public graph, so x is never taken from the
@@ -23,9 +26,9 @@ import nacl.utils
 
 from shared.errors import SecAggError
 
-PRIME = (1 << 521) - 1
-#: Bytes of a serialised share value (521 bits round up to 66 bytes).
-SHARE_BYTES = 66
+PRIME = (1 << 256) + 297
+#: Bytes of a serialised share value (257 bits round up to 33 bytes).
+SHARE_BYTES = 33
 SECRET_BYTES = 32
 
 
@@ -34,8 +37,8 @@ class NotEnoughShares(SecAggError, ValueError):
 
 
 def _random_field_element() -> int:
-    # 80 random bytes mod p: statistical distance from uniform is below 2^-100.
-    return int.from_bytes(nacl.utils.random(80), "little") % PRIME
+    # 48 random bytes mod p: statistical distance from uniform is below 2^-127.
+    return int.from_bytes(nacl.utils.random(48), "little") % PRIME
 
 
 def split(secret: bytes, threshold: int, holders: int) -> list[bytes]:
@@ -92,7 +95,8 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int) -> bytes:
     """The secret behind ``shares`` ({x: share}), using the ``threshold`` smallest x.
 
     Raises :class:`NotEnoughShares` for fewer than ``threshold`` shares and :class:`SecAggError` when the
-    interpolated value cannot be a 32-byte secret (a corrupted or mismatched share).
+    interpolated value cannot be a 32-byte secret. A corrupted share usually still yields *some* 32-byte
+    value: callers check the result against the owner's commitment.
     """
     if threshold < 1:
         raise ValueError(f"threshold must be >= 1, got {threshold}")

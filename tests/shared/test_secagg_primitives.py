@@ -114,17 +114,32 @@ def test_fewer_than_t_shares_refused() -> None:
 
 
 def test_t_minus_one_shares_do_not_yield_the_secret() -> None:
-    """Interpolating t-1 shares gives a field element that is (w.p. 1 - 2^-265) not even 32 bytes."""
+    """Interpolating t-1 shares gives some field element, not the secret (w.p. 1 - 2^-256)."""
     shares = shamir.split(SEEDS[0], 3, 5)
-    with pytest.raises(SecAggError, match="not a 32-byte secret"):
-        shamir.reconstruct({1: shares[0], 2: shares[1]}, 2)
+    try:
+        wrong = shamir.reconstruct({1: shares[0], 2: shares[1]}, 2)
+    except SecAggError:
+        return  # not even 32 bytes
+    assert wrong != SEEDS[0]
 
 
-def test_corrupted_share_detected_as_non_secret() -> None:
+def test_corrupted_share_does_not_rebuild_the_secret() -> None:
     shares = shamir.split(SEEDS[0], 3, 5)
-    bad = (int.from_bytes(shares[0], "little") ^ 1 << 300).to_bytes(shamir.SHARE_BYTES, "little")
-    with pytest.raises(SecAggError):
-        shamir.reconstruct({1: bad, 2: shares[1], 3: shares[2]}, 3)
+    bad = (int.from_bytes(shares[0], "little") ^ 1 << 200).to_bytes(shamir.SHARE_BYTES, "little")
+    try:
+        wrong = shamir.reconstruct({1: bad, 2: shares[1], 3: shares[2]}, 3)
+    except SecAggError:
+        return
+    assert wrong != SEEDS[0]
+    assert shamir.reconstruct({2: shares[1], 3: shares[2], 4: shares[3]}, 3) == SEEDS[0]
+
+
+def test_share_is_33_bytes_and_out_of_field_value_refused() -> None:
+    shares = shamir.split(SEEDS[0], 2, 3)
+    assert all(len(s) == 33 for s in shares)
+    too_big = shamir.PRIME.to_bytes(shamir.SHARE_BYTES, "little")
+    with pytest.raises(SecAggError, match="not a field element"):
+        shamir.reconstruct({1: too_big, 2: shares[1]}, 2)
 
 
 # -- graph ----------------------------------------------------------------------------------------
@@ -167,13 +182,21 @@ def test_bundle_forwarding_and_replay_refused() -> None:
     share = b"\1" * shamir.SHARE_BYTES
     sealed = bundles.seal(u.enc_sk, v.enc_pk, "f", 1, "u", "v", share, share)
     assert bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "u", "v").self_mask_share == share
+    assert len(sealed) == bundles.SEALED_BYTES == 2 * 33 + 16  # no nonce, no binding on the wire
     with pytest.raises(SecAggError, match="does not decrypt"):  # forwarded to w
         bundles.open_bundle(w.enc_sk, u.enc_pk, sealed, "f", 1, "u", "w")
-    with pytest.raises(SecAggError, match="binding"):  # replayed into round 2 under the same keys
+    with pytest.raises(SecAggError, match="does not decrypt"):  # replayed into round 2 under the same keys
         bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 2, "u", "v")
-    # u re-labels a bundle it made for v as coming from "x": binding names the true sender
-    with pytest.raises(SecAggError, match="binding"):
+    with pytest.raises(SecAggError, match="does not decrypt"):  # into another federation
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "g", 1, "u", "v")
+    # u re-labels a bundle it made for v as coming from "x": the binding names the true sender
+    with pytest.raises(SecAggError, match="does not decrypt"):
         bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "x", "v")
+    flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
+    with pytest.raises(SecAggError, match="does not decrypt"):
+        bundles.open_bundle(v.enc_sk, u.enc_pk, flipped, "f", 1, "u", "v")
+    with pytest.raises(SecAggError, match="expected"):
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed + b"\0", "f", 1, "u", "v")
 
 
 # -- wire -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared.errors import SecAggError
-from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys
+from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys, shamir
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, SurvivorList
 
 FED = "fed-refuse"
@@ -173,7 +173,9 @@ def test_server_refuses_reveal_of_wrong_kind(run: Round) -> None:
     survivors = run.mask(shared, who)
     reveal = run.clients["dev-0"].on_survivors(survivors)
     wrong = replace(
-        reveal, self_mask_shares={**reveal.self_mask_shares, "dev-5": b"\0" * 66}, mask_key_shares={}
+        reveal,
+        self_mask_shares={**reveal.self_mask_shares, "dev-5": b"\0" * shamir.SHARE_BYTES},
+        mask_key_shares={},
     )
     wrong = replace(wrong, signature=keys.sign(run.identities["dev-0"], wrong.signed_bytes()))
     with pytest.raises(SecAggError, match="wrong kind"):
@@ -237,7 +239,7 @@ def test_corrupted_share_is_routed_around() -> None:
     reveals = [run.clients[d].on_survivors(survivors) for d in survivors.devices]
     bad = reveals[0]
     owner = next(iter(bad.self_mask_shares))
-    tampered = replace(bad, self_mask_shares={**bad.self_mask_shares, owner: b"\7" * 66})
+    tampered = replace(bad, self_mask_shares={**bad.self_mask_shares, owner: b"\7" * shamir.SHARE_BYTES})
     identity = run.identities[bad.device]
     run.server.add_reveal(replace(tampered, signature=keys.sign(identity, tampered.signed_bytes())))
     for reveal in reveals[1:]:
