@@ -116,7 +116,7 @@ BUDGET_FRACTION = 0.2
 #: Roster sizes fedmq rounds had (their SecAgg+ overhead is reported).
 ROSTER_SIZES: set[int] = set()
 #: Each run ends at the virtual horizon or after this many device contributions, whichever comes first.
-CONTRIBUTION_BUDGET = 2500
+CONTRIBUTION_BUDGET = 5000
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -1018,7 +1018,7 @@ def main() -> None:
     parser.add_argument("--fleets", type=int, nargs="+", help="fleet sizes (default 100 500)")
     parser.add_argument("--stragglers", type=float, nargs="+", help="straggler fractions (default 0 .5 .9)")
     parser.add_argument("--methods", nargs="+", help="only these methods (for exploration)")
-    parser.add_argument("--contributions", type=int, help="contribution budget per run (default 2500)")
+    parser.add_argument("--contributions", type=int, help="contribution budget per run (default 5000)")
     parser.add_argument(
         "--fedmq",
         nargs="+",
@@ -1036,7 +1036,7 @@ def main() -> None:
     fractions = args.stragglers or [0.0, 0.5, 0.9]
     global CONTRIBUTION_BUDGET
     horizon = 4000.0
-    CONTRIBUTION_BUDGET = args.contributions or (1200 if args.quick else 2500)
+    CONTRIBUTION_BUDGET = args.contributions or (1200 if args.quick else 5000)
     tm, availability = TimeModel(), Availability()
     methods = [
         override(m, args.fedmq) if m.kind == "fedmq" else m for m in default_methods(args.budget_fraction)
