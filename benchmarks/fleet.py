@@ -8,12 +8,14 @@ stragglers (10x slower) and an on/off availability model; then a small run over 
 What is REAL in the large runs (the components a deployment runs, called directly):
 
 * local training: :class:`edge_client.trainer.LocalTrainer` on each device's shard (torch, SGD);
-* partial training: :func:`aggregator.blocks.choose_blocks` picks each round's blocks under the devices'
-  memory budget, the device freezes the other blocks exactly as ``EdgeClient._start_training`` does
-  (:func:`simulator.memory.frozen_except`) and sends the announced blocks' slice;
+* partial training: every fedmq device has a memory budget (``--budget-fraction`` of full training's
+  measured peak) and announces its activation profile (:func:`edge_client.memory.activation_profile`);
+  :func:`aggregator.blocks.choose_blocks` picks each round's blocks, the device plans the step
+  (:func:`edge_client.memory.plan_training`: micro-batch, momentum) and trains as
+  ``EdgeClient._train_within_budget`` does, sending the announced blocks' slice;
 * staleness: :class:`shared.staleness.StalenessPolicy` (weights, max staleness) and the device's rules
-  for stale deltas (discarded past the maximum or when the round's blocks differ; a device still training
-  on an older snapshot skips rounds);
+  for stale deltas (discarded past the maximum; a stale delta of other blocks waits for a round of its
+  blocks; a device still training on an older snapshot skips rounds);
 * the uplink codec: fedmq encodes with :class:`shared.codec.UpdateEncoder` (clip, rotation,
   subsampling, 16-bit stochastic quantization, weight limbs), the aggregator decodes the modular sum with
   :class:`shared.codec.UpdateDecoder`. The SecAgg+ masks cancel in that sum, so the masked sum is
@@ -24,8 +26,9 @@ What is REAL in the large runs (the components a deployment runs, called directl
   and FedBuff; for fedmq a real SecAgg+ round (``shared.secagg``, real keys, Shamir shares, sealed boxes)
   at the round's roster size gives ``AdvertiseKeys``, the ``ShareBatch``, ``UnmaskReveal``, and a
   ``MaskedInput`` whose payload is the packed encoding;
-* device memory: :func:`simulator.memory.measure_training_memory` on the real model, batch, optimizer
-  and freezing (tensor bytes: weights, gradients, momentum, autograd-saved activations).
+* device memory: :func:`edge_client.memory.measure_training_memory` on the real model, batch,
+  micro-batch, optimizer and freezing (tensor bytes: weights, gradients, momentum, autograd-saved
+  activations).
 
 What is SIMULATED: time (a discrete-event queue over virtual seconds: local training takes
 ``steps x step_s`` seconds, times 10 for a straggler, with log-normal jitter; messages take a latency plus
