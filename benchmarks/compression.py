@@ -6,13 +6,13 @@ digits split, seeds and rounds as ``fedmq-demo`` (default 20 devices x 20 rounds
 ``--seeds`` and averaged. ``--task`` picks the model (:data:`TASKS`):
 
 * ``digits-mlp`` (default): the demo's 4,810-parameter MLP. Secure aggregation's per-round cost (about
-  8.2 KB per device at 20 devices: keys, sealed share bundles, reveals, framing) does not grow with the
-  model, so on this tiny model it adds 1.7 B/coord, as much as the 16-bit payload;
+  4.7 KB per device at 20 devices: keys, sealed share bundles, reveals, framing) does not grow with the
+  model, so on this tiny model it adds 0.98 B/coord, half as much again as the 16-bit payload;
 * ``digits-wide``: the same split with a 1,126,410-parameter MLP 64-1024-1024-10, where that overhead is
-  amortised as on real models (8.3-8.9 KB, under 0.008 B/coord; the part that grows with d is the framing
-  of 256 KiB chunks). The issue's bytes-per-coordinate targets are evaluated there. To fit about half an
-  hour on an idle two-core box it runs plain float32, secure 16- and 8-bit and its two candidates below:
-  no 12-bit or subsampled 8-bit rows, no downlink rows, no clip sweep (each run takes ~3 minutes).
+  amortised as on real models (4.9-5.4 KB, 0.005 B/coord; the few hundred extra bytes are the framing of
+  the masked input's 256 KiB chunks). The issue's bytes-per-coordinate targets are evaluated there. To fit
+  in half an hour on a two-core box it runs plain float32, secure 16- and 8-bit and its two candidates
+  below: no 12-bit or subsampled 8-bit rows, no downlink rows, no clip sweep (~2-3 minutes a federation).
 
 Rows on ``digits-mlp``:
 
