@@ -114,11 +114,11 @@ def measure_training_memory(
     """Tensor bytes of ``steps`` local steps on one full batch, with only ``blocks`` trainable.
 
     Uses the optimizer :class:`~edge_client.trainer.LocalTrainer` builds for ``config`` and its
-    micro-batching; the model's weights are restored afterwards. The largest step is reported (the first
-    step has no optimizer state yet).
+    micro-batching; the module's state (weights and buffers) is restored afterwards. The largest step is
+    reported (the first step has no optimizer state yet).
     """
     module = model.module
-    saved_weights = model.get_flat()
+    saved_state = {name: value.detach().clone() for name, value in module.state_dict().items()}
     batch = min(config.batch_size, len(labels))
     piece = batch if micro_batch is None else max(1, min(micro_batch, batch))
     x, y = features[:batch], labels[:batch]
@@ -160,7 +160,7 @@ def measure_training_memory(
             if worst is None or step.peak > worst.peak:
                 worst = step
     module.train(was_training)
-    model.set_flat(saved_weights)
+    module.load_state_dict(saved_state)  # weights and buffers (batch-norm statistics) as they were
     assert worst is not None
     return worst
 

@@ -136,3 +136,20 @@ def test_rotation_cycles_through_maximal_sets_that_cover_every_block_that_fits()
     picked = [tuple(choose_blocks(blocks, budget, r, profile)) for r in range(2 * len(sets))]
     assert picked[: len(sets)] == picked[len(sets) :]  # a cycle
     assert len(set(picked)) == len(sets)
+
+
+def test_measuring_leaves_weights_and_batch_norm_statistics_untouched(data):
+    x, y = data
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 10),
+    )
+    model = FederatedModel(module)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    measure_training_memory(model, x, y, CONFIG, LOSS)
+    activation_profile(model, x, y, LOSS)
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
