@@ -72,7 +72,8 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import ClassVar
@@ -201,11 +202,22 @@ def default_methods(budget_fraction: float = 0.0) -> list[Method]:
 
 def override(method: Method, settings: list[str]) -> Method:
     """``method`` with ``FIELD=VALUE`` settings applied (values parsed as the field's type)."""
+    kinds = {f.name: f.type for f in fields(Method)}  # annotations are strings (postponed evaluation)
+    parsers: dict[str, Callable[[str], object]] = {
+        "int": int,
+        "float": float,
+        "float | None": float,
+        "bool": lambda v: v.lower() in ("1", "true", "yes"),
+        "str": str,
+    }
     changes: dict[str, object] = {}
     for item in settings:
         name, _, value = item.partition("=")
-        current = getattr(method, name)
-        changes[name] = value if isinstance(current, str) else type(current or 0.0)(value)
+        if kinds.get(name) not in parsers:
+            raise SystemExit(
+                f"--fedmq: cannot set {name!r} (settable: {sorted(k for k in kinds if kinds[k] in parsers)})"
+            )
+        changes[name] = parsers[str(kinds[name])](value)
     return replace(method, **changes)
 
 

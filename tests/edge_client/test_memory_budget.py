@@ -64,6 +64,7 @@ def test_activations_shrink_with_the_micro_batch_and_the_frozen_prefix(data):
 def test_plan_fits_the_budget_with_the_largest_micro_batch(data):
     x, y = data
     model = fresh_model()
+    before = model.get_flat()
     blocks = [model.blocks[0].name]
     lo = measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=1).peak
     hi = measure_training_memory(model, x, y, CONFIG, LOSS, blocks).peak
@@ -74,8 +75,7 @@ def test_plan_fits_the_budget_with_the_largest_micro_batch(data):
     assert step.peak <= budget < hi
     assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro).peak == step.peak
     assert measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=micro + 1).peak > budget
-    before = model.get_flat()
-    assert np.array_equal(model.get_flat(), before)  # measuring leaves the weights as they were
+    assert np.array_equal(model.get_flat(), before)  # measuring and planning leave the weights as they were
 
 
 def test_block_choice_counts_activations_and_the_chosen_set_trains_within_the_budget(data):

@@ -67,6 +67,14 @@ def agg_config(broker, tmp_path, keys, **kw):
     return AggregatorConfig(**values)
 
 
+def first_block_budget(model, digits) -> int:
+    """All weights, the first block's gradients and one example's activations from it (as the device
+    measures and announces them): the second block fits alone but not beside the first."""
+    x, y = torch.from_numpy(digits.x_train[:16]), torch.from_numpy(digits.y_train[:16])
+    profile = activation_profile(model, x, y, torch.nn.functional.cross_entropy)
+    return training_cost(model.dim, model.layout.blocks()[0].size, profile[0]) + 1
+
+
 @pytest.mark.parametrize("function", ["fedbuff", "age-variance"])
 async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, digits, function):
     keys = enrol(6)
@@ -146,11 +154,7 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     model, weights = initial_weights()
     total = model.dim
     blocks = model.layout.blocks()
-    # Budget: all weights, training state for the first block and one example's activations from it
-    # (what the device announces), so the second block does not fit beside it.
-    x, y = torch.from_numpy(digits.x_train[:16]), torch.from_numpy(digits.y_train[:16])
-    profile = activation_profile(model, x, y, torch.nn.functional.cross_entropy)
-    budget = training_cost(total, blocks[0].size, profile[0]) + 1
+    budget = first_block_budget(model, digits)
     budgets = {"dev-00": budget, "dev-01": 10 * budget}
     cfg = agg_config(broker, tmp_path, keys, partial_training=True, min_clients=6, target_clients=6)
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
@@ -179,9 +183,7 @@ async def test_stale_delta_of_other_blocks_waits_for_a_round_of_its_blocks(broke
     model, weights = initial_weights()
     total = model.dim
     blocks = model.layout.blocks()
-    x, y = torch.from_numpy(digits.x_train[:16]), torch.from_numpy(digits.y_train[:16])
-    profile = activation_profile(model, x, y, torch.nn.functional.cross_entropy)
-    budget = training_cost(total, blocks[0].size, profile[0]) + 1  # rounds alternate blocks 0, 1, 0
+    budget = first_block_budget(model, digits)  # rounds alternate blocks 0, 1, 0
     budgets = {cid: budget for cid in keys}
     cfg = agg_config(
         broker,
