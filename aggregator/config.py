@@ -59,6 +59,10 @@ class AggregatorConfig:
     #: Partial training: size each round's trainable block set to the smallest memory budget the
     #: devices declared (rotating across rounds). Off: every block trains.
     partial_training: bool = False
+    #: Partial training: scale each block's averaged delta by how many rounds of the rotation pass per
+    #: round that trains it (``aggregator.blocks.rotation_scales``), so every block keeps full training's
+    #: pace. Off: a block moves only in its own rounds, by the plain mean.
+    rotation_step: bool = True
     #: Length of a round's collection window in seconds (the deadline).
     round_window_s: float = 30.0
     #: A round closes with the devices that answered if at least this many did, else it is abandoned.

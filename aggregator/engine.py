@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.accumulator import WeightedMean
-from aggregator.blocks import choose_blocks
+from aggregator.blocks import choose_blocks, rotation_scales
 from aggregator.config import AggregatorConfig
 from aggregator.optimizer import ServerOptimizer
 from aggregator.secure import SecureRound
@@ -391,7 +391,7 @@ class Aggregator:
             "windows": dataclasses.asdict(windows),
             "staleness": self.config.staleness.to_dict(),
         }
-        blocks = self._round_blocks(round_id)
+        blocks, scales = self._round_blocks(round_id)
         round_slices = [self.layout.slice_of_block(b) for b in blocks] if blocks else None
         round_dim = sum(s.stop - s.start for s in round_slices) if round_slices else self.layout.dim
         if blocks:
@@ -461,24 +461,30 @@ class Aggregator:
             # Partial training: the vector covered only this round's blocks; the rest did not move.
             mean = np.zeros(self.layout.dim, np.float32)
             offset = 0
-            for part in round_slices:
+            for name, part in zip(blocks or [], round_slices, strict=True):
                 size = part.stop - part.start
                 mean[part] = outcome.mean_delta[offset : offset + size]
+                if self.config.rotation_step:
+                    mean[part] *= np.float32(scales.get(name, 1.0))
                 offset += size
             metrics["trained_fraction"] = round_dim / self.layout.dim
+            if self.config.rotation_step and scales:
+                metrics["rotation_scale"] = max(scales.get(name, 1.0) for name in blocks or [])
         await self._apply(round_id, mean, outcome.contributors, metrics)
         return True
 
-    def _round_blocks(self, round_id: int) -> list[str] | None:
-        """The trainable blocks of a round under the smallest declared memory budget (None: all)."""
+    def _round_blocks(self, round_id: int) -> tuple[list[str] | None, dict[str, float]]:
+        """The trainable blocks of a round under the smallest declared memory budget (None: all), and
+        the rotation's per-block step scales (:func:`aggregator.blocks.rotation_scales`)."""
         if not self.config.partial_training or self.layout is None:
-            return None
+            return None, {}
         budgets = [b for b in self.memory_budgets.values() if b > 0]
+        budget = min(budgets) if budgets else None
         blocks = self.layout.blocks()
         profiles = [p for p in self.activation_profiles.values() if len(p) == len(blocks)]
         # Devices run the same model; the largest declared figure per block is the safe one.
         profile = [max(column) for column in zip(*profiles, strict=True)] if profiles else None
-        return choose_blocks(blocks, min(budgets) if budgets else None, round_id, profile)
+        return choose_blocks(blocks, budget, round_id, profile), rotation_scales(blocks, budget, profile)
 
     async def _publish_roster(self, roster: Message) -> None:
         await self._publish(self.topics.roster, encode(roster), retain=True)

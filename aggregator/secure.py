@@ -162,7 +162,7 @@ class SecureRound:
         self.phase = MASKED
         for device in u2.devices:
             await publish_inbox(
-                device, ShareBatch(self.federation, self.round_id, device, server.shares_for(device))
+                device, ShareBatch.inbox(self.federation, self.round_id, device, server.shares_for(device))
             )
         await publish_notice(u2)
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
@@ -273,9 +273,7 @@ class SecureRound:
         if not isinstance(msg, ShareBatch):
             raise WireError(f"expected a share batch, got {msg.TYPE}")
         assert self.server is not None
-        for bundle in msg.bundles:
-            if bundle.sender != msg.device:
-                raise ProtocolError("share batch carries another device's bundle")
+        for bundle in msg.sent_bundles():  # the batch's device is the sender of every bundle
             self.server.add_shares(bundle)
 
     def _on_masked(self, msg: Message) -> None:

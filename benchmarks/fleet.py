@@ -66,6 +66,8 @@ import heapq
 import json
 import logging
 import math
+import multiprocessing
+import os
 import platform
 import random
 import shlex
@@ -73,6 +75,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
@@ -81,13 +84,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from aggregator.blocks import choose_blocks  # noqa: E402
+from aggregator.blocks import choose_blocks, rotation_scales  # noqa: E402
 from aggregator.optimizer import ServerOptimizer, ServerOptimizerConfig  # noqa: E402
 from edge_client.memory import (  # noqa: E402
     TrainingMemory,
@@ -107,7 +111,6 @@ from simulator.workloads import Workload, get_workload  # noqa: E402
 
 log = logging.getLogger(__name__)
 RESULTS = ROOT / "benchmarks" / "results"
-PLOTS = RESULTS / "fleet"
 TASK = "digits"
 #: The 1,437 training images give at most ~100 devices 5+ examples each under Dirichlet(0.5); larger
 #: fleets reuse these shards (device i holds shard i mod 100), i.e. several devices per data distribution.
@@ -117,10 +120,11 @@ TARGET_ACCURACY = 0.90
 #: Every block of the CNN still trains on its own at it (block "3": weights, its gradient and one
 #: example's activations = 47,068 B, without SGD momentum, which does not fit beside it).
 BUDGET_FRACTION = 0.2
-#: Roster sizes fedmq rounds had (their SecAgg+ overhead is reported).
-ROSTER_SIZES: set[int] = set()
+HORIZON_S = 4000.0
 #: Each run ends at the virtual horizon or after this many device contributions, whichever comes first.
 CONTRIBUTION_BUDGET = 5000
+#: SecAgg+ refuses a roster below three devices (``shared.secagg.params``): the round is abandoned.
+MIN_SECURE_ROSTER = 3
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -167,6 +171,12 @@ class Method:
     #: The server step (``aggregator.optimizer``): "fedavg" (lr 1 = plain averaging) or "fedavgm".
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
+    #: fedmq: a device whose last training took longer than the masked window trains ahead on the
+    #: snapshot it has instead of taking a roster slot it cannot fill, and joins a later round
+    #: (``EdgeConfig.train_ahead``).
+    train_ahead: bool = False
+    #: fedmq: scale each block's mean delta by the rotation's dilution (``AggregatorConfig.rotation_step``).
+    rotation_step: bool = False
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -193,8 +203,13 @@ def default_methods(budget_fraction: float = 0.0) -> list[Method]:
             secure=True,
             staleness=StalenessPolicy("age-variance", max_staleness=20, reference_norm=1.0),
             budget_fraction=budget_fraction or BUDGET_FRACTION,
-            bits=16,
-            subsample_rate=0.5,
+            # Update norms on this task are 0.1-0.5 (local SGD, lr 0.05, two steps): clip 1 keeps them
+            # whole and gives 12 bits the resolution 16 bits had at clip 5.
+            bits=12,
+            clip_norm=1.0,
+            subsample_rate=0.3,
+            train_ahead=True,
+            rotation_step=True,
             min_clients=2,
         ),
     ]
@@ -277,6 +292,8 @@ class SimDevice:
         self.rng = rng
         self.pending: Pending | None = None
         self.busy_until = 0.0  # fedbuff/fedavg: training in flight
+        #: How long its last local training took (what an edge client measures); None before the first.
+        self.last_train_s: float | None = None
 
     def online(self, t: float) -> bool:
         if self.toggles is None:
@@ -296,7 +313,8 @@ class SimDevice:
         cfg = self.trainer.config
         steps = cfg.steps or cfg.epochs * max(1, -(-n // cfg.batch_size))
         jitter = math.exp(self.rng.gauss(0.0, time_model.jitter_sigma))
-        return steps * time_model.step_s * self.slowdown * jitter
+        self.last_train_s = steps * time_model.step_s * self.slowdown * jitter
+        return self.last_train_s
 
     def delta(self, pending: Pending) -> TrainResult:
         """Real local training from the pending delta's snapshot, on its blocks, micro-batched as the
@@ -358,6 +376,7 @@ class Trace:
     bytes_up: list[int] = field(default_factory=list)  # per contribution
     staleness: list[int] = field(default_factory=list)
     block_sets: set[tuple[str, ...] | None] = field(default_factory=set)
+    roster_sizes: set[int] = field(default_factory=set)  # fedmq: sizes of the SecAgg+ rounds it ran
 
     def record(self, t: float, accuracy: float) -> None:
         self.times.append(t)
@@ -425,7 +444,7 @@ def secagg_overhead(n: int) -> dict[str, float]:
     roster = server.make_roster()
     for device, client in clients.items():
         bundles = client.on_roster(roster)
-        sent["shares"].append(len(encode(ShareBatch(federation, round_id, device, bundles))))
+        sent["shares"].append(len(encode(ShareBatch.outgoing(federation, round_id, device, bundles))))
         for bundle in bundles:
             server.add_shares(bundle)
     shared = server.close_share_phase()
@@ -657,32 +676,44 @@ def run_fedmq(
         slices = [server.block_slices[b] for b in blocks] if blocks else [slice(0, server.dim)]
         dim = sum(s.stop - s.start for s in slices)
         trace.block_sets.add(blocks)
-        # Who can join: online, and either idle or holding a finished delta; a device still training
-        # on an older snapshot skips the round (the edge client's rule).
+        # Each online device reads the announcement as ``EdgeClient._join_secure`` does: it discards a
+        # delta past the maximum staleness (or a fresh one of other blocks), keeps a stale delta of other
+        # blocks for a round of its blocks, skips the round while still training on an older snapshot,
+        # and, if it has no delta and its last training took longer than the masked window, trains
+        # ahead without advertising. The rest can join: idle, or holding a finished delta.
         eligible = []
         for device in devices:
             if not device.online(t):
                 continue
             pending = device.pending
-            if pending is not None and pending.ready_at > t and pending.base != server.version:
+            if pending is not None:
+                tau = server.version - pending.base
+                if not policy.accepts(tau) or (tau == 0 and pending.blocks != blocks):
+                    trace.discarded += 1
+                    pending = device.pending = None
+            if pending is not None and (
+                pending.blocks != blocks or (pending.ready_at > t and pending.base != server.version)
+            ):
                 continue
             if (
-                pending is not None
-                and pending.base != server.version
-                and pending.blocks != blocks
-                and policy.accepts(server.version - pending.base)
+                pending is None
+                and method.train_ahead
+                and device.last_train_s is not None
+                and snapshot_s + device.last_train_s > method.deadline_s
             ):
-                continue  # keeps its stale delta for a round of its blocks (the edge client's rule)
+                finish = t + snapshot_s + device.train_seconds(tm)
+                device.pending = Pending(server.version, server.weights, blocks, finish, planner.plan(blocks))
+                continue
             eligible.append(device)
         roster = rng.sample(eligible, min(admit, len(eligible)))
         n = len(roster)
-        ROSTER_SIZES.add(n)
-        if n < method.min_clients:
+        if n < max(method.min_clients, MIN_SECURE_ROSTER if method.secure else 1):
             trace.rounds += 1
             trace.abandoned += 1
             t += 5.0
             round_id += 1
             continue
+        trace.roster_sizes.add(n)
         config = CodecConfig(
             method.bits, method.clip_norm, n, rng.randbytes(32), subsample_rate=method.subsample_rate
         )
@@ -746,6 +777,11 @@ def run_fedmq(
             size = part.stop - part.start
             full[part] = mean[offset : offset + size]
             offset += size
+        if method.rotation_step and blocks:
+            # as the engine does with AggregatorConfig.rotation_step
+            scales = rotation_scales(server.layout_blocks, planner.budget, planner.profile)
+            for name in blocks:
+                full[server.block_slices[name]] *= np.float32(scales.get(name, 1.0))
         server.apply(full)
         # unmask: the survivor notice down, the reveals up
         t = close + 2 * tm.latency_s + sizes["reveal"] / tm.up_bytes_per_s
@@ -825,8 +861,16 @@ def real_mqtt(quick: bool) -> dict[str, object]:
         "buffered (plain f32, closes at K)": FleetConfig(
             **common, rounds=rounds, secure=False, target_clients=k, min_clients=2, window_s=30.0
         ),
-        "fedmq (secure 16-bit, K=9 + 1.3x, stale deltas)": FleetConfig(
-            **common, rounds=rounds, secure=True, target_clients=k_secure, min_clients=2, window_s=1.5
+        "fedmq (secure 12-bit p=0.3, K=9 + 1.3x, stale deltas, trains ahead)": FleetConfig(
+            **common,
+            rounds=rounds,
+            secure=True,
+            target_clients=k_secure,
+            min_clients=2,
+            window_s=1.5,
+            codec_bits=12,
+            clip_norm=1.0,
+            subsample_rate=0.3,
         ),
     }
     out: dict[str, object] = {
@@ -877,13 +921,15 @@ def summarise(trace: Trace, target: float) -> dict[str, object]:
     }
 
 
-def plot(rows: list[dict], real: dict | None, target: float) -> list[str]:
+def plot(rows: list[dict], real: dict | None, target: float, directory: Path) -> list[str]:
+    """PNG curves of accuracy against time into ``directory`` (beside the JSON: ``fleet.json`` ->
+    ``fleet/``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    PLOTS.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     written = []
     for n in sorted({r["devices"] for r in rows}):
         fractions = sorted({r["stragglers"] for r in rows if r["devices"] == n})
@@ -900,10 +946,10 @@ def plot(rows: list[dict], real: dict | None, target: float) -> list[str]:
             ax.set_ylim(0, 1)
             ax.legend(loc="lower right")
         fig.tight_layout()
-        path = PLOTS / f"accuracy_vs_time_{n}.png"
+        path = directory / f"accuracy_vs_time_{n}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        written.append(str(path.relative_to(ROOT)))
+        written.append(_shown(path))
     if real:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, m in real["methods"].items():
@@ -914,11 +960,15 @@ def plot(rows: list[dict], real: dict | None, target: float) -> list[str]:
         ax.set_title(f"{real['clients']} devices, {real['slow_clients']} slowed by {real['slow_delay_s']} s")
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        path = PLOTS / "real_mqtt.png"
+        path = directory / "real_mqtt.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        written.append(str(path.relative_to(ROOT)))
+        written.append(_shown(path))
     return written
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def speedup(rows: list[dict], n: int, s: float, method: str = "fedmq") -> float | None:
@@ -1019,8 +1069,13 @@ def targets(rows: list[dict], memory: dict, bytes_ref: float) -> list[dict]:
 
 
 def main() -> None:
+    global CONTRIBUTION_BUDGET
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the results here (default benchmarks/results/fleet.json); plots beside it",
+    )
     parser.add_argument("--quick", action="store_true", help="100 devices, shorter horizon, short real run")
     parser.add_argument("--no-mqtt", action="store_true", help="skip the real-MQTT run")
     parser.add_argument("--seed", type=int, default=0)
@@ -1033,7 +1088,12 @@ def main() -> None:
     parser.add_argument("--fleets", type=int, nargs="+", help="fleet sizes (default 100 500)")
     parser.add_argument("--stragglers", type=float, nargs="+", help="straggler fractions (default 0 .5 .9)")
     parser.add_argument("--methods", nargs="+", help="only these methods (for exploration)")
-    parser.add_argument("--contributions", type=int, help="contribution budget per run (default 5000)")
+    parser.add_argument(
+        "--contributions", type=int, help=f"contribution budget per run (default {CONTRIBUTION_BUDGET})"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="simulations run in parallel (default: CPUs)"
+    )
     parser.add_argument(
         "--fedmq",
         nargs="+",
@@ -1049,37 +1109,23 @@ def main() -> None:
 
     fleets = args.fleets or ([100] if args.quick else [100, 500])
     fractions = args.stragglers or [0.0, 0.5, 0.9]
-    global CONTRIBUTION_BUDGET
-    horizon = 4000.0
-    CONTRIBUTION_BUDGET = args.contributions or (1200 if args.quick else 5000)
+    CONTRIBUTION_BUDGET = args.contributions or (1200 if args.quick else CONTRIBUTION_BUDGET)
     tm, availability = TimeModel(), Availability()
     methods = [
         override(m, args.fedmq) if m.kind == "fedmq" else m for m in default_methods(args.budget_fraction)
     ]
     fedmq = next(m for m in methods if m.kind == "fedmq")
-    rows: list[dict] = []
+    everything = [*methods, ablation(fedmq)]
+    runs = [
+        Run(n, s, method, args.seed, CONTRIBUTION_BUDGET)
+        for n in fleets
+        for s in fractions
+        for method in everything
+        if not args.methods or method.name in args.methods
+    ]
+    rows = run_all(runs, args.jobs, console)
+    roster_sizes = set().union(*(r.pop("roster_sizes") for r in rows))
     workloads = {n: get_workload(TASK, min(n, MAX_SHARDS), seed=args.seed) for n in fleets}
-    for n in fleets:
-        for s in fractions:
-            wanted = [*methods, ablation(fedmq)]
-            for method in wanted:
-                if args.methods and method.name not in args.methods:
-                    continue
-                t0 = time.perf_counter()
-                trace = run_method(workloads[n], method, n, s, availability, tm, horizon, args.seed)
-                row = {
-                    "devices": n,
-                    "stragglers": s,
-                    **summarise(trace, TARGET_ACCURACY),
-                    "sim_wall_s": time.perf_counter() - t0,
-                }
-                row["block_sets_raw"] = trace.block_sets
-                rows.append(row)
-                console.print(
-                    f"  {n} devices, {s:.0%} stragglers, {method.name}: final {row['final_accuracy']:.3f}, "
-                    f"to {TARGET_ACCURACY}: {row['time_to_target_s']}, {row['sim_wall_s']:.1f}s wall"
-                )
-
     workload = workloads[fleets[0]]
     memory = {}
     for method in [*methods, ablation(fedmq)]:
@@ -1096,7 +1142,8 @@ def main() -> None:
             )
     central = workload.central_baseline()
     real = None if args.no_mqtt else real_mqtt(args.quick)
-    plots = plot(rows, real, TARGET_ACCURACY)
+    out = args.json or RESULTS / "fleet.json"
+    plots = plot(rows, real, TARGET_ACCURACY, out.parent / out.stem)
     checks = targets(rows, memory, bytes_ref)
     results = {
         "task": TASK,
@@ -1105,13 +1152,13 @@ def main() -> None:
         "float32_fedavg_update_bytes": bytes_ref,
         "rows": rows,
         "memory": memory,
-        "secagg_overhead_per_device": {str(k): v for k, v in _overheads().items()},
+        "secagg_overhead_per_device": {str(k): v for k, v in _overheads(roster_sizes).items()},
         "real_mqtt": real,
         "targets": checks,
         "settings": {
             "fleets": fleets,
             "straggler_fractions": fractions,
-            "horizon_virtual_s": horizon,
+            "horizon_virtual_s": HORIZON_S,
             "contribution_budget": CONTRIBUTION_BUDGET,
             "time_model": asdict(tm),
             "availability": asdict(availability),
@@ -1130,9 +1177,68 @@ def main() -> None:
     }
     report(console, results)
     text = json.dumps(results, indent=2, default=_json_default)
-    for path in {args.json, RESULTS / "fleet.json"} - {None}:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"results: {out}, plots: {', '.join(plots)}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (fleet size, straggler fraction, method) simulation: the unit a worker process runs."""
+
+    devices: int
+    stragglers: float
+    method: Method
+    seed: int
+    contributions: int
+
+
+def run_one(run: Run) -> dict:
+    """Simulate ``run`` and summarise it (in a worker process: everything it needs is rebuilt here)."""
+    global CONTRIBUTION_BUDGET
+    CONTRIBUTION_BUDGET = run.contributions
+    torch.set_num_threads(1)
+    workload = get_workload(TASK, min(run.devices, MAX_SHARDS), seed=run.seed)
+    t0 = time.perf_counter()
+    trace = run_method(
+        workload, run.method, run.devices, run.stragglers, Availability(), TimeModel(), HORIZON_S, run.seed
+    )
+    return {
+        "devices": run.devices,
+        "stragglers": run.stragglers,
+        **summarise(trace, TARGET_ACCURACY),
+        "sim_wall_s": time.perf_counter() - t0,
+        "block_sets_raw": trace.block_sets,
+        "roster_sizes": trace.roster_sizes,
+    }
+
+
+def run_all(runs: list[Run], jobs: int, console: Console) -> list[dict]:
+    """Every run, on ``jobs`` processes (each simulation is sequential and single-threaded); rows come
+    back in ``runs`` order whatever order they finish in."""
+    rows: list[dict | None] = [None] * len(runs)
+    with Progress(console=console) as progress:
+        bar = progress.add_task("fleet simulations", total=len(runs))
+
+        def done(i: int, row: dict) -> None:
+            rows[i] = row
+            progress.advance(bar)
+            progress.console.print(
+                f"  {row['devices']} devices, {row['stragglers']:.0%} stragglers, {row['method']}: final "
+                f"{row['final_accuracy']:.3f}, to {TARGET_ACCURACY}: {row['time_to_target_s']}, "
+                f"{row['sim_wall_s']:.1f}s"
+            )
+
+        if jobs <= 1:
+            for i, run in enumerate(runs):
+                done(i, run_one(run))
+        else:
+            # spawn, not fork: forking a process that has used torch's thread pools can hang
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(run_one, run): i for i, run in enumerate(runs)}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+    return [row for row in rows if row is not None]
 
 
 def _mean_payload(row: dict, method: Method, dim: int, workload: Workload) -> float:
@@ -1149,9 +1255,9 @@ def _mean_payload(row: dict, method: Method, dim: int, workload: Workload) -> fl
     return float(np.mean(sizes))
 
 
-def _overheads() -> dict[int, dict[str, float]]:
+def _overheads(sizes: set[int]) -> dict[int, dict[str, float]]:
     """The SecAgg+ overhead of every roster size the fedmq rounds used."""
-    return {n: secagg_overhead(n) for n in sorted(ROSTER_SIZES)}
+    return {n: secagg_overhead(n) for n in sorted(sizes)}
 
 
 def _json_default(value: object) -> object:

@@ -189,8 +189,8 @@ def share_phase(n: int, length: int, bits: int) -> SharedRound:
         bundles = client.on_roster(state.roster)
         on_roster_s += time.perf_counter() - start
         for bundle in decode(
-            state.record("shares", ShareBatch(FEDERATION, ROUND, device, bundles)), ShareBatch
-        ).bundles:
+            state.record("shares", ShareBatch.outgoing(FEDERATION, ROUND, device, bundles)), ShareBatch
+        ).sent_bundles():
             server.add_shares(bundle)
     state.share_phase_s = on_roster_s / n
     state.shared = server.close_share_phase()

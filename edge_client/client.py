@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -65,6 +66,10 @@ class EdgeConfig:
     memory_budget: int | None = None
     #: Once up to date, follow ``fl/<fed>/delta`` only and fetch the full snapshot just when behind.
     use_deltas: bool = True
+    #: Secure rounds: when this device's last local training took longer than a round's masked window,
+    #: it trains on the round's snapshot *without* joining (a roster slot it could not fill would keep
+    #: a device that can out of the round) and contributes the delta, stale, to a later round.
+    train_ahead: bool = True
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -142,6 +147,8 @@ class EdgeClient:
         )
         self._secure: SecureParticipation | None = None
         self._pending: _Pending | None = None
+        #: Seconds the last local training took (measured); None before the first.
+        self.last_train_s: float | None = None
         self._following_full = True  # subscribed to the full snapshot topic
         self._tasks: set[asyncio.Task[None]] = set()
         #: Called with the name of each secure phase this device completes (observability, fault tests).
@@ -382,6 +389,12 @@ class EdgeClient:
             if self.weights is None or self.version != announce.base_version:
                 return  # no usable delta and not the round's snapshot: wait for the next one
             pending = self._start_training(blocks)
+            window = _masked_window(announce)
+            if self.config.train_ahead and self.last_train_s is not None and self.last_train_s > window:
+                log.info("device=%s trains ahead on v%d, not in round %d: its last training took %.1f s, "
+                         "the masked window is %.1f s", self.client_id, pending.base, announce.round_id,
+                         self.last_train_s, window)  # fmt: skip
+                return
         round_id = announce.round_id
         tau = announce.base_version - pending.base
 
@@ -446,9 +459,14 @@ class EdgeClient:
         dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
 
         task = asyncio.create_task(asyncio.to_thread(self._train_within_budget, weights, blocks))
+        task.add_done_callback(self._record_train_time)
         self._training = asyncio.create_task(self._await_quietly(task))
         self._pending = _Pending(self.version, blocks, task, dim)
         return self._pending
+
+    def _record_train_time(self, task: asyncio.Task[TrainResult]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.last_train_s = task.result().seconds
 
     @staticmethod
     async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
@@ -490,3 +508,10 @@ class EdgeClient:
         finally:
             # A newer round or snapshot may have arrived while we trained.
             asyncio.get_running_loop().call_soon(self._maybe_train)
+
+
+def _masked_window(announce: RoundAnnounce) -> float:
+    """Seconds a secure round gives devices to train and send the masked input (inf if unannounced)."""
+    windows = announce.config.get("windows")
+    masked = windows.get("masked") if isinstance(windows, dict) else None
+    return float(masked) if isinstance(masked, (int, float)) else math.inf

@@ -122,7 +122,7 @@ class SecureParticipation:
             bundles = self.secagg.on_roster(roster)
             self.roster = roster
             await self.send(
-                "shares", ShareBatch(roster.federation, roster.round, self.secagg.device_id, bundles)
+                "shares", ShareBatch.outgoing(roster.federation, roster.round, self.secagg.device_id, bundles)
             )
             self.on_phase("shares")
             for batch in self._early_bundles:
@@ -139,7 +139,7 @@ class SecureParticipation:
                 self._open(batch)
 
     def _open(self, batch: ShareBatch) -> None:
-        for bundle in batch.bundles:
+        for bundle in batch.received_bundles():
             self.secagg.on_shares(bundle)
 
     def close_masked_phase(self) -> None:

@@ -138,6 +138,29 @@ def test_rotation_cycles_through_maximal_sets_that_cover_every_block_that_fits()
     assert len(set(picked)) == len(sets)
 
 
+def test_rotation_scales_give_every_block_full_trainings_pace():
+    from aggregator.blocks import rotation, rotation_scales
+    from shared.layout import Block
+
+    sizes = [100, 1000, 300, 50]
+    blocks, offset = [], 0
+    for i, size in enumerate(sizes):
+        blocks.append(Block(str(i), (f"{i}.w",), offset, size))
+        offset += size
+    profile = [400, 300, 200, 100]
+    budget = set_cost(blocks, blocks[1:2], profile)
+    sets = [{b.name for b in s} for s in rotation(blocks, budget, profile)]
+    scales = rotation_scales(blocks, budget, profile)
+    for block in blocks:
+        held = sum(block.name in s for s in sets)
+        assert scales[block.name] == len(sets) / held
+        # over one pass of the rotation, a block's summed step is that of one full-training round each
+        assert sum(scales[block.name] for s in sets if block.name in s) == len(sets)
+    assert scales["1"] == len(sets)  # the big block trains alone, in one set only
+    assert rotation_scales(blocks, None, profile) == {}  # no budget: everything trains, no scaling
+    assert rotation_scales(blocks, set_cost(blocks, blocks, profile), profile) == {}
+
+
 def test_measuring_leaves_weights_and_batch_norm_statistics_untouched(data):
     x, y = data
     torch.manual_seed(0)

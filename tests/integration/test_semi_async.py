@@ -3,6 +3,7 @@ over-selection, and memory-budgeted partial training, over a real Mosquitto."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
 from edge_client.memory import activation_profile
 from edge_client.trainer import LocalTrainer
-from shared.codec import CodecConfig, UpdateEncoder
+from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
 from tests.support import (
@@ -33,14 +34,18 @@ FED = "async"
 
 
 class SlowTrainer(LocalTrainer):
-    """Trains normally but takes ``delay`` seconds for its first training (a straggler)."""
+    """Trains normally but takes ``delay`` seconds for its first training (a straggler); with
+    ``every_time``, every training takes that much longer and reports it (a persistently slow device)."""
 
     delay = 0.0
+    every_time = False
 
     def train(self, global_weights, blocks=None, micro_batch=None, momentum=True):
         result = super().train(global_weights, blocks, micro_batch, momentum)
         if self.delay:
             time.sleep(self.delay)
+            if self.every_time:
+                return dataclasses.replace(result, seconds=result.seconds + self.delay)
             self.delay = 0.0
         return result
 
@@ -116,6 +121,40 @@ async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, d
     assert grid == round(expected_weight * 2**16)
 
 
+async def test_slow_device_trains_ahead_without_taking_a_roster_slot(broker, tmp_path, digits):
+    keys = enrol(6)
+    model, weights = initial_weights()
+    policy = StalenessPolicy("fedbuff", max_staleness=3)
+    windows = PhaseWindows(keys=2, shares=8, masked=4, unmask=8)
+    cfg = agg_config(
+        broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=5, windows=windows
+    )
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = fleet(broker, digits, keys, agg.verify_key)
+        straggler = devices[0]
+        straggler.trainer.delay, straggler.trainer.every_time = 5.0, True  # always longer than 4 s
+        advertised: list[set[str]] = []
+        bases: list[int | None] = []
+
+        async def after_round() -> None:
+            advertised.append(set(agg.last_secure.adverts))
+            pending = straggler._pending
+            bases.append(None if pending is None else pending.base)
+            await eventually(lambda: pending is None or pending.task.done(), 15, what="straggler trained")
+
+        results = await run_rounds(agg, devices, 4, between=after_round)
+    assert [r.status for r in results] == ["closed"] * 4
+    cid = straggler.client_id
+    # Round 0: no training time measured yet, so it joins, and misses the masked window; round 1: it
+    # sends that delta one version stale. Round 2: it knows it needs ~5 s > 4 s, so it trains on v2
+    # without advertising keys (its slot goes to a device that can fill it) ...
+    assert [cid in a for a in advertised] == [True, True, False, True]
+    assert bases[2] == 2
+    # ... and contributes that delta to round 3, one version stale.
+    assert straggler.stats.staleness == [1, 1]
+    assert straggler.last_train_s is not None and straggler.last_train_s > windows.masked
+
+
 async def test_deltas_older_than_max_staleness_never_reach_the_aggregate(broker, tmp_path, digits):
     keys = enrol(6)
     model, weights = initial_weights()
@@ -160,7 +199,14 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
         devices = fleet(broker, digits, keys, agg.verify_key, budgets)
         before = agg.weights.copy()
-        results = await run_rounds(agg, devices, 2, ready=lambda: len(agg.memory_budgets) == 2)
+        after_round: list[np.ndarray] = []
+
+        async def keep_weights() -> None:
+            after_round.append(agg.weights.copy())
+
+        results = await run_rounds(
+            agg, devices, 2, ready=lambda: len(agg.memory_budgets) == 2, between=keep_weights
+        )
         secure = agg.last_secure
     assert [r.status for r in results] == ["closed", "closed"]
     # Round 0 trains block 0 only, round 1 rotates to block 1 (which alone fits too).
@@ -172,6 +218,18 @@ async def test_partial_training_respects_the_smallest_budget(broker, tmp_path, d
     for device in devices:
         assert device.secure_round.dim == announced
         assert device.secure_round.encoded.size == UpdateEncoder(secure.config, announced).encoded_length
+    # The rotation is {block 0}, {block 1}: each block trains every other round, so the server applies
+    # twice the decoded mean (rotation_step) -- exactly, against the devices' own encodings.
+    assert results[1].metrics["rotation_scale"] == 2.0
+    summed = np.zeros(secure.total.size, np.uint32)
+    for device in devices:
+        np.add(summed, device.secure_round.encoded, out=summed)
+    summed &= np.uint32((1 << secure.config.bits) - 1)
+    mean, _ = UpdateDecoder(secure.config, announced).decode(summed, 6)
+    start, stop = blocks[1].offset, blocks[1].offset + blocks[1].size
+    expected = after_round[0].copy()
+    expected[start:stop] = (after_round[0][start:stop] + 1.0 * (mean * np.float32(2.0))).astype(np.float32)
+    np.testing.assert_array_equal(after_round[1], expected)
     moved = np.flatnonzero(agg.weights != before)
     assert moved.min() >= 0 and set(
         np.unique(np.searchsorted([b.offset for b in blocks], moved, "right") - 1)

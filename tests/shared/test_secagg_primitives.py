@@ -19,6 +19,7 @@ from shared.wire.secagg import (
     MaskedInput,
     Roster,
     RosterMember,
+    ShareBatch,
     SurvivorList,
     UnmaskReveal,
 )
@@ -206,12 +207,28 @@ def test_wire_messages_round_trip() -> None:
         AdvertiseKeys("f", 1, "dev-1", b"a" * 32, b"b" * 32, b"c" * 32, b"s" * 64),
         Roster("f", 1, [member], b"g" * 32, 1, 1, 16, 10, b"s" * 64),
         EncryptedShares("f", 1, "dev-1", "dev-2", b"cipher"),
+        ShareBatch("f", 1, "dev-1", {"dev-2": b"c2", "dev-3": b"c3"}),
         SurvivorList("f", 1, "masked", ["dev-1", "dev-2"], b"s" * 64),
         MaskedInput("f", 1, "dev-1", b"\0" * 40, 32, 10, b"s" * 64),
         UnmaskReveal("f", 1, "dev-1", {"dev-2": b"x"}, {"dev-3": b"y"}, b"s" * 64),
     ]
     for message in messages:
         assert decode(encode(message)) == message
+
+
+def test_share_batch_names_each_bundle_by_its_peer_only() -> None:
+    sealed = b"\7" * bundles.SEALED_BYTES
+    out = [EncryptedShares("f", 3, "dev-001", f"dev-{i:03d}", sealed) for i in range(2, 14)]
+    upload = ShareBatch.outgoing("f", 3, "dev-001", out)
+    assert decode(encode(upload)).sent_bundles() == out
+    inbox = ShareBatch.inbox("f", 3, "dev-002", [out[0]])
+    assert decode(encode(inbox)).received_bundles() == [out[0]]
+    # the envelope is paid once: 12 bundles cost the ciphertext plus ~10 B of peer id each
+    assert len(encode(upload)) < 12 * (bundles.SEALED_BYTES + 12) + 80
+    with pytest.raises(ValueError, match="as sender"):
+        ShareBatch.outgoing("f", 3, "dev-002", out)
+    with pytest.raises(ValueError, match="itself"):
+        ShareBatch("f", 3, "dev-001", {"dev-001": sealed})
 
 
 def test_wire_rejects_malformed_secagg_messages() -> None:
