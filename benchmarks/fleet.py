@@ -15,13 +15,16 @@ What is REAL in the large runs (the components a deployment runs, called directl
   ``EdgeClient._train_within_budget`` does, sending the announced blocks' slice;
 * staleness: :class:`shared.staleness.StalenessPolicy` (weights, max staleness) and the device's rules
   for stale deltas (discarded past the maximum; a stale delta of other blocks waits for a round of its
-  blocks; a device still training on an older snapshot skips rounds);
+  blocks; a device still training on an older snapshot skips rounds; a device whose last training took
+  longer than the masked window trains ahead without advertising, ``EdgeConfig.train_ahead``);
 * the uplink codec: fedmq encodes with :class:`shared.codec.UpdateEncoder` (clip, rotation,
-  subsampling, 16-bit stochastic quantization, weight limbs), the aggregator decodes the modular sum with
+  subsampling, 12-bit stochastic quantization, weight limbs), the aggregator decodes the modular sum with
   :class:`shared.codec.UpdateDecoder`. The SecAgg+ masks cancel in that sum, so the masked sum is
   replaced by the plain modular sum of the encodings (``tests/integration/test_secure.py`` checks they
   are equal bit for bit). FedAvg and FedBuff send float32 (:class:`shared.codec.Float32Codec`);
-* the server step: :class:`aggregator.optimizer.ServerOptimizer` (FedAvg, server lr 1);
+* the server step: :class:`aggregator.optimizer.ServerOptimizer` (FedAvg, server lr 1), with partial
+  training's per-block rotation scales (:func:`aggregator.blocks.rotation_scales`, as the engine applies
+  them with ``AggregatorConfig.rotation_step``);
 * bytes: real messages encoded by :func:`shared.wire.encode` — ``ModelUpdate`` (float32) for FedAvg
   and FedBuff; for fedmq a real SecAgg+ round (``shared.secagg``, real keys, Shamir shares, sealed boxes)
   at the round's roster size gives ``AdvertiseKeys``, the ``ShareBatch``, ``UnmaskReveal``, and a
@@ -47,7 +50,8 @@ Methods:
   float32.
 * ``fedmq``: buffered secure rounds: ``ceil(1.3 K)`` admitted, the round closes at ``K`` masked inputs or
   its masked-phase deadline; stale deltas weighted by the age-variance rule (``shared/staleness.py``);
-  memory-budgeted rotating partial training; 16-bit integer codec; SecAgg+ bytes counted.
+  slow devices train ahead; memory-budgeted rotating partial training with the rotation-scaled server
+  step; 12-bit integer codec (clip 1, subsampling 0.25); SecAgg+ bytes counted.
 * ``fedmq-full``: fedmq without partial training (the memory/accuracy ablation).
 
 The small real run drives :func:`simulator.fleet.run_fleet` (real Mosquitto, aggregator, one edge client
@@ -122,7 +126,10 @@ TARGET_ACCURACY = 0.90
 BUDGET_FRACTION = 0.2
 HORIZON_S = 4000.0
 #: Each run ends at the virtual horizon or after this many device contributions, whichever comes first.
-CONTRIBUTION_BUDGET = 5000
+CONTRIBUTION_BUDGET = 10_000
+#: "Final accuracy" for the partial-vs-full target is the mean of the last this-many evaluations: single
+#: evaluations of a 360-image test set swing by +-0.02 from one buffered round to the next.
+FINAL_WINDOW = 10
 #: SecAgg+ refuses a roster below three devices (``shared.secagg.params``): the round is abandoned.
 MIN_SECURE_ROSTER = 3
 
@@ -198,7 +205,8 @@ def default_methods(budget_fraction: float = 0.0) -> list[Method]:
             "fedmq",
             "fedmq",
             clients_per_round=10,
-            deadline_s=4.0,
+            # fast devices need ~2.1 s (two 1 s steps and the snapshot); 3 s leaves room for the jitter
+            deadline_s=3.0,
             over_selection=1.3,
             secure=True,
             staleness=StalenessPolicy("age-variance", max_staleness=20, reference_norm=1.0),
@@ -207,7 +215,7 @@ def default_methods(budget_fraction: float = 0.0) -> list[Method]:
             # whole and gives 12 bits the resolution 16 bits had at clip 5.
             bits=12,
             clip_norm=1.0,
-            subsample_rate=0.3,
+            subsample_rate=0.25,
             train_ahead=True,
             rotation_step=True,
             min_clients=2,
@@ -228,9 +236,16 @@ def override(method: Method, settings: list[str]) -> Method:
     changes: dict[str, object] = {}
     for item in settings:
         name, _, value = item.partition("=")
+        if name in ("max_staleness", "staleness_function"):  # fields of the method's StalenessPolicy
+            policy = changes.get("staleness", method.staleness)
+            field_name = "function" if name == "staleness_function" else name
+            typed = int(value) if name == "max_staleness" else value
+            changes["staleness"] = replace(policy, **{field_name: typed})  # type: ignore[arg-type]
+            continue
         if kinds.get(name) not in parsers:
             raise SystemExit(
-                f"--fedmq: cannot set {name!r} (settable: {sorted(k for k in kinds if kinds[k] in parsers)})"
+                f"--fedmq: cannot set {name!r} (settable: max_staleness, staleness_function, "
+                f"{', '.join(sorted(k for k in kinds if kinds[k] in parsers))})"
             )
         changes[name] = parsers[str(kinds[name])](value)
     return replace(method, **changes)
@@ -908,6 +923,7 @@ def summarise(trace: Trace, target: float) -> dict[str, object]:
         "method": trace.method,
         "time_to_target_s": trace.time_to(target),
         "final_accuracy": trace.accuracies[-1],
+        "final_accuracy_last10": float(np.mean(trace.accuracies[-FINAL_WINDOW:])),
         "best_accuracy": max(trace.accuracies),
         "rounds": trace.rounds,
         "abandoned_rounds": trace.abandoned,
@@ -1038,10 +1054,12 @@ def targets(rows: list[dict], memory: dict, bytes_ref: float) -> list[dict]:
             for a in rows
         )
     ]
-    gap = max(a["final_accuracy"] - r["final_accuracy"] for r, a in ablations) if ablations else math.nan
+    key = "final_accuracy_last10"
+    gap = max(a[key] - r[key] for r, a in ablations) if ablations else math.nan
     out.append(
         {
-            "target": "final accuracy with partial training at most 0.02 below full training (worst setting)",
+            "target": "final accuracy (mean of the last 10 evaluations) with partial training at most "
+            "0.02 below full training (worst setting)",
             "value": gap,
             "ok": gap <= 0.02,
         }
@@ -1279,6 +1297,7 @@ def report(console: Console, results: dict) -> None:
         "method",
         f"time to {target} (s)",
         "final acc",
+        "last 10 mean",
         "best acc",
         "rounds",
         "stale",
@@ -1294,13 +1313,14 @@ def report(console: Console, results: dict) -> None:
             r["method"],
             "never" if ttt is None else f"{ttt:.0f}",
             f"{r['final_accuracy']:.3f}",
+            f"{r['final_accuracy_last10']:.3f}",
             f"{r['best_accuracy']:.3f}",
             str(r["rounds"]),
             str(r["stale_contributions"]),
             f"{r['peak_train_memory_bytes'] / 1024:.1f} KiB",
             f"{r['bytes_up_per_device_round']:,.0f}",
         )
-    table.add_row("", "", "central", "", f"{results['central_accuracy']:.3f}", "", "", "", "", "")
+    table.add_row("", "", "central", "", f"{results['central_accuracy']:.3f}", "", "", "", "", "", "")
     console.print(table)
     real = results.get("real_mqtt")
     if real:
