@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="bytes for local training: weights, gradients, optimizer state, activations (partial training)",
     )
+    p.add_argument(
+        "--no-train-ahead",
+        dest="train_ahead",
+        action="store_false",
+        help="secure rounds: join even when the last training took longer than the masked window",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--log-level", default="INFO")
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             identity=identity,
             directory=directory,
             memory_budget=args.memory_budget,
+            train_ahead=args.train_ahead,
         )
         asyncio.run(serve(config, trainer))
     except FedmqError as exc:

@@ -125,7 +125,7 @@ async def test_slow_device_trains_ahead_without_taking_a_roster_slot(broker, tmp
     keys = enrol(6)
     model, weights = initial_weights()
     policy = StalenessPolicy("fedbuff", max_staleness=3)
-    windows = PhaseWindows(keys=2, shares=8, masked=4, unmask=8)
+    windows = PhaseWindows(keys=5, shares=8, masked=4, unmask=8)
     cfg = agg_config(
         broker, tmp_path, keys, staleness=policy, min_clients=4, target_clients=5, windows=windows
     )
