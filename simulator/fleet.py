@@ -46,6 +46,10 @@ class FleetConfig:
     #: Local training; None takes the workload's tuned settings.
     train: TrainConfig | None = None
     window_s: float = 30.0
+    #: Secure rounds: how long the keys phase waits for the over-selection count of adverts. Devices
+    #: that train ahead do not advertise, so a small fleet whose admission count exceeds the devices
+    #: that will advertise waits this long every round.
+    keys_window_s: float = 5.0
     min_clients: int | None = None  # default: half the fleet
     target_clients: int | None = None  # default: the whole fleet
     optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
@@ -186,7 +190,7 @@ async def run_fleet(
             seed=bytes(32),
             subsample_rate=config.subsample_rate,
         ),
-        windows=PhaseWindows(masked=config.window_s),
+        windows=PhaseWindows(keys=config.keys_window_s, masked=config.window_s),
         round_window_s=config.window_s,
         min_clients=config.effective_min,
         target_clients=config.effective_target,
