@@ -307,8 +307,9 @@ class SimDevice:
         self.rng = rng
         self.pending: Pending | None = None
         self.busy_until = 0.0  # fedbuff/fedavg: training in flight
-        #: How long its last local training took (what an edge client measures); None before the first.
-        self.last_train_s: float | None = None
+        #: How long its last local training took (what an edge client measures); before the first, the
+        #: estimate ``LocalTrainer.estimate_seconds`` gives at start-up: one timed step, times the steps.
+        self.last_train_s: float | None = self.nominal_train_seconds(TimeModel())
 
     def online(self, t: float) -> bool:
         if self.toggles is None:
@@ -323,12 +324,12 @@ class SimDevice:
         i = bisect.bisect_right(self.toggles, t)
         return self.toggles[i] if i < len(self.toggles) else math.inf
 
+    def nominal_train_seconds(self, time_model: TimeModel) -> float:
+        return self.trainer.steps_per_round() * time_model.step_s * self.slowdown
+
     def train_seconds(self, time_model: TimeModel) -> float:
-        n = self.trainer.num_examples
-        cfg = self.trainer.config
-        steps = cfg.steps or cfg.epochs * max(1, -(-n // cfg.batch_size))
         jitter = math.exp(self.rng.gauss(0.0, time_model.jitter_sigma))
-        self.last_train_s = steps * time_model.step_s * self.slowdown * jitter
+        self.last_train_s = self.nominal_train_seconds(time_model) * jitter
         return self.last_train_s
 
     def delta(self, pending: Pending) -> TrainResult:

@@ -147,7 +147,7 @@ class EdgeClient:
         )
         self._secure: SecureParticipation | None = None
         self._pending: _Pending | None = None
-        #: Seconds the last local training took (measured); None before the first.
+        #: Seconds the last local training took (measured; before the first, estimated by ``run``).
         self.last_train_s: float | None = None
         self._following_full = True  # subscribed to the full snapshot topic
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +189,13 @@ class EdgeClient:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
+        if self.config.train_ahead and self.last_train_s is None:
+            # Before any message is handled (nothing else uses the model yet): a first estimate of the
+            # training time, so a slow new device does not take a roster slot in its first round either.
+            self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
+            log.info(
+                "device=%s expects a round of training to take %.2f s", self.client_id, self.last_train_s
+            )
         while not stop.is_set():
             msg = await self.conn.next_message(timeout=0.5)
             if msg is None:

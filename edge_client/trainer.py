@@ -92,6 +92,35 @@ class LocalTrainer:
     def num_examples(self) -> int:
         return len(self.labels)
 
+    def steps_per_round(self, config: TrainConfig | None = None) -> int:
+        """Optimisation steps one round of local training takes."""
+        cfg = config or self.config
+        return (
+            cfg.steps
+            if cfg.steps is not None
+            else cfg.epochs * max(1, -(-self.num_examples // cfg.batch_size))
+        )
+
+    def estimate_seconds(self) -> float:
+        """Seconds a round of local training will take, from one timed forward and backward pass on a
+        batch times the round's steps; the module's state (weights, batch-norm statistics) is restored.
+
+        A new device has measured nothing yet; with this it can tell before its first round whether it
+        can train within a round's window (``EdgeConfig.train_ahead``).
+        """
+        module = self.model.module
+        saved = {k: v.clone() for k, v in module.state_dict().items()}
+        batch = slice(0, min(self.config.batch_size, self.num_examples))
+        start = time.perf_counter()
+        try:
+            module.train()
+            self.loss_fn(module(self.features[batch]), self.labels[batch]).backward()
+        finally:
+            for param in module.parameters():
+                param.grad = None
+            module.load_state_dict(saved)
+        return (time.perf_counter() - start) * self.steps_per_round()
+
     def train(
         self,
         global_weights: np.ndarray,
@@ -143,8 +172,7 @@ class LocalTrainer:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + self._rounds)
         self._rounds += 1
         n = self.num_examples
-        steps_per_epoch = max(1, -(-n // cfg.batch_size))
-        total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        total_steps = self.steps_per_round(cfg)
         losses: list[float] = []
         step = 0
         while step < total_steps:

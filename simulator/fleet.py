@@ -112,6 +112,9 @@ class SlowTrainer(LocalTrainer):
         time.sleep(self.delay_s)
         return dataclasses.replace(result, seconds=result.seconds + self.delay_s)
 
+    def estimate_seconds(self) -> float:
+        return super().estimate_seconds() + self.delay_s  # a slower device's timed step says so
+
 
 @dataclass(frozen=True)
 class RoundReport:

@@ -161,7 +161,7 @@ def test_rotation_scales_give_every_block_full_trainings_pace():
     assert rotation_scales(blocks, set_cost(blocks, blocks, profile), profile) == {}
 
 
-def test_measuring_leaves_weights_and_batch_norm_statistics_untouched(data):
+def test_measuring_and_estimating_leave_weights_and_batch_norm_statistics_untouched(data):
     x, y = data
     torch.manual_seed(0)
     module = torch.nn.Sequential(
@@ -174,5 +174,9 @@ def test_measuring_leaves_weights_and_batch_norm_statistics_untouched(data):
     before = {k: v.clone() for k, v in module.state_dict().items()}
     measure_training_memory(model, x, y, CONFIG, LOSS)
     activation_profile(model, x, y, LOSS)
+    trainer = LocalTrainer(model, x, y, CONFIG, LOSS)
+    estimate = trainer.estimate_seconds()
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in module.parameters())
+    assert estimate > 0 and trainer.steps_per_round() == 3  # 48 examples, batch 16, one epoch

@@ -155,6 +155,43 @@ async def test_slow_device_trains_ahead_without_taking_a_roster_slot(broker, tmp
     assert straggler.last_train_s is not None and straggler.last_train_s > windows.masked
 
 
+class KnownSlowTrainer(SlowTrainer):
+    """A slow device's start-up estimate says so (``LocalTrainer.estimate_seconds``)."""
+
+    def estimate_seconds(self):
+        return super().estimate_seconds() + self.delay
+
+
+async def test_slow_new_device_trains_ahead_from_its_first_round(broker, tmp_path, digits):
+    keys = enrol(6)
+    model, weights = initial_weights()
+    windows = PhaseWindows(keys=5, shares=8, masked=4, unmask=8)
+    cfg = agg_config(
+        broker, tmp_path, keys, staleness=StalenessPolicy("fedbuff", max_staleness=3), min_clients=4,
+        target_clients=5, windows=windows,
+    )  # fmt: skip
+    async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        devices = secure_devices(
+            broker, digits, keys, agg.verify_key, FED, seed=3, trainer_cls=KnownSlowTrainer
+        )
+        straggler = devices[0]
+        straggler.trainer.delay, straggler.trainer.every_time = 5.0, True
+        advertised: list[set[str]] = []
+
+        async def after_round() -> None:
+            advertised.append(set(agg.last_secure.adverts))
+            pending = straggler._pending
+            await eventually(lambda: pending is None or pending.task.done(), 15, what="straggler trained")
+
+        results = await run_rounds(agg, devices, 2, between=after_round)
+    assert [r.status for r in results] == ["closed", "closed"]
+    # Its start-up estimate (> 5 s) exceeds the 4 s masked window: it trains on v0 without advertising
+    # and sends that delta to round 1, one version stale. Fast devices estimated well under 4 s.
+    assert [straggler.client_id in a for a in advertised] == [False, True]
+    assert len(advertised[0]) == 5 and straggler.stats.staleness == [1]
+    assert all(d.last_train_s is not None and d.last_train_s < windows.masked for d in devices[1:])
+
+
 async def test_deltas_older_than_max_staleness_never_reach_the_aggregate(broker, tmp_path, digits):
     keys = enrol(6)
     model, weights = initial_weights()
