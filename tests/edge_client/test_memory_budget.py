@@ -115,17 +115,23 @@ def test_momentum_goes_only_when_it_does_not_fit(data):
     assert lean.state_bytes == 4 * model.dim + 4 * big.size
 
 
-def test_rotation_cycles_through_maximal_sets_that_cover_every_block_that_fits():
-    from aggregator.blocks import rotation
+def four_blocks():
+    """Blocks of 100, 1000, 300 and 50 parameters, their activation profile, and a budget in which the
+    big block fits alone and nothing fits beside it."""
     from shared.layout import Block
 
-    sizes = [100, 1000, 300, 50]
     blocks, offset = [], 0
-    for i, size in enumerate(sizes):
+    for i, size in enumerate([100, 1000, 300, 50]):
         blocks.append(Block(str(i), (f"{i}.w",), offset, size))
         offset += size
     profile = [400, 300, 200, 100]
-    budget = set_cost(blocks, blocks[1:2], profile)  # the big block fits alone, nothing beside it
+    return blocks, profile, set_cost(blocks, blocks[1:2], profile)
+
+
+def test_rotation_cycles_through_maximal_sets_that_cover_every_block_that_fits():
+    from aggregator.blocks import rotation
+
+    blocks, profile, budget = four_blocks()
     sets = [[b.name for b in s] for s in rotation(blocks, budget, profile)]
     assert ["1"] in sets
     assert set().union(*map(set, sets)) == {"0", "1", "2", "3"}
@@ -140,15 +146,8 @@ def test_rotation_cycles_through_maximal_sets_that_cover_every_block_that_fits()
 
 def test_rotation_scales_give_every_block_full_trainings_pace():
     from aggregator.blocks import rotation, rotation_scales
-    from shared.layout import Block
 
-    sizes = [100, 1000, 300, 50]
-    blocks, offset = [], 0
-    for i, size in enumerate(sizes):
-        blocks.append(Block(str(i), (f"{i}.w",), offset, size))
-        offset += size
-    profile = [400, 300, 200, 100]
-    budget = set_cost(blocks, blocks[1:2], profile)
+    blocks, profile, budget = four_blocks()
     sets = [{b.name for b in s} for s in rotation(blocks, budget, profile)]
     scales = rotation_scales(blocks, budget, profile)
     for block in blocks:
