@@ -742,12 +742,7 @@ def run_fedmq(
         queue = EventQueue()
         queue.push(deadline, "deadline")
         for device in roster:
-            pending = device.pending
-            if pending is not None and (
-                pending.blocks != blocks or not policy.accepts(server.version - pending.base)
-            ):
-                trace.discarded += 1
-                pending = device.pending = None
+            pending = device.pending  # None, or a delta of these blocks within the maximum staleness
             if pending is None:
                 finish = t + snapshot_s + device.train_seconds(tm)
                 plan = planner.plan(blocks)
