@@ -79,6 +79,9 @@ class AggregatorConfig:
     round_gap_s: float = 0.0
     #: Journal rows of rounds older than this many rounds are pruned.
     keep_journal_rounds: int = 5
+    #: Rounds in a row that may fail unexpectedly (each is abandoned and logged with its traceback)
+    #: before the aggregator gives up and :meth:`Aggregator.run` raises with the cause.
+    max_round_failures: int = 5
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -94,6 +97,8 @@ class AggregatorConfig:
             raise ConfigError("max_update_bytes", "must be > 0")
         if self.round_gap_s < 0:
             raise ConfigError("round_gap_s", "must be >= 0")
+        if self.max_round_failures < 1:
+            raise ConfigError("max_round_failures", "must be >= 1")
         if self.enrolled is not None:
             for device in self.enrolled:
                 check_id(device, "enrolled")

@@ -17,7 +17,6 @@ either continues that round (its window is still open) or closes it at once with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -42,6 +41,7 @@ from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
+from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor, guarded, rule_of
 from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import (
     PHASE_ABANDONED,
@@ -115,12 +115,21 @@ class Aggregator:
         self._noise_multiplier = dp.resolved_noise_multiplier() if dp.enabled else None
         self.accountant = PrivacyAccountant(dp.delta, dp.sampling_q) if dp.enabled and dp.delta else None
         self._conn: MqttConnection | None = None
-        self._intake: asyncio.Task[None] | None = None
+        #: Owns the long-lived tasks (intake); a task that keeps failing ends :meth:`run` with the cause.
+        self.supervisor = Supervisor("aggregator")
+        #: Messages refused at the per-message boundary, by rule (bounded; see ``dropped``).
+        self.faults = FaultCounter()
+        #: Rounds the round loop lost to an unexpected error (each is abandoned, then the loop goes on).
+        self.round_failures = 0
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
         # them until the open round has been restored from the journal, or they would look "late".
         self._accepting = asyncio.Event()
-        self.dropped: list[tuple[str, str]] = []  # (sender or topic, reason), for tests and metrics
         self.results: list[RoundResult] = []
+
+    @property
+    def dropped(self) -> list[tuple[str, str]]:
+        """The most recent refused messages as (sender or topic, reason), oldest first."""
+        return [(r.sender, r.detail) for r in self.faults.recent]
 
     @property
     def published_weights(self) -> np.ndarray:
@@ -139,14 +148,11 @@ class Aggregator:
         subscriptions = [self.topics.rounds_all, self.topics.status_all]
         self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
         await self._conn.__aenter__()
-        self._intake = asyncio.create_task(self._intake_loop(), name="aggregator-intake")
+        self.supervisor.start("intake", self._intake_loop)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._intake is not None:
-            self._intake.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._intake
+        await self.supervisor.close()
         if self._conn is not None:
             await self._conn.close()
         if self.store is not None:
@@ -204,35 +210,75 @@ class Aggregator:
         self, max_rounds: int | None = None, stop: asyncio.Event | None = None
     ) -> list[RoundResult]:
         """Run rounds until ``max_rounds`` have ended (closed or abandoned), ``stop`` is set or the privacy
-        budget is spent; returns the results of the rounds this call ran."""
+        budget is spent; returns the results of the rounds this call ran.
+
+        Raises :class:`SupervisionError` when the intake keeps failing or rounds keep failing
+        unexpectedly (``AggregatorConfig.max_round_failures`` in a row): the caller should exit with it.
+        """
         assert self._conn is not None and self.store is not None
-        await self._wait_connected()
-        await self._publish_snapshot()
         first = len(self.results)
+        await self.supervisor.watch(self._run_rounds(max_rounds, stop))
+        return self.results[first:]
+
+    async def _run_rounds(self, max_rounds: int | None, stop: asyncio.Event | None) -> None:
+        if not await self._wait_connected(stop):
+            return
+        await self._publish_snapshot()
         done = 0
+        failures = 0  # unexpected round failures in a row
         while (max_rounds is None or done < max_rounds) and not (stop and stop.is_set()):
-            if self.config.mode == "secure":
-                if not await self._secure_round(stop):
-                    break
-            else:
-                opened = self._resume_or_open()
-                self._accepting.set()
-                await self._publish_announce(opened.announce)
-                await self._collect(opened, stop)
-                await self._close(opened)
+            try:
+                if self.config.mode == "secure":
+                    if not await self._secure_round(stop):
+                        break
+                else:
+                    opened = self._resume_or_open()
+                    self._accepting.set()
+                    await self._publish_announce(opened.announce)
+                    await self._collect(opened, stop)
+                    await self._close(opened)
+                failures = 0
+            except Exception as exc:  # the round loop's fault boundary
+                failures += 1
+                self.round_failures += 1
+                log.error("round loop failed unexpectedly (%d in a row)", failures, exc_info=exc)
+                await self._abandon_open_round(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}")
+                if failures >= self.config.max_round_failures:
+                    raise SupervisionError(
+                        f"aggregator: {failures} rounds in a row failed; last: {type(exc).__name__}: {exc}"
+                    ) from exc
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** (failures - 1)))
             done += 1
             if self.config.round_gap_s:
                 await asyncio.sleep(self.config.round_gap_s)
-        return self.results[first:]
 
-    async def _wait_connected(self) -> None:
+    async def _abandon_open_round(self, reason: str) -> None:
+        """After an unexpected failure: end the round the store still has open, and forget its state."""
+        assert self.store is not None
+        self._round = None
+        self._secure = None
+        try:
+            last = self.store.last_round()
+            if last is None or last.status != "open":
+                return
+            stored = self.store.latest_snapshot()
+            if stored is not None and stored.round_id >= last.round_id:
+                self.store.finish_round(last.round_id, "closed", last.contributors, "recovered")
+            else:
+                await self._abandon(last.round_id, last.contributors, reason)
+        except Exception:  # the next round's start retries the same recovery
+            log.exception("could not mark the failed round as abandoned")
+
+    async def _wait_connected(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait for the broker (warning periodically); False if ``stop`` is set first."""
         assert self._conn is not None
-        while True:
+        while not (stop and stop.is_set()):
             try:
                 await self._conn.wait_connected()
-                return
+                return True
             except FedmqError as exc:
                 log.warning("aggregator still waiting for the broker: %s", exc)
+        return False
 
     def _resume_or_open(self) -> _OpenRound:
         assert self.store is not None and self.layout is not None
@@ -521,6 +567,9 @@ class Aggregator:
 
     async def _republish(self) -> None:
         """After a reconnect, re-assert the retained state: a broker that crashed may have lost it."""
+        await guarded(self._republish_state(), where="aggregator: re-publishing after a reconnect")
+
+    async def _republish_state(self) -> None:
         if self.version < 0 or self._conn is None or self._conn.stats.connects <= 1:
             return
         await self._publish_snapshot()
@@ -570,6 +619,7 @@ class Aggregator:
     # -- intake ----------------------------------------------------------------------------------
 
     async def _intake_loop(self) -> None:
+        """Hand every incoming message to its handler; one message's failure never ends the loop."""
         assert self._conn is not None
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
@@ -581,16 +631,22 @@ class Aggregator:
             self._ingest(topic, payload)
 
     def _on_presence(self, topic: str, payload: bytes) -> None:
+        """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""
         if not payload:
             return
+        sender = topic
         try:
+            sender = self.topics.parse_status(topic)
             presence = decode(payload, PresenceMsg)
+            if presence.client_id != sender or not self.config.allows(sender):
+                raise ProtocolError("presence for another or unknown device")
+            self._record_presence(presence)
         except FedmqError as exc:
-            self._drop(topic, str(exc))
-            return
-        if topic != self.topics.status(presence.client_id) or not self.config.allows(presence.client_id):
-            self._drop(topic, "presence for another or unknown device")
-            return
+            self._drop(sender, str(exc), topic=topic, rule=rule_of(exc))
+        except Exception as exc:  # the per-message fault boundary
+            self._drop(sender, f"{type(exc).__name__}: {exc}", topic=topic, rule=INTERNAL_ERROR, exc=exc)
+
+    def _record_presence(self, presence: PresenceMsg) -> None:
         if presence.online and presence.memory_budget > 0:
             self.memory_budgets[presence.client_id] = presence.memory_budget
             self.activation_profiles[presence.client_id] = list(presence.activation_profile)
@@ -598,9 +654,20 @@ class Aggregator:
             self.memory_budgets.pop(presence.client_id, None)
             self.activation_profiles.pop(presence.client_id, None)
 
-    def _drop(self, who: str, reason: str, round_id: int | None = None) -> None:
-        self.dropped.append((who, reason))
-        log.warning("dropped message round=%s from=%s: %s", round_id, who, reason)
+    def _drop(
+        self,
+        who: str,
+        reason: str,
+        round_id: int | None = None,
+        *,
+        topic: str = "",
+        rule: str = "ProtocolError",
+        exc: BaseException | None = None,
+    ) -> None:
+        """Count and log one refused message (with the traceback when no rule anticipated it)."""
+        self.faults.record(who, topic, rule, reason)
+        log.warning("dropped message round=%s from=%s topic=%s rule=%s: %s", round_id, who, topic, rule,
+                    reason, exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
 
     def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
         """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
@@ -662,7 +729,10 @@ class Aggregator:
             if len(current.contributors) >= self.config.target_clients:
                 current.full.set()
         except FedmqError as exc:
-            self._drop(sender, str(exc), round_id)
+            self._drop(sender, str(exc), round_id, topic=topic, rule=rule_of(exc))
+        except Exception as exc:  # the per-message fault boundary
+            self._drop(sender, f"{type(exc).__name__}: {exc}", round_id, topic=topic, rule=INTERNAL_ERROR,
+                       exc=exc)  # fmt: skip
 
     def _ingest_secure(self, parsed: RoundTopic, payload: bytes) -> None:
         secure = self._secure

@@ -20,7 +20,10 @@ codec (updates clipped to ``clip_norm``) and f16 snapshots on the downlink. Per 
 * for ``shakespeare-lora``, the bytes a device uploads against full fine-tuning of the same pretrained
   transformer (``shakespeare-full``, federated the same way for ``FULL_FT_ROUNDS`` rounds; bytes per
   round do not depend on the round);
-* a PNG per task of the metric against round under ``benchmarks/results/tasks/``.
+* a PNG per task of the metric against round, in a ``tasks/`` folder beside the ``--json`` file.
+
+Results are written only where ``--json`` points (no JSON, no plots), so exploration runs never
+overwrite the committed ``benchmarks/results/``.
 
 Targets (issue 7, "Done when"): federated accuracy at least central - 0.03; federated loss at most
 central * 1.10; LoRA upload at most 5% of full fine-tuning's.
@@ -57,8 +60,6 @@ from simulator.fleet import FleetConfig, FleetReport, run_fleet
 from simulator.workloads import get_workload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-PLOTS = RESULTS / "tasks"
 FEDERATION = "bench-tasks"
 #: Issue 7, "Done when".
 MAX_ACCURACY_GAP = 0.03
@@ -139,7 +140,7 @@ FULL_FT = "shakespeare-full"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument("--json", type=Path, default=None, help="write the JSON report here (plots beside it)")
     p.add_argument(
         "--tasks",
         default=",".join(DEFAULT_TASKS),
@@ -423,9 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         memory = measure_memory(task, args.seed)
         row = task_row(plan, report, initial_metric(task, plan.devices, args.seed), memory)
         rows.append(row)
-        if not args.no_plots:
-            row["plot"] = str((PLOTS / f"{task}.png").relative_to(REPO_ROOT))
-            plot_task(row, PLOTS / f"{task}.png")
+        if args.json is not None and not args.no_plots:
+            plot = args.json.resolve().parent / "tasks" / f"{task}.png"
+            row["plot"] = str(plot.relative_to(REPO_ROOT) if plot.is_relative_to(REPO_ROOT) else plot)
+            plot_task(row, plot)
         console.print(
             f"[dim]  {row['metric']} {row['federated']:.4f} (central {row['central']:.4f}), "
             f"{row['wall_s']:.0f} s[/dim]"
@@ -467,11 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         f"total wall time {result['wall_s']:.0f} s; "
         + ("all targets PASS" if result["all_pass"] else "[red]some targets FAIL[/red]")
     )
-    text = json.dumps(result, indent=2)
-    for path in {RESULTS / "tasks.json", *([args.json.resolve()] if args.json else [])}:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        console.print(f"written to {path}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        console.print(f"written to {args.json}")
     return 0
 
 

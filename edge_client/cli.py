@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except FedmqError as exc:
         log.error("%s", exc)
         return 2
+    except Exception as exc:  # a bug: the traceback for the report, then one line with the cause
+        log.error("unexpected error", exc_info=exc)
+        log.critical("fatal: %s: %s", type(exc).__name__, exc)
+        return 1
     return 0
 
 

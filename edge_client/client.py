@@ -30,6 +30,7 @@ from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
 from shared.staleness import StalenessPolicy
+from shared.supervision import INTERNAL_ERROR, FaultCounter, guarded, rule_of
 from shared.topics import UPDATE, Topics, check_id
 from shared.wire import (
     PHASE_COLLECT,
@@ -96,7 +97,10 @@ class EdgeStats:
     snapshots: int = 0
     deltas: int = 0  # snapshots reached by applying a delta
     rounds_joined: int = 0
-    rejected: list[str] = field(default_factory=list)
+    #: Messages and steps this device refused or that failed, by rule (bounded).
+    faults: FaultCounter = field(default_factory=FaultCounter)
+    #: Local trainings that raised (each is discarded; the device trains again in a later round).
+    failed_trainings: int = 0
     #: Staleness of every delta this device contributed (secure rounds).
     staleness: list[int] = field(default_factory=list)
 
@@ -192,10 +196,12 @@ class EdgeClient:
         if self.config.train_ahead and self.last_train_s is None:
             # Before any message is handled (nothing else uses the model yet): a first estimate of the
             # training time, so a slow new device does not take a roster slot in its first round either.
-            self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
-            log.info(
-                "device=%s expects a round of training to take %.2f s", self.client_id, self.last_train_s
-            )
+            try:
+                self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
+                log.info("device=%s expects a round of training to take %.2f s", self.client_id,
+                         self.last_train_s)  # fmt: skip
+            except Exception as exc:  # the first real training will tell (and fail loudly if it must)
+                log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
         while not stop.is_set():
             msg = await self.conn.next_message(timeout=0.5)
             if msg is None:
@@ -253,9 +259,11 @@ class EdgeClient:
                     if not isinstance(msg, ModelSnapshot):
                         raise ProtocolError(f"expected a model snapshot on {topic}, got {msg.TYPE}")
                     self._on_snapshot(msg)
-        except FedmqError as exc:
-            self.stats.rejected.append(str(exc))
-            log.warning("device=%s dropped message on %s: %s", self.client_id, topic, exc)
+        except Exception as exc:  # the per-message fault boundary: one message never stops the device
+            rule = rule_of(exc)
+            self.stats.faults.record("", topic, rule, str(exc))
+            log.warning("device=%s dropped message topic=%s rule=%s: %s", self.client_id, topic, rule, exc,
+                        exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
 
     def _on_snapshot(self, snapshot: ModelSnapshot) -> None:
         if snapshot.federation != self.config.federation:
@@ -316,16 +324,15 @@ class EdgeClient:
     # -- participation ---------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(self._guard(coro))
+        """Run one step (a secure phase, a (un)subscribe) as a task that can fail only into the log."""
+        where = f"device={self.client_id} {getattr(coro, '__qualname__', 'step')}"
+
+        def count(exc: BaseException) -> None:
+            self.stats.faults.record("", "", rule_of(exc), str(exc))
+
+        task = asyncio.create_task(guarded(coro, where=where, on_error=count))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, coro: Coroutine[object, object, None]) -> None:
-        try:
-            await coro
-        except (FedmqError, asyncio.TimeoutError) as exc:
-            self.stats.rejected.append(str(exc))
-            log.warning("device=%s secure round step failed: %s", self.client_id, exc)
 
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
@@ -371,6 +378,8 @@ class EdgeClient:
         blocks = tuple(blocks) if isinstance(blocks, list) else None
         pending = self._pending
         fresh = pending is not None and pending.base == announce.base_version
+        if pending is not None and pending.task.done() and pending.task.exception() is not None:
+            pending = self._pending = None  # a failed training (logged when it failed): train afresh
         if pending is not None and (
             not policy.accepts(announce.base_version - pending.base) or (fresh and pending.blocks != blocks)
         ):
@@ -395,6 +404,11 @@ class EdgeClient:
         if pending is None:
             if self.weights is None or self.version != announce.base_version:
                 return  # no usable delta and not the round's snapshot: wait for the next one
+            if self._training_busy():
+                # A discarded training is still running: one training at a time on the trainer.
+                log.info("device=%s still finishing a discarded training; skips round %d", self.client_id,
+                         announce.round_id)  # fmt: skip
+                return
             pending = self._start_training(blocks)
             window = _masked_window(announce)
             if self.config.train_ahead and self.last_train_s is not None and self.last_train_s > window:
@@ -446,6 +460,10 @@ class EdgeClient:
         budget = self.config.memory_budget
         if budget is None:
             return self.trainer.train(weights, blocks)
+        with self.trainer.exclusive():
+            return self._train_planned(weights, blocks, budget)
+
+    def _train_planned(self, weights: np.ndarray, blocks: tuple[str, ...] | None, budget: int) -> TrainResult:
         if blocks not in self._plans:
             t = self.trainer
             plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
@@ -458,9 +476,13 @@ class EdgeClient:
         plan = self._plans[blocks]
         return self.trainer.train(weights, blocks, plan.micro_batch, plan.momentum)
 
+    def _training_busy(self) -> bool:
+        """Whether a local training (secure or plain) is still running."""
+        return self._training is not None and not self._training.done()
+
     def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
         """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""
-        assert self.weights is not None
+        assert self.weights is not None and not self._training_busy()
         model = self.trainer.model
         weights = self.weights
         dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
@@ -472,8 +494,18 @@ class EdgeClient:
         return self._pending
 
     def _record_train_time(self, task: asyncio.Task[TrainResult]) -> None:
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
             self.last_train_s = task.result().seconds
+            return
+        # Logged once here; the delta is discarded and the device trains afresh in a later round.
+        self.stats.failed_trainings += 1
+        self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
+        log.error("device=%s local training failed; discarding it", self.client_id, exc_info=exc)
+        if self._pending is not None and self._pending.task is task:
+            self._pending = None
 
     @staticmethod
     async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
@@ -512,6 +544,10 @@ class EdgeClient:
             log.info("device=%s round=%d update sent (loss %.3f)", self.client_id, round_id, result.loss)
         except FedmqError as exc:
             log.warning("device=%s round=%d could not contribute: %s", self.client_id, round_id, exc)
+        except Exception as exc:  # a failed training: logged, and the device joins a later round
+            self.stats.failed_trainings += 1
+            self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
+            log.error("device=%s round=%d local training failed", self.client_id, round_id, exc_info=exc)
         finally:
             # A newer round or snapshot may have arrived while we trained.
             asyncio.get_running_loop().call_soon(self._maybe_train)

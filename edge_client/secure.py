@@ -180,6 +180,11 @@ class SecureParticipation:
                 self.round_id,
             )
             return
+        if self.training.cancelled() or self.training.exception() is not None:
+            # The client logged the failure when it happened; without a delta this device drops out.
+            log.info("device=%s round=%d: no delta (training failed); drops out of the round",
+                     self.secagg.device_id, self.round_id)  # fmt: skip
+            return
         result = self.training.result()
         config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": len(self.roster.members)})
         encoder = UpdateEncoder(config, self.dim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,14 @@ class LocalTrainer:
         self.config = config or TrainConfig()
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self._rounds = 0
+        # One user of the module at a time: training, the time estimate and memory planning all mutate
+        # it, and a cancelled asyncio task does not stop the worker thread it started.
+        self._exclusive = threading.RLock()
+
+    def exclusive(self) -> threading.RLock:
+        """Hold while using the module directly (``with trainer.exclusive(): ...``); training and the
+        estimate take it themselves, so a second caller waits instead of corrupting the first."""
+        return self._exclusive
 
     @property
     def num_examples(self) -> int:
@@ -108,18 +117,19 @@ class LocalTrainer:
         A new device has measured nothing yet; with this it can tell before its first round whether it
         can train within a round's window (``EdgeConfig.train_ahead``).
         """
-        module = self.model.module
-        saved = {k: v.clone() for k, v in module.state_dict().items()}
-        batch = slice(0, min(self.config.batch_size, self.num_examples))
-        start = time.perf_counter()
-        try:
-            module.train()
-            self.loss_fn(module(self.features[batch]), self.labels[batch]).backward()
-        finally:
-            for param in module.parameters():
-                param.grad = None
-            module.load_state_dict(saved)
-        return (time.perf_counter() - start) * self.steps_per_round()
+        with self._exclusive:
+            module = self.model.module
+            saved = {k: v.clone() for k, v in module.state_dict().items()}
+            batch = slice(0, min(self.config.batch_size, self.num_examples))
+            start = time.perf_counter()
+            try:
+                module.train()
+                self.loss_fn(module(self.features[batch]), self.labels[batch]).backward()
+            finally:
+                for param in module.parameters():
+                    param.grad = None
+                module.load_state_dict(saved)
+            return (time.perf_counter() - start) * self.steps_per_round()
 
     def train(
         self,
@@ -140,6 +150,16 @@ class LocalTrainer:
         """
         if micro_batch is not None and micro_batch < 1:
             raise ConfigError("micro_batch", "must be >= 1")
+        with self._exclusive:
+            return self._train_blocks(global_weights, blocks, micro_batch, momentum)
+
+    def _train_blocks(
+        self,
+        global_weights: np.ndarray,
+        blocks: Sequence[str] | None,
+        micro_batch: int | None,
+        momentum: bool,
+    ) -> TrainResult:
         if blocks is None:
             return self._train(global_weights, micro_batch, momentum)
         trainable = {n for b in self.model.blocks if b.name in set(blocks) for n in b.param_names}

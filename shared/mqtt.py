@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 
 from shared.chunking import split
 from shared.errors import ConfigError, FedmqError
+from shared.supervision import guarded
 from shared.topics import check_id
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,10 @@ class MqttConnection:
                             retain=True,
                             timeout=cfg.publish_timeout_s,
                         )
-                    self._callbacks = [asyncio.create_task(callback()) for callback in self._on_connect]
+                    self._callbacks = [
+                        asyncio.create_task(guarded(callback(), where=f"mqtt {cfg.client_id} on-connect"))
+                        for callback in self._on_connect
+                    ]
                     async for msg in client.messages:
                         self.stats.messages_in += 1
                         if isinstance(msg.payload, (bytes, bytearray)):
@@ -345,19 +349,21 @@ class MqttConnection:
                         await self._queue.put(msg)
             except asyncio.CancelledError:
                 raise
-            except (aiomqtt.MqttError, OSError) as exc:
+            except Exception as exc:  # the connection task is long-lived: it reconnects, never dies
                 failures += 1
                 # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
                 cap = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** min(failures, 16))
                 delay = self._rng.uniform(cfg.reconnect_min_s / 2, cap)
+                expected = isinstance(exc, (aiomqtt.MqttError, OSError))
                 level = logging.INFO if failures <= 3 else logging.WARNING
                 log.log(
-                    level,
+                    level if expected else logging.ERROR,
                     "mqtt %s lost/failed connection (%s); retry %d in %.2fs",
                     cfg.client_id,
                     exc,
                     failures,
                     delay,
+                    exc_info=None if expected else exc,
                 )
             finally:
                 self._connected.clear()

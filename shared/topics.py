@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from shared.errors import ConfigError, WireError
 
 ROOT = "fl"
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+#: A number in a topic: ASCII digits, canonical (no leading zero), at most nine of them. ``str.isdigit``
+#: would accept "²" or "٣", which ``int`` then refuses or reads as another number.
+_NUMBER = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
+#: Bounds of the numbers a topic may carry (round ids, chunk indices).
+MAX_ROUND_ID = 999_999_999
+MAX_CHUNK_INDEX = 999_999
 
 #: Round-scoped message kinds. Adding a protocol phase means adding its kind here.
 UPDATE = "update"
@@ -39,9 +45,26 @@ ROUND_KINDS = frozenset({UPDATE, KEYS, SHARES, MASKED, UNMASK})
 
 def check_id(value: str, field: str) -> str:
     """Validate a federation or device id; raises ConfigError naming ``field``."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ConfigError(field, f"{value!r} must be 1-64 characters of [A-Za-z0-9_.-]")
     return value
+
+
+def parse_number(text: str, limit: int, what: str) -> int:
+    """``text`` as a number in ``[0, limit]``: canonical ASCII digits only; WireError naming ``what``."""
+    if not _NUMBER.fullmatch(text) or int(text) > limit:
+        raise WireError(f"{what} {text!r} is not a number in [0, {limit}]")
+    return int(text)
+
+
+def _parse_chunk_suffix(topic: str, base: str, what: str) -> int | None:
+    """None for ``base`` itself, i for ``base/c/<i>``; WireError for anything else."""
+    if topic == base:
+        return None
+    prefix = f"{base}/c/"
+    if not topic.startswith(prefix):
+        raise WireError(f"not a {what} topic: {topic!r}")
+    return parse_number(topic[len(prefix) :], MAX_CHUNK_INDEX, f"chunk index of {what} topic")
 
 
 @dataclass(frozen=True)
@@ -92,12 +115,8 @@ class Topics:
         return f"{self.delta}/#"
 
     def parse_delta_chunk(self, topic: str) -> int | None:
-        if topic == self.delta:
-            return None
-        prefix = f"{self.delta}/c/"
-        if topic.startswith(prefix) and topic[len(prefix) :].isdigit():
-            return int(topic[len(prefix) :])
-        raise WireError(f"not a delta topic: {topic!r}")
+        """Chunk index of a delta chunk topic, None for the delta topic itself; WireError otherwise."""
+        return _parse_chunk_suffix(topic, self.delta, "delta")
 
     @property
     def round(self) -> str:
@@ -127,6 +146,14 @@ class Topics:
     def status_all(self) -> str:
         return f"{self.prefix}/status/+"
 
+    def parse_status(self, topic: str) -> str:
+        """The device id of a presence topic; WireError for anything else."""
+        prefix = f"{self.prefix}/status/"
+        cid = topic[len(prefix) :] if topic.startswith(prefix) else ""
+        if not _ID.fullmatch(cid):
+            raise WireError(f"not a presence topic of federation {self.fed!r}: {topic!r}")
+        return cid
+
     def inbox(self, cid: str) -> str:
         return f"{self.prefix}/inbox/{check_id(cid, 'client_id')}"
 
@@ -143,12 +170,7 @@ class Topics:
 
     def parse_inbox(self, cid: str, topic: str) -> int | None:
         """Chunk index of a topic in ``cid``'s inbox (None for the message itself); WireError otherwise."""
-        rest = topic.removeprefix(self.inbox(cid))
-        if rest == "":
-            return None
-        if rest != topic and rest.startswith("/c/") and rest[3:].isdigit():
-            return int(rest[3:])
-        raise WireError(f"not an inbox topic of {cid!r}: {topic!r}")
+        return _parse_chunk_suffix(topic, self.inbox(cid), f"inbox of {cid!r}")
 
     @property
     def rounds_all(self) -> str:
@@ -162,20 +184,16 @@ class Topics:
         if parts[:3] != base or len(parts) not in (6, 8):
             raise WireError(f"not a round topic of federation {self.fed!r}: {topic!r}")
         _, _, _, round_s, kind, sender, *rest = parts
-        if not round_s.isdigit() or kind not in ROUND_KINDS or not _ID.match(sender):
+        if kind not in ROUND_KINDS or not _ID.fullmatch(sender):
             raise WireError(f"malformed round topic {topic!r}")
+        round_id = parse_number(round_s, MAX_ROUND_ID, "round id")
         chunk = None
         if rest:
-            if rest[0] != "c" or not rest[1].isdigit():
+            if rest[0] != "c":
                 raise WireError(f"malformed chunk topic {topic!r}")
-            chunk = int(rest[1])
-        return RoundTopic(int(round_s), kind, sender, chunk)
+            chunk = parse_number(rest[1], MAX_CHUNK_INDEX, "chunk index")
+        return RoundTopic(round_id, kind, sender, chunk)
 
     def parse_model_chunk(self, topic: str) -> int | None:
         """Chunk index of a model chunk topic, None for the snapshot topic itself."""
-        if topic == self.model:
-            return None
-        prefix = f"{self.model}/c/"
-        if topic.startswith(prefix) and topic[len(prefix) :].isdigit():
-            return int(topic[len(prefix) :])
-        raise WireError(f"not a model topic: {topic!r}")
+        return _parse_chunk_suffix(topic, self.model, "model")

@@ -5,7 +5,9 @@ Never port 1883: a system broker may already sit there.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import getpass
 import logging
 import os
@@ -39,6 +41,16 @@ def find_mosquitto() -> str:
         if candidate and Path(candidate).exists():
             return candidate
     raise FedmqError("mosquitto not found: run scripts/install_system_deps.sh (apt-get install mosquitto)")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGKILL when the process that started it dies, so a
+    broker never outlives a test run that crashed, was killed or timed out (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class MosquittoBroker:
@@ -98,7 +110,9 @@ class MosquittoBroker:
             [find_mosquitto(), "-c", str(self.conf_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # only a prctl before exec
         )
+        atexit.register(self.kill)  # also on a normal interpreter exit that skipped close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -135,6 +149,7 @@ class MosquittoBroker:
 
     def close(self) -> None:
         self.stop()
+        atexit.unregister(self.kill)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
