@@ -125,6 +125,8 @@ class Aggregator:
         # them until the open round has been restored from the journal, or they would look "late".
         self._accepting = asyncio.Event()
         self.results: list[RoundResult] = []
+        #: Called with (topic, payload) of every incoming message (participation ledger, metrics).
+        self.intake_hooks: list[Callable[[str, bytes], None]] = []
 
     @property
     def dropped(self) -> list[tuple[str, str]]:
@@ -624,6 +626,11 @@ class Aggregator:
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             topic = str(msg.topic)
+            for hook in self.intake_hooks:
+                try:
+                    hook(topic, payload)
+                except Exception:  # an observer's fault never costs a message
+                    log.exception("intake hook failed")
             if topic.startswith(self.topics.status_all[:-1]):
                 self._on_presence(topic, payload)
                 continue

@@ -100,7 +100,9 @@ class SecureRound:
         self.min_clients = min_clients
         self.target_clients = target_clients
         #: Over-selection: more devices may start the round than the buffer of ``target_clients`` needs.
-        self.admit = min(len(directory), max(target_clients, math.ceil(over_selection * target_clients)))
+        # At least one: with no device enrolled yet (live enrolment), the keys phase waits its window.
+        wanted = max(target_clients, math.ceil(over_selection * target_clients))
+        self.admit = max(1, min(len(directory), wanted))
         self.dropout_rate = dropout_rate
         self.corrupt_fraction = corrupt_fraction
         self.max_bytes = max_bytes

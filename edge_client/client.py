@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 import numpy as np
 
+from edge_client.enrolment import DeviceEnrolment
 from edge_client.memory import TrainingPlan, activation_profile, plan_training
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
@@ -159,6 +160,8 @@ class EdgeClient:
         self.phase_hook: Callable[[str], None] | None = None
         #: Keep a copy of each encoded (pre-mask) vector on ``secure_round.encoded`` (tests, audits).
         self.keep_encoded = False
+        #: Live enrolment (``edge_client/enrolment.py``): set it, and subscribe to its topic, before run().
+        self.enrolment: DeviceEnrolment | None = None
 
     @property
     def client_id(self) -> str:
@@ -227,7 +230,9 @@ class EdgeClient:
         if not payload:
             return  # a retained message being cleared
         try:
-            if topic == self.topics.round:
+            if self.enrolment is not None and topic == self.enrolment.topic:
+                self.enrolment.handle(payload)
+            elif topic == self.topics.round:
                 self._on_round(decode(payload, RoundAnnounce))
             elif topic == self.topics.roster:
                 roster = decode(payload, Roster)
