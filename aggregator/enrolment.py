@@ -70,7 +70,8 @@ class EnrolmentPublisher:
     async def _publish(self) -> None:
         try:
             await self.conn.publish(self.topic, self._payload, retain=True)
-            log.info("published enrolment list serial %s", self.follower.current and self.follower.current.serial)
+            serial = self.follower.current.serial if self.follower.current is not None else None
+            log.info("published enrolment list serial %s", serial)
         except FedmqError as exc:
             log.error("publishing the enrolment list failed: %s", exc)
 

@@ -155,7 +155,9 @@ class Metrics:
                [({}, getattr(agg, "version", -1))])  # fmt: skip
         metric("fedmq_round_contributors", "gauge", "Devices summed into the last round.",
                [({}, self.last_contributors)])  # fmt: skip
-        cumulative = [({"le": "+Inf" if b == float("inf") else b}, n) for b, n in zip(BUCKETS, self.durations)]
+        cumulative = [
+            ({"le": "+Inf" if b == float("inf") else b}, n) for b, n in zip(BUCKETS, self.durations)
+        ]
         out.append("# HELP fedmq_round_duration_seconds Wall time from a round's opening to its end.")
         out.append("# TYPE fedmq_round_duration_seconds histogram")
         for labels, n in cumulative:

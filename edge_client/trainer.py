@@ -14,12 +14,16 @@ import torch
 from torch import nn
 
 from edge_client.model import FederatedModel
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedmqError
 
 log = logging.getLogger(__name__)
 
 #: Local optimizers :class:`LocalTrainer` can run.
 OPTIMIZERS = ("sgd", "adamw")
+
+
+class TrainingAborted(FedmqError):
+    """A training was ended early by :attr:`LocalTrainer.abort`."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class LocalTrainer:
         # One user of the module at a time: training, the time estimate and memory planning all mutate
         # it, and a cancelled asyncio task does not stop the worker thread it started.
         self._exclusive = threading.RLock()
+        #: Set to end a training at its next batch (a service stopping must not wait for a whole round
+        #: of training in a worker thread); that training raises :class:`TrainingAborted`.
+        self.abort = threading.Event()
 
     def exclusive(self) -> threading.RLock:
         """Hold while using the module directly (``with trainer.exclusive(): ...``); training and the
@@ -200,6 +207,8 @@ class LocalTrainer:
             for begin in range(0, n, cfg.batch_size):
                 if step >= total_steps:
                     break
+                if self.abort.is_set():
+                    raise TrainingAborted("training aborted: the device is stopping")
                 idx = order[begin : begin + cfg.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 if micro_batch is None or micro_batch >= len(idx):

@@ -84,7 +84,8 @@ def render_conf(
     ]
     if user:
         lines.append(f"user {user}")
-    lines += ["per_listener_settings false", f"listener {listener.port}{' ' + listener.bind if listener.bind else ''}"]
+    address = f" {listener.bind}" if listener.bind else ""
+    lines += ["per_listener_settings false", f"listener {listener.port}{address}"]
     if listener.tls:
         lines += [
             f"cafile {root / 'ca.crt'}",

@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = sub.add_parser("export", help="write the current global model as safetensors (or .npz)")
     _dir(p)
-    p.add_argument("--store", type=Path, default=None, help="aggregator store (default: <dir>/aggregator/store)")
+    p.add_argument("--store", type=Path, default=None, help="aggregator store (DIR/aggregator/store)")
     p.add_argument("--out", type=Path, required=True, help="output file (.safetensors or .npz)")
 
     p = sub.add_parser("render-broker", help="re-render broker/mosquitto.conf (e.g. for a container)")

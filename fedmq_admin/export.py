@@ -46,7 +46,9 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     blobs = []
     for name, array in tensors.items():
         data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]
+        }
         offset += len(data)
         blobs.append(data)
     text = json.dumps(header, separators=(",", ":")).encode()

@@ -53,7 +53,12 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def issue(
-    ca: tuple[Path, Path], common_name: str, out_dir: Path, stem: str, *, server_names: list[str] | None = None
+    ca: tuple[Path, Path],
+    common_name: str,
+    out_dir: Path,
+    stem: str,
+    *,
+    server_names: list[str] | None = None,
 ) -> tuple[Path, Path]:
     """A certificate for ``common_name`` signed by ``ca`` as ``<stem>.crt`` / ``<stem>.key``.
 

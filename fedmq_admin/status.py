@@ -50,7 +50,9 @@ def participation(store_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-async def presence(mqtt: MqttConfig, federation: str, settle_s: float = 1.0, timeout: float = 15.0) -> dict[str, bool]:
+async def presence(
+    mqtt: MqttConfig, federation: str, settle_s: float = 1.0, timeout: float = 15.0
+) -> dict[str, bool]:
     """Retained presence of every client: {client id: online}. Waits until none arrived for ``settle_s``."""
     topics = Topics(federation)
     seen: dict[str, bool] = {}
@@ -91,15 +93,17 @@ def collect(store_dir: Path, mqtt: MqttConfig | None, federation: str, enrolled:
         "model_version": ledger.get("version"),
         "rounds": history,
         "rounds_closed": sum(r["status"] == "closed" for r in history),
-        "aggregator_online": None if online is None else bool(online.get("aggregator", False)),
+        "ledger_updated_at": ledger.get("updated_at"),
         "devices": devices,
     }
 
 
 def render(report: dict[str, Any]) -> str:
     """A plain-text view of :func:`collect`'s report."""
-    lines = [f"federation {report['federation']}: model v{report['model_version']}"]
-    lines.append("rounds (last %d): %d closed" % (len(report["rounds"]), report["rounds_closed"]))
+    updated = report.get("ledger_updated_at")
+    age = f", last round ended {time.time() - updated:.0f}s ago" if updated else ""
+    lines = [f"federation {report['federation']}: model v{report['model_version']}{age}"]
+    lines.append(f"rounds (last {len(report['rounds'])}): {report['rounds_closed']} closed")
     for r in report["rounds"][-10:]:
         why = f" ({r['reason']})" if r["reason"] else ""
         lines.append(f"  round {r['round']:>5} {r['status']:<9} {r['contributors']:>4} devices{why}")
