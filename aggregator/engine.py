@@ -38,7 +38,7 @@ from shared.chunking import Reassembler
 from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
-from shared.mqtt import MqttConnection, publish_framed
+from shared.mqtt import MqttConnection, MqttTimeout, publish_framed
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor, guarded, rule_of
@@ -278,7 +278,7 @@ class Aggregator:
             try:
                 await self._conn.wait_connected()
                 return True
-            except FedmqError as exc:
+            except MqttTimeout as exc:  # a permanent refusal (wrong password, TLS) ends run() instead
                 log.warning("aggregator still waiting for the broker: %s", exc)
         return False
 

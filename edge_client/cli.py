@@ -26,6 +26,7 @@ from edge_client.enrolment import DeviceEnrolment, DeviceRevoked
 from edge_client.model import FederatedModel
 from edge_client.modelspec import load_factory
 from edge_client.trainer import LocalTrainer, TrainConfig
+from edge_client.watchdog import CompatibilityWatchdog
 from shared.enrolment import read_list_file
 from shared.errors import BrokerUnreachable, ConfigError, FedmqError
 from shared.mqtt import MqttTimeout
@@ -138,6 +139,8 @@ async def serve(config: EdgeConfig, trainer: LocalTrainer, enrolment: DeviceEnro
             device.enrolment = enrolment
             await device.conn.subscribe(enrolment.topic)
         runner = asyncio.create_task(device.run(stop))
+        failed = asyncio.ensure_future(device.conn.failed())
+        incompatible = asyncio.ensure_future(CompatibilityWatchdog(device).run())
         try:
             if startup_timeout:
                 waiter = asyncio.ensure_future(device.conn.wait_connected(startup_timeout))
@@ -147,13 +150,21 @@ async def serve(config: EdgeConfig, trainer: LocalTrainer, enrolment: DeviceEnro
                 if waiter.done() and isinstance(waiter.exception(), MqttTimeout):
                     where = f"{config.mqtt.host}:{config.mqtt.port}"
                     raise BrokerUnreachable(f"broker {where} not reachable within {startup_timeout:.0f}s")
+                if waiter.done() and waiter.exception() is not None:
+                    raise waiter.exception()  # type: ignore[misc]
                 waiter.cancel()
             stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({runner, stopped, failed, incompatible}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                raise failed.result()  # the broker refuses us for good (credentials, TLS)
+            if incompatible.done():
+                raise incompatible.result()  # another model, aggregator key or federation instance
             stop.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(runner), 3.0)
         finally:
+            failed.cancel()
+            incompatible.cancel()
             stop.set()
             trainer.abort.set()  # a training in its worker thread ends at its next batch
             if not runner.done():

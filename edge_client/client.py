@@ -25,7 +25,7 @@ from edge_client.memory import TrainingPlan, activation_profile, plan_training
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
-from shared.errors import ConfigError, FedmqError, ProtocolError
+from shared.errors import ConfigError, FedmqError, IncompatibleError, ProtocolError
 from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
@@ -278,8 +278,8 @@ class EdgeClient:
         weights = snapshot_weights(snapshot, self._verify_key)
         if self.weights is not None and weights.shape != self.weights.shape:
             raise ProtocolError("snapshot layout changed size")
-        if weights.shape != (self.trainer.model.dim,):
-            raise ProtocolError(
+        if weights.shape != (self.trainer.model.dim,):  # signed by the aggregator: a real mismatch
+            raise IncompatibleError(
                 f"snapshot has {weights.size} parameters, local model {self.trainer.model.dim}"
             )
         self._install(weights, snapshot)

@@ -30,7 +30,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from shared.errors import ConfigError, ProtocolError
+from shared.errors import ConfigError, IncompatibleError, ProtocolError
 from shared.topics import check_id
 from shared.wire import Message, decode, encode, message
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class EnrolmentError(ProtocolError):
     """An enrolment list was refused: bad signature, other federation or epoch, or an older serial."""
+
+
+class FederationMismatch(EnrolmentError, IncompatibleError):
+    """The list is of another instance of the federation (another ``fedmq init``): re-provision."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def verify_list(
     if msg.federation != federation:
         raise EnrolmentError(f"enrolment list is for federation {msg.federation!r}, not {federation!r}")
     if epoch is not None and msg.epoch != epoch:
-        raise EnrolmentError(
+        raise FederationMismatch(
             f"enrolment list is of another instance of federation {federation!r} "
             f"(epoch {msg.epoch.hex()[:8]}, expected {epoch.hex()[:8]}): re-provision this component"
         )
@@ -301,6 +305,7 @@ __all__ = [
     "EnrolmentError",
     "EnrolmentFollower",
     "EnrolmentList",
+    "FederationMismatch",
     "LiveDirectory",
     "authority_from_hex",
     "diff",

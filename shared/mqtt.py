@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from shared.chunking import split
+from shared.connect_errors import permanent_cause
 from shared.errors import ConfigError, FedmqError
 from shared.supervision import guarded
 from shared.topics import check_id
@@ -62,6 +63,9 @@ class MqttConfig:
     link_bytes_per_s: float = 250_000.0
     will_delay_s: int = 10
     max_queued_incoming: int = 100_000
+    #: Permanent refusals in a row (wrong credentials, TLS verification) before the connection gives
+    #: up and every wait raises the cause (``shared/connect_errors.py``); 0 retries them forever.
+    fatal_retries: int = 3
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -71,7 +75,8 @@ class MqttConfig:
         check_id(self.client_id, "client_id")
         if (self.username is None) != (self.password is None):
             raise ConfigError("password", "username and password must be given together")
-        for name in ("keepalive_s", "session_expiry_s", "will_delay_s", "max_queued_incoming"):
+        counts = ("keepalive_s", "session_expiry_s", "will_delay_s", "max_queued_incoming", "fatal_retries")
+        for name in counts:
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0")
         for name in ("reconnect_min_s", "connect_timeout_s", "publish_timeout_s", "link_bytes_per_s"):
@@ -155,6 +160,10 @@ class MqttConnection:
         self.stats = _Stats()
         self._rng = random.Random()
         self._callbacks: list[asyncio.Task[None]] = []
+        #: Set when the broker refuses us for good (``shared/connect_errors.py``); waits raise it.
+        self.error: FedmqError | None = None
+        self._gave_up = asyncio.Event()
+        self._refusals = 0  # permanent refusals in a row
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -194,12 +203,24 @@ class MqttConnection:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         timeout = self.config.connect_timeout_s if timeout is None else timeout
+        if self.error is not None:
+            raise self.error
+        waits = [asyncio.ensure_future(self._connected.wait()), asyncio.ensure_future(self._gave_up.wait())]
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError as exc:
-            raise MqttTimeout(
-                f"no connection to {self.config.host}:{self.config.port} within {timeout:.1f}s"
-            ) from exc
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.error is not None:
+            raise self.error
+        if not self._connected.is_set():
+            raise MqttTimeout(f"no connection to {self.config.host}:{self.config.port} within {timeout:.1f}s")
+
+    async def failed(self) -> FedmqError:
+        """Wait until the connection gives up for good (see ``fatal_retries``); returns the cause."""
+        await self._gave_up.wait()
+        assert self.error is not None
+        return self.error
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -255,6 +276,8 @@ class MqttConnection:
             properties.MessageExpiryInterval = max(1, int(expiry_s))
         attempt = 0
         while True:
+            if self.error is not None:
+                raise self.error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise MqttTimeout(f"publish to {topic} ({len(payload)} B) did not complete in time")
@@ -322,6 +345,7 @@ class MqttConnection:
                         await client.subscribe(topic, qos=1, timeout=cfg.connect_timeout_s)
                     self.stats.connects += 1
                     failures = 0
+                    self._refusals = 0
                     self._connected.set()
                     log.info(
                         "mqtt %s connected to %s:%d (connect #%d)",
@@ -350,6 +374,8 @@ class MqttConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the connection task is long-lived: it reconnects, never dies
+                if self._permanent(exc):
+                    return
                 failures += 1
                 # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
                 cap = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** min(failures, 16))
@@ -370,6 +396,27 @@ class MqttConnection:
                 self._client = None
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)
+
+
+    def _permanent(self, exc: Exception) -> bool:
+        """Count a refusal that retrying cannot cure; True once ``fatal_retries`` in a row gave up."""
+        cfg = self.config
+        who = f"account {cfg.username!r}" if cfg.username else None
+        if who is None and cfg.cert_file:
+            who = "a client certificate"
+        cause = permanent_cause(exc, f"{cfg.host}:{cfg.port}", who)
+        if cause is None or not cfg.fatal_retries:
+            self._refusals = 0
+            return False
+        self._refusals += 1
+        if self._refusals < cfg.fatal_retries:
+            log.warning("mqtt %s: %s (attempt %d of %d)", cfg.client_id, cause, self._refusals,
+                        cfg.fatal_retries)  # fmt: skip
+            return False
+        self.error = cause
+        log.error("mqtt %s gives up: %s", cfg.client_id, cause)
+        self._gave_up.set()
+        return True
 
 
 async def publish_framed(
