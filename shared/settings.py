@@ -165,7 +165,9 @@ def resolve(
         base = Path(path).resolve().parent
         unknown = sorted(set(file_values) - set(by_key))
         if unknown:
-            raise ConfigError(unknown[0], f"unknown setting in {path} (known: {', '.join(sorted(by_key))})")
+            section = unknown[0].rpartition(".")[0]
+            known = sorted(k for k in by_key if k.rpartition(".")[0] == section) or sorted(by_key)
+            raise ConfigError(unknown[0], f"unknown setting in {path} (known here: {', '.join(known)})")
     values: dict[str, Any] = {}
     for option in options:
         if not option.secret and hasattr(args, option.dest):
