@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean js-test vectors
+JS := clients/js
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,9 +26,18 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+	$(MAKE) js-test
+
+# The JavaScript device client against the committed conformance vectors (spec/vectors).
+js-test:
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+# Regenerate the conformance vectors after a deliberate wire change (then commit them).
+vectors: setup
+	$(BIN)/python -m shared.conformance --out spec/vectors
 
 lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(JS)/node_modules
