@@ -25,8 +25,8 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
 	$(MAKE) js-test
+	$(BIN)/python -m pytest -q
 
 # The JavaScript device client against the committed conformance vectors (spec/vectors).
 js-test:

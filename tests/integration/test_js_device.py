@@ -1,0 +1,142 @@
+"""A JavaScript device (clients/js, Node, MQTT over WebSockets) in secure rounds with Python devices.
+
+The JS device joins through Mosquitto's websockets listener, drops its link after sending its shares in
+the first round (no DISCONNECT, as a dead cellular link would), comes back on its persistent session,
+and still contributes. Each round's unmasked sum must equal, bit for bit, the sum of the four devices'
+encoded vectors (the Python devices keep theirs; the JS device reports its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import Aggregator
+from aggregator.secure import PhaseWindows
+from edge_client.client import EdgeClient, EdgeConfig
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.codec import CodecConfig
+from shared.snapshots import make_snapshot
+from simulator.broker import MosquittoBroker
+from simulator.data import dirichlet_partition
+from simulator.models import digits_mlp
+from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
+
+pytestmark = pytest.mark.broker
+FED = "mixed"
+JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
+
+
+def js_device_ready() -> None:
+    """`make test` runs `npm ci` in clients/js first; a bare pytest run does it here."""
+    assert shutil.which("node"), "node is required: scripts/install_system_deps.sh installs it"
+    if not (JS_DIR / "node_modules" / "mqtt").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300)
+
+
+def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:
+    directory = directory_of(keys)
+    devices = []
+    for i, (cid, key) in enumerate(keys.items()):
+        if cid == skip:
+            continue
+        trainer = LocalTrainer(
+            FederatedModel(digits_mlp()),
+            torch.from_numpy(digits.x_train[shards[i]]),
+            torch.from_numpy(digits.y_train[shards[i]]),
+            TrainConfig(epochs=1, lr=0.1),
+        )
+        config = EdgeConfig(FED, mqtt_config(broker, cid), aggregator_key, identity=key, directory=directory)
+        device = EdgeClient(config, trainer)
+        device.keep_encoded = True
+        devices.append(device)
+    return devices
+
+
+async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced_disconnect(tmp_path, digits):
+    js_device_ready()
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
+    keys = enrol(4)
+    js_id = "dev-03"
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, 4, alpha=0.5, seed=0)
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
+        min_clients=4,
+        target_clients=4,
+    )
+    report_path = tmp_path / "js-report.json"
+    try:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights, key=None)) as agg:
+            python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
+            js_config = {
+                "url": broker.ws_url,
+                "federation": FED,
+                "device": js_id,
+                "identity_seed": bytes(keys[js_id]).hex(),
+                "aggregator_key": agg.verify_key.hex(),
+                "directory": {cid: pk.hex() for cid, pk in directory.items()},
+                "data": {"x": digits.x_train[shards[3]].tolist(), "y": digits.y_train[shards[3]].tolist()},
+                "train": {"epochs": 1, "lr": 0.1},
+                "rounds": 2,
+                "timeout_s": 240,
+                "faults": {"disconnect_after": "shares", "offline_ms": 2000},
+                "report": str(report_path),
+            }
+            config_path = tmp_path / "js-device.json"
+            config_path.write_text(json.dumps(js_config))
+            proc = await asyncio.create_subprocess_exec(
+                "node", str(JS_DIR / "bin" / "device.js"), str(config_path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+                assert line.strip() == b"ready", line
+                rounds: list[dict] = []
+
+                async def capture() -> None:
+                    secure = agg.last_secure
+                    rounds.append(
+                        {
+                            "total": None if secure.total is None else secure.total.copy(),
+                            "bits": secure.config.bits,
+                            "python": [d.secure_round.encoded.copy() for d in python_devices],
+                        }
+                    )
+
+                results = await run_rounds(agg, python_devices, 2, timeout=300, between=capture)
+                await asyncio.wait_for(proc.wait(), timeout=60)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                stderr = (await proc.stderr.read()).decode(errors="replace")
+    finally:
+        broker.stop()
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert [r.status for r in results] == ["closed", "closed"], [r.reason for r in results]
+    assert all(r.contributors == 4 for r in results)
+    assert report["reconnects"] >= 1, "the forced disconnect did not happen"
+    assert "forced disconnect" in stderr
+    js_rounds = {r["round"]: r for r in report["rounds"]}
+    for round_id, captured in enumerate(rounds):
+        js_encoded = np.array(js_rounds[round_id]["encoded"], dtype=np.uint64)
+        expected = sum((v.astype(np.uint64) for v in captured["python"]), js_encoded)
+        expected &= np.uint64((1 << captured["bits"]) - 1)
+        np.testing.assert_array_equal(captured["total"], expected.astype(np.uint32))  # bit-exact
+    assert report["version"] == 2  # the JS device followed both new snapshots
