@@ -28,9 +28,10 @@ test: setup
 	$(MAKE) js-test
 	$(BIN)/python -m pytest -q
 
-# The JavaScript device client against the committed conformance vectors (spec/vectors).
+# The JavaScript device client against the committed conformance vectors (spec/vectors), then its browser
+# bundle (clients/js/browser/fedmq-device.js) for the headless-Chromium test that pytest runs.
 js-test:
-	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run build
 
 # Regenerate the conformance vectors after a deliberate wire change (then commit them).
 vectors: setup

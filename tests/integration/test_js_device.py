@@ -1,6 +1,8 @@
-"""A JavaScript device (clients/js, Node, MQTT over WebSockets) in secure rounds with Python devices.
+"""A JavaScript device (clients/js, MQTT over WebSockets) in secure rounds with Python devices.
 
-The JS device joins through Mosquitto's websockets listener, drops its link after sending its shares in
+Twice: in Node (``bin/device.js``) and inside headless Chromium (``bin/browser-device.js``: the bundled
+client runs in a real page, libsodium in WebAssembly). The JS device joins through Mosquitto's websockets
+listener, drops its link after sending its shares in
 the first round (no DISCONNECT, as a dead cellular link would), comes back on its persistent session,
 and still contributes. Each round's unmasked sum must equal, bit for bit, the sum of the four devices'
 encoded vectors (the Python devices keep theirs; the JS device reports its own).
@@ -36,11 +38,16 @@ FED = "mixed"
 JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
 
 
+RUNNERS = {"node": "device.js", "browser": "browser-device.js"}
+
+
 def js_device_ready() -> None:
-    """`make test` runs `npm ci` in clients/js first; a bare pytest run does it here."""
+    """`make test` runs `npm ci` and the bundle build in clients/js first; a bare pytest run does it here."""
     assert shutil.which("node"), "node is required: scripts/install_system_deps.sh installs it"
-    if not (JS_DIR / "node_modules" / "mqtt").exists():
+    if not (JS_DIR / "node_modules" / "playwright-core").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300)
+    if not (JS_DIR / "browser" / "fedmq-device.js").exists():
+        subprocess.run(["npm", "run", "build"], cwd=JS_DIR, check=True, timeout=300)
 
 
 def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:
@@ -62,7 +69,10 @@ def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_ke
     return devices
 
 
-async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced_disconnect(tmp_path, digits):
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced_disconnect(
+    tmp_path, digits, runner
+):
     js_device_ready()
     broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
     keys = enrol(4)
@@ -101,11 +111,11 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
             config_path = tmp_path / "js-device.json"
             config_path.write_text(json.dumps(js_config))
             proc = await asyncio.create_subprocess_exec(
-                "node", str(JS_DIR / "bin" / "device.js"), str(config_path),
+                "node", str(JS_DIR / "bin" / RUNNERS[runner]), str(config_path),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
                 assert line.strip() == b"ready", line
                 rounds: list[dict] = []
 
@@ -120,7 +130,7 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
                     )
 
                 results = await run_rounds(agg, python_devices, 2, timeout=300, between=capture)
-                await asyncio.wait_for(proc.wait(), timeout=60)
+                await asyncio.wait_for(proc.wait(), timeout=120)
             finally:
                 if proc.returncode is None:
                     proc.kill()
@@ -140,3 +150,5 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
         expected &= np.uint64((1 << captured["bits"]) - 1)
         np.testing.assert_array_equal(captured["total"], expected.astype(np.uint32))  # bit-exact
     assert report["version"] == 2  # the JS device followed both new snapshots
+    if runner == "browser":
+        assert "HeadlessChrome" in report["user_agent"]

@@ -1,50 +1,25 @@
 #!/usr/bin/env node
-// Run one fedmq JavaScript device from a JSON config file (used by the integration tests and benchmarks):
+// Run one fedmq JavaScript device in Node from a JSON config file (see src/run.js for the fields):
 //   node bin/device.js config.json
-// config: { url, federation, device, identity_seed (hex), aggregator_key (hex), directory {id: hex},
-//           data: { x: [[...]], y: [...] }, train: { epochs, lr, momentum, batch_size, seed },
-//           rounds, timeout_s, faults: { disconnect_after: "shares", offline_ms }, report (path) }
-// Writes a JSON report (per round: encoded vector, bytes in/out, seconds) and exits 0 once it revealed in
-// `rounds` rounds, 1 on timeout.
+// Prints "ready" once connected, writes a JSON report to config.report, exits 0 once it revealed in
+// `rounds` rounds and 1 on timeout.
 import { readFileSync, writeFileSync } from 'node:fs';
 
-import * as c from '../src/crypto.js';
-import { Device } from '../src/device.js';
-import { MlpTrainer } from '../src/trainer.js';
+import { createDevice, report, runRounds } from '../src/run.js';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-await c.ready();
 const log = (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-const trainer = new MlpTrainer({
-  x: config.data.x.map((row) => Float32Array.from(row)), y: config.data.y,
-  epochs: config.train?.epochs ?? 1, lr: config.train?.lr ?? 0.1, momentum: config.train?.momentum ?? 0.9,
-  batchSize: config.train?.batch_size ?? 32, seed: config.train?.seed ?? 0,
-});
-const device = new Device({
-  url: config.url, federation: config.federation, deviceId: config.device,
-  identity: c.ed25519FromSeed(c.fromHex(config.identity_seed)), aggregatorKey: c.fromHex(config.aggregator_key),
-  directory: Object.fromEntries(Object.entries(config.directory).map(([k, v]) => [k, c.fromHex(v)])),
-  trainer, username: config.username, password: config.password, log,
-});
-device.faults = { disconnectAfter: config.faults?.disconnect_after ?? null, offlineMs: config.faults?.offline_ms ?? 1500 };
-const report = () => writeFileSync(config.report, JSON.stringify({
-  device: config.device, version: device.version, reconnects: (device.connects ?? 1) - 1, bytes_in: device.bytesIn, bytes_out: device.bytesOut, rejected: device.rejected,
-  rounds: device.rounds.map((r) => ({ round: r.id, encoded: r.encoded, masked_sent: r.maskedSent, revealed: r.revealed,
-    seconds: r.seconds ?? null, bytes_in: r.bytesIn, bytes_out: r.bytesOut, train_s: r.result?.seconds ?? null, loss: r.result?.loss ?? null })),
-}));
+const device = await createDevice(config, log);
 let code = 0;
 try {
   await device.start();
   log(`device=${config.device} ready on ${config.url}`);
   process.stdout.write('ready\n');
-  const wanted = config.rounds ?? 1;
-  await device.until(() => device.rounds.filter((r) => r.revealed && r.seconds !== undefined).length >= wanted, (config.timeout_s ?? 120) * 1000, `${wanted} rounds`);
-  // Stay for the round's result and the next snapshot, so byte counts cover the whole round.
-  await device.until(() => device.version > Math.max(...device.rounds.map((r) => r.announce.base_version)), 20000, 'the new snapshot').catch(() => {});
+  await runRounds(device, config);
 } catch (e) {
   log(`device=${config.device} failed: ${e.message}`);
   code = 1;
 }
-report();
+writeFileSync(config.report, JSON.stringify(report(device)));
 await device.stop().catch(() => {});
 process.exit(code);

@@ -8,20 +8,19 @@
 // messages carry a message expiry of the round's remaining time, so a stale one never reaches a later round.
 // Bad input is logged and dropped, never thrown out of the message handler.
 
+import { Buffer } from 'buffer';
 import mqtt from 'mqtt';
 
 import * as bitpack from './bitpack.js';
-import { split } from './chunking.js';
+import { Reassembler, split } from './chunking.js';
 import { codecConfig, UpdateEncoder } from './codec.js';
-import * as c from './crypto.js';
 import { FedmqError, ProtocolError } from './errors.js';
-import { Reassembler } from './chunking.js';
 import { SecAggClient } from './secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from './snapshot.js';
 import { Topics } from './topics.js';
 import { decode, encode } from './wire.js';
 
-const toBuffer = (u8) => (typeof Buffer !== 'undefined' ? Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength) : u8);
+const toBuffer = (u8) => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 const toBytes = (b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 
 export class Device {
@@ -285,4 +284,3 @@ export class Device {
   }
 }
 
-export { c as crypto };
