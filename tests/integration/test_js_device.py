@@ -10,10 +10,6 @@ encoded vectors (the Python devices keep theirs; the JS device reports its own).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +26,13 @@ from shared.codec import CodecConfig
 from shared.snapshots import make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
+from simulator.js_devices import RUNNERS, JsDevice, device_config
 from simulator.models import digits_mlp
 from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
 
 pytestmark = pytest.mark.broker
 FED = "mixed"
 JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
-
-
-RUNNERS = {"node": "device.js", "browser": "browser-device.js"}
-
-
-def js_device_ready() -> None:
-    """`make test` runs `npm ci` and the bundle build in clients/js first; a bare pytest run does it here."""
-    assert shutil.which("node"), "node is required: scripts/install_system_deps.sh installs it"
-    if not (JS_DIR / "node_modules" / "playwright-core").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300)
-    if not (JS_DIR / "browser" / "fedmq-device.js").exists():
-        subprocess.run(["npm", "run", "build"], cwd=JS_DIR, check=True, timeout=300)
 
 
 def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:
@@ -73,7 +58,6 @@ def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_ke
 async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced_disconnect(
     tmp_path, digits, runner
 ):
-    js_device_ready()
     broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
     keys = enrol(4)
     js_id = "dev-03"
@@ -90,33 +74,26 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
         min_clients=4,
         target_clients=4,
     )
-    report_path = tmp_path / "js-report.json"
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights, key=None)) as agg:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
             python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
-            js_config = {
-                "url": broker.ws_url,
-                "federation": FED,
-                "device": js_id,
-                "identity_seed": bytes(keys[js_id]).hex(),
-                "aggregator_key": agg.verify_key.hex(),
-                "directory": {cid: pk.hex() for cid, pk in directory.items()},
-                "data": {"x": digits.x_train[shards[3]].tolist(), "y": digits.y_train[shards[3]].tolist()},
-                "train": {"epochs": 1, "lr": 0.1},
-                "rounds": 2,
-                "timeout_s": 240,
-                "faults": {"disconnect_after": "shares", "offline_ms": 2000},
-                "report": str(report_path),
-            }
-            config_path = tmp_path / "js-device.json"
-            config_path.write_text(json.dumps(js_config))
-            proc = await asyncio.create_subprocess_exec(
-                "node", str(JS_DIR / "bin" / RUNNERS[runner]), str(config_path),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            config = device_config(
+                ws_url=broker.ws_url,
+                federation=FED,
+                device=js_id,
+                identity=keys[js_id],
+                aggregator_key=agg.verify_key,
+                directory=directory,
+                features=digits.x_train[shards[3]],
+                labels=digits.y_train[shards[3]],
+                rounds=2,
+                timeout_s=240,
+                report=tmp_path / "js-report.json",
+                train={"epochs": 1, "lr": 0.1},
+                faults={"disconnect_after": "shares", "offline_ms": 2000},
+            )
+            js = await JsDevice.start(runner, config, tmp_path / "js")
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
-                assert line.strip() == b"ready", line
                 rounds: list[dict] = []
 
                 async def capture() -> None:
@@ -130,15 +107,14 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
                     )
 
                 results = await run_rounds(agg, python_devices, 2, timeout=300, between=capture)
-                await asyncio.wait_for(proc.wait(), timeout=120)
+                code = await js.wait(timeout_s=120)  # it leaves by itself after its two rounds
             finally:
-                if proc.returncode is None:
-                    proc.kill()
-                stderr = (await proc.stderr.read()).decode(errors="replace")
+                await js.kill()
     finally:
         broker.stop()
-    assert proc.returncode == 0, stderr[-3000:]
-    report = json.loads(report_path.read_text())
+    stderr = "\n".join(js.stderr)
+    assert code == 0, js.log_tail()
+    report = js.report()
     assert [r.status for r in results] == ["closed", "closed"], [r.reason for r in results]
     assert all(r.contributors == 4 for r in results)
     assert report["reconnects"] >= 1, "the forced disconnect did not happen"

@@ -44,8 +44,18 @@ const flushLog = async (page) => {
   for (const line of lines.slice(shown)) log(`[page] ${line}`);
   shown = Math.max(shown, lines.length);
 };
+let page = null;
+// SIGTERM (the fleet stops its devices when the aggregator is done): report what the page did and leave.
+process.on('SIGTERM', async () => {
+  const snap = await page?.evaluate(() => window.fedmqRun?.snapshot?.() ?? null).catch(() => null);
+  const agent = await page?.evaluate(() => navigator.userAgent).catch(() => null);
+  if (snap) writeFileSync(config.report, JSON.stringify({ ...snap, user_agent: agent }));
+  await browser.close().catch(() => {});
+  server.close();
+  process.exit(0);
+});
 try {
-  const page = await browser.newPage();
+  page = await browser.newPage();
   page.on('pageerror', (e) => log(`[page error] ${e.message}`));
   await page.goto(pageUrl);
   await page.evaluate((cfg) => { window.fedmq.runFromConfig(cfg); }, config);
@@ -56,7 +66,7 @@ try {
     await flushLog(page);
     if (status === 'ready' && !announced) { process.stdout.write('ready\n'); announced = true; }
     if (status === 'done' || status === 'failed') {
-      const state = await page.evaluate(() => window.fedmqRun);
+      const state = await page.evaluate(() => ({ ...window.fedmqRun, snapshot: undefined }));
       if (state.error) log(`[page] ${state.error}`);
       if (!announced) process.stdout.write('ready\n');
       writeFileSync(config.report, JSON.stringify({ ...state.report, user_agent: await page.evaluate(() => navigator.userAgent) }));

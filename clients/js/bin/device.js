@@ -10,6 +10,11 @@ import { createDevice, report, runRounds } from '../src/run.js';
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const log = (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
 const device = await createDevice(config, log);
+// SIGTERM (the fleet stops its devices when the aggregator is done): report what happened and leave.
+process.on('SIGTERM', () => {
+  writeFileSync(config.report, JSON.stringify(report(device)));
+  device.stop().catch(() => {}).finally(() => process.exit(0));
+});
 let code = 0;
 try {
   await device.start();

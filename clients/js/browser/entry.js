@@ -11,6 +11,7 @@ async function runFromConfig(config) {
   let device = null;
   try {
     device = await createDevice(config, log);
+    state.snapshot = () => report(device);
     await device.start();
     state.status = 'ready';
     log(`device=${config.device} ready on ${config.url} (${navigator.userAgent})`);
