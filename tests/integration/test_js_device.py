@@ -10,8 +10,6 @@ encoded vectors (the Python devices keep theirs; the JS device reports its own).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -32,7 +30,6 @@ from tests.support import directory_of, enrol, initial_weights, mqtt_config, run
 
 pytestmark = pytest.mark.broker
 FED = "mixed"
-JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
 
 
 def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:

@@ -53,6 +53,8 @@ export class Device {
     this.bytesOut = 0;
     this.faults = {};
     this.listeners = new Set();
+    // Subscribed to the full snapshot; once up to date the (smaller) deltas are enough, as in Python.
+    this.followingFull = true;
   }
 
   /** Connect and subscribe; resolves once the first connection is up. */
@@ -70,7 +72,8 @@ export class Device {
       this.client.options.reconnectPeriod = this.reconnectMs;
       this.log(`device=${this.deviceId} connected (session present: ${ack.sessionPresent})`);
       if (!ack.sessionPresent) {
-        this.client.subscribe([t.modelAll, t.deltaAll, t.roundAll, t.inboxAll(this.deviceId)], { qos: 1 });
+        const topics = [t.deltaAll, t.roundAll, t.inboxAll(this.deviceId)];
+        this.client.subscribe(this.followingFull ? [t.modelAll, ...topics] : topics, { qos: 1 });
       }
       const online = encode({ t: 'presence', client_id: this.deviceId, online: true, at: Date.now() / 1000 });
       this.client.publish(t.status(this.deviceId), toBuffer(online), { qos: 1, retain: true });
@@ -181,13 +184,23 @@ export class Device {
     if (msg.version <= this.version) return;
     let result;
     if (msg.encoding === 'compact-delta') {
-      if (!isDelta || msg.base_version !== this.version || !this.weights) return; // the full snapshot will come
+      if (!isDelta || msg.base_version !== this.version || !this.weights) {
+        if (!this.followingFull) { // behind: fetch the full snapshot again
+          this.followingFull = true;
+          this.client.subscribe(this.topics.modelAll, { qos: 1 });
+        }
+        return;
+      }
       result = applyDelta(payload, this.weights, this.aggregatorKey);
     } else result = snapshotWeights(payload, this.aggregatorKey);
     this.weights = result.weights;
     this.layout = msg.layout;
     this.version = msg.version;
     this.log(`device=${this.deviceId} has snapshot v${this.version}`);
+    if (this.followingFull) {
+      this.followingFull = false;
+      this.client.unsubscribe(this.topics.modelAll);
+    }
     this.maybeJoin();
   }
 
