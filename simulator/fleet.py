@@ -294,7 +294,12 @@ async def run_fleet(
             finally:
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                js_reports = [report or {} for report in [await js.finish() for js in js_devices]]
+                js_reports = []
+                for js in js_devices:
+                    report = await js.finish()
+                    if report is None:
+                        log.warning("JS device left no report; its log ends:\n%s", js.log_tail())
+                    js_reports.append(report or {})
         rounds = max(1, len(reports))
         js_up = sum(r.get("bytes_out", 0) for r in js_reports)
         js_down = sum(r.get("bytes_in", 0) for r in js_reports)

@@ -36,7 +36,9 @@ const server = createServer((req, res) => {
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const pageUrl = `http://127.0.0.1:${server.address().port}/index.html`;
 
-const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: ['--no-sandbox'] });
+const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, handleSIGTERM: false, handleSIGINT: false,
+  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+});
 let code = 1;
 let shown = 0;
 const flushLog = async (page) => {
@@ -45,39 +47,45 @@ const flushLog = async (page) => {
   shown = Math.max(shown, lines.length);
 };
 let page = null;
-// SIGTERM (the fleet stops its devices when the aggregator is done): report what the page did and leave.
-process.on('SIGTERM', async () => {
-  const snap = await page?.evaluate(() => window.fedmqRun?.snapshot?.() ?? null).catch(() => null);
-  const agent = await page?.evaluate(() => navigator.userAgent).catch(() => null);
-  if (snap) writeFileSync(config.report, JSON.stringify({ ...snap, user_agent: agent }));
-  await browser.close().catch(() => {});
-  server.close();
-  process.exit(0);
-});
+// SIGTERM (the fleet stops its devices when the aggregator is done): the loop below reports what the
+// page did and leaves; the page is only ever touched from that loop.
+let stopping = false;
+process.on('SIGTERM', () => { stopping = true; });
 try {
   page = await browser.newPage();
   page.on('pageerror', (e) => log(`[page error] ${e.message}`));
+  page.on('crash', () => log('[page crashed]'));
+  browser.on('disconnected', () => log('[browser disconnected]'));
   await page.goto(pageUrl);
-  await page.evaluate((cfg) => { window.fedmq.runFromConfig(cfg); }, config);
+  await page.evaluate((cfg) => { window.fedmqRun = { status: 'starting', log: [] }; window.fedmq.runFromConfig(cfg); }, config);
   const deadline = Date.now() + ((config.timeout_s ?? 120) + 40) * 1000;
   let announced = false;
   for (;;) {
     const status = await page.evaluate(() => window.fedmqRun?.status);
     await flushLog(page);
     if (status === 'ready' && !announced) { process.stdout.write('ready\n'); announced = true; }
-    if (status === 'done' || status === 'failed') {
-      const state = await page.evaluate(() => ({ ...window.fedmqRun, snapshot: undefined }));
+    const finished = status === 'done' || status === 'failed';
+    if (finished || stopping) {
+      const state = await page.evaluate(() => ({
+        status: window.fedmqRun.status, error: window.fedmqRun.error,
+        report: window.fedmqRun.report ?? window.fedmqRun.snapshot?.() ?? null,
+      }));
       if (state.error) log(`[page] ${state.error}`);
       if (!announced) process.stdout.write('ready\n');
-      writeFileSync(config.report, JSON.stringify({ ...state.report, user_agent: await page.evaluate(() => navigator.userAgent) }));
-      code = status === 'done' ? 0 : 1;
+      if (state.report) {
+        const agent = await page.evaluate(() => navigator.userAgent);
+        writeFileSync(config.report, JSON.stringify({ ...state.report, user_agent: agent }));
+      }
+      code = status === 'failed' ? 1 : 0;
       break;
     }
     if (Date.now() > deadline) { log('browser device timed out'); break; }
     await new Promise((r) => setTimeout(r, 100));
   }
+} catch (e) {
+  log(`browser device driver failed: ${e.stack ?? e}`);
 } finally {
-  await browser.close();
+  await browser.close().catch(() => {});
   server.close();
 }
 process.exit(code);

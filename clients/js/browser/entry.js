@@ -1,6 +1,6 @@
 // Browser entry of the JS device (bundled by `npm run build` into browser/fedmq-device.js): exposes the
 // client as `window.fedmq` and `window.fedmq.runFromConfig(config)`, which runs one device and keeps its
-// status, log and report on `window.fedmqRun` for the page's driver (tests/integration/test_browser_device.py).
+// status, log and report on `window.fedmqRun` for the page's driver (bin/browser-device.js).
 import * as fedmq from '../src/index.js';
 import { createDevice, report, runRounds } from '../src/run.js';
 
