@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if a committed file differs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("shared").setLevel(logging.WARNING)  # the recorded round's own protocol logs
     stale = []
     for name, vectors in generate().items():
         path = args.out / f"{name}.json"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
+import msgpack
 import nacl.bindings
 import nacl.public
 import nacl.signing
@@ -44,6 +45,7 @@ from shared.wire import (
     Presence,
     RoundAnnounce,
     RoundResult,
+    decode,
     encode,
 )
 from shared.wire.secagg import (
@@ -321,7 +323,7 @@ def crypto_vectors() -> dict[str, Any]:
             "b_mask_pk": hx(b.mask_pk),
             "b_mask_sk": hx(b.mask_sk),
             "a_mask_pk": hx(a.mask_pk),
-            "context": hx(__import__("msgpack").packb(["pair", FED, 5, "dev-1", "dev-2"], use_bin_type=True)),
+            "context": hx(msgpack.packb(["pair", FED, 5, "dev-1", "dev-2"], use_bin_type=True)),
             "seed": hx(pair),
         },
         "pair_seed_low_order_peer_key": {"peer_mask_pk": "00" * 32, "error": "SecAggError"},
@@ -619,8 +621,6 @@ def snapshot_vectors() -> dict[str, Any]:
 
 
 def decode_snapshot_msg(message_hex: str) -> ModelSnapshot:
-    from shared.wire import decode
-
     return decode(bytes.fromhex(message_hex), ModelSnapshot)
 
 
@@ -837,8 +837,6 @@ def round_vectors() -> dict[str, Any]:
 
 
 def _decode(payload_hex: str, cls: type[Message]) -> Any:
-    from shared.wire import decode
-
     return decode(bytes.fromhex(payload_hex), cls)
 
 
