@@ -56,6 +56,7 @@ def device_config(
     report: Path,
     train: dict[str, Any] | None = None,
     faults: dict[str, Any] | None = None,
+    chunk_limit: int | None = None,
 ) -> dict[str, Any]:
     """The JSON config ``clients/js/src/run.js`` reads."""
     return {
@@ -71,6 +72,7 @@ def device_config(
         "timeout_s": timeout_s,
         "faults": faults or {},
         "report": str(report),
+        **({"chunk_limit": chunk_limit} if chunk_limit else {}),
     }
 
 

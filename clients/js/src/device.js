@@ -112,11 +112,16 @@ export class Device {
     });
   }
 
-  async publishFramed(base, chunkTopic, payload, { expiryS } = {}) {
+  async publishFramed(base, chunkTopic, payload, { expiryS, kind = null } = {}) {
     const frames = split(payload, this.chunkLimit);
     const ordered = frames.length > 1 ? [...frames.slice(1), frames[0]] : frames; // chunks first
     const properties = expiryS ? { messageExpiryInterval: Math.max(1, Math.floor(expiryS)) } : undefined;
-    for (const f of ordered) {
+    for (const [i, f] of ordered.entries()) {
+      if (i === 1 && kind && this.faults.disconnectDuring === kind) {
+        // Fault injection: the link dies in the middle of this upload; the rest goes out after the reconnect.
+        this.faults.disconnectDuring = null;
+        this.dropConnection(this.faults.offlineMs ?? 1500);
+      }
       const topic = f.chunk === null ? base : chunkTopic(f.chunk);
       this.bytesOut += f.payload.length;
       if (this.round) this.round.bytesOut += f.payload.length;
@@ -129,7 +134,7 @@ export class Device {
     const r = this.round;
     const expiryS = this.announce ? this.announce.deadline - Date.now() / 1000 : undefined;
     return this.publishFramed(this.topics.roundMsg(r.id, kind, this.deviceId),
-      (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), encode(msg), { expiryS: Math.max(1, expiryS ?? 1) });
+      (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), encode(msg), { expiryS: Math.max(1, expiryS ?? 1), kind });
   }
 
   // -- incoming -------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 //
 // config: { url, federation, device, identity_seed (hex), aggregator_key (hex), directory {id: hex},
 //           data: { x: [[...]], y: [...] }, train: { epochs, lr, momentum, batch_size, seed },
-//           rounds, timeout_s, faults: { disconnect_after: "shares", offline_ms }, username, password }
+//           rounds, timeout_s, chunk_limit, username, password,
+//           faults: { disconnect_after: "shares", disconnect_during: "masked", offline_ms } }
+// Faults are one-shot: `disconnect_after` drops the link once that message kind is acknowledged,
+// `disconnect_during` after the first frame of that kind's (chunked) upload.
 
 import * as c from './crypto.js';
 import { Device } from './device.js';
@@ -20,9 +23,12 @@ export async function createDevice(config, log = () => {}) {
     url: config.url, federation: config.federation, deviceId: config.device,
     identity: c.ed25519FromSeed(c.fromHex(config.identity_seed)), aggregatorKey: c.fromHex(config.aggregator_key),
     directory: Object.fromEntries(Object.entries(config.directory).map(([k, v]) => [k, c.fromHex(v)])),
-    trainer, username: config.username, password: config.password, log,
+    trainer, username: config.username, password: config.password, log, ...(config.chunk_limit ? { chunkLimit: config.chunk_limit } : {}),
   });
-  device.faults = { disconnectAfter: config.faults?.disconnect_after ?? null, offlineMs: config.faults?.offline_ms ?? 1500 };
+  device.faults = {
+    disconnectAfter: config.faults?.disconnect_after ?? null, disconnectDuring: config.faults?.disconnect_during ?? null,
+    offlineMs: config.faults?.offline_ms ?? 1500,
+  };
   return device;
 }
 
