@@ -41,4 +41,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(JS)/node_modules
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(JS)/node_modules $(JS)/browser/fedmq-device.js
