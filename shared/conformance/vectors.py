@@ -34,7 +34,7 @@ from shared.codec.snapshot import weights_digest
 from shared.layout import ModelLayout
 from shared.secagg import SecAggClient, SecAggServer, bundles, keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
-from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
+from shared.topics import KEYS, MASKED, MAX_CHUNK_INDEX, MAX_ROUND_ID, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import (
     Chunk,
     ChunkManifest,
@@ -267,7 +267,20 @@ def topic_vectors() -> dict[str, Any]:
             "unmask": t.round_msg(5, UNMASK, "dev-1"),
         },
         "valid_ids": ["dev-1", "A_b.c-9", "x" * 64],
-        "invalid_ids": ["", "dev/1", "dev+1", "dev#1", "dév", "x" * 65, "a b"],
+        "invalid_ids": ["", "dev/1", "dev+1", "dev#1", "dév", "x" * 65, "a b", "dev-1\n"],
+        "max_round_id": MAX_ROUND_ID,
+        "max_chunk_index": MAX_CHUNK_INDEX,
+        "invalid_round_topics": [
+            f"fl/{FED}/r/²/masked/dev-1",
+            f"fl/{FED}/r/05/masked/dev-1",
+            f"fl/{FED}/r/-5/masked/dev-1",
+            f"fl/{FED}/r/{MAX_ROUND_ID + 1}/masked/dev-1",
+            f"fl/{FED}/r/5/masked/dev-1/c/٣",
+            f"fl/{FED}/r/5/masked/dev-1/c/{MAX_CHUNK_INDEX + 1}",
+            f"fl/{FED}/r/5/masked/dev-1/x/1",
+            f"fl/{FED}/r/5/bogus/dev-1",
+        ],
+        "invalid_chunk_suffixes": ["²", "01", "-1", "+1", "1.0", "", str(MAX_CHUNK_INDEX + 1), " 1"],
     }
 
 

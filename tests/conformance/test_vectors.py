@@ -118,6 +118,15 @@ def test_topics():
     for value in vectors["invalid_ids"]:
         with pytest.raises(ValueError):
             check_id(value, "id")
+    for topic in vectors["invalid_round_topics"]:
+        with pytest.raises(WireError):
+            t.parse_round(topic)
+    for suffix in vectors["invalid_chunk_suffixes"]:
+        with pytest.raises(WireError):
+            t.parse_inbox(d, f"{t.inbox(d)}/c/{suffix}")
+    limit = vectors["max_chunk_index"]
+    assert t.parse_delta_chunk(f"{t.delta}/c/{limit}") == limit
+    assert t.parse_round(t.round_msg(vectors["max_round_id"], "keys", d)).round_id == vectors["max_round_id"]
 
 
 def test_chunk_frames_reassemble_in_any_order():

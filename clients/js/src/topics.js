@@ -3,6 +3,15 @@
 import { WireError } from './errors.js';
 
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
+// Numbers in topics: canonical ASCII digits (no sign, no leading zero), bounded (docs/protocol.md §1).
+const NUMBER = /^(0|[1-9][0-9]{0,8})$/;
+export const MAX_ROUND_ID = 999_999_999;
+export const MAX_CHUNK_INDEX = 999_999;
+
+export function parseNumber(text, limit, what) {
+  if (!NUMBER.test(text) || Number(text) > limit) throw new WireError(`${what} ${JSON.stringify(text)} is not a number in [0, ${limit}]`);
+  return Number(text);
+}
 export const ROUND_KINDS = new Set(['update', 'keys', 'shares', 'masked', 'unmask']);
 
 export function checkId(value, field = 'id') {
@@ -36,9 +45,8 @@ export class Topics {
   /** Chunk index of `topic` under `base` (null for `base` itself); WireError for anything else. */
   static chunkOf(base, topic) {
     if (topic === base) return null;
-    const rest = topic.startsWith(`${base}/c/`) ? topic.slice(base.length + 3) : '';
-    if (/^[0-9]+$/.test(rest)) return Number(rest);
-    throw new WireError(`not a topic under ${base}: ${topic}`);
+    if (!topic.startsWith(`${base}/c/`)) throw new WireError(`not a topic under ${base}: ${topic}`);
+    return parseNumber(topic.slice(base.length + 3), MAX_CHUNK_INDEX, `chunk index under ${base}`);
   }
 
   parseRound(topic) {
@@ -47,12 +55,13 @@ export class Topics {
       throw new WireError(`not a round topic: ${topic}`);
     }
     const [, , , round, kind, sender, c, i] = parts;
-    if (!/^[0-9]+$/.test(round) || !ROUND_KINDS.has(kind) || !ID.test(sender)) throw new WireError(`malformed round topic ${topic}`);
+    if (!ROUND_KINDS.has(kind) || !ID.test(sender)) throw new WireError(`malformed round topic ${topic}`);
+    const roundId = parseNumber(round, MAX_ROUND_ID, 'round id');
     let chunk = null;
     if (parts.length === 8) {
-      if (c !== 'c' || !/^[0-9]+$/.test(i)) throw new WireError(`malformed chunk topic ${topic}`);
-      chunk = Number(i);
+      if (c !== 'c') throw new WireError(`malformed chunk topic ${topic}`);
+      chunk = parseNumber(i, MAX_CHUNK_INDEX, 'chunk index');
     }
-    return { round: Number(round), kind, sender, chunk };
+    return { round: roundId, kind, sender, chunk };
   }
 }

@@ -49,6 +49,10 @@ test('topics and ids', () => {
   assert.equal(Topics.chunkOf(t.inbox(d), v.topics.inbox_chunk_2), 2);
   for (const id of v.valid_ids) assert.equal(checkId(id), id);
   for (const id of v.invalid_ids) assert.throws(() => checkId(id), WireError);
+  for (const topic of v.invalid_round_topics) assert.throws(() => t.parseRound(topic), WireError);
+  for (const suffix of v.invalid_chunk_suffixes) assert.throws(() => Topics.chunkOf(t.inbox(d), `${t.inbox(d)}/c/${suffix}`), WireError);
+  assert.equal(Topics.chunkOf(t.delta, `${t.delta}/c/${v.max_chunk_index}`), v.max_chunk_index);
+  assert.equal(t.parseRound(t.roundMsg(v.max_round_id, 'keys', d)).round, v.max_round_id);
 });
 
 test('chunking: split gives the recorded frames, reassembly is order- and duplicate-proof', () => {
