@@ -166,7 +166,7 @@ async def serve(config: EdgeConfig, trainer: LocalTrainer, enrolment: DeviceEnro
             failed.cancel()
             incompatible.cancel()
             stop.set()
-            trainer.abort.set()  # a training in its worker thread ends at its next batch
+            trainer.interrupt()  # a training in its worker thread ends at its next step
             if not runner.done():
                 runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
