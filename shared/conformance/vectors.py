@@ -34,6 +34,7 @@ from shared.codec.snapshot import weights_digest
 from shared.layout import ModelLayout
 from shared.secagg import SecAggClient, SecAggServer, bundles, keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
+from shared.enrolment import EnrolledDevice, EnrolmentList
 from shared.topics import KEYS, MASKED, MAX_CHUNK_INDEX, MAX_ROUND_ID, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import (
     Chunk,
@@ -163,6 +164,18 @@ def round_keys(name: str, round_id: int) -> keys.RoundKeys:
 # -- sections --------------------------------------------------------------------------------------------
 
 
+def enrolment_list() -> EnrolmentList:
+    """The retained ``fl/<fed>/enrolment`` message: signed over its encoding with an empty signature."""
+    unsigned = EnrolmentList(
+        FED, b"\x0c" * 16, 7, 1700000003.5,
+        [EnrolledDevice("dev-1", bytes(identity("dev-1").verify_key)),
+         EnrolledDevice("dev-2", bytes(identity("dev-2").verify_key))],
+        ["dev-0"],
+    )  # fmt: skip
+    signed = identity("authority").sign(encode(unsigned)).signature
+    return dataclasses.replace(unsigned, signature=signed)
+
+
 def wire_vectors() -> dict[str, Any]:
     agg = identity("aggregator")
     dev = identity("dev-1")
@@ -212,6 +225,7 @@ def wire_vectors() -> dict[str, Any]:
         message_case("secagg survivor list", notice),
         message_case("secagg masked input", masked),
         message_case("secagg unmask reveal", reveal),
+        message_case("enrolment list, signed by the enrolment authority", enrolment_list()),
     ]
     good = encode(Presence("dev-1", True, 1.0))
     rejects = [
