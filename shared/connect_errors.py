@@ -27,8 +27,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def permanent_cause(exc: BaseException, where: str, who: str | None) -> FedmqError | None:
-    """A typed error if ``exc`` (from a connection attempt to ``where``) cannot be cured by retrying."""
+def permanent_cause(
+    exc: BaseException, where: str, who: str | None, tls_alert: str | None = None
+) -> FedmqError | None:
+    """A typed error if ``exc`` (from a connection attempt to ``where``) cannot be cured by retrying.
+
+    ``tls_alert`` is a TLS alert the MQTT library logged during that attempt (TLS 1.3 delivers a refused
+    client certificate after the handshake, so the attempt itself only times out).
+    """
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
     if type(exc).__name__ == "MqttConnectError" and code in AUTH_CODES:
@@ -45,4 +51,8 @@ def permanent_cause(exc: BaseException, where: str, who: str | None) -> FedmqErr
         if isinstance(link, ssl.SSLError):
             return BrokerTlsError(f"TLS with broker {where} failed: {link.reason or link} (check the "
                                   "certificates, and mqtts:// against a TLS listener)")  # fmt: skip
+    if tls_alert is not None:
+        alert = tls_alert.rsplit(": ", 1)[-1]
+        return BrokerTlsError(f"TLS with broker {where} failed: the broker sent {alert} (check the client "
+                              "certificate and the CA that signed it)")  # fmt: skip
     return None

@@ -115,6 +115,23 @@ class MqttConfig:
         return self.publish_timeout_s + size / self.link_bytes_per_s
 
 
+class _TlsAlertListener(logging.Handler):
+    """Keeps the last TLS alert paho logged for one connection (see ``MqttConnection._paho_log``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.alert: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "SSL" in message and "ALERT" in message.upper():
+            self.alert = message
+
+    def take(self) -> str | None:
+        alert, self.alert = self.alert, None
+        return alert
+
+
 @dataclass(frozen=True)
 class Presence:
     """Retained presence: ``online`` published on every connect, ``offline`` as the delayed will."""
@@ -164,6 +181,11 @@ class MqttConnection:
         self.error: FedmqError | None = None
         self._gave_up = asyncio.Event()
         self._refusals = 0  # permanent refusals in a row
+        # paho reports a TLS alert that arrives after the handshake (a client certificate the broker
+        # refuses, under TLS 1.3) only in its log; the attempt itself just times out. Listen for it.
+        self._paho_log = logging.getLogger(f"{__name__}.paho.{config.client_id}")
+        self._tls_alert = _TlsAlertListener()
+        self._paho_log.addHandler(self._tls_alert)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -182,6 +204,7 @@ class MqttConnection:
             with contextlib.suppress(Exception):
                 await self.publish(self._presence.topic, self._presence.offline, retain=True, timeout=2.0)
         self._closing = True
+        self._paho_log.removeHandler(self._tls_alert)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -331,7 +354,7 @@ class MqttConnection:
             will=will,
             tls_params=tls_params,
             max_queued_incoming_messages=cfg.max_queued_incoming,
-            logger=logging.getLogger(f"{__name__}.paho"),
+            logger=self._paho_log,
         )
 
     async def _run(self) -> None:
@@ -404,7 +427,7 @@ class MqttConnection:
         who = f"account {cfg.username!r}" if cfg.username else None
         if who is None and cfg.cert_file:
             who = "a client certificate"
-        cause = permanent_cause(exc, f"{cfg.host}:{cfg.port}", who)
+        cause = permanent_cause(exc, f"{cfg.host}:{cfg.port}", who, self._tls_alert.take())
         if cause is None or not cfg.fatal_retries:
             self._refusals = 0
             return False

@@ -132,7 +132,11 @@ def coerce(option: Option, value: Any, *, base: Path | None = None, source: str 
 
 
 def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    """``--config`` plus one flag per non-secret option (defaults come later, from :func:`resolve`)."""
+    """``--config`` plus one flag per non-secret option (defaults come later, from :func:`resolve`).
+
+    Abbreviated flags are turned off: ``--password`` must not be taken for ``--password-file``.
+    """
+    parser.allow_abbrev = False
     parser.add_argument(
         "--config", type=Path, default=None, help=f"TOML settings file (or ${CONFIG_ENV})"
     )

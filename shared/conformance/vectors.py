@@ -31,10 +31,10 @@ from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, bitpack, pac
 from shared.codec.clip import clip_factor
 from shared.codec.rotation import PURPOSE_SIGNS, PURPOSE_SIGNS_TAIL, PURPOSE_SUBSAMPLE, seeded_bits
 from shared.codec.snapshot import weights_digest
+from shared.enrolment import EnrolledDevice, EnrolmentList
 from shared.layout import ModelLayout
 from shared.secagg import SecAggClient, SecAggServer, bundles, keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
-from shared.enrolment import EnrolledDevice, EnrolmentList
 from shared.topics import KEYS, MASKED, MAX_CHUNK_INDEX, MAX_ROUND_ID, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import (
     Chunk,
