@@ -269,3 +269,13 @@ class MetricsServer:
             log.exception("metrics request failed")
         finally:
             writer.close()
+
+
+async def serve_metrics(aggregator: Any, listen: str) -> MetricsServer:
+    """Install :class:`Metrics` on a (running or about to run) aggregator and serve it on ``listen``;
+    ``await server.close()`` when done. Used by ``fedmq-demo --metrics`` and embedding applications."""
+    metrics = Metrics(aggregator)
+    aggregator.observers.append(metrics.on_round)
+    aggregator.intake_hooks.append(metrics.on_message)
+    host, port = parse_listen(listen)
+    return await MetricsServer(metrics, host, port).start()

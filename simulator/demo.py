@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--store", type=Path, default=None, help="aggregator store folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write the summary figures here")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve the aggregator's /metrics and /healthz here while it runs")  # fmt: skip
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -179,11 +181,13 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         store = args.store or Path(tmp) / "aggregator"
         with progress:
             if args.broker:
-                return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url)
+                return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url,
+                                       metrics_listen=args.metrics)  # fmt: skip
             with MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0) as broker:
                 progress.update(task, status=f"broker on {broker.url}")
                 ws_url = broker.ws_url if args.js_devices else None
-                return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url)
+                return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url,
+                                       metrics_listen=args.metrics)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
