@@ -24,13 +24,14 @@ from aggregator.metrics import Metrics, MetricsServer, parse_listen
 from aggregator.optimizer import OPTIMIZERS, ServerOptimizerConfig
 from aggregator.retention import prune_snapshots
 from aggregator.secure import PhaseWindows
+from aggregator.takeover import supersede_predecessor
 from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import BrokerUnreachable, ConfigError
 from shared.mqtt import MqttTimeout
 from shared.service import EXIT_OK, LOG_OPTIONS, broker_options, mqtt_config, report_fatal, setup_logging
 from shared.settings import Option, add_arguments, resolve
-from shared.signing import read_directory
+from shared.signing import load_or_create_key, read_directory
 from shared.staleness import FUNCTIONS, StalenessPolicy
 
 log = logging.getLogger("aggregator")
@@ -47,6 +48,8 @@ OPTIONS: list[Option] = [
     Opt("aggregator.rounds", type="int", help="stop after this many rounds (default: run on)"),
     Opt("aggregator.directory", type="path",
         help="static JSON {device id: hex key} (instead of [enrolment])"),
+    Opt("aggregator.takeover", type="bool", default=True,
+        help="on an empty store, adopt this key's retained model on the broker (or clear another key's)"),
     Opt("aggregator.enrolled", type="path", help="plain mode: file with one device id per line"),
     Opt("enrolment.list", type="path", flag="--enrolment",
         help="signed enrolled set, watched live (fedmq init)"),
@@ -210,6 +213,24 @@ async def serve(v: dict[str, Any]) -> None:
             config.mqtt, config.federation, v["enrolment.list"], v["enrolment.authority_key"], directory,
             current, addition_grace_s=v["enrolment.addition_grace"],
         )  # fmt: skip
+    if v["aggregator.takeover"]:
+        key = load_or_create_key(Path(config.store_dir) / "aggregator.key")
+        timeout = v["broker.startup_timeout"] or 365 * 24 * 3600.0
+        takeover = asyncio.create_task(supersede_predecessor(config, bytes(key.verify_key), timeout=timeout))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({takeover, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not takeover.done():  # SIGTERM/SIGINT before the broker answered
+            takeover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await takeover
+            log.info("stopped before the start")
+            return
+        try:
+            log.info("start: %s", takeover.result())
+        except MqttTimeout:
+            where = f"{config.mqtt.host}:{config.mqtt.port}"
+            raise BrokerUnreachable(f"broker {where} not reachable within {timeout:.0f}s") from None
     aggregator = Aggregator(config, initial=v["aggregator.initial"])
     ledger = Ledger(Path(config.store_dir) / "participation.json", config.federation)
     metrics = Metrics(aggregator)
