@@ -74,3 +74,15 @@ def test_environment_values_are_checked_too():
     with pytest.raises(ConfigError, match="FEDMQ_CODEC_ROTATION") as info:
         resolve(OPTIONS, parse([]), {"FEDMQ_CODEC_ROTATION": "maybe"})
     assert info.value.field == "codec.rotation"
+
+
+def test_every_service_setting_is_documented():
+    """docs/operations.md lists every setting of both service CLIs with its environment variable."""
+    from pathlib import Path
+
+    from aggregator.cli import OPTIONS as AGGREGATOR
+    from edge_client.cli import OPTIONS as EDGE
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for option in [*AGGREGATOR, *EDGE]:
+        assert f"`{option.key}`" in doc and f"`{option.env}`" in doc, option.key
