@@ -54,6 +54,8 @@ OPTIONS: list[Option] = [
     Opt("training.shards", type="int", default=1, flag="--shards", help="simulator shard count"),
     Opt("training.model", flag="--model", help="module:factory or file.py:factory returning an nn.Module"),
     Opt("training.data", type="path", flag="--data", help=".npz with arrays x and y"),
+    Opt("training.loss", default="cross_entropy", flag="--loss",
+        help="cross_entropy, mse, bce_logits, or module:function / file.py:function(outputs, labels)"),
     Opt("training.epochs", type="int", default=5, flag="--epochs", help="local epochs a round"),
     Opt("training.lr", type="float", default=0.05, flag="--lr", help="local learning rate"),
     Opt("training.batch_size", type="int", default=32, flag="--batch-size", help="local batch size"),
@@ -90,6 +92,22 @@ def load_model_and_data(v: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tenso
             raise ConfigError("training.data", reason) from exc
         return factory(), torch.from_numpy(x), torch.from_numpy(y)
     raise ConfigError("training.model", "give training.task = 'digits', or training.model and training.data")
+
+
+#: Built-in losses by name (``training.loss``); anything else is a ``module:function`` spec.
+LOSSES = {
+    "cross_entropy": torch.nn.functional.cross_entropy,
+    "mse": torch.nn.functional.mse_loss,
+    "bce_logits": torch.nn.functional.binary_cross_entropy_with_logits,
+}
+
+
+def load_loss(v: dict[str, Any]) -> Any:
+    """The loss function ``training.loss`` names (a built-in, or your own function)."""
+    name = v["training.loss"]
+    if name in LOSSES:
+        return LOSSES[name]
+    return load_factory(name, base=v.get("config_dir"), field="training.loss")
 
 
 def build(v: dict[str, Any]) -> tuple[EdgeConfig, DeviceEnrolment | None]:
@@ -188,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         train = TrainConfig(
             epochs=v["training.epochs"], lr=v["training.lr"], batch_size=v["training.batch_size"]
         )
-        trainer = LocalTrainer(FederatedModel(module), x, y, train)
+        trainer = LocalTrainer(FederatedModel(module), x, y, train, loss_fn=load_loss(v))
         asyncio.run(serve(config, trainer, enrolment, v["broker.startup_timeout"]))
     except Exception as exc:
         if not logging.getLogger().handlers:
