@@ -23,6 +23,9 @@ from shared.wire import RoundResult
 
 log = logging.getLogger(__name__)
 
+#: Rounds of per-round history kept in the ledger.
+KEEP_ROUNDS = 1000
+
 
 def sender_of(topics: Topics, topic: str) -> str | None:
     """The device a message came from, by its topic (round messages and presence); None otherwise."""
@@ -54,11 +57,15 @@ class Ledger:
         self.path = Path(path)
         self.topics = Topics(federation)
         self.devices: dict[str, dict[str, Any]] = {}
+        #: Per round (the last ``KEEP_ROUNDS``): status, contributors, bytes received during the round.
+        self.rounds: dict[str, dict[str, Any]] = {}
         self.version: int | None = None
+        self._bytes_since = 0
         if self.path.exists():
             try:
                 data = json.loads(self.path.read_text())
                 self.devices = dict(data.get("devices", {}))
+                self.rounds = dict(data.get("rounds", {}))
             except ValueError:
                 log.warning("participation ledger %s unreadable; starting a new one", self.path)
 
@@ -73,20 +80,29 @@ class Ledger:
             return
         row = self._row(device)
         row["bytes_in"] += len(payload)
+        self._bytes_since += len(payload)
         row["messages_in"] += 1
         row["last_seen"] = round(time.time(), 3)
 
     def on_round(self, aggregator: Any, result: RoundResult, weights: np.ndarray) -> None:
         self.version = result.version
-        if result.status == "closed":
-            for device in contributors(aggregator, result):
-                row = self._row(device)
-                row["rounds"] += 1
-                row["last_round"] = result.round_id
+        summed = contributors(aggregator, result) if result.status == "closed" else []
+        for device in summed:
+            row = self._row(device)
+            row["rounds"] += 1
+            row["last_round"] = result.round_id
+        self.rounds[str(result.round_id)] = {
+            "status": result.status, "version": result.version, "contributors": sorted(summed),
+            "bytes_in": self._bytes_since, "reason": result.reason, "at": round(time.time(), 3),
+        }  # fmt: skip
+        self._bytes_since = 0
+        for old in sorted(self.rounds, key=int)[:-KEEP_ROUNDS]:
+            del self.rounds[old]
         self.save()
 
     def save(self) -> None:
-        body = {"updated_at": round(time.time(), 3), "version": self.version, "devices": self.devices}
+        body = {"updated_at": round(time.time(), 3), "version": self.version, "devices": self.devices,
+                "rounds": self.rounds}  # fmt: skip
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
         os.replace(tmp, self.path)

@@ -5,6 +5,7 @@
     fedmq revoke  --dir fed dev-2                  new signed enrolled set; the account is removed
     fedmq status  --dir fed [--json]               rounds, per-device participation and bytes, who is online
     fedmq export  --dir fed --out model.safetensors
+    fedmq report  --dir fed --out report.html [--eval mynet.py:evaluate]
     fedmq render-broker --dir fed [--root /mosquitto/config]
 
 Exit codes: 0 done, 2 a fedmq error (one line on stderr), 3 bad settings, 1 a bug.
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _dir(p)
     p.add_argument("--store", type=Path, default=None, help="aggregator store (DIR/aggregator/store)")
     p.add_argument("--out", type=Path, required=True, help="output file (.safetensors or .npz)")
+
+    p = sub.add_parser("report", help="an HTML page: score (your --eval hook), participation, bytes by round")
+    _dir(p)
+    p.add_argument("--store", type=Path, default=None, help="aggregator store (DIR/aggregator/store)")
+    p.add_argument("--out", type=Path, default=Path("report.html"))
+    p.add_argument("--eval", default=None, help="module:function or file.py:function({name: array}) -> score")
 
     p = sub.add_parser("render-broker", help="re-render broker/mosquitto.conf (e.g. for a container)")
     _dir(p)
@@ -158,6 +165,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"model v{snapshot.version} (round {snapshot.round_id}) of {snapshot.federation} -> {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from edge_client.modelspec import load_factory
+    from fedmq_admin.report import write_report
+
+    fed = Federation(args.dir)
+    evaluate = load_factory(args.eval, field="eval") if args.eval else None
+    store = args.store or args.dir / "aggregator" / "store"
+    print(write_report(store, fed.state.federation, args.out, evaluate))
+
+
 def cmd_render_broker(args: argparse.Namespace) -> None:
     fed = Federation(args.dir)
     path = fed.render_broker(root=args.root, port=args.port, bind=args.bind)
@@ -170,6 +187,7 @@ COMMANDS = {
     "revoke": cmd_revoke,
     "status": cmd_status,
     "export": cmd_export,
+    "report": cmd_report,
     "render-broker": cmd_render_broker,
 }
 

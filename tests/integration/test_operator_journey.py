@@ -9,6 +9,7 @@ device; ``fedmq status`` and ``fedmq export`` reading the result; SIGTERM ends e
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -37,6 +38,17 @@ from torch import nn
 def build():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def evaluate(tensors):
+    from simulator.data import load_digits_split
+
+    model = build()
+    model.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in tensors.items()})
+    split = load_digits_split()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(split.x_test)).argmax(dim=1).numpy()
+    return float((predicted == split.y_test).mean())
 '''
 
 
@@ -176,6 +188,16 @@ def test_operator_journey_through_the_clis(tmp_path):
         before = model.state_dict()["0.weight"].clone()
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
         assert not torch.equal(before, model.state_dict()["0.weight"])  # the trained model, not the initial
+
+        out = str(work / "report.html")
+        report = fedmq("report", "--dir", "fed", "--out", out, "--eval", "mynet:evaluate", cwd=work)
+        assert report.returncode == 0, report.stderr
+        page = (work / "report.html").read_text()
+        assert "Evaluation score by round" in page and "dev-3" in page
+        data = json.loads(html.unescape(page.split("id='data'>")[1].split("</script>")[0]))
+        scores = [score for _, _, score in data["scores"]]
+        assert len(scores) >= 3 and all(0.0 <= s <= 1.0 for s in scores)
+        assert max(scores) > 0.5  # ten-class digits: the federated model learnt (chance is 0.1)
 
         # SIGTERM: every process ends cleanly, within 5 s.
         live = {name: p for name, p in procs.items() if p[0].poll() is None}
