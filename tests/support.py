@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import nacl.signing
 import numpy as np
+import pytest
 import torch
 
 from edge_client.client import EdgeClient, EdgeConfig
@@ -17,6 +18,10 @@ from shared.mqtt import MqttConfig
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
 from simulator.models import digits_mlp
+
+#: Run a test on every broker of the integration suite: Mosquitto (MQTT 5) and NATS (MQTT 3.1.1 over
+#: JetStream). Use on tests that take the ``broker`` fixture.
+every_broker = pytest.mark.parametrize("broker", ["mosquitto", "nats"], indirect=True)
 
 
 def mqtt_config(broker: MosquittoBroker, client_id: str, **overrides: object) -> MqttConfig:

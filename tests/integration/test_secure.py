@@ -18,7 +18,15 @@ from shared.mqtt import MqttConfig, MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import KEYS, Topics
 from simulator.broker import MosquittoBroker
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from tests.support import (
+    directory_of,
+    enrol,
+    every_broker,
+    initial_weights,
+    mqtt_config,
+    run_rounds,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "sec"
@@ -126,6 +134,7 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             pass
 
 
+@every_broker
 @pytest.mark.parametrize("bits, subsample", [(16, 1.0), (8, 0.5)])
 async def test_compressed_secure_round_matches_the_plaintext_oracle(
     broker, tmp_path, digits, bits, subsample
