@@ -35,6 +35,7 @@ import contextlib
 import logging
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -267,6 +268,8 @@ class MqttConnection:
         #: Set when the broker refuses this configuration for good; waits raise it.
         self.error: BrokerRefused | None = None
         self._gave_up = asyncio.Event()
+        #: Set when the current connection ends (a fresh event per connection).
+        self._lost = asyncio.Event()
         #: Protocol that each endpoint accepted (auto mode remembers a fallback to 3.1.1).
         self._protocols: dict[tuple[str, int], str] = {}
         self._warned: set[str] = set()
@@ -400,14 +403,36 @@ class MqttConnection:
                 if retain and not limits.retain_available:
                     self._warn_once("retain", f"broker at {limits.endpoint} has no retained messages: "
                                     "late devices will wait for the next publication")  # fmt: skip
-                await client.publish(
-                    topic,
-                    payload,
-                    qos=min(qos, limits.max_qos),
-                    retain=retain and limits.retain_available,
-                    properties=properties,
-                    timeout=remaining,
+                sending = asyncio.ensure_future(
+                    client.publish(
+                        topic,
+                        payload,
+                        qos=min(qos, limits.max_qos),
+                        retain=retain and limits.retain_available,
+                        properties=properties,
+                        timeout=remaining,
+                    )
                 )
+                # A PUBACK owed by a connection that died never comes (each connection is a new client):
+                # send again on the next one at once rather than wait out the deadline. Receivers
+                # de-duplicate, so at-least-once stays exactly what they count.
+                lost = asyncio.ensure_future(self._lost.wait())
+                try:
+                    await asyncio.wait([sending, lost], timeout=remaining, return_when=FIRST_COMPLETED)
+                except BaseException:
+                    sending.cancel()
+                    raise
+                finally:
+                    lost.cancel()
+                if not sending.done():
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await sending
+                    if self._lost.is_set():
+                        log.info("mqtt %s: connection lost before PUBACK on %s; sending again",
+                                 self.config.client_id, topic)  # fmt: skip
+                    continue
+                sending.result()
                 self.stats.bytes_out += len(payload)
                 self.stats.publishes += 1
                 return
@@ -506,6 +531,7 @@ class MqttConnection:
             try:
                 async with self._make_client(*endpoint, protocol) as client:
                     self._client = client
+                    self._lost = asyncio.Event()
                     self._protocols[endpoint] = protocol
                     self.limits = self._limits(client, where, protocol)
                     for topic in list(self._subscriptions):
@@ -560,6 +586,7 @@ class MqttConnection:
                 )
             finally:
                 self._connected.clear()
+                self._lost.set()
                 self._client = None
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)

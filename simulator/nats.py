@@ -74,6 +74,7 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: Sequence[int] = (),
         cluster_name: str = "fedmq",
+        ack_wait: str = "10s",
     ) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-nats-"))
@@ -83,6 +84,7 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = list(routes)
         self.cluster_name = cluster_name
+        self.ack_wait = ack_wait
         self.store_dir = self.workdir / "jetstream"
         self.log_file = self.workdir / "nats.log"
         self.conf_file = self.workdir / "nats.conf"
@@ -113,8 +115,17 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.client_port}",
             f"max_payload: {NATS_MAX_PAYLOAD}",
             f'jetstream {{ store_dir: "{self.store_dir}", max_memory_store: 256MB, max_file_store: 2GB }}',
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}",
         ]
+        # ack_wait: a QoS 1 message delivered to a connection that died unacknowledged is sent again
+        # after this long (NATS default 30 s); receivers de-duplicate, so shorter only recovers sooner.
+        mqtt = f"listen: 127.0.0.1:{self.mqtt_port}, ack_wait: {self.ack_wait}"
+        if self.cluster_port is not None:
+            # Replicate MQTT state on three nodes explicitly: by default NATS sizes the replicas to the
+            # servers it sees when the first MQTT client arrives, which can be two of three, and an R2
+            # stream loses quorum with one node down (its sessions and retained messages then stall).
+            replicas = min(3, len(self.routes) + 1)
+            mqtt += f", stream_replicas: {replicas}, consumer_replicas: {replicas}"
+        lines.append(f"mqtt {{ {mqtt} }}")
         if self.cluster_port is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
             lines.append(

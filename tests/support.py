@@ -26,9 +26,14 @@ every_broker = pytest.mark.parametrize("broker", ["mosquitto", "nats"], indirect
 
 def mqtt_config(broker: MosquittoBroker, client_id: str, **overrides: object) -> MqttConfig:
     """Fast reconnects and short deadlines for tests."""
+    return mqtt_url_config(broker.url, client_id, **overrides)
+
+
+def mqtt_url_config(url: str, client_id: str, **overrides: object) -> MqttConfig:
+    """:func:`mqtt_config` for a URL (several endpoints, options) rather than a broker object."""
     values: dict[str, object] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "connect_timeout_s": 5.0}
     values.update(overrides)
-    return MqttConfig.from_url(broker.url, client_id=client_id, **values)
+    return MqttConfig.from_url(url, client_id=client_id, **values)
 
 
 def make_devices(
@@ -40,7 +45,10 @@ def make_devices(
     epochs: int = 2,
     prefix: str = "dev",
     chunk_limit: int | None = None,
+    url_for: Callable[[int], str] | None = None,
 ) -> list[EdgeClient]:
+    """``n`` plain-mode devices on a Dirichlet split of digits; ``url_for(i)`` gives device i its own
+    broker URL (a cluster's endpoint list starting at its node), else all use ``broker.url``."""
     shards = dirichlet_partition(digits.y_train, n, alpha=0.5, seed=0)
     devices = []
     for i, shard in enumerate(shards):
@@ -51,7 +59,9 @@ def make_devices(
             TrainConfig(epochs=epochs, lr=0.1, seed=i),
         )
         extra = {"chunk_limit": chunk_limit} if chunk_limit else {}
-        cfg = EdgeConfig(federation, mqtt_config(broker, f"{prefix}-{i:03d}"), aggregator_key, **extra)
+        cid = f"{prefix}-{i:03d}"
+        mqtt = mqtt_config(broker, cid) if url_for is None else mqtt_url_config(url_for(i), cid)
+        cfg = EdgeConfig(federation, mqtt, aggregator_key, **extra)
         devices.append(EdgeClient(cfg, trainer))
     return devices
 
