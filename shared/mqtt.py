@@ -127,6 +127,10 @@ class MqttConfig:
     #: Largest MQTT packet the broker takes, for brokers that do not announce one in CONNACK (3.1.1,
     #: NATS ``max_payload``, AWS IoT Core 128 KB). The smaller of this and an announced limit is used.
     max_packet_size: int | None = None
+    #: False for brokers that send retained messages to exact subscriptions only (RabbitMQ before 3.13):
+    #: each ``a/b/#`` subscription then also subscribes ``a/b``, so a late device still gets the retained
+    #: snapshot, delta and round announcement at once (chunks of a chunked snapshot still need ``#``).
+    retained_wildcards: bool = True
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -160,8 +164,9 @@ class MqttConfig:
         """Build from ``mqtt://[user:pass@]host[:port][,host2:port2...][?protocol=3.1.1&max_packet_size=N]``.
 
         ``mqtts://`` turns TLS on. Further comma-separated endpoints are failover nodes of the same
-        cluster (same credentials, same TLS). The query sets ``protocol`` and ``max_packet_size``, so
-        every command line that takes a broker URL can reach any supported broker.
+        cluster (same credentials, same TLS). The query sets ``protocol``, ``max_packet_size`` and
+        ``retained_wildcards`` (0/1), so every command line that takes a broker URL can reach any
+        supported broker.
         """
         url, _, query = url.partition("?")
         first, *others = [part.strip() for part in url.split(",")]
@@ -188,12 +193,18 @@ class MqttConfig:
         for key, items in parse_qs(query, strict_parsing=bool(query)).items():
             if key == "protocol":
                 values["protocol"] = items[-1]
+            elif key == "retained_wildcards":
+                if items[-1] not in ("0", "1", "true", "false"):
+                    raise ConfigError("retained_wildcards", f"{items[-1]!r} is not 0/1/true/false")
+                values["retained_wildcards"] = items[-1] in ("1", "true")
             elif key == "max_packet_size":
                 if not items[-1].isdigit():
                     raise ConfigError("max_packet_size", f"{items[-1]!r} is not a byte count")
                 values["max_packet_size"] = int(items[-1])
             else:
-                raise ConfigError("broker", f"unknown URL option {key!r} (protocol, max_packet_size)")
+                raise ConfigError(
+                    "broker", f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards)"
+                )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -230,6 +241,12 @@ class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK properties (the broker's announced limits)."""
 
     connack: Properties | None = None
+    #: The TCP (and TLS) connection was made; a failure after it and before CONNACK is the broker's.
+    reached: bool = False
+
+    def _client_connect(self) -> None:
+        super()._client_connect()
+        self.reached = True
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:  # type: ignore[no-untyped-def]
         self.connack = properties
@@ -335,7 +352,8 @@ class MqttConnection:
         client = self._client
         if client is not None and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.subscribe(topic, qos=1, timeout=self.config.connect_timeout_s)
+                for each in self._filters(topic):
+                    await client.subscribe(each, qos=1, timeout=self.config.connect_timeout_s)
 
     async def unsubscribe(self, topic: str) -> None:
         """Drop a subscription (also from the set renewed after reconnects)."""
@@ -344,7 +362,15 @@ class MqttConnection:
         client = self._client
         if client is not None and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.unsubscribe(topic, timeout=self.config.connect_timeout_s)
+                for each in self._filters(topic):
+                    await client.unsubscribe(each, timeout=self.config.connect_timeout_s)
+
+    def _filters(self, topic: str) -> list[str]:
+        """The topic filters that carry subscription ``topic``: itself, plus the exact parent of a
+        ``/#`` filter on brokers that send retained messages only to exact subscriptions."""
+        if self.config.retained_wildcards or not topic.endswith("/#"):
+            return [topic]
+        return [topic, topic[:-2]]
 
     async def messages(self) -> AsyncIterator[aiomqtt.Message]:
         while True:
@@ -528,13 +554,16 @@ class MqttConnection:
             endpoint = endpoints[index % len(endpoints)]
             protocol = self._protocol_for(endpoint)
             where = f"{endpoint[0]}:{endpoint[1]}"
+            answered = False
+            attempt = self._make_client(*endpoint, protocol)
             try:
-                async with self._make_client(*endpoint, protocol) as client:
+                async with attempt as client:
+                    answered = True
                     self._client = client
                     self._lost = asyncio.Event()
                     self._protocols[endpoint] = protocol
                     self.limits = self._limits(client, where, protocol)
-                    for topic in list(self._subscriptions):
+                    for topic in [f for t in self._subscriptions for f in self._filters(t)]:
                         await client.subscribe(topic, qos=1, timeout=cfg.connect_timeout_s)
                     self.stats.connects += 1
                     if last is not None and last != endpoint:
@@ -570,6 +599,14 @@ class MqttConnection:
                     if self.error is not None:
                         return
                     continue  # fall back to 3.1.1 on the same endpoint at once
+                refused = isinstance(exc, MqttConnectError)  # a CONNACK came: wrong credentials, ...
+                if attempt.reached and not answered and not refused and cfg.protocol == "auto":
+                    # TCP connected but no CONNACK: some 3.1.1-only brokers (RabbitMQ before 3.13) drop a
+                    # v5 CONNECT without answering. Alternate versions until one is answered.
+                    other = "3.1.1" if protocol == "5" else "5"
+                    self._protocols[endpoint] = other
+                    log.info("mqtt %s: no CONNACK from %s over MQTT %s (%s); next try MQTT %s",
+                             cfg.client_id, where, protocol, exc, other)  # fmt: skip
                 failures += 1
                 index += 1  # a cluster's next node (a single broker: the same one again)
                 # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].

@@ -19,9 +19,12 @@ from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
 from simulator.models import digits_mlp
 
-#: Run a test on every broker of the integration suite: Mosquitto (MQTT 5) and NATS (MQTT 3.1.1 over
-#: JetStream). Use on tests that take the ``broker`` fixture.
-every_broker = pytest.mark.parametrize("broker", ["mosquitto", "nats"], indirect=True)
+#: Run a test on every broker of the integration suite: Mosquitto (MQTT 5), NATS (MQTT 3.1.1 over
+#: JetStream) and RabbitMQ 3.10 (MQTT plugin, 3.1.1; ~15 s to start, so the core tests only: rounds,
+#: secure round, retained snapshot for a late device, offline queue). For tests taking ``broker``.
+every_broker = pytest.mark.parametrize("broker", ["mosquitto", "nats", "rabbitmq"], indirect=True)
+#: The two brokers every other broker-sensitive test runs on (chunking, crashes, restarts, presence).
+mosquitto_and_nats = pytest.mark.parametrize("broker", ["mosquitto", "nats"], indirect=True)
 
 
 def mqtt_config(broker: MosquittoBroker, client_id: str, **overrides: object) -> MqttConfig:

@@ -15,7 +15,7 @@ from shared.mqtt import BrokerRefused, MqttConfig, MqttConnection, PacketTooLarg
 from shared.wire import ModelUpdate, encode
 from simulator.broker import MosquittoBroker
 from simulator.nats import NatsServer
-from tests.support import eventually, every_broker
+from tests.support import eventually, every_broker, mosquitto_and_nats
 
 pytestmark = pytest.mark.broker
 
@@ -73,7 +73,7 @@ async def test_offline_session_queue_is_delivered_on_return(broker):
     assert sorted(m.payload for m in msgs) == [f"m{i}".encode() for i in range(5)]
 
 
-@every_broker
+@mosquitto_and_nats
 async def test_presence_will_marks_a_crashed_client_offline(broker):
     """v5 sends the will after its delay, 3.1.1 at once; either way a crash ends as ``offline``."""
     presence = Presence("p/status/dev-1", b"online", b"offline")

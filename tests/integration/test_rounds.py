@@ -24,7 +24,14 @@ from shared.snapshots import make_snapshot
 from shared.topics import UPDATE, Topics
 from shared.wire import ModelUpdate, encode
 from simulator.models import accuracy, digits_mlp
-from tests.support import eventually, every_broker, initial_weights, make_devices, mqtt_config
+from tests.support import (
+    eventually,
+    every_broker,
+    initial_weights,
+    make_devices,
+    mosquitto_and_nats,
+    mqtt_config,
+)
 
 pytestmark = pytest.mark.broker
 FED = "test"
@@ -129,7 +136,7 @@ async def test_round_below_minimum_is_abandoned_and_next_starts(broker, tmp_path
         assert agg.version == 0 and "min_clients" in results[0].reason
         np.testing.assert_array_equal(agg.weights, before)
         assert [r.status for r in agg.store.rounds()] == ["abandoned", "abandoned"]
-@every_broker
+@mosquitto_and_nats
 
 
 async def test_snapshot_and_updates_travel_chunked(broker, tmp_path, digits):

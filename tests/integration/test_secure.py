@@ -21,7 +21,6 @@ from simulator.broker import MosquittoBroker
 from tests.support import (
     directory_of,
     enrol,
-    every_broker,
     initial_weights,
     mqtt_config,
     run_rounds,
@@ -134,8 +133,17 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             pass
 
 
-@every_broker
-@pytest.mark.parametrize("bits, subsample", [(16, 1.0), (8, 0.5)])
+@pytest.mark.parametrize(
+    "broker, bits, subsample",
+    [
+        ("mosquitto", 16, 1.0),
+        ("mosquitto", 8, 0.5),
+        ("nats", 16, 1.0),
+        ("nats", 8, 0.5),
+        ("rabbitmq", 16, 1.0),
+    ],
+    indirect=["broker"],
+)
 async def test_compressed_secure_round_matches_the_plaintext_oracle(
     broker, tmp_path, digits, bits, subsample
 ):

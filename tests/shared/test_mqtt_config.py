@@ -44,3 +44,10 @@ def test_bad_urls_raise_config_errors_naming_the_field(url, field):
 def test_client_id_with_a_dot_is_refused():
     with pytest.raises(ConfigError, match="client_id"):
         MqttConfig(client_id="dev.1")
+
+
+def test_retained_wildcards_option():
+    assert MqttConfig.from_url("mqtt://h:1", "d").retained_wildcards
+    assert not MqttConfig.from_url("mqtt://h:1?retained_wildcards=0", "d").retained_wildcards
+    with pytest.raises(ConfigError):
+        MqttConfig.from_url("mqtt://h:1?retained_wildcards=maybe", "d")
