@@ -15,6 +15,7 @@ from shared.mqtt import BrokerRefused, MqttConfig, MqttConnection, PacketTooLarg
 from shared.wire import ModelUpdate, encode
 from simulator.broker import MosquittoBroker
 from simulator.nats import NatsServer
+from simulator.rabbitmq import RabbitMqBroker
 from tests.support import eventually, every_broker, mosquitto_and_nats
 
 pytestmark = pytest.mark.broker
@@ -166,3 +167,22 @@ async def test_failover_moves_the_session_to_the_next_endpoint(tmp_path):
             await asyncio.wait_for(mover.publish("f/after", b"still here"), 10)
             [msg] = await drain(rx, 1)
             assert msg.payload == b"still here"
+
+
+async def test_rabbitmq_quirks_auto_protocol_and_retained_on_wildcards(tmp_path):
+    """RabbitMQ 3.10 drops an MQTT 5 CONNECT without a CONNACK (auto must still find 3.1.1) and sends
+    retained messages to exact subscriptions only (``retained_wildcards=0`` must still deliver them)."""
+    with RabbitMqBroker(tmp_path / "rabbitmq") as rabbit:
+        plain_url = f"mqtt://127.0.0.1:{rabbit.port}"  # neither option: negotiate
+        async with MqttConnection(fast(plain_url, "probe", connect_timeout_s=2.0)) as conn:
+            await conn.wait_connected(timeout=30)
+            assert conn.limits is not None and conn.limits.protocol == "3.1.1"
+            await conn.publish("fl/f/model", b"snapshot", retain=True)
+        received = {}
+        for flag in ("1", "0"):
+            url = f"{plain_url}?protocol=3.1.1&retained_wildcards={flag}"
+            async with MqttConnection(fast(url, f"late-{flag}"), ["fl/f/model/#"]) as late:
+                await late.wait_connected()
+                msg = await late.next_message(timeout=3)
+                received[flag] = None if msg is None else msg.payload
+    assert received == {"1": None, "0": b"snapshot"}  # the quirk, and the workaround
