@@ -14,6 +14,7 @@ stops the node's process group and that ``epmd``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -113,6 +114,7 @@ class RabbitMqBroker:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: the script, beam and its helpers
         )
+        atexit.register(self.stop)  # also on an interpreter exit that skipped close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -154,6 +156,7 @@ class RabbitMqBroker:
 
     def close(self) -> None:
         self.stop()
+        atexit.unregister(self.stop)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
