@@ -1,6 +1,7 @@
-"""``fedmq-demo``: a federated-training demo over a real Mosquitto broker.
+"""``fedmq-demo``: a federated-training demo over a real MQTT broker.
 
-Starts Mosquitto from ``broker_config/`` on a free loopback port (or uses ``--broker``), an aggregator
+Starts Mosquitto from ``broker_config/`` (or NATS with JetStream and its MQTT 3.1.1 listener, with
+``--start-broker nats``) on a free loopback port, or uses ``--broker``; then an aggregator
 and N simulated devices, each with its own MQTT connection, trains a small MLP on scikit-learn's
 digits split non-IID across the devices, and ends with a summary table (and ``--json``).
 """
@@ -27,6 +28,7 @@ from shared.dp import DPConfig
 from shared.errors import FedmqError
 from simulator.broker import MosquittoBroker
 from simulator.fleet import FleetConfig, FleetReport, RoundReport, run_fleet
+from simulator.nats import NatsServer
 from simulator.workloads import WORKLOAD_NAMES, get_workload
 
 
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--broker", default=None, help="use this broker (mqtt://host:port) instead of starting one"
+    )
+    p.add_argument(
+        "--start-broker",
+        choices=("mosquitto", "nats"),
+        default="mosquitto",
+        help="broker to start when --broker is not given (nats: MQTT 3.1.1 over JetStream)",
     )
     p.add_argument("--store", type=Path, default=None, help="aggregator store folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write the summary figures here")
@@ -183,7 +191,13 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
             if args.broker:
                 return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url,
                                        metrics_listen=args.metrics)  # fmt: skip
-            with MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0) as broker:
+            if args.start_broker == "nats":
+                if args.js_devices:
+                    raise FedmqError("--js-devices needs Mosquitto (its websockets listener)")
+                launcher = NatsServer(Path(tmp) / "broker")
+            else:
+                launcher = MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0)
+            with launcher as broker:
                 progress.update(task, status=f"broker on {broker.url}")
                 ws_url = broker.ws_url if args.js_devices else None
                 return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url,

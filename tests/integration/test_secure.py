@@ -18,7 +18,14 @@ from shared.mqtt import MqttConfig, MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import KEYS, Topics
 from simulator.broker import MosquittoBroker
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from tests.support import (
+    directory_of,
+    enrol,
+    initial_weights,
+    mqtt_config,
+    run_rounds,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "sec"
@@ -126,7 +133,17 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             pass
 
 
-@pytest.mark.parametrize("bits, subsample", [(16, 1.0), (8, 0.5)])
+@pytest.mark.parametrize(
+    "broker, bits, subsample",
+    [
+        ("mosquitto", 16, 1.0),
+        ("mosquitto", 8, 0.5),
+        ("nats", 16, 1.0),
+        ("nats", 8, 0.5),
+        ("rabbitmq", 16, 1.0),
+    ],
+    indirect=["broker"],
+)
 async def test_compressed_secure_round_matches_the_plaintext_oracle(
     broker, tmp_path, digits, bits, subsample
 ):
