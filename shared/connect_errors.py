@@ -27,6 +27,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _reason(exc: ssl.SSLError) -> str:
+    return str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc)
+
+
 def permanent_cause(
     exc: BaseException, where: str, who: str | None, tls_alert: str | None = None
 ) -> FedmqError | None:
@@ -45,11 +49,11 @@ def permanent_cause(
     for link in _chain(exc):
         if isinstance(link, ssl.SSLCertVerificationError):
             return BrokerTlsError(
-                f"TLS with broker {where} failed: {link.verify_message or link.reason} (check ca_file and "
+                f"TLS with broker {where} failed: {_reason(link)} (check ca_file and "
                 "that the broker's certificate names this host)"
             )
         if isinstance(link, ssl.SSLError):
-            return BrokerTlsError(f"TLS with broker {where} failed: {link.reason or link} (check the "
+            return BrokerTlsError(f"TLS with broker {where} failed: {_reason(link)} (check the "
                                   "certificates, and mqtts:// against a TLS listener)")  # fmt: skip
     if tls_alert is not None:
         alert = tls_alert.rsplit(": ", 1)[-1]
