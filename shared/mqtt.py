@@ -203,13 +203,16 @@ class MqttConfig:
                 if items[-1] not in ("0", "1", "true", "false"):
                     raise ConfigError("retained_wildcards", f"{items[-1]!r} is not 0/1/true/false")
                 values["retained_wildcards"] = items[-1] in ("1", "true")
+            elif key == "ca_file":  # a URL alone can then describe a TLS broker (the demo, tools)
+                values["ca_file"] = items[-1]
             elif key == "max_packet_size":
                 if not items[-1].isdigit():
                     raise ConfigError("max_packet_size", f"{items[-1]!r} is not a byte count")
                 values["max_packet_size"] = int(items[-1])
             else:
                 raise ConfigError(
-                    "broker", f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards)"
+                    "broker",
+                    f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards, ca_file)",
                 )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
