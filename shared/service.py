@@ -128,9 +128,11 @@ def setup_logging(level: str, json_logs: bool = False) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._fedmq = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call; others (a test's capture) stay
+        if getattr(old, "_fedmq", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     try:
         root.setLevel(str(level).upper())
