@@ -143,6 +143,7 @@ class DeviceNoisePlan:
     n_expected: int
     dropout_margin: float
     l2_sensitivity: float  # one device's L2 sensitivity, integer units (inflated bound)
+    dim: int = 1  # coordinates the noise covers (the bound for very large variances depends on it)
 
     @property
     def min_survivors(self) -> int:
@@ -168,7 +169,7 @@ class DeviceNoisePlan:
 
     def noise_multiplier_present(self, survivors: int) -> float:
         """The proven noise multiplier of the released sum (0.0 when fewer than two devices survive)."""
-        return skellam_noise_multiplier(self.variance_credited(survivors), self.l2_sensitivity)
+        return skellam_noise_multiplier(self.variance_credited(survivors), self.l2_sensitivity, self.dim)
 
     def gaussian_equivalent_multiplier(self, survivors: int) -> float:
         """√(variance present)/Δ₂: the multiplier of a Gaussian of equal variance — for comparison only."""
@@ -226,7 +227,7 @@ def plan_device_noise(
         raise ConfigError("dim", f"the Skellam bound covers at most {MAX_DIM} coordinates, got {dim}")
     sensitivity = inflated_l2_bound(clip_norm, scale, dim, beta)
     shares = credited_shares(n_expected, dropout_margin)
-    credited = skellam_variance_for(z, sensitivity)
+    credited = skellam_variance_for(z, sensitivity, _dimension(dim))
     # Round up by a hair so that (share × shares) is ≥ the credited variance in floating point too.
     variance = credited / shares * (1.0 + 1e-12)
     plan = DeviceNoisePlan(
@@ -235,6 +236,7 @@ def plan_device_noise(
         n_expected=int(n_expected),
         dropout_margin=float(dropout_margin),
         l2_sensitivity=sensitivity,
+        dim=_dimension(dim),
     )
     if plan.min_survivors >= 2 and not plan.meets_target(plan.min_survivors):  # pragma: no cover - guard
         raise ConfigError("noise_multiplier", f"Skellam sizing missed the target {z}")

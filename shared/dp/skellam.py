@@ -57,8 +57,11 @@ TAIL_TV = 1e-200
 TAIL_QUANTILE = 30.25
 #: Largest dimension the accountant's reserved δ slack covers (see ``accounting.tail_slack_ok``).
 MAX_DIM = 1 << 40
+#: Largest variance whose pmf is computed directly (``scipy.special.ive`` is exact well beyond it);
+#: larger ones are split into N equal parts (:func:`skellam_noise_multiplier`).
+MAX_COMPUTED_VARIANCE = 2.0**30
 #: Largest pmf support computed (points on one side); beyond this a variance is refused.
-MAX_SUPPORT = 20_000_000
+MAX_SUPPORT = 4_000_000
 #: Variances are rounded down to this many grid points per doubling (relative step ≈ 1.7e-4).
 VARIANCE_GRID = 4096
 #: Relative float error assumed per pmf value from ``scipy.special.ive``.
@@ -167,23 +170,48 @@ def skellam_gaussian_slope(variance: float, max_shift: float) -> float:
     return _gaussian_slope(variance_grid_floor(variance), _shift_key(shift))
 
 
-def skellam_noise_multiplier(variance: float, l2_sensitivity: float) -> float:
+def _parts(variance: float) -> int:
+    """Smallest power of two N with variance / N ≤ MAX_COMPUTED_VARIANCE."""
+    parts = 1
+    while variance / parts > MAX_COMPUTED_VARIANCE:
+        parts *= 2
+    return parts
+
+
+def skellam_noise_multiplier(variance: float, l2_sensitivity: float, dim: int) -> float:
     """The proven noise multiplier of one Skellam release: z = 1 / (m₁(μ) · Δ₂).
 
     The release is dominated (up to the reserved tail slack) by a Gaussian mechanism with this multiplier,
     so the accountant may treat it as one. ``variance == 0`` (no noise reached the sum) gives 0.0: no
     privacy. Always ≤ the equal-variance Gaussian multiplier √μ/Δ₂ (by about 1/(6μ), relatively).
+
+    Very large variances (above 2³⁰, beyond what the exact pmf is computed for) are split: Sk(μ) is the sum
+    of N i.i.d. Sk(μ/N), so the release is a post-processing of N·``dim`` coordinates in which a shift k
+    is spread as evenly as possible (parts differ by at most 1, Σ k_j² = k²/N + r(N−r)/N with r = k mod N).
+    That gives z = 1 / (m₁(μ/N) · √(Δ₂²/N + min(dim·N/4, Δ₁))), Δ₁ = Δ₂·min(√dim, Δ₂) — a relative cost of
+    about dim·N/(4Δ₂²), negligible where such variances occur (large codec scales, so Δ₂² ≫ dim).
     """
     l2 = float(l2_sensitivity)
     if not math.isfinite(l2) or l2 <= 0.0:
         raise ConfigError("l2_sensitivity", f"must be a finite number > 0, got {l2_sensitivity!r}")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ConfigError("dim", f"must be a positive integer, got {dim!r}")
     if float(variance) == 0.0:
         return 0.0
-    slope = skellam_gaussian_slope(variance, l2)  # a coordinate moves by at most ‖v‖₂ ≤ Δ₂
-    return 0.0 if slope == 0.0 else 1.0 / (slope * l2)
+    mu = variance_grid_floor(float(variance)) if float(variance) > 0 else float(variance)
+    parts = _parts(mu)
+    if int(dim) * parts > MAX_DIM:
+        raise ConfigError("dim", f"the Skellam bound covers at most {MAX_DIM} coordinates, got {dim}x{parts}")
+    if parts == 1:
+        slope = skellam_gaussian_slope(mu, l2)  # a coordinate moves by at most ‖v‖₂ ≤ Δ₂
+        return 0.0 if slope == 0.0 else 1.0 / (slope * l2)
+    slope = skellam_gaussian_slope(mu / parts, math.ceil(l2 / parts))
+    l1 = l2 * min(math.sqrt(int(dim)), l2)
+    spread = min(int(dim) * parts / 4.0, l1)
+    return 0.0 if slope == 0.0 else 1.0 / (slope * math.sqrt(l2 * l2 / parts + spread))
 
 
-def skellam_variance_for(noise_multiplier: float, l2_sensitivity: float) -> float:
+def skellam_variance_for(noise_multiplier: float, l2_sensitivity: float, dim: int) -> float:
     """Smallest grid variance μ whose proven multiplier :func:`skellam_noise_multiplier` is ≥ the target.
 
     Deterministic, so devices and the aggregator size and credit the same noise.
@@ -194,7 +222,7 @@ def skellam_variance_for(noise_multiplier: float, l2_sensitivity: float) -> floa
     l2 = float(l2_sensitivity)
     variance = variance_grid_ceil((z * l2) ** 2)
     for _ in range(64):
-        proven = skellam_noise_multiplier(variance, l2)
+        proven = skellam_noise_multiplier(variance, l2, dim)
         if proven >= z:
             return variance
         # ≈ Gaussian: the multiplier grows like √μ; step a little past the estimate, then snap to grid.
