@@ -90,8 +90,10 @@ def variance_grid_ceil(variance: float) -> float:
 
 
 def _shift_key(max_shift: float) -> int:
-    """⌈max_shift⌉ rounded up to a power of two (a larger window is still a valid bound)."""
-    return 1 << max(0, math.ceil(math.log2(max(1.0, math.ceil(max_shift)))))
+    """⌈max_shift⌉ rounded up to 5 significant bits (≤ 6.25% more; a larger window is still valid)."""
+    shift = max(1, math.ceil(max_shift))
+    step = 1 << max(0, shift.bit_length() - 5)
+    return -(-shift // step) * step
 
 
 @functools.lru_cache(maxsize=256)
@@ -109,7 +111,7 @@ def _gaussian_slope(variance: float, max_shift: int) -> float:
     log_tail = float(special.log_ndtr(-needed_quantile))
     if log_tail < -700.0:  # below the smallest double: no certificate
         logger.warning(
-            "skellam bound: variance %.4g is too small for shifts of %d (noise multiplier below ~0.15);"
+            "skellam bound: variance %.4g is too small for shifts of %d (noise multiplier below ~0.3);"
             " no privacy is claimed for it",
             variance, max_shift,
         )  # fmt: skip
@@ -142,6 +144,13 @@ def _gaussian_slope(variance: float, max_shift: int) -> float:
     window = b0 + max_shift  # B: increments are needed for x in [-B, B]
     if window + 2 >= survival.size:
         raise ConfigError("variance", f"Skellam window for variance {variance:.6g} exceeds the support")
+    if not survival[window + 1] >= 1e-300:  # the window's far end underflows double precision
+        logger.warning(
+            "skellam bound: variance %.4g is too small for shifts of %d (noise multiplier below ~0.3);"
+            " no privacy is claimed for it",
+            variance, max_shift,
+        )  # fmt: skip
+        return 0.0
     t = special.ndtri(survival[1 : window + 2])  # t[j] = Φ⁻¹(P(X ≥ j + 1))
     increments = t[:-1] - t[1:]  # g(x) − g(x−1) for x = 1..B (symmetry covers x ≤ 0)
     slope = max(-2.0 * float(t[0]), float(np.max(increments)))
@@ -158,7 +167,7 @@ def _gaussian_slope(variance: float, max_shift: int) -> float:
 def skellam_gaussian_slope(variance: float, max_shift: float) -> float:
     """m₁ for total per-coordinate Skellam variance ``variance`` and coordinate shifts ≤ ``max_shift``.
 
-    Pessimistic on both inputs: the variance is rounded down to the grid, the shift up to a power of two.
+    Pessimistic on both inputs: the variance is rounded down to the grid, the shift up (5 significant bits).
     0.0 means "no certificate" (see :func:`_gaussian_slope`).
     """
     variance = float(variance)
