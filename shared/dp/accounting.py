@@ -272,10 +272,14 @@ class PrivacyAccountant:
     # -- internals ----------------------------------------------------------------------------------------
 
     def _key(self, z: float, q: float) -> _Key:
-        """Reuse a cached multiplier in [z / (1 + grid), z]: less noise than present, so pessimistic."""
+        """Reuse a known multiplier in [z / (1 + grid), z]: less noise than present, so pessimistic.
+
+        Known: cached PLDs and rounds recorded but not yet composed (whose PLDs will be built anyway).
+        """
         if (z, q) in self._base:
             return (z, q)
-        candidates = [kz for kz, kq in self._base if kq == q and z / (1.0 + self._grid) <= kz <= z]
+        known = {*self._base, *(key for key, _count in self._pending)}
+        candidates = [kz for kz, kq in known if kq == q and z / (1.0 + self._grid) <= kz <= z]
         return (max(candidates), q) if candidates else (z, q)
 
     def _base_pld(self, key: _Key) -> pld_lib.PrivacyLossDistribution:

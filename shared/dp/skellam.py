@@ -96,7 +96,7 @@ def _shift_key(max_shift: float) -> int:
     return -(-shift // step) * step
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _gaussian_slope(variance: float, max_shift: int) -> float:
     """m₁ for Sk(``variance``) on the window needed by shifts up to ``max_shift``; 0.0 if uncertifiable.
 
