@@ -96,26 +96,30 @@ def _shift_key(max_shift: float) -> int:
     return -(-shift // step) * step
 
 
+def _no_certificate(variance: float, max_shift: int, why: str) -> float:
+    logger.warning(
+        "skellam bound: no certificate for variance %.6g and shifts up to %d (%s); no privacy is claimed",
+        variance, max_shift, why,
+    )  # fmt: skip
+    return 0.0
+
+
 @functools.lru_cache(maxsize=4096)
 def _gaussian_slope(variance: float, max_shift: int) -> float:
     """m₁ for Sk(``variance``) on the window needed by shifts up to ``max_shift``; 0.0 if uncertifiable.
 
-    ``variance`` must already be a grid point. Returns 0.0 (no certificate, so no privacy claimed) when
-    the tail condition would need probabilities below double precision — only for noise so small
-    relative to the sensitivity (z ≲ 0.15) that ε is enormous anyway.
+    ``variance`` must already be a grid point. Returns 0.0 (no certificate, so no privacy is claimed:
+    the round counts as ε = ∞) when the tail condition would need probabilities below double precision
+    — only for noise so small relative to the sensitivity (z ≲ 0.3) that ε is very large anyway — or if
+    a numerical check fails.
     """
     sigma = math.sqrt(variance)
     # The window must reach the Gaussian quantile c ≥ TAIL_QUANTILE + K·m₁, with m₁ ≈ 1/σ.
     # (m₁·σ ≈ 1 + 1/(6μ); the factor below over-estimates it for every μ ≥ 0.1.)
     needed_quantile = TAIL_QUANTILE + (1.01 + 1.0 / (3.0 * variance)) * max_shift / sigma + 0.05
     log_tail = float(special.log_ndtr(-needed_quantile))
-    if log_tail < -700.0:  # below the smallest double: no certificate
-        logger.warning(
-            "skellam bound: variance %.4g is too small for shifts of %d (noise multiplier below ~0.3);"
-            " no privacy is claimed for it",
-            variance, max_shift,
-        )  # fmt: skip
-        return 0.0
+    if log_tail < -700.0:  # below the smallest double
+        return _no_certificate(variance, max_shift, "noise multiplier below ~0.3")
     support = int(max_shift + 16 + (needed_quantile + 12.0) * sigma)
     while True:
         if support > MAX_SUPPORT:
@@ -134,23 +138,16 @@ def _gaussian_slope(variance: float, max_shift: int) -> float:
     survival = np.cumsum(pmf[::-1])[::-1] + beyond  # survival[x] = P(X ≥ x), x ≥ 0
     total = 2.0 * float(survival[1]) + float(pmf[0])
     if not abs(total - 1.0) <= 1e-12:
-        raise ConfigError("variance", f"Skellam pmf of variance {variance:.6g} sums to {total!r}, not 1")
+        return _no_certificate(variance, max_shift, f"pmf sums to {total!r}, not 1")
     with np.errstate(divide="ignore"):
         log_survival = np.log(survival)
     inside = np.flatnonzero(log_survival <= log_tail)
-    if inside.size == 0:
-        raise ConfigError("variance", f"Skellam tail of variance {variance:.6g} not reached")
-    b0 = int(inside[0])
+    b0 = int(inside[0]) if inside.size else survival.size
     window = b0 + max_shift  # B: increments are needed for x in [-B, B]
     if window + 2 >= survival.size:
-        raise ConfigError("variance", f"Skellam window for variance {variance:.6g} exceeds the support")
+        return _no_certificate(variance, max_shift, "the window exceeds the computed support")
     if not survival[window + 1] >= 1e-300:  # the window's far end underflows double precision
-        logger.warning(
-            "skellam bound: variance %.4g is too small for shifts of %d (noise multiplier below ~0.3);"
-            " no privacy is claimed for it",
-            variance, max_shift,
-        )  # fmt: skip
-        return 0.0
+        return _no_certificate(variance, max_shift, "noise multiplier below ~0.3")
     t = special.ndtri(survival[1 : window + 2])  # t[j] = Φ⁻¹(P(X ≥ j + 1))
     increments = t[:-1] - t[1:]  # g(x) − g(x−1) for x = 1..B (symmetry covers x ≤ 0)
     slope = max(-2.0 * float(t[0]), float(np.max(increments)))
@@ -160,7 +157,7 @@ def _gaussian_slope(variance: float, max_shift: int) -> float:
     # The tail conditions: τ = P(X ≥ B0 + 2) ≤ TAIL_TV and Φ̄(Φ̄⁻¹(τ) − K·m₁) ≤ TAIL_TV.
     quantile = -float(special.ndtri(survival[b0 + 2])) if survival[b0 + 2] > 0 else math.inf
     if survival[b0 + 2] > TAIL_TV or quantile - max_shift * slope < TAIL_QUANTILE:
-        raise ConfigError("variance", f"Skellam tail condition failed for variance {variance:.6g}")
+        return _no_certificate(variance, max_shift, "tail condition not met")
     return slope
 
 
