@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--dp", choices=("distributed", "central"), default=None, help="differential privacy mode")
     p.add_argument("--dp-noise", type=float, default=None, help="DP noise multiplier z")
-    p.add_argument("--dp-epsilon", type=float, default=None, help="DP target epsilon (calibrates z)")
+    p.add_argument("--dp-epsilon", type=float, default=None, help="DP target proven epsilon (sets z)")
     p.add_argument("--dp-delta", type=float, default=1e-3, help="DP delta (well below 1/devices)")
     p.add_argument("--dp-budget", type=float, default=None, help="stop before epsilon would exceed this")
     p.add_argument(
@@ -129,7 +129,7 @@ def summary_table(report: FleetReport) -> Table:
     table.add_row("gap", f"{report.central_accuracy - report.final_accuracy:+.4f}")
     table.add_row("mode", report.mode)
     if report.epsilon is not None:
-        table.add_row("privacy spent (epsilon, delta)", f"({report.epsilon:.3f}, {report.delta:g})")
+        table.add_row("privacy spent (proven epsilon, delta)", f"({report.epsilon:.3f}, {report.delta:g})")
     table.add_row("rounds", str(report.rounds))
     table.add_row("clients", str(report.clients))
     table.add_row("bytes up per client per round", f"{report.bytes_up_per_client_round:,.0f}")

@@ -201,9 +201,11 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
     keys = enrol(5)
     directory = directory_of(keys)
     z, delta, margin = 1.0, 1e-3, 0.1
-    # The engine checks the planned z before each round and records the z present after it (all 5
-    # devices survive, so the noise is the target inflated by the dropout margin): replay that here.
-    present = z / np.sqrt(1 - margin)
+    # The engine checks the planned z before each round and records the *proven* multiplier present after
+    # it. All 5 devices survive, i.e. exactly the planned minimum (ceil(0.9 * 5)), and 4 shares are
+    # credited, sized so the proven Skellam multiplier is z (up to the variance grid, < 0.1%): replay that.
+    # The equal-variance Gaussian figure would have been z / sqrt(1 - margin) = 1.054 z.
+    present = z
     acct = PrivacyAccountant(delta)
     eps_after = []
     for _ in range(3):
@@ -231,6 +233,7 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
         results = await run_rounds(agg, devices, 5)
     assert [r.status for r in results] == ["closed", "closed"]  # the budget stopped the third round
     epsilons = [r.metrics["epsilon"] for r in results]
-    assert epsilons == pytest.approx(eps_after[:2], rel=1e-6)
+    assert epsilons == pytest.approx(eps_after[:2], rel=1e-3)
     assert epsilons[-1] <= budget
-    assert all(r.metrics["noise_multiplier"] == pytest.approx(present) for r in results)
+    # The recorded figure is the proven one (>= the target, within the grid), not the Gaussian equivalent.
+    assert all(z <= r.metrics["noise_multiplier"] <= z * 1.001 for r in results)
