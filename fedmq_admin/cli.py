@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fedmq_admin.federation import AGGREGATOR, Federation, init_federation
+from fedmq_admin.federation import Federation, init_federation
 from shared.errors import FedmqError
 from shared.service import EXIT_OK, exit_code, mqtt_config
 from shared.settings import load_toml
@@ -204,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedmq {args.command}: {exc}", file=sys.stderr)
         return code
     return EXIT_OK
-
-
-__all__ = ["AGGREGATOR", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

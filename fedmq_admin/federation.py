@@ -38,7 +38,7 @@ from fedmq_admin.broker import (
     write_private,
 )
 from shared.enrolment import EnrolmentList, make_list, read_list_file, verify_list, write_list_file
-from shared.errors import ConfigError, FedmqError
+from shared.errors import ConfigError
 from shared.signing import load_or_create_key
 from shared.topics import check_id
 
@@ -317,9 +317,3 @@ def init_federation(
     ]
     (aggregator_dir / "aggregator.toml").write_text("\n".join(lines))
     return fed
-
-
-def require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FedmqError(f"{what} not found at {path}")
-    return path

@@ -249,19 +249,17 @@ class EnrolmentFollower:
         self.current = msg
         self.directory.serial = msg.serial
         change = diff(self.directory, msg)
-        now_add = change.added if self.delay_additions <= 0 else {}
-        now_remove = change.removed if self.delay_removals <= 0 else frozenset()
-        self.directory.add(now_add)
-        self.directory.remove(now_remove)
-        later_add = {} if now_add else change.added
-        later_remove = frozenset() if now_remove else change.removed
+        add_now, remove_now = self.delay_additions <= 0, self.delay_removals <= 0
+        if add_now:
+            self.directory.add(change.added)
+        if remove_now:
+            self.directory.remove(change.removed)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if later_add or later_remove:
-            delay = self.delay_additions if later_add else self.delay_removals
-            if later_add and later_remove:
-                delay = max(self.delay_additions, self.delay_removals)
+        pending = (not add_now and change.added) or (not remove_now and change.removed)
+        if pending:  # the rest after the grace (``_apply_later`` re-diffs against the newest list)
+            delay = max(self.delay_additions, self.delay_removals)
             self._timer = asyncio.get_running_loop().call_later(delay, self._apply_later, msg)
         log.info(
             "enrolment list serial %d: %d devices (+%d -%d)%s",
