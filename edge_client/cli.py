@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -197,6 +198,7 @@ async def serve(config: EdgeConfig, trainer: LocalTrainer, enrolment: DeviceEnro
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = parse_args(argv)
     try:
         v = resolve(OPTIONS, args)
@@ -207,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             epochs=v["training.epochs"], lr=v["training.lr"], batch_size=v["training.batch_size"]
         )
         trainer = LocalTrainer(FederatedModel(module), x, y, train, loss_fn=load_loss(v))
-        asyncio.run(serve(config, trainer, enrolment, v["broker.startup_timeout"]))
+        # The start-up deadline counts from the process start (loading torch and the data included).
+        startup = v["broker.startup_timeout"]
+        if startup:
+            startup = max(1.0, startup - (time.monotonic() - started))
+        asyncio.run(serve(config, trainer, enrolment, startup))
     except Exception as exc:
         if not logging.getLogger().handlers:
             setup_logging("INFO")

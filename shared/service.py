@@ -76,7 +76,7 @@ def broker_options(default_client_id: str | None) -> list[Option]:
             help="CA bundle that signed the broker's cert"),
         Option("broker.cert_file", type="path", flag="--cert-file", help="client certificate (mTLS)"),
         Option("broker.key_file", type="path", flag="--key-file", help="client certificate's key (mTLS)"),
-        Option("broker.startup_timeout", type="float", default=30.0,
+        Option("broker.startup_timeout", type="float", default=25.0,
                help="seconds to reach the broker at start before giving up with exit 7 (0: wait forever)"),
         Option("broker.auth_retries", type="int", default=3,
                help="refusals of our credentials or certificate in a row before exiting (4 or 5)"),
