@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -21,21 +20,21 @@ import nacl.signing
 import numpy as np
 
 from edge_client.memory import TrainingPlan, activation_profile, plan_training
+from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
 from shared.errors import ConfigError, FedmqError, ProtocolError
-from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
+from shared.mqtt import MqttConfig, MqttConnection, Presence
+from shared.outbox import Outbox
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
-from shared.staleness import StalenessPolicy
 from shared.supervision import INTERNAL_ERROR, FaultCounter, guarded, rule_of
-from shared.topics import UPDATE, Topics, check_id
+from shared.topics import Topics, check_id
 from shared.wire import (
     PHASE_COLLECT,
     PHASE_KEYS,
-    Message,
     ModelSnapshot,
     ModelUpdate,
     RoundAnnounce,
@@ -144,6 +143,7 @@ class EdgeClient:
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
+        self.outbox = Outbox(self.conn, self.topics, chunk_limit=config.chunk_limit)
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
             if config.identity is not None and config.aggregator_key is not None and config.directory
@@ -336,7 +336,7 @@ class EdgeClient:
 
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
-        wanted = PHASE_KEYS if a is not None and a.config.get("mode") == "secure" else PHASE_COLLECT
+        wanted = PHASE_KEYS if a is not None and a.plan.secure else PHASE_COLLECT
         if a is None or a.phase != wanted or a.round_id in self.contributed or time.time() >= a.deadline:
             return None
         if wanted == PHASE_KEYS:
@@ -361,74 +361,37 @@ class EdgeClient:
             return
         self._training = asyncio.create_task(self._participate(announce), name=f"train-{self.client_id}")
 
+    def local_state(self) -> LocalState:
+        """What this device holds, as :func:`edge_client.participation.decide` reads it."""
+        pending = self._pending
+        held = None
+        if pending is not None:
+            task = pending.task
+            failed = task.done() and (task.cancelled() or task.exception() is not None)
+            held = HeldDelta(pending.base, pending.blocks, done=task.done(), failed=failed)
+        version = self.version if self.weights is not None else -1
+        return LocalState(version, held, self._training_busy(), self.last_train_s)
+
     def _join_secure(self, announce: RoundAnnounce) -> None:
-        """Join a secure round with a fresh delta, or with a ready one trained on an older snapshot."""
+        """Act on :func:`edge_client.participation.decide` for a secure round."""
         assert self._secagg is not None
         self.contributed.add(announce.round_id)
-        dp = announce.config.get("dp") or {}
-        q = dp.get("sampling_q") if isinstance(dp, dict) else None
-        if isinstance(q, float) and q < 1.0 and _SAMPLER.random() >= q:
-            # Poisson self-sampling: the privacy amplification the accountant assumes (DESIGN.md §7).
-            log.info("device=%s sat out round %d (sampled with q=%g)", self.client_id, announce.round_id, q)
+        policy = DevicePolicy(train_ahead=self.config.train_ahead, sample_draw=_SAMPLER.random())
+        decision = decide(announce.plan, announce.base_version, self.local_state(), policy)
+        if decision.discard and self._pending is not None:
+            log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id,
+                     self._pending.base, announce.round_id, announce.base_version)  # fmt: skip
+            self._pending = None
+        if decision.trains:
+            self._start_training(announce.plan.blocks)
+        if not decision.joins:
+            log.info("device=%s %s round %d: %s", self.client_id, decision.action.value, announce.round_id,
+                     decision.reason)  # fmt: skip
             return
-        policy = StalenessPolicy.from_dict(
-            announce.config.get("staleness") or {**StalenessPolicy().to_dict()}
-        )
-        blocks = announce.config.get("blocks")
-        blocks = tuple(blocks) if isinstance(blocks, list) else None
         pending = self._pending
-        fresh = pending is not None and pending.base == announce.base_version
-        if pending is not None and pending.task.done() and pending.task.exception() is not None:
-            pending = self._pending = None  # a failed training (logged when it failed): train afresh
-        if pending is not None and (
-            not policy.accepts(announce.base_version - pending.base) or (fresh and pending.blocks != blocks)
-        ):
-            log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id, pending.base,
-                     announce.round_id, announce.base_version)  # fmt: skip
-            pending = self._pending = None
-        if pending is not None and pending.blocks != blocks:
-            # A stale delta of other blocks: the rotation brings its blocks back within a few rounds, so
-            # keep it for one of those (until it ages out) rather than throw the training away.
-            log.info("device=%s keeps its delta of blocks %s for a later round than %d",
-                     self.client_id, pending.blocks, announce.round_id)  # fmt: skip
-            return
-        if pending is not None and not pending.task.done() and pending.base != announce.base_version:
-            # Still training on an older snapshot: contribute it, stale, to a later round.
-            log.info(
-                "device=%s still training on v%d; skips round %d",
-                self.client_id,
-                pending.base,
-                announce.round_id,
-            )
-            return
-        if pending is None:
-            if self.weights is None or self.version != announce.base_version:
-                return  # no usable delta and not the round's snapshot: wait for the next one
-            if self._training_busy():
-                # A discarded training is still running: one training at a time on the trainer.
-                log.info("device=%s still finishing a discarded training; skips round %d", self.client_id,
-                         announce.round_id)  # fmt: skip
-                return
-            pending = self._start_training(blocks)
-            window = _masked_window(announce)
-            if self.config.train_ahead and self.last_train_s is not None and self.last_train_s > window:
-                log.info("device=%s trains ahead on v%d, not in round %d: its last training took %.1f s, "
-                         "the masked window is %.1f s", self.client_id, pending.base, announce.round_id,
-                         self.last_train_s, window)  # fmt: skip
-                return
+        assert pending is not None
         round_id = announce.round_id
-        tau = announce.base_version - pending.base
-
-        async def send(kind: str, message: Message) -> None:
-            remaining = max(1.0, announce.deadline - time.time())
-            await publish_framed(
-                self.conn,
-                self.topics.round_msg(round_id, kind, self.client_id),
-                lambda i: self.topics.round_chunk(round_id, kind, self.client_id, i),
-                encode(message),
-                self.config.chunk_limit,
-                expiry_s=remaining,
-            )
+        tau = decision.staleness
 
         def on_phase(phase: str) -> None:
             if phase == "masked":
@@ -439,9 +402,9 @@ class EdgeClient:
             if self.phase_hook is not None:
                 self.phase_hook(phase)
 
-        self._secure = SecureParticipation(
-            self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy, self.keep_encoded
-        )
+        self._secure = SecureParticipation(self._secagg, announce, pending.task, pending.dim,
+                                           outbox=self.outbox, on_phase=on_phase, staleness=tau,
+                                           keep_encoded=self.keep_encoded)  # fmt: skip
         self._spawn(self._secure.start())
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
 
@@ -531,14 +494,7 @@ class EdgeClient:
                 data=np.ascontiguousarray(result.delta, dtype="<f4").tobytes(),
                 metrics={"loss": result.loss, "train_s": result.seconds},
             )
-            await publish_framed(
-                self.conn,
-                self.topics.round_msg(round_id, UPDATE, self.client_id),
-                lambda i: self.topics.round_chunk(round_id, UPDATE, self.client_id, i),
-                encode(update),
-                self.config.chunk_limit,
-                expiry_s=remaining,
-            )
+            await self.outbox.update(update, expiry_s=remaining)
             self.contributed.add(round_id)
             self.stats.rounds_joined += 1
             log.info("device=%s round=%d update sent (loss %.3f)", self.client_id, round_id, result.loss)
@@ -552,9 +508,3 @@ class EdgeClient:
             # A newer round or snapshot may have arrived while we trained.
             asyncio.get_running_loop().call_soon(self._maybe_train)
 
-
-def _masked_window(announce: RoundAnnounce) -> float:
-    """Seconds a secure round gives devices to train and send the masked input (inf if unannounced)."""
-    windows = announce.config.get("windows")
-    masked = windows.get("masked") if isinstance(windows, dict) else None
-    return float(masked) if isinstance(masked, (int, float)) else math.inf

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
+from shared.plan import RoundPlan
 from shared.wire.base import Message, message
 
 #: Round phases. ``collect`` is the plain-mode phase; secure aggregation adds its own.
@@ -74,13 +74,13 @@ class ModelSnapshot(Message):
 
 
 @message("round")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundAnnounce(Message):
     """Opens (or moves) a round; retained on ``fl/<fed>/round``.
 
     ``deadline`` is wall-clock UNIX time; devices use it to set message expiry and to skip rounds they
-    cannot make. ``config`` carries per-round settings (codec, secure aggregation, DP, blocks) as a map
-    of plain values, each validated by its own config class on the device.
+    cannot make. ``plan`` is the round's typed settings (:class:`shared.plan.RoundPlan`: codec, phase
+    windows, staleness rule, DP, blocks, weight cap), decoded and validated field by field.
     """
 
     federation: str
@@ -91,7 +91,7 @@ class RoundAnnounce(Message):
     deadline: float
     min_clients: int
     target_clients: int
-    config: dict[str, Any] = field(default_factory=dict)
+    plan: RoundPlan = field(default_factory=RoundPlan)
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -99,6 +99,8 @@ class RoundAnnounce(Message):
             raise ValueError("round_id and base_version must be >= 0")
         if self.min_clients < 1 or self.target_clients < self.min_clients:
             raise ValueError("need 1 <= min_clients <= target_clients")
+        if not self.opened_at <= self.deadline:
+            raise ValueError("deadline must not precede opened_at")
 
 
 @message("update")
