@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +28,23 @@ import numpy as np
 from aggregator import rounds
 from aggregator.accumulator import WeightedMean
 from aggregator.config import AggregatorConfig
+from aggregator.intake import Intake
+from aggregator.model import load_snapshot, restore_accountant
 from aggregator.optimizer import ServerOptimizer
 from aggregator.plain import PlainRound
+from aggregator.publishing import Publishing
 from aggregator.rounds import Recovery
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.dp import PrivacyAccountant
-from shared.errors import FedmqError, ProtocolError, StoreError, WireError
+from shared.errors import FedmqError, StoreError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection
 from shared.outbox import Outbox
 from shared.signing import load_or_create_key, sign
-from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
-from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor, guarded, rule_of
-from shared.topics import UPDATE, RoundTopic, Topics
+from shared.snapshots import make_delta_snapshot, make_snapshot, snapshot_weights
+from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor
+from shared.topics import Topics
 from shared.wire import (
     PHASE_ABANDONED,
     PHASE_CLOSED,
@@ -50,17 +53,15 @@ from shared.wire import (
     ModelSnapshot,
     RoundAnnounce,
     RoundResult,
-    decode,
     encode,
 )
-from shared.wire import Presence as PresenceMsg
 
 log = logging.getLogger(__name__)
 
 RoundObserver = Callable[[RoundResult, np.ndarray], None]
 
 
-class Aggregator:
+class Aggregator(Intake, Publishing):
     """Runs rounds for one federation. ``async with Aggregator(cfg, initial=path) as agg: await agg.run(5)``.
 
     ``observers`` are called with each round's result and the new weights (used by the simulator to
@@ -144,50 +145,19 @@ class Aggregator:
             self.store.close()
 
     def _load_model(self) -> None:
-        assert self.store is not None
+        store = self.store_or_fail()
         if self.accountant is not None:
-            history = [(sigma, self.config.dp.sampling_q) for sigma in self.store.noise_history()]
-            if history:
-                dp = self.config.dp
-                assert dp.delta is not None
-                self.accountant = PrivacyAccountant.from_history(dp.delta, dp.sampling_q, history)
-                log.info(
-                    "privacy accountant restored: %d rounds, epsilon %.4f",
-                    len(history),
-                    self.accountant.epsilon(),
-                )
-        stored = self.store.latest_snapshot()
-        if stored is not None:
-            snapshot = decode(stored.snapshot, ModelSnapshot)
-            state = stored.optimizer
-            log.info("resuming from stored snapshot v%d (round %d)", snapshot.version, snapshot.round_id)
-        elif self._initial is not None:
-            initial = (
-                self._initial if isinstance(self._initial, ModelSnapshot) else read_initial(self._initial)
-            )
-            layout = ModelLayout.from_wire(initial.layout)
-            # Re-issue the initial model as our own signed v0 in the configured downlink encoding.
-            snapshot = make_snapshot(
-                self.config.federation,
-                0,
-                -1,
-                layout,
-                snapshot_weights(initial),
-                self.key,
-                self.config.snapshot_encoding,
-            )
-            state = {}
-            log.info("starting from initial snapshot (%d parameters)", layout.dim)
-        else:
-            raise StoreError(f"no snapshot in {self.store.directory} and no initial model given")
+            self.accountant = restore_accountant(store, self.config.dp) or self.accountant
+        loaded = load_snapshot(store, self._initial, config=self.config, key=self.key)
+        snapshot = loaded.snapshot
         self.layout = ModelLayout.from_wire(snapshot.layout)
         self.weights = snapshot_weights(snapshot)
         self._published_weights = self.weights
         self.version = snapshot.version
-        self.optimizer = ServerOptimizer(self.config.optimizer, self.layout.dim, state)
+        self.optimizer = ServerOptimizer(self.config.optimizer, self.layout.dim, loaded.optimizer_state)
         self._snapshot_bytes = encode(snapshot)
-        if stored is None:
-            self.store.write_snapshot(0, -1, self._snapshot_bytes, {})
+        if not loaded.stored:
+            store.write_snapshot(0, -1, self._snapshot_bytes, {})
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -220,7 +190,7 @@ class Aggregator:
                     opened = self._resume_or_open()
                     self._accepting.set()
                     await self._publish_announce(opened.announce)
-                    await self._collect(opened, stop)
+                    await opened.wait(stop)
                     await self._close(opened)
                 failures = 0
             except Exception as exc:  # the round loop's fault boundary
@@ -276,19 +246,10 @@ class Aggregator:
                 log.warning("aggregator still waiting for the broker: %s", exc)
         return False
 
-    def _announce(self, round_id: int, *, phase: str, opened_at: float, deadline: float,
-                  base_version: int, plan: rounds.RoundPlan) -> RoundAnnounce:  # fmt: skip
-        announce = RoundAnnounce(
-            federation=self.config.federation,
-            round_id=round_id,
-            base_version=base_version,
-            phase=phase,
-            opened_at=opened_at,
-            deadline=deadline,
-            min_clients=self.config.min_clients,
-            target_clients=self.config.target_clients,
-            plan=plan,
-        )
+    def _announce(self, round_id: int, *, plan: rounds.RoundPlan, phase: str, opened_at: float,
+                  deadline: float, base_version: int) -> RoundAnnounce:  # fmt: skip
+        announce = rounds.announcement(self.config, round_id, plan, phase=phase, opened_at=opened_at,
+                                       deadline=deadline, base_version=base_version)  # fmt: skip
         return sign(announce, self.key)
 
     def _plain_round(self, announce: RoundAnnounce) -> PlainRound:
@@ -321,19 +282,6 @@ class Aggregator:
                                   base_version=self.version, plan=rounds.plan_plain_round())  # fmt: skip
         log.info("round=%d opened on v%d, window %.1fs", round_id, self.version, self.config.round_window_s)
         return self._plain_round(announce)
-
-    async def _collect(self, opened: PlainRound, stop: asyncio.Event | None) -> None:
-        """Wait for the target count or the deadline, whichever is first (never longer)."""
-        remaining = opened.announce.deadline - time.time()
-        waiters = [asyncio.create_task(opened.full.wait())]
-        if stop is not None:
-            waiters.append(asyncio.create_task(stop.wait()))
-        try:
-            if remaining > 0 and not opened.full.is_set():
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
     async def _close(self, opened: PlainRound) -> None:
         self._round = None  # late updates for this round are now "wrong round"
@@ -386,20 +334,10 @@ class Aggregator:
 
     # -- secure rounds ---------------------------------------------------------------------------
 
-    def _budget_allows_a_round(self) -> bool:
-        dp, sigma = self.config.dp, self.noise_multiplier
-        if not dp.enabled or dp.budget_epsilon is None or self.accountant is None or sigma is None:
-            return True
-        if not self.accountant.would_exceed(dp.budget_epsilon, sigma):
-            return True
-        log.warning("privacy budget: another round would take epsilon from %.3f past %.3f; stopping",
-                    self.accountant.epsilon(), dp.budget_epsilon)  # fmt: skip
-        return False
-
     async def _secure_round(self, stop: asyncio.Event | None) -> bool:
         """One secure round; False when the privacy budget does not allow another round."""
         assert self.store is not None and self.layout is not None and self._outbox is not None
-        if not self._budget_allows_a_round():
+        if not rounds.budget_allows(self.accountant, self.config.dp, self.noise_multiplier):
             return False
         recovery, last = self._recovery()
         if recovery is Recovery.MARK_CLOSED:
@@ -460,136 +398,3 @@ class Aggregator:
             budgets=self.memory_budgets.values(),
             profiles=self.activation_profiles.values(),
         )
-
-    # -- publishing ------------------------------------------------------------------------------
-
-    @staticmethod
-    async def _logged(publishing: Awaitable[None], what: str) -> None:
-        """Publish; a failure is logged (the retained state is re-asserted after a reconnect)."""
-        try:
-            await publishing
-        except FedmqError as exc:
-            log.error("%s failed: %s", what, exc)
-
-    async def _republish(self) -> None:
-        """After a reconnect, re-assert the retained state: a broker that crashed may have lost it."""
-        await guarded(self._republish_state(), where="aggregator: re-publishing after a reconnect")
-
-    async def _republish_state(self) -> None:
-        if self.version < 0 or self._conn is None or self._conn.stats.connects <= 1:
-            return
-        await self._publish_snapshot()
-        if self._round is not None:
-            await self._publish_announce(self._round.announce)
-        if self._last_announce is not None and self._secure is not None:
-            await self._publish_announce(self._last_announce)
-
-    async def _publish_snapshot(self) -> None:
-        """The full snapshot (retained, for newcomers), then the update for holders of the last version."""
-        assert self._outbox is not None
-        if self._delta_bytes:
-            await self._logged(self._outbox.delta(self._delta_bytes), f"publishing the v{self.version} delta")
-        await self._logged(
-            self._outbox.snapshot(self._snapshot_bytes), f"publishing snapshot v{self.version}"
-        )
-
-    async def _publish_announce(self, announce: RoundAnnounce) -> None:
-        assert self._outbox is not None
-        self._last_announce = announce
-        await self._logged(
-            self._outbox.announce(announce, now=time.time()), f"announcing round {announce.round_id}"
-        )
-
-    # -- intake ----------------------------------------------------------------------------------
-
-    async def _intake_loop(self) -> None:
-        """Hand every incoming message to its handler; one message's failure never ends the loop."""
-        assert self._conn is not None
-        async for msg in self._conn.messages():
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
-            topic = str(msg.topic)
-            if topic.startswith(self.topics.status_all[:-1]):
-                self._on_presence(topic, payload)
-                continue
-            await self._accepting.wait()
-            self._ingest(topic, payload)
-
-    def _on_presence(self, topic: str, payload: bytes) -> None:
-        """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""
-        if not payload:
-            return
-        sender = topic
-        try:
-            sender = self.topics.parse_status(topic)
-            presence = decode(payload, PresenceMsg)
-            if presence.client_id != sender or not self.config.allows(sender):
-                raise ProtocolError("presence for another or unknown device")
-            self._record_presence(presence)
-        except FedmqError as exc:
-            self._drop(sender, str(exc), topic=topic, rule=rule_of(exc))
-        except Exception as exc:  # the per-message fault boundary
-            self._drop(sender, f"{type(exc).__name__}: {exc}", topic=topic, rule=INTERNAL_ERROR, exc=exc)
-
-    def _record_presence(self, presence: PresenceMsg) -> None:
-        if presence.online and presence.memory_budget > 0:
-            self.memory_budgets[presence.client_id] = presence.memory_budget
-            self.activation_profiles[presence.client_id] = list(presence.activation_profile)
-        else:
-            self.memory_budgets.pop(presence.client_id, None)
-            self.activation_profiles.pop(presence.client_id, None)
-
-    def _drop(
-        self,
-        who: str,
-        reason: str,
-        round_id: int | None = None,
-        *,
-        topic: str = "",
-        rule: str = "ProtocolError",
-        exc: BaseException | None = None,
-    ) -> None:
-        """Count and log one refused message (with the traceback when no rule anticipated it)."""
-        self.faults.record(who, topic, rule, reason)
-        log.warning("dropped message round=%s from=%s topic=%s rule=%s: %s", round_id, who, topic, rule,
-                    reason, exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
-
-    def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
-        """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
-        sender = topic
-        round_id = None
-        try:
-            parsed = self.topics.parse_round(topic)
-            sender, round_id = parsed.sender, parsed.round_id
-            if parsed.kind in SecureRound.KINDS:
-                self._ingest_secure(parsed, payload)
-                return
-            current = self._round
-            if current is None or parsed.round_id != current.round_id:
-                now = "none" if current is None else current.round_id
-                raise ProtocolError(f"update for round {parsed.round_id}, current round is {now}")
-            if parsed.kind != UPDATE:
-                raise ProtocolError(f"unexpected message kind {parsed.kind!r} in plain mode")
-            if not self.config.allows(sender):
-                raise ProtocolError(f"unknown sender {sender!r}")
-            journal = None if replay else (lambda p, frame: self._journal(p, topic, frame))
-            current.ingest(parsed, payload, journal)
-        except FedmqError as exc:
-            self._drop(sender, str(exc), round_id, topic=topic, rule=rule_of(exc))
-        except Exception as exc:  # the per-message fault boundary
-            self._drop(sender, f"{type(exc).__name__}: {exc}", round_id, topic=topic, rule=INTERNAL_ERROR,
-                       exc=exc)  # fmt: skip
-
-    def _journal(self, parsed: RoundTopic, topic: str, payload: bytes) -> bool:
-        part = -1 if parsed.chunk is None else parsed.chunk
-        return self.store_or_fail().journal(parsed.round_id, parsed.sender, UPDATE, part, topic, payload)
-
-    def _ingest_secure(self, parsed: RoundTopic, payload: bytes) -> None:
-        secure = self._secure
-        if secure is None or parsed.round_id != secure.round_id:
-            now = "none" if secure is None else secure.round_id
-            raise ProtocolError(f"{parsed.kind} for round {parsed.round_id}, current round is {now}")
-        if not self.config.allows(parsed.sender):
-            raise ProtocolError(f"unknown sender {parsed.sender!r}")
-        if len(payload) > self.config.max_update_bytes:
-            raise WireError(f"oversized payload: {len(payload)} bytes > {self.config.max_update_bytes}")
-        secure.ingest(parsed, payload)

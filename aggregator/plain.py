@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,19 @@ class PlainRound:
     @property
     def round_id(self) -> int:
         return self.announce.round_id
+
+    async def wait(self, stop: asyncio.Event | None) -> None:
+        """Until the target count or the deadline, whichever is first (never longer), or ``stop``."""
+        remaining = self.announce.deadline - time.time()
+        waiters = [asyncio.create_task(self.full.wait())]
+        if stop is not None:
+            waiters.append(asyncio.create_task(stop.wait()))
+        try:
+            if remaining > 0 and not self.full.is_set():
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def mean_metrics(self) -> dict[str, float]:
         n = max(1, len(self.contributors))

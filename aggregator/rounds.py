@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ import numpy as np
 from aggregator.blocks import choose_blocks, rotation_scales
 from aggregator.config import AggregatorConfig
 from aggregator.store import RoundRecord
+from shared.dp import DPConfig, PrivacyAccountant
 from shared.errors import CodecError, ConfigError
 from shared.layout import Block
 from shared.plan import MODE_PLAIN, MODE_SECURE, RoundPlan
+from shared.wire import RoundAnnounce
+
+log = logging.getLogger("aggregator.engine")
 
 
 class Recovery(enum.Enum):
@@ -85,6 +90,41 @@ def choose_round_blocks(
     return BlockChoice(
         tuple(chosen) if chosen is not None else None, rotation_scales(list(blocks), budget, profile)
     )
+
+
+def announcement(
+    config: AggregatorConfig,
+    round_id: int,
+    plan: RoundPlan,
+    *,
+    phase: str,
+    opened_at: float,
+    deadline: float,
+    base_version: int,
+) -> RoundAnnounce:
+    """The (unsigned) announcement of a round: the config's client counts, the plan, the times."""
+    return RoundAnnounce(
+        federation=config.federation,
+        round_id=round_id,
+        base_version=base_version,
+        phase=phase,
+        opened_at=opened_at,
+        deadline=deadline,
+        min_clients=config.min_clients,
+        target_clients=config.target_clients,
+        plan=plan,
+    )
+
+
+def budget_allows(accountant: PrivacyAccountant | None, dp: DPConfig, noise_multiplier: float | None) -> bool:
+    """Whether another round at ``noise_multiplier`` keeps epsilon within ``dp.budget_epsilon``."""
+    if not dp.enabled or dp.budget_epsilon is None or accountant is None or noise_multiplier is None:
+        return True
+    if not accountant.would_exceed(dp.budget_epsilon, noise_multiplier):
+        return True
+    log.warning("privacy budget: another round would take epsilon from %.3f past %.3f; stopping",
+                accountant.epsilon(), dp.budget_epsilon)  # fmt: skip
+    return False
 
 
 def plan_plain_round() -> RoundPlan:

@@ -83,6 +83,7 @@ class SecureParticipation:
         self.staleness = staleness
         self.policy = plan.staleness
         self.codec = plan.codec
+        self.weight_cap = plan.weight_cap
         self.dp = plan.dp
         #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
         self.masked_deadline = announce.opened_at + plan.windows.until_masked_closes
