@@ -13,25 +13,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 
 import nacl.signing
 import numpy as np
 
-from edge_client.memory import TrainingPlan, activation_profile, plan_training
+from edge_client.config import EdgeConfig, EdgeStats
+from edge_client.local import LocalTraining, Pending
+from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
-from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
-from shared.errors import ConfigError, FedmqError, ProtocolError
-from shared.mqtt import MqttConfig, MqttConnection, Presence
+from shared.chunking import Reassembler
+from shared.errors import FedmqError, ProtocolError
+from shared.mqtt import MqttConnection, Presence
 from shared.outbox import Outbox
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
-from shared.supervision import INTERNAL_ERROR, FaultCounter, guarded, rule_of
-from shared.topics import Topics, check_id
+from shared.supervision import INTERNAL_ERROR, guarded, rule_of
+from shared.topics import Topics
 from shared.wire import (
     PHASE_COLLECT,
     PHASE_KEYS,
@@ -44,77 +45,13 @@ from shared.wire import (
 from shared.wire import Presence as PresenceMsg
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
+__all__ = ["EdgeClient", "EdgeConfig", "EdgeStats"]
+
 log = logging.getLogger(__name__)
 _SAMPLER = random.SystemRandom()
 
 
-@dataclass(frozen=True)
-class EdgeConfig:
-    federation: str
-    mqtt: MqttConfig
-    #: The aggregator's Ed25519 public key; when set, unsigned or forged snapshots/rounds are refused.
-    aggregator_key: bytes | None = None
-    chunk_limit: int = DEFAULT_CHUNK_LIMIT
-    max_snapshot_bytes: int = 64 * 1024 * 1024
-    #: Secure aggregation: this device's enrolled Ed25519 identity and the enrolled devices' public keys.
-    identity: nacl.signing.SigningKey | None = None
-    directory: Mapping[str, bytes] | None = None
-    #: Bytes this device can spend on local training (weights, gradients, optimizer state and saved
-    #: activations; see ``edge_client/memory.py``). It announces the budget with its per-block activation
-    #: costs, the aggregator sizes each round's blocks to it, and the device micro-batches so the step
-    #: fits. None: undeclared (train whatever the round asks, whole batches).
-    memory_budget: int | None = None
-    #: Once up to date, follow ``fl/<fed>/delta`` only and fetch the full snapshot just when behind.
-    use_deltas: bool = True
-    #: Secure rounds: when this device's last local training took longer than a round's masked window,
-    #: it trains on the round's snapshot *without* joining (a roster slot it could not fill would keep
-    #: a device that can out of the round) and contributes the delta, stale, to a later round.
-    train_ahead: bool = True
-
-    def __post_init__(self) -> None:
-        check_id(self.federation, "federation")
-        if self.aggregator_key is not None and len(self.aggregator_key) != 32:
-            raise ConfigError("aggregator_key", "must be a 32-byte Ed25519 public key")
-        if self.chunk_limit < 1024:
-            raise ConfigError("chunk_limit", "must be >= 1024 bytes")
-        if (self.identity is None) != (self.directory is None):
-            raise ConfigError("identity", "secure aggregation needs both identity and directory")
-        if self.identity is not None and self.aggregator_key is None:
-            raise ConfigError("aggregator_key", "secure aggregation needs the aggregator's public key")
-
-    @property
-    def secure(self) -> bool:
-        return self.identity is not None
-
-    @property
-    def client_id(self) -> str:
-        return self.mqtt.client_id
-
-
-@dataclass
-class EdgeStats:
-    snapshots: int = 0
-    deltas: int = 0  # snapshots reached by applying a delta
-    rounds_joined: int = 0
-    #: Messages and steps this device refused or that failed, by rule (bounded).
-    faults: FaultCounter = field(default_factory=FaultCounter)
-    #: Local trainings that raised (each is discarded; the device trains again in a later round).
-    failed_trainings: int = 0
-    #: Staleness of every delta this device contributed (secure rounds).
-    staleness: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Pending:
-    """A delta in the making (or ready): trained from snapshot ``base`` on ``blocks``."""
-
-    base: int
-    blocks: tuple[str, ...] | None
-    task: asyncio.Task[TrainResult]
-    dim: int
-
-
-class EdgeClient:
+class EdgeClient(LocalTraining):
     """``async with EdgeClient(cfg, trainer) as device: await device.run(stop)``."""
 
     def __init__(self, config: EdgeConfig, trainer: LocalTrainer) -> None:
@@ -150,7 +87,7 @@ class EdgeClient:
             else None
         )
         self._secure: SecureParticipation | None = None
-        self._pending: _Pending | None = None
+        self._pending: Pending | None = None
         #: Seconds the last local training took (measured; before the first, estimated by ``run``).
         self.last_train_s: float | None = None
         self._following_full = True  # subscribed to the full snapshot topic
@@ -417,63 +354,6 @@ class EdgeClient:
         profile = activation_profile(t.model, t.features, t.labels, t.loss_fn)
         log.info("device=%s memory budget %d B, activations per example by block %s", cid, budget, profile)
         return PresenceMsg(cid, True, time.time(), budget, profile)
-
-    def _train_within_budget(self, weights: np.ndarray, blocks: tuple[str, ...] | None) -> TrainResult:
-        """Worker thread: train ``blocks`` as the memory plan for ``memory_budget`` says (if one is set)."""
-        budget = self.config.memory_budget
-        if budget is None:
-            return self.trainer.train(weights, blocks)
-        with self.trainer.exclusive():
-            return self._train_planned(weights, blocks, budget)
-
-    def _train_planned(self, weights: np.ndarray, blocks: tuple[str, ...] | None, budget: int) -> TrainResult:
-        if blocks not in self._plans:
-            t = self.trainer
-            plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
-            self._plans[blocks] = plan
-            log.info(
-                "device=%s blocks %s: micro-batch %d, momentum %s, measured step %d B of %d B",
-                self.config.client_id, blocks or "all", plan.micro_batch, plan.momentum,
-                plan.memory.peak, budget,
-            )  # fmt: skip
-        plan = self._plans[blocks]
-        return self.trainer.train(weights, blocks, plan.micro_batch, plan.momentum)
-
-    def _training_busy(self) -> bool:
-        """Whether a local training (secure or plain) is still running."""
-        return self._training is not None and not self._training.done()
-
-    def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
-        """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""
-        assert self.weights is not None and not self._training_busy()
-        model = self.trainer.model
-        weights = self.weights
-        dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
-
-        task = asyncio.create_task(asyncio.to_thread(self._train_within_budget, weights, blocks))
-        task.add_done_callback(self._record_train_time)
-        self._training = asyncio.create_task(self._await_quietly(task))
-        self._pending = _Pending(self.version, blocks, task, dim)
-        return self._pending
-
-    def _record_train_time(self, task: asyncio.Task[TrainResult]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            self.last_train_s = task.result().seconds
-            return
-        # Logged once here; the delta is discarded and the device trains afresh in a later round.
-        self.stats.failed_trainings += 1
-        self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
-        log.error("device=%s local training failed; discarding it", self.client_id, exc_info=exc)
-        if self._pending is not None and self._pending.task is task:
-            self._pending = None
-
-    @staticmethod
-    async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
-        with contextlib.suppress(Exception):
-            await task
 
     async def _participate(self, announce: RoundAnnounce) -> None:
         round_id = announce.round_id
