@@ -192,6 +192,9 @@ def expand_partial(
     """
     if not slices:
         return Expansion(mean, {})
+    covered = sum(part.stop - part.start for _, part in slices)
+    if covered != mean.size:
+        raise CodecError(f"mean has {mean.size} coordinates, the round's blocks {covered}")
     full = np.zeros(dim, np.float32)
     offset = 0
     for name, part in slices:
@@ -200,8 +203,6 @@ def expand_partial(
         if scales is not None:
             full[part] *= np.float32(scales.get(name, 1.0))
         offset += size
-    if offset != mean.size:
-        raise CodecError(f"mean has {mean.size} coordinates, the round's blocks {offset}")
     metrics = {"trained_fraction": offset / dim}
     if scales:
         metrics["rotation_scale"] = max(scales.get(name, 1.0) for name, _ in slices)
