@@ -33,9 +33,9 @@ from aggregator.model import load_snapshot, restore_accountant
 from aggregator.optimizer import ServerOptimizer
 from aggregator.plain import PlainRound
 from aggregator.publishing import Publishing
-from aggregator.rounds import Recovery
+from aggregator.rounds import Recovery, RoundPlan
 from aggregator.secure import SecureRound
-from aggregator.store import Store
+from aggregator.store import RoundRecord, Store
 from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, StoreError
 from shared.layout import ModelLayout
@@ -225,7 +225,7 @@ class Aggregator(Intake, Publishing):
             raise StoreError("the aggregator is not started (use it as an async context manager)")
         return self.store
 
-    def _recovery(self) -> tuple[Recovery, rounds.RoundRecord]:
+    def _recovery(self) -> tuple[Recovery, RoundRecord]:
         """What :func:`aggregator.rounds.recover` says about the store's last round (and that round)."""
         store = self.store_or_fail()
         last = store.last_round()
@@ -246,7 +246,7 @@ class Aggregator(Intake, Publishing):
                 log.warning("aggregator still waiting for the broker: %s", exc)
         return False
 
-    def _announce(self, round_id: int, *, plan: rounds.RoundPlan, phase: str, opened_at: float,
+    def _announce(self, round_id: int, *, plan: RoundPlan, phase: str, opened_at: float,
                   deadline: float, base_version: int) -> RoundAnnounce:  # fmt: skip
         announce = rounds.announcement(self.config, round_id, plan, phase=phase, opened_at=opened_at,
                                        deadline=deadline, base_version=base_version)  # fmt: skip

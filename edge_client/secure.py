@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -167,8 +168,9 @@ class SecureParticipation:
             raise ProtocolError("shared-set notice before the roster")
         closed = asyncio.ensure_future(self._masked_closed.wait())
         try:
+            racing: list[asyncio.Future[Any]] = [asyncio.shield(self.training), closed]
             await asyncio.wait(
-                [asyncio.shield(self.training), closed],
+                racing,
                 timeout=max(0.0, self.masked_deadline - time.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -119,7 +119,7 @@ class Reassembler:
         chunk number for ``.../c/<i>`` topics. Raises WireError/ChunkError on anything malformed.
         """
         if chunk_index is None:
-            msg = decode(payload, max_bytes=max_bytes)
+            msg: Message = decode(payload, max_bytes=max_bytes)
             if not isinstance(msg, ChunkManifest):
                 return msg
             assembled = self.add_manifest(key, msg)

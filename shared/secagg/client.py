@@ -280,7 +280,7 @@ class SecAggClient:
         if state.masked is not None:
             raise self._refuse(shared.round, "this round's input is already masked (one input per round)")
         plus = [state.keys.self_mask]
-        minus = []
+        minus: list[bytes] = []
         for v in live:
             seed = keys.pair_seed(
                 state.keys.mask_sk, state.peers[v][1], self.federation, shared.round, self.device_id, v

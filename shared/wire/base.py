@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union, cast
 
 import msgpack
 
@@ -100,7 +100,8 @@ def encode(msg: Message) -> bytes:
     body = _to_plain(msg)
     body["v"] = SCHEMA_VERSION
     body["t"] = msg.TYPE
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def _check(value: Any, hint: Any, where: str) -> Any:
@@ -232,4 +233,4 @@ def decode(
         if cls not in allowed:
             names = ", ".join(c.TYPE for c in allowed)
             raise WireError(f"expected a {names} message, got {type_name!r}")
-    return _build(cls, body, type_name)
+    return cast(M, _build(cls, body, type_name))

@@ -28,7 +28,8 @@ _EMPTY_SIG = b"\0" * SIGNATURE_BYTES
 
 
 def _canonical(*fields: object) -> bytes:
-    return msgpack.packb([_DOMAIN, *fields], use_bin_type=True)
+    packed: bytes = msgpack.packb([_DOMAIN, *fields], use_bin_type=True)
+    return packed
 
 
 def _check_round(round_id: int) -> None:
