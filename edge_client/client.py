@@ -102,10 +102,25 @@ class EdgeClient(LocalTraining):
         return self.config.client_id
 
     async def __aenter__(self) -> EdgeClient:
-        await self.conn.__aenter__()
+        await self._estimate_training_time()
+        await self.conn.__aenter__()  # online (presence) only once it can act on what it receives
         return self
 
+    async def _estimate_training_time(self) -> None:
+        """Before connecting: a first estimate of the training time, so a slow new device does not take a
+        roster slot in its first round either (``EdgeConfig.train_ahead``). It runs before the device
+        says it is online, or a round could open and close while the device is still measuring."""
+        if not self.config.train_ahead or self.last_train_s is not None:
+            return
+        try:
+            self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
+            log.info("device=%s expects a round of training to take %.2f s", self.client_id,
+                     self.last_train_s)  # fmt: skip
+        except Exception as exc:  # the first real training will tell (and fail loudly if it must)
+            log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
+
     async def __aexit__(self, *exc_info: object) -> None:
+        self.trainer.interrupt()  # the worker thread would otherwise hold the process until it finished
         for task in [self._training, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -130,15 +145,6 @@ class EdgeClient(LocalTraining):
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
-        if self.config.train_ahead and self.last_train_s is None:
-            # Before any message is handled (nothing else uses the model yet): a first estimate of the
-            # training time, so a slow new device does not take a roster slot in its first round either.
-            try:
-                self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
-                log.info("device=%s expects a round of training to take %.2f s", self.client_id,
-                         self.last_train_s)  # fmt: skip
-            except Exception as exc:  # the first real training will tell (and fail loudly if it must)
-                log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
         while not stop.is_set():
             msg = await self.conn.next_message(timeout=0.5)
             if msg is None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_client.config import EdgeConfig, EdgeStats
 from edge_client.memory import TrainingPlan, plan_training
-from edge_client.trainer import LocalTrainer, TrainResult
+from edge_client.trainer import LocalTrainer, TrainingInterrupted, TrainResult
 
 log = logging.getLogger("edge_client.client")
 
@@ -92,6 +92,9 @@ class LocalTraining:
         exc = task.exception()
         if exc is None:
             self.last_train_s = task.result().seconds
+            return
+        if isinstance(exc, TrainingInterrupted):  # the device is stopping: nothing failed
+            log.info("device=%s %s", self.client_id, exc)
             return
         # Logged once here; the delta is discarded and the device trains afresh in a later round.
         self.stats.failed_trainings += 1
