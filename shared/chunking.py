@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from shared.errors import ChunkError
+from shared.errors import ChunkError, InvalidValue
 from shared.wire import Chunk, ChunkManifest, Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Frame:
 def split(payload: bytes, limit: int = DEFAULT_CHUNK_LIMIT) -> list[Frame]:
     """Frames to publish for ``payload``: itself if it fits in ``limit``, else manifest + chunks."""
     if limit <= CHUNK_OVERHEAD + 1:
-        raise ValueError(f"chunk limit {limit} is too small")
+        raise InvalidValue(f"chunk limit {limit} is too small")
     if len(payload) <= limit:
         return [Frame(None, payload)]
     size = limit - CHUNK_OVERHEAD

@@ -1,4 +1,4 @@
-"""Pack integer vectors of Z_{2^b} at exactly ``b`` bits a coordinate (DESIGN.md §4).
+"""Pack integer vectors of Z_{2^b} at exactly ``b`` bits a coordinate (docs/protocol.md §4.6).
 
 Bit order is little-endian throughout: coordinate ``i`` occupies bits ``[i*b, (i+1)*b)`` of the byte string
 read as one little-endian integer, least significant bit first. This is the layout any device can produce

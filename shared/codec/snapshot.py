@@ -1,4 +1,4 @@
-"""Compact downlink model snapshots and bit-exact snapshot deltas (DESIGN.md §3, §6 "Downlink").
+"""Compact downlink model snapshots and bit-exact deltas (docs/compression.md §5-6, docs/protocol.md §6).
 
 A snapshot is an ordered ``dict[str, float32 array]`` encoded tensor by tensor:
 
@@ -42,7 +42,7 @@ FORMAT = "fedmq.snapshot"
 DELTA_FORMAT = "fedmq.snapshot-delta"
 VERSION = 1
 ENCODINGS = ("f16", "q16", "q8", "f32")
-#: Largest decoded tensor and snapshot accepted (bounded decoding, DESIGN.md §4).
+#: Largest decoded tensor and snapshot accepted (bounded decoding, docs/protocol.md §2.1).
 MAX_TENSOR_BYTES = 1 << 30
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_TENSORS = 100_000
