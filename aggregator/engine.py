@@ -301,7 +301,7 @@ class Aggregator(Intake, Publishing):
         new_weights = self.optimizer.step(self.weights, mean_delta)
         version = self.version + 1
         snapshot = make_snapshot(self.config.federation, version, round_id, self.layout, new_weights,
-                                 self.key, self.config.snapshot_encoding)  # fmt: skip
+                                 self.key, encoding=self.config.snapshot_encoding)  # fmt: skip
         snapshot_bytes = encode(snapshot)
         self.store.write_snapshot(version, round_id, snapshot_bytes, self.optimizer.state)
         self.store.finish_round(round_id, "closed", count, noise=metrics.get("noise_multiplier"))

@@ -50,7 +50,7 @@ def load_snapshot(
     first = initial if isinstance(initial, ModelSnapshot) else read_initial(initial)
     layout = ModelLayout.from_wire(first.layout)
     snapshot = make_snapshot(config.federation, 0, -1, layout, snapshot_weights(first), key,
-                             config.snapshot_encoding)  # fmt: skip
+                             encoding=config.snapshot_encoding)  # fmt: skip
     log.info("starting from initial snapshot (%d parameters)", layout.dim)
     return LoadedModel(snapshot, {}, stored=False)
 

@@ -59,7 +59,7 @@ class LocalTraining:
     def _train_planned(self, weights: np.ndarray, blocks: tuple[str, ...] | None, budget: int) -> TrainResult:
         if blocks not in self._plans:
             t = self.trainer
-            plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
+            plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget=budget)
             self._plans[blocks] = plan
             log.info(
                 "device=%s blocks %s: micro-batch %d, momentum %s, measured step %d B of %d B",

@@ -208,7 +208,7 @@ class MemoryPlanner:
         if blocks not in self._plans:
             w = self.workload
             self._plans[blocks] = plan_training(
-                self.model, self.x, self.y, w.train_config, w.loss_fn, blocks, self.budget
+                self.model, self.x, self.y, w.train_config, w.loss_fn, blocks, budget=self.budget
             )
         return self._plans[blocks]
 

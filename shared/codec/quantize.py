@@ -73,6 +73,7 @@ def no_wrap_scale(
     clients: int,
     wrap_probability: float,
     rotated: bool = True,
+    *,
     coordinates: int | None = None,
     noise_multiplier: float = 0.0,
 ) -> float:

@@ -469,8 +469,10 @@ def graph_vectors() -> dict[str, Any]:
 def bundle_vectors() -> dict[str, Any]:
     u, v = round_keys("dev-1", 5), round_keys("dev-2", 5)
     share_b, share_k = drbg("bundle/b", 33), drbg("bundle/k", 33)
-    sealed = bundles.seal(u.enc_sk, v.enc_pk, FED, 5, "dev-1", "dev-2", share_b, share_k)
-    opened = bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, FED, 5, "dev-1", "dev-2")
+    sealed = bundles.seal(
+        u.enc_sk, v.enc_pk, FED, 5, "dev-1", "dev-2", self_mask_share=share_b, mask_key_share=share_k
+    )
+    opened = bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, FED, 5, "dev-1", recipient="dev-2")
     assert (opened.self_mask_share, opened.mask_key_share) == (share_b, share_k)
     return {
         "description": "NaCl Box share bundle sealed by dev-1 for dev-2 under the derived nonce.",

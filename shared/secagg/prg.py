@@ -128,6 +128,7 @@ def combined_mask_parallel(
     length: int,
     workers: int | None = None,
     pool: Literal["thread", "process"] = "thread",
+    *,
     executor: Executor | None = None,
 ) -> np.ndarray:
     """:func:`combined_mask` over ``[0, length)`` split by chunk-aligned ranges across workers.

@@ -71,6 +71,7 @@ class SecAggServer:
         directory: Mapping[str, bytes],
         bits: int,
         length: int,
+        *,
         delta: float = 0.2,
         gamma: float = 0.1,
         params: SecAggParams | None = None,
