@@ -391,6 +391,7 @@ class EdgeClient(LocalTraining):
             self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
             log.error("device=%s round=%d local training failed", self.client_id, round_id, exc_info=exc)
         finally:
-            # A newer round or snapshot may have arrived while we trained.
-            asyncio.get_running_loop().call_soon(self._maybe_train)
+            # A newer round or snapshot may have arrived while we trained (unless the device is closing).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._maybe_train)
 

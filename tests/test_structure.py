@@ -39,7 +39,8 @@ def test_no_function_takes_more_than_six_positional_parameters():
     for path in modules(*PRODUCT):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                positional = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                args = node.args.posonlyargs + node.args.args
+                positional = [a for a in args if a.arg not in ("self", "cls")]
                 if len(positional) > MAX_POSITIONAL:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert offenders == []
