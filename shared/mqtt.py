@@ -27,7 +27,6 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.chunking import split
 from shared.errors import ConfigError, FedmqError
 from shared.supervision import guarded
 from shared.topics import check_id
@@ -370,24 +369,3 @@ class MqttConnection:
                 self._client = None
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)
-
-
-async def publish_framed(
-    conn: MqttConnection,
-    topic: str,
-    chunk_topic: Callable[[int], str],
-    payload: bytes,
-    limit: int,
-    *,
-    retain: bool = False,
-    expiry_s: float | None = None,
-) -> int:
-    """Publish ``payload`` whole or, above ``limit``, as chunks then manifest; returns the frame count.
-
-    Chunks go first so that a subscriber that sees the manifest finds its chunks already retained.
-    """
-    frames = split(payload, limit)
-    for frame in frames[1:] + frames[:1]:
-        target = topic if frame.chunk is None else chunk_topic(frame.chunk)
-        await conn.publish(target, frame.payload, retain=retain, expiry_s=expiry_s)
-    return len(frames)
