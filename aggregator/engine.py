@@ -3,15 +3,14 @@
 One round, plain mode (secure aggregation adds phases between announce and close):
 
 1. Announce ``RoundAnnounce(round r, base version v, deadline)`` retained on ``fl/<fed>/round``.
-2. Ingest updates on ``fl/<fed>/r/<r>/update/<cid>``: each frame is validated, journaled durably,
-   then counted (at most once per device).
+2. Ingest updates on ``fl/<fed>/r/<r>/update/<cid>``: validated, journaled, counted once per device.
 3. At ``target_clients`` updates or at the deadline: with ``>= min_clients`` updates, average by
    example count, take a server optimiser step, write snapshot v+1 atomically, then publish it
    retained; otherwise abandon the round without touching the model. Either way a retained
    ``RoundResult`` says what happened, and the next round starts.
 
-After a crash the engine reloads the newest snapshot file, replays the open round's journal and
-either continues that round (its window is still open) or closes it at once with what it had.
+After a crash it reloads the newest snapshot and acts as :func:`aggregator.rounds.recover` decides.
+The policy (plans, recovery, blocks, expansion) is in ``aggregator/rounds.py``; this class does the I/O.
 """
 
 from __future__ import annotations
@@ -376,7 +375,8 @@ class Aggregator(Intake, Publishing):
             metrics["epsilon"] = self.accountant.epsilon()
             metrics["delta"] = float(self.config.dp.delta or 0.0)
             log.info(
-                "round=%d privacy: noise multiplier %.3f present, epsilon %.4f at delta %g after %d rounds",
+                "round=%d privacy: proven noise multiplier %.4f, epsilon %.4f (proven bound) at delta %g "
+                "after %d rounds",
                 round_id, outcome.noise_multiplier, metrics["epsilon"], metrics["delta"],
                 self.accountant.rounds,
             )  # fmt: skip

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import numpy as np
 from aggregator.blocks import choose_blocks, rotation_scales
 from aggregator.config import AggregatorConfig
 from aggregator.store import RoundRecord
-from shared.dp import DPConfig, PrivacyAccountant
+from shared.dp import DPConfig, PrivacyAccountant, sum_noise_headroom
 from shared.errors import CodecError, ConfigError
 from shared.layout import Block
 from shared.plan import MODE_PLAIN, MODE_SECURE, RoundPlan
@@ -140,8 +139,8 @@ def plan_secure_round(
 ) -> RoundPlan:
     """The plan of a secure round: the configured codec with this round's ``seed``, and DP resolved.
 
-    In distributed DP the codec leaves room in Z_2^b for the sum's noise, inflated by the dropout margin
-    (fewer survivors must still carry the target noise).
+    In distributed DP the codec leaves room in Z_2^b for the sum's noise
+    (:func:`shared.dp.sum_noise_headroom`: the dropout margin and the credited noise shares).
     """
     codec = dataclasses.replace(config.codec, seed=seed)
     dp = None
@@ -149,7 +148,7 @@ def plan_secure_round(
         if noise_multiplier is None:
             raise ConfigError("dp.noise_multiplier", "a DP round needs its resolved noise multiplier")
         if config.dp.mode == "distributed":
-            headroom = noise_multiplier / math.sqrt(1.0 - config.dp.dropout_margin)
+            headroom = sum_noise_headroom(noise_multiplier, config.dp.dropout_margin, config.min_clients)
             codec = dataclasses.replace(codec, noise_multiplier=headroom)
         dp = dataclasses.replace(
             config.dp,

@@ -2,7 +2,8 @@
 
 Both sides publish only through an :class:`Outbox`. It encodes a wire message, splits it into chunks
 above the chunk limit (chunks first, then the manifest, so a subscriber that sees the manifest finds its
-chunks already retained) and applies the topic tree's retain and expiry rules. The transport is anything
+chunks already retained; above the broker's maximum packet size when it announced one) and applies the
+topic tree's retain and expiry rules. The transport is anything
 with ``publish(topic, payload, *, retain, expiry_s)`` (an :class:`shared.mqtt.MqttConnection`, or a list
 in a test), so the round engine and the device carry no topic strings and no chunking code.
 """
@@ -34,6 +35,12 @@ class Outbox:
         self.topics = topics
         self.chunk_limit = chunk_limit
 
+    def _frame_limit(self, topic: str) -> int:
+        """The chunk limit, lowered to the broker's maximum packet size when the transport knows it
+        (:meth:`shared.mqtt.MqttConnection.frame_limit`)."""
+        frame_limit = getattr(self.transport, "frame_limit", None)
+        return int(frame_limit(topic, self.chunk_limit)) if frame_limit is not None else self.chunk_limit
+
     async def _framed(
         self,
         topic: str,
@@ -43,7 +50,7 @@ class Outbox:
         retain: bool = False,
         expiry_s: float | None = None,
     ) -> int:
-        frames = split(payload, self.chunk_limit)
+        frames = split(payload, self._frame_limit(topic))
         for frame in frames[1:] + frames[:1]:
             target = topic if frame.chunk is None else f"{chunk_topic}/c/{frame.chunk}"
             await self.transport.publish(target, frame.payload, retain=retain, expiry_s=expiry_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from aggregator.blocks import choose_blocks, rotation_scales, set_cost
 from aggregator.config import AggregatorConfig
 from aggregator.rounds import Recovery
 from aggregator.store import RoundRecord
-from shared.dp import DPConfig
+from shared.dp import DPConfig, sum_noise_headroom
 from shared.errors import CodecError, ConfigError
 from shared.layout import Block
 from shared.mqtt import MqttConfig
@@ -109,7 +108,8 @@ def test_distributed_dp_plan_resolves_the_noise_and_leaves_headroom_in_the_codec
     assert plan.dp is not None and plan.codec is not None
     assert plan.dp.noise_multiplier == sigma and plan.dp.target_epsilon is None
     assert plan.dp.clip_norm == plan.codec.clip_norm
-    assert plan.codec.noise_multiplier == pytest.approx(sigma / math.sqrt(0.8))
+    assert plan.codec.noise_multiplier == sum_noise_headroom(sigma, 0.2, cfg.min_clients)
+    assert plan.codec.noise_multiplier > sigma  # room for the noise of fewer survivors
     assert plan.sampling_q == 0.5
     with pytest.raises(ConfigError, match="noise multiplier"):
         rounds.plan_secure_round(cfg, seed=bytes(32))
