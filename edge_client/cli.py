@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.enrolment import DeviceEnrolment, DeviceRevoked
+from edge_client.enrolment import DeviceEnrolment, DeviceRevoked, attach
 from edge_client.model import FederatedModel
 from edge_client.modelspec import load_factory
 from edge_client.trainer import LocalTrainer, TrainConfig
@@ -73,16 +73,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model_and_data(v: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    if v["training.task"] == "digits":
-        from simulator.data import dirichlet_partition, load_digits_split
-        from simulator.models import digits_mlp
+#: ``training.task`` names: (model factory, shard loader ``(shard, shards) -> (x, y)``) as ``module:attr``
+#: references, resolved only when asked for, so the device package never imports the simulator.
+TASKS = {"digits": ("simulator.models:digits_mlp", "simulator.data:digits_shard")}
 
-        split = load_digits_split()
-        shard = dirichlet_partition(split.y_train, v["training.shards"], seed=0)[v["training.shard"]]
-        return digits_mlp(), torch.from_numpy(split.x_train[shard]), torch.from_numpy(split.y_train[shard])
-    if v["training.task"] is not None:
-        raise ConfigError("training.task", f"unknown task {v['training.task']!r} (digits)")
+
+def load_model_and_data(v: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    task = v["training.task"]
+    if task is not None:
+        if task not in TASKS:
+            raise ConfigError("training.task", f"unknown task {task!r} ({', '.join(TASKS)})")
+        model_ref, data_ref = TASKS[task]
+        x, y = load_factory(data_ref, field="training.task")(v["training.shard"], v["training.shards"])
+        return load_factory(model_ref, field="training.task")(), torch.from_numpy(x), torch.from_numpy(y)
     if v["training.model"] and v["training.data"]:
         factory = load_factory(v["training.model"], base=v.get("config_dir"))
         try:
@@ -155,7 +158,7 @@ async def serve(config: EdgeConfig, trainer: LocalTrainer, enrolment: DeviceEnro
     async with EdgeClient(config, trainer) as device:
         if enrolment is not None:
             enrolment.on_revoked = revoked
-            device.enrolment = enrolment
+            attach(device, enrolment)
             await device.conn.subscribe(enrolment.topic)
         runner = asyncio.create_task(device.run(stop))
         failed = asyncio.ensure_future(device.conn.failed())

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from shared.enrolment import EnrolmentFollower, EnrolmentList, LiveDirectory, verify_list
 from shared.errors import FedmqError
+from shared.supervision import INTERNAL_ERROR, rule_of
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,28 @@ class DeviceEnrolment:
 
     def close(self) -> None:
         self.follower.close()
+
+
+def attach(device: Any, enrolment: DeviceEnrolment) -> None:
+    """Route ``enrolment.topic`` on ``device`` (an :class:`~edge_client.client.EdgeClient`) to
+    ``enrolment``, with the device's own fault boundary: a refused list is counted in
+    ``device.stats.faults`` by rule and logged, never raised. Subscribe to the topic before ``run()``.
+
+    Why a wrapper: the enrolment list is optional for a device (the protocol's §2.5), so the client's
+    message dispatch stays as it is and a device without live enrolment carries none of it.
+    """
+    handle = device.handle
+
+    def handle_with_enrolment(topic: str, payload: bytes) -> None:
+        if topic != enrolment.topic or not payload:
+            handle(topic, payload)
+            return
+        try:
+            enrolment.handle(payload)
+        except Exception as exc:  # the per-message fault boundary, as in EdgeClient.handle
+            rule = rule_of(exc)
+            device.stats.faults.record("", topic, rule, str(exc))
+            log.warning("device=%s dropped message topic=%s rule=%s: %s", enrolment.device, topic, rule, exc,
+                        exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
+
+    device.handle = handle_with_enrolment

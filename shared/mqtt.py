@@ -46,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from shared.chunking import CHUNK_OVERHEAD, split
-from shared.connect_errors import permanent_cause
+from shared.connect_errors import Refusals
 from shared.errors import ConfigError, FedmqError
 from shared.supervision import guarded
 from shared.topics import check_id
@@ -122,8 +122,7 @@ class MqttConfig:
     link_bytes_per_s: float = 250_000.0
     will_delay_s: int = 10
     max_queued_incoming: int = 100_000
-    #: Permanent refusals in a row (wrong credentials, TLS verification) before the connection gives
-    #: up and every wait raises the cause (``shared/connect_errors.py``); 0 retries them forever.
+    #: Permanent refusals in a row (credentials, TLS) before giving up (``shared/connect_errors.py``).
     fatal_retries: int = 3
     #: "auto" (MQTT 5, falling back to 3.1.1 when the broker refuses 5), "5" or "3.1.1".
     protocol: str = "auto"
@@ -294,12 +293,7 @@ class MqttConnection:
         #: Set when the broker refuses this configuration for good; waits raise it.
         self.error: FedmqError | None = None
         self._gave_up = asyncio.Event()
-        self._refusals = 0  # permanent refusals (credentials, TLS) in a row
-        # paho reports a TLS alert that arrives after the handshake (a client certificate the broker
-        # refuses, under TLS 1.3) only in its log; the attempt itself just times out. Listen for it.
-        self._paho_log = logging.getLogger(f"{__name__}.paho.{config.client_id}")
-        self._tls_alert = _TlsAlertListener()
-        self._paho_log.addHandler(self._tls_alert)
+        self._refusals = Refusals(config, f"{__name__}.paho")  # wrong credentials, TLS: give up after N
         #: Set when the current connection ends (a fresh event per connection).
         self._lost = asyncio.Event()
         #: Protocol that each endpoint accepted (auto mode remembers a fallback to 3.1.1).
@@ -323,7 +317,7 @@ class MqttConnection:
             with contextlib.suppress(Exception):
                 await self.publish(self._presence.topic, self._presence.offline, retain=True, timeout=2.0)
         self._closing = True
-        self._paho_log.removeHandler(self._tls_alert)
+        self._refusals.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -538,7 +532,7 @@ class MqttConnection:
             will=will,
             tls_params=tls_params,
             max_queued_incoming_messages=cfg.max_queued_incoming,
-            logger=self._paho_log,
+            logger=self._refusals.logger,
             **session,  # type: ignore[arg-type]
         )
 
@@ -586,7 +580,7 @@ class MqttConnection:
                         self.stats.failovers += 1
                     last = endpoint
                     failures = 0
-                    self._refusals = 0
+                    self._refusals.count = 0
                     self._connected.set()
                     log.info(
                         "mqtt %s connected to %s over MQTT %s (connect #%d)",
@@ -619,8 +613,10 @@ class MqttConnection:
                     if self.error is not None:
                         return
                     continue  # fall back to 3.1.1 on the same endpoint at once
-                if self._permanent(exc, where):
-                    return  # wrong credentials or TLS, again and again: waits now raise the cause
+                if (cause := self._refusals.give_up(exc, where)) is not None:
+                    self.error = cause  # wrong credentials or TLS, again and again: waits raise it
+                    self._gave_up.set()
+                    return
                 refused = isinstance(exc, MqttConnectError)  # a CONNACK came: wrong credentials, ...
                 if attempt.reached and not answered and not refused and cfg.protocol == "auto":
                     # TCP connected but no CONNACK: some 3.1.1-only brokers (RabbitMQ before 3.13) drop a
@@ -674,48 +670,10 @@ class MqttConnection:
         return True
 
 
-    def _permanent(self, exc: Exception, where: str) -> bool:
-        """Count a refusal that retrying cannot cure; True once ``fatal_retries`` in a row gave up."""
-        cfg = self.config
-        who = f"account {cfg.username!r}" if cfg.username else None
-        if who is None and cfg.cert_file:
-            who = "a client certificate"
-        cause = permanent_cause(exc, where, who, self._tls_alert.take())
-        if cause is None or not cfg.fatal_retries:
-            self._refusals = 0
-            return False
-        self._refusals += 1
-        if self._refusals < cfg.fatal_retries:
-            log.warning("mqtt %s: %s (attempt %d of %d)", cfg.client_id, cause, self._refusals,
-                        cfg.fatal_retries)  # fmt: skip
-            return False
-        self.error = cause
-        log.error("mqtt %s gives up: %s", cfg.client_id, cause)
-        self._gave_up.set()
-        return True
-
     async def failed(self) -> FedmqError:
         """Wait until the connection gives up for good (refused configuration); returns the cause."""
         await self._gave_up.wait()
-        assert self.error is not None
-        return self.error
-
-
-class _TlsAlertListener(logging.Handler):
-    """Keeps the last TLS alert paho logged for one connection (see ``MqttConnection._paho_log``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.alert: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "SSL" in message and "ALERT" in message.upper():
-            self.alert = message
-
-    def take(self) -> str | None:
-        alert, self.alert = self.alert, None
-        return alert
+        return self.error or FedmqError("connection gave up")
 
 
 async def publish_framed(
