@@ -234,7 +234,7 @@ async def serve(v: dict[str, Any]) -> None:
     aggregator = Aggregator(config, initial=v["aggregator.initial"])
     ledger = Ledger(Path(config.store_dir) / "participation.json", config.federation)
     metrics = Metrics(aggregator)
-    aggregator.intake_hooks += [ledger.on_message, metrics.on_message]
+    aggregator.intake_hooks.extend([ledger.on_message, metrics.on_message])
     keep = v["retention.keep_snapshots"]
     if keep < 1:
         raise ConfigError("retention.keep_snapshots", "must be >= 1")
