@@ -247,7 +247,7 @@ async def serve(v: dict[str, Any]) -> None:
 
     aggregator.observers.append(observe)
     server = None
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[Any]] = []
     async with aggregator:
         try:
             if v["metrics.listen"]:
@@ -257,7 +257,7 @@ async def serve(v: dict[str, Any]) -> None:
                 tasks.append(asyncio.create_task(publisher.run(stop), name="enrolment"))
             runner = asyncio.create_task(aggregator.run(v["aggregator.rounds"], stop))
             tasks.append(asyncio.create_task(_cancel_after_stop(runner, stop)))
-            guards = [runner]
+            guards: list[asyncio.Task[Any]] = [runner]
             if v["broker.startup_timeout"]:
                 deadline = _startup_deadline(aggregator, v["broker.startup_timeout"], stop)
                 guards.append(asyncio.create_task(deadline))

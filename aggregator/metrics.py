@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,7 +140,9 @@ class Metrics:
         agg = self.aggregator
         out: list[str] = []
 
-        def metric(name: str, kind: str, doc: str, samples: list[tuple[dict[str, object], float]]) -> None:
+        Samples = Sequence[tuple[Mapping[str, object], object]]
+
+        def metric(name: str, kind: str, doc: str, samples: Samples) -> None:
             out.append(f"# HELP {name} {doc}")
             out.append(f"# TYPE {name} {kind}")
             for labels, value in samples:

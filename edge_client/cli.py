@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,8 @@ def load_model_and_data(v: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tenso
         if task not in TASKS:
             raise ConfigError("training.task", f"unknown task {task!r} ({', '.join(TASKS)})")
         model_ref, data_ref = TASKS[task]
-        x, y = load_factory(data_ref, field="training.task")(v["training.shard"], v["training.shards"])
+        shard_loader: Any = load_factory(data_ref, field="training.task")
+        x, y = shard_loader(v["training.shard"], v["training.shards"])
         return load_factory(model_ref, field="training.task")(), torch.from_numpy(x), torch.from_numpy(y)
     if v["training.model"] and v["training.data"]:
         factory = load_factory(v["training.model"], base=v.get("config_dir"))
@@ -120,7 +122,9 @@ def build(v: dict[str, Any]) -> tuple[EdgeConfig, DeviceEnrolment | None]:
         raise ConfigError("broker.client_id", "required: the device id")
     identity = load_or_create_key(v["device.identity"]) if v["device.identity"] else None
     enrolment = None
-    directory = read_directory(v["device.directory"]) if v["device.directory"] is not None else None
+    directory: Mapping[str, bytes] | None = None
+    if v["device.directory"] is not None:
+        directory = read_directory(v["device.directory"])
     if v["device.enrolment"] is not None:
         if v["device.authority_key"] is None:
             raise ConfigError("device.authority_key", "needed to verify the enrolment list")
@@ -129,7 +133,7 @@ def build(v: dict[str, Any]) -> tuple[EdgeConfig, DeviceEnrolment | None]:
             removal_grace_s=v["device.removal_grace"],
         )  # fmt: skip
         directory = enrolment.directory
-        if identity is not None and directory.get(client_id) != bytes(identity.verify_key):
+        if identity is not None and enrolment.directory.get(client_id) != bytes(identity.verify_key):
             raise ConfigError("device.identity", f"this key is not the one enrolled for {client_id!r}")
     config = EdgeConfig(
         federation=v["federation"],

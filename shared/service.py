@@ -41,10 +41,8 @@ EXIT_REVOKED = 9
 
 def exit_code(exc: BaseException) -> int:
     """The process exit code for an error that ends a service."""
-    try:  # the broker-compatibility error lives with the connection code
-        from shared.mqtt import BrokerRefused  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - older shared.mqtt
-        BrokerRefused = ()  # type: ignore[assignment]
+    from shared.mqtt import BrokerRefused  # the broker-compatibility error lives with the connection code
+
     table: list[tuple[Any, int]] = [
         (ConfigError, EXIT_CONFIG),
         (BrokerAuthError, EXIT_AUTH),
@@ -54,7 +52,7 @@ def exit_code(exc: BaseException) -> int:
         (IncompatibleError, EXIT_INCOMPATIBLE),
     ]
     for kind, code in table:
-        if kind and isinstance(exc, kind):
+        if isinstance(exc, kind):
             return code
     if type(exc).__name__ == "DeviceRevoked":
         return EXIT_REVOKED

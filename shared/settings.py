@@ -24,7 +24,7 @@ from shared.errors import ConfigError
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 #: Environment variable naming the config file when ``--config`` is not given.
 CONFIG_ENV = "FEDMQ_CONFIG"

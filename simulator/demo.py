@@ -218,6 +218,7 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
             if args.tls:
                 if args.start_broker != "mosquitto" or args.js_devices:
                     raise FedmqError("--tls needs the started Mosquitto and no --js-devices")
+                assert isinstance(launcher, MosquittoBroker)
                 url_of = _with_tls_listener(launcher, Path(tmp) / "tls")
             with launcher as broker:
                 progress.update(task, status=f"broker on {url_of(broker)}")
