@@ -115,6 +115,7 @@ class SecureRound:
         self._progress = asyncio.Event()
         self._reassembler = Reassembler(max_total=max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
+        self._bundles_expected: int | None = None
 
     # -- the phases ------------------------------------------------------------------------------
 
@@ -160,10 +161,13 @@ class SecureRound:
         await self._wait(w.shares, lambda: server.bundles_received >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
-        for device in u2.devices:
-            await publish_inbox(
-                device, ShareBatch.inbox(self.federation, self.round_id, device, server.shares_for(device))
-            )
+        # All inboxes in flight at once: one at a time, each waiting for its acknowledgement, cost the
+        # phase a broker round trip per device (benchmarks/scale.py).
+        await asyncio.gather(*(
+            publish_inbox(device, ShareBatch.inbox(self.federation, self.round_id, device,
+                                                   server.shares_for(device)))
+            for device in u2.devices
+        ))  # fmt: skip
         await publish_notice(u2)
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
         # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline) -- but
@@ -217,7 +221,9 @@ class SecureRound:
 
     def _expected_bundles(self) -> int:
         assert self.server is not None
-        return sum(len(neighbours) for neighbours in self.server.graph.values())
+        if self._bundles_expected is None:  # the graph is fixed once the roster is made
+            self._bundles_expected = sum(len(neighbours) for neighbours in self.server.graph.values())
+        return self._bundles_expected
 
     async def _wait(self, window: float, done: Callable[[], bool], stop: asyncio.Event | None) -> None:
         deadline = time.monotonic() + window

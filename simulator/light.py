@@ -102,6 +102,7 @@ class LightDevice:
         seed: int = 0,
         chunk_limit: int = DEFAULT_CHUNK_LIMIT,
         delta_scale: float = 0.01,
+        keep_encoded: bool = False,
     ) -> None:
         self.client_id = mqtt.client_id
         self.topics = Topics(federation)
@@ -111,6 +112,10 @@ class LightDevice:
         self.chunk_limit = chunk_limit
         self.delta_scale = delta_scale
         self.stats = LightStats()
+        #: With ``keep_encoded``, each round's encoded (unmasked) vector by round id: tests check the
+        #: aggregator's unmasked sum against them bit for bit.
+        self.keep_encoded = keep_encoded
+        self.encoded: dict[int, np.ndarray] = {}
         self._verify_key = nacl.signing.VerifyKey(aggregator_key)
         self._secagg = SecAggClient(federation, self.client_id, identity, aggregator_key, directory)
         self._rng = np.random.default_rng(seed)
@@ -241,6 +246,8 @@ class LightDevice:
 
         def work() -> bytes:
             vector = encoder.encode(delta, 0.5, rng)
+            if self.keep_encoded:
+                self.encoded[shared.round] = vector.copy()
             masked = self._secagg.mask(vector, shared, 1, True)
             return pack(masked, config.bits)
 
