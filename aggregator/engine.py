@@ -491,6 +491,7 @@ class Aggregator:
             return True
         finally:
             self._secure = None
+            await self._clear_round_messages()
         metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
         if self.accountant is not None and outcome.noise_multiplier is not None:
             self.accountant.record_round(outcome.noise_multiplier)
@@ -535,6 +536,12 @@ class Aggregator:
 
     async def _publish_roster(self, roster: Message) -> None:
         await self._publish(self.topics.roster, encode(roster), retain=True)
+
+    async def _clear_round_messages(self) -> None:
+        """Clear the retained roster and notice of the round that ended: a device subscribes to them
+        when it joins a round (shared/following.py) and must not be sent the last round's roster."""
+        await self._publish(self.topics.roster, b"", retain=True)
+        await self._publish(self.topics.notice, b"", retain=True)
 
     async def _publish_notice(self, notice: Message) -> None:
         await self._publish(self.topics.notice, encode(notice), retain=True)

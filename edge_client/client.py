@@ -25,6 +25,7 @@ from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainingInterrupted, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
 from shared.errors import ConfigError, FedmqError, ProtocolError
+from shared.following import RoundFollowing
 from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
@@ -140,10 +141,12 @@ class EdgeClient:
             online=encode(self._presence(True)),
             offline=encode(self._presence(False)),
         )
-        subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
+        # The roster and notices only while in a secure round (shared/following.py), not round/#.
+        subscriptions = [self.topics.model_all, self.topics.round, f"{self.topics.inbox(cid)}/#"]
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
+        self._following = RoundFollowing(self.conn, self.topics)
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
             if config.identity is not None and config.aggregator_key is not None and config.directory
@@ -326,6 +329,9 @@ class EdgeClient:
             self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
+        joined = self._secure is not None and self._secure.round_id == announce.round_id
+        if announce.phase == PHASE_KEYS and not joined:
+            self._spawn(self._following.leave())  # sits this round out: no roster of others' round
 
     # -- participation ---------------------------------------------------------------------------
 
@@ -448,8 +454,12 @@ class EdgeClient:
         self._secure = SecureParticipation(
             self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy, self.keep_encoded
         )
-        self._spawn(self._secure.start())
+        self._spawn(self._start_following(self._secure))
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
+
+    async def _start_following(self, secure: SecureParticipation) -> None:
+        await self._following.join()  # subscribed to the roster before the keys can close the phase
+        await secure.start()
 
     def _presence(self, online: bool) -> PresenceMsg:
         """Presence with the memory budget and, if one is set, this model's activation profile."""

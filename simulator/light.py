@@ -32,6 +32,7 @@ import numpy as np
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
 from shared.codec import CodecConfig, UpdateEncoder, pack
 from shared.errors import FedmqError, ProtocolError
+from shared.following import RoundFollowing
 from shared.mqtt import MqttConfig, MqttConnection, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
@@ -124,9 +125,9 @@ class LightDevice:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
-        subscriptions = [self.topics.round, self.topics.roster, self.topics.notice,
-                         f"{self.topics.inbox(self.client_id)}/#"]  # fmt: skip
-        self.conn = MqttConnection(mqtt, subscriptions)
+        # Like the edge client: the roster and notices only while in a round (shared/following.py).
+        self.conn = MqttConnection(mqtt, [self.topics.round, f"{self.topics.inbox(self.client_id)}/#"])
+        self._following = RoundFollowing(self.conn, self.topics)
 
     async def __aenter__(self) -> LightDevice:
         await self.conn.__aenter__()
@@ -184,10 +185,15 @@ class LightDevice:
         if current is not None and announce.round_id <= current.announce.round_id:
             return
         if time.time() >= announce.deadline or not self.joins(announce.round_id):
+            self._spawn(self._following.leave())
             return
         self._round = _Round(announce)
         self.stats.rounds_joined += 1
-        self._spawn(self._send("keys", announce.round_id, self._secagg.advertise(announce.round_id)))
+        self._spawn(self._start(announce.round_id))
+
+    async def _start(self, round_id: int) -> None:
+        await self._following.join()
+        await self._send("keys", round_id, self._secagg.advertise(round_id))
 
     async def _on_roster(self, roster: Roster) -> None:
         async with self._lock:
