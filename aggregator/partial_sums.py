@@ -19,6 +19,7 @@ processes (``multiprocessing``, fork where available), fed over pipes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import multiprocessing
@@ -29,6 +30,7 @@ import numpy as np
 
 from shared.codec import unpack
 from shared.errors import FedmqError, SecAggError
+from shared.mqtt import MqttConfig, MqttConnection
 from shared.secagg import keys
 from shared.wire import decode
 from shared.wire.secagg import MaskedInput
@@ -180,4 +182,43 @@ class ShardedMaskedSum:
         self.close()
 
 
-__all__ = ["MaskedSum", "ShardedMaskedSum", "partition_of"]
+def shared_filter(group: str, topic_filter: str) -> str:
+    """An MQTT shared subscription (v5, also Mosquitto under 3.1.1): the broker hands each message of
+    ``topic_filter`` to one session of ``group``, so the workers split the intake between them."""
+    return f"$share/{group}/{topic_filter}"
+
+
+class MqttSummer:
+    """One ingestion worker with its own MQTT session on a shared subscription to the masked inputs.
+
+    Here the broker spreads the intake itself -- the MQTT parsing and per-message overhead that a
+    single aggregator process pays for every frame -- not just the summing. It needs unchunked masked
+    inputs (a whole input per PUBLISH: the broker would spread one device's chunks over workers) and a
+    broker with shared subscriptions (Mosquitto, EMQX, HiveMQ, VerneMQ; ``docs/brokers.md``); elsewhere
+    use :class:`ShardedMaskedSum` (partition by device behind one intake).
+    """
+
+    def __init__(self, mqtt: MqttConfig, topic_filter: str, *, group: str, total: MaskedSum) -> None:
+        self.total = total
+        self.refused: list[str] = []
+        self.received = 0
+        self.conn = MqttConnection(mqtt, [shared_filter(group, topic_filter)])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sum what arrives until ``stop`` is set; bad inputs are logged (one line) and counted."""
+        async with self.conn:
+            await self.conn.wait_connected()
+            while not stop.is_set():
+                msg = await self.conn.next_message(0.2)
+                if msg is None:
+                    continue
+                payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
+                self.received += 1
+                try:
+                    self.total.add(payload)
+                except FedmqError as exc:
+                    log.warning("summing worker refused a masked input on %s: %s", msg.topic, exc)
+                    self.refused.append(str(exc))
+
+
+__all__ = ["MaskedSum", "MqttSummer", "ShardedMaskedSum", "partition_of", "shared_filter"]

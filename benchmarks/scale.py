@@ -51,11 +51,11 @@ from rich.table import Table
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
-from aggregator.partial_sums import MaskedSum, ShardedMaskedSum
+from aggregator.partial_sums import MaskedSum, MqttSummer, ShardedMaskedSum
 from aggregator.secure import PhaseWindows
 from shared.codec import pack
 from shared.layout import ModelLayout
-from shared.mqtt import MqttConfig
+from shared.mqtt import MqttConfig, MqttConnection
 from shared.secagg import keys
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot
@@ -339,14 +339,8 @@ def summarise(
 # -- scale-out (part 5) --------------------------------------------------------------------------------
 
 
-def scaleout(count: int, length: int, bits: int, workers: list[int], repeats: int) -> dict[str, Any]:
-    """Sum the same ``count`` signed masked inputs in this process and over worker processes.
-
-    The inputs are real wire messages (:class:`MaskedInput`, Ed25519-signed by enrolled device keys,
-    ``bits``-bit packed); each path decodes, verifies, unpacks and adds
-    (:class:`aggregator.partial_sums.MaskedSum`). Timings are the best of ``repeats`` and include
-    handing the bytes to the workers and combining their partial sums, not starting the processes.
-    """
+def _masked_messages(count: int, length: int, bits: int) -> tuple[list[tuple[str, bytes]], dict[str, bytes]]:
+    """``count`` real masked-input messages (Ed25519-signed by enrolled keys) and the directory."""
     rng = np.random.default_rng(0)
     directory = {device_name(i): bytes(device_key(i).verify_key) for i in range(count)}
     messages = []
@@ -355,6 +349,18 @@ def scaleout(count: int, length: int, bits: int, workers: list[int], repeats: in
         unsigned = MaskedInput(FEDERATION, 0, device_name(i), pack(vector, bits), bits, length)
         signed = replace(unsigned, signature=keys.sign(device_key(i), unsigned.signed_bytes()))
         messages.append((device_name(i), encode(signed)))
+    return messages, directory
+
+
+def scaleout(count: int, length: int, bits: int, workers: list[int], repeats: int) -> dict[str, Any]:
+    """Sum the same ``count`` signed masked inputs in this process and over worker processes.
+
+    The inputs are real wire messages (:class:`MaskedInput`, Ed25519-signed by enrolled device keys,
+    ``bits``-bit packed); each path decodes, verifies, unpacks and adds
+    (:class:`aggregator.partial_sums.MaskedSum`). Timings are the best of ``repeats`` and include
+    handing the bytes to the workers and combining their partial sums, not starting the processes.
+    """
+    messages, directory = _masked_messages(count, length, bits)
     settings = {"federation": FEDERATION, "round_id": 0, "directory": directory, "bits": bits,
                 "length": length}  # fmt: skip
     single_s = float("inf")
@@ -381,6 +387,110 @@ def scaleout(count: int, length: int, bits: int, workers: list[int], repeats: in
         rows.append({"workers": w, "seconds": best, "speedup": single_s / best, "bit_exact": exact})
     return {"inputs": count, "length": length, "bits": bits, "single_s": single_s,
             "single_ms_per_input": 1000 * single_s / count, "rows": rows}  # fmt: skip
+
+
+def _summer_main(
+    port: int, index: int, settings: dict[str, Any], progress: Any, stop: Any, queue: Any
+) -> None:
+    async def main() -> None:
+        total = MaskedSum(**settings)
+        mqtt = MqttConfig(host="127.0.0.1", port=port, client_id=f"summer{index}", keepalive_s=120)
+        summer = MqttSummer(mqtt, f"fl/{FEDERATION}/r/0/masked/+", group="sum", total=total)
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            seen = 0
+            while not stop.is_set():
+                if summer.received > seen:
+                    with progress.get_lock():
+                        progress.value += summer.received - seen
+                    seen = summer.received
+                await asyncio.sleep(0.005)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
+        queue.put(("ready", index))
+        await summer.run(done)
+        await watcher
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        queue.put(("partial", (total.sum.tobytes(), len(total.devices), len(summer.refused),
+                               usage.ru_utime + usage.ru_stime)))  # fmt: skip
+
+    asyncio.run(main())
+
+
+def _publisher_main(port: int, index: int, messages: list[tuple[str, bytes]], go: Any, queue: Any) -> None:
+    async def main() -> None:
+        mqtt = MqttConfig(host="127.0.0.1", port=port, client_id=f"pub{index}", keepalive_s=120,
+                          publish_timeout_s=300.0)  # fmt: skip
+        async with MqttConnection(mqtt) as conn:
+            await conn.wait_connected(timeout=60)
+            queue.put(("ready", index))
+            while not go.is_set():
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*(conn.publish(f"fl/{FEDERATION}/r/0/masked/{device}", data)
+                                   for device, data in messages))  # fmt: skip
+            queue.put(("published", index))
+
+    asyncio.run(main())
+
+
+def mqtt_scaleout(count: int, length: int, bits: int, workers: list[int], timeout: float) -> dict[str, Any]:
+    """The intake itself spread by the broker: ``w`` :class:`MqttSummer` processes on one shared
+    subscription receive, verify, unpack and sum the same ``count`` masked inputs, published by two
+    publisher processes; seconds from the first publication to the last input summed."""
+    messages, directory = _masked_messages(count, length, bits)
+    settings = {"federation": FEDERATION, "round_id": 0, "directory": directory, "bits": bits,
+                "length": length}  # fmt: skip
+    rows = []
+    reference = None
+    with tempfile.TemporaryDirectory(prefix="fedmq-scaleout-") as tmp, MosquittoBroker(Path(tmp)) as broker:
+        for w in workers:
+            queue, progress = CTX.Queue(), CTX.Value("i", 0)
+            go, stop = CTX.Event(), CTX.Event()
+            summers = [
+                CTX.Process(target=_summer_main, args=(broker.port, i, settings, progress, stop, queue),
+                            daemon=True)
+                for i in range(w)
+            ]
+            halves = [messages[0::2], messages[1::2]]
+            publishers = [CTX.Process(target=_publisher_main, args=(broker.port, i, half, go, queue),
+                                      daemon=True) for i, half in enumerate(halves)]  # fmt: skip
+            for proc in [*summers, *publishers]:
+                proc.start()
+            try:
+                _expect(queue, "ready", w + len(publishers), timeout)
+                time.sleep(0.5)  # the shared subscriptions are in place once connected; settle
+                started = time.perf_counter()
+                go.set()
+                deadline = time.monotonic() + timeout
+                while progress.value < count and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                seconds = time.perf_counter() - started
+                stop.set()
+                partials = _expect(queue, "partial", w, timeout)
+            finally:
+                stop.set()
+                go.set()
+                for proc in [*summers, *publishers]:
+                    proc.join(timeout=30)
+                    if proc.is_alive():
+                        proc.kill()
+            total = np.zeros(length, np.uint32)
+            for data, _, _, _ in partials:
+                np.add(total, np.frombuffer(data, np.uint32), out=total)
+            total &= np.uint32((1 << bits) - 1)
+            if reference is None:
+                reference = total
+            rows.append({
+                "workers": w, "seconds": seconds, "summed": sum(p[1] for p in partials),
+                "refused": sum(p[2] for p in partials), "worker_cpu_s": sum(p[3] for p in partials),
+                "bit_exact": bool(np.array_equal(total, reference)),
+            })  # fmt: skip
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = base / row["seconds"]
+    return {"inputs": count, "length": length, "bits": bits, "rows": rows}
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -424,6 +534,17 @@ def report_scaleout(console: Console, result: dict[str, Any]) -> None:
     console.print(table)
 
 
+def report_mqtt_scaleout(console: Console, result: dict[str, Any]) -> None:
+    table = Table(title="the intake spread by the broker: workers on one MQTT shared subscription")
+    for name in ("workers", "seconds", "speedup vs 1 worker", "summed", "worker CPU s", "bit-exact"):
+        table.add_column(name, justify="right")
+    for row in result["rows"]:
+        table.add_row(str(row["workers"]), f"{row['seconds']:.2f}", f"{row['speedup']:.2f}",
+                      f"{row['summed']}/{result['inputs']}", f"{row['worker_cpu_s']:.2f}",
+                      "yes" if row["bit_exact"] else "NO")  # fmt: skip
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write every result here")
@@ -437,6 +558,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="worker counts of the scale-out")
     parser.add_argument("--timeout", type=float, default=900.0, help="deadline of each wait, seconds")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # forked processes inherit it (no per-publish chatter)
     cases = [Case(*(int(float(x)) for x in text.split(":"))) for text in args.case]
     cases = cases or default_grid(args.quick)
     console = Console(width=200)
@@ -461,6 +583,9 @@ def main() -> None:
         console.print(f"scale-out: {count} inputs of {length} coordinates, workers {workers} ...")
         out = scaleout(count, length, bits, workers, repeats=1 if args.quick else 3)
         report_scaleout(console, out)
+        console.print("scale-out over MQTT shared subscriptions ...")
+        out["mqtt"] = mqtt_scaleout(count, length, bits, workers, args.timeout)
+        report_mqtt_scaleout(console, out["mqtt"])
     results = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},

@@ -12,17 +12,18 @@ import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
-from aggregator.partial_sums import MaskedSum, ShardedMaskedSum, partition_of
+from aggregator.partial_sums import MaskedSum, MqttSummer, ShardedMaskedSum, partition_of
 from aggregator.secure import PhaseWindows
 from shared.codec import pack
 from shared.errors import SecAggError
 from shared.layout import ModelLayout
+from shared.mqtt import MqttConnection
 from shared.secagg import keys
 from shared.snapshots import make_snapshot
 from shared.wire import encode
 from shared.wire.secagg import MaskedInput
 from simulator.light import LightDevice, device_key, device_name, rotation_joins
-from tests.support import mqtt_config
+from tests.support import eventually, mqtt_config
 
 FED = "scale"
 
@@ -140,3 +141,35 @@ def test_sharded_sum_needs_a_worker():
         ShardedMaskedSum(workers=0, federation=FED, round_id=0, directory={}, bits=8, length=1)
 
 
+
+
+async def test_summers_on_a_shared_subscription_split_the_intake_and_sum_exactly(broker):
+    bits, length, count = 16, 2000, 16
+    inputs = _signed_inputs(count, length, bits, seed=2)
+    directory = {device_name(i): bytes(device_key(i).verify_key) for i in range(count)}
+    settings = {"federation": FED, "round_id": 3, "directory": directory, "bits": bits, "length": length}
+    summers = [
+        MqttSummer(mqtt_config(broker, f"summer{i}"), f"fl/{FED}/r/3/masked/+", group="sum",
+                   total=MaskedSum(**settings))
+        for i in range(2)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop)) for s in summers]
+    try:
+        for summer in summers:
+            await summer.conn.wait_connected(timeout=30)
+        await asyncio.sleep(0.3)  # both shared subscriptions acknowledged
+        async with MqttConnection(mqtt_config(broker, "publisher")) as conn:
+            await conn.wait_connected(timeout=30)
+            for device, data, _ in inputs:
+                await conn.publish(f"fl/{FED}/r/3/masked/{device}", data)
+            await conn.publish(f"fl/{FED}/r/3/masked/forger", b"\x00not a message")
+            await eventually(lambda: sum(s.received for s in summers) == count + 1, timeout=60)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert all(s.total.devices for s in summers)  # the broker gave each worker a share
+    assert sum(len(s.refused) for s in summers) == 1
+    combined = (summers[0].total.sum + summers[1].total.sum) & np.uint32((1 << bits) - 1)
+    expected = sum(v.astype(np.uint64) for _, _, v in inputs) % (1 << bits)
+    np.testing.assert_array_equal(combined, expected.astype(np.uint32))
