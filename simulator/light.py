@@ -30,7 +30,7 @@ import nacl.signing
 import numpy as np
 
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
-from shared.codec import CodecConfig, UpdateEncoder, pack
+from shared.codec import UpdateEncoder, pack
 from shared.errors import FedmqError, ProtocolError
 from shared.following import RoundFollowing
 from shared.mqtt import MqttConfig, MqttConnection, publish_framed
@@ -241,8 +241,10 @@ class LightDevice:
 
     async def _send_masked(self, state: _Round, shared: SurvivorList) -> None:
         assert state.roster is not None
-        codec = CodecConfig.from_dict(dict(state.announce.config.get("codec", {})))
-        config = CodecConfig(**{**codec.to_dict(), "expected_clients": len(state.roster.members)})
+        plan = state.announce.plan
+        if not plan.secure or plan.codec is None:
+            raise ProtocolError(f"round {state.announce.round_id} is not a secure round with a codec")
+        config = plan.codec_for(len(state.roster.members))
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != state.roster.length:
             raise ProtocolError(f"roster expects {state.roster.length} coordinates, the codec gives "
