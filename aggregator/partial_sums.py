@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 
@@ -132,9 +133,9 @@ class ShardedMaskedSum:
         settings = {"federation": federation, "round_id": round_id, "directory": dict(directory),
                     "bits": bits, "length": length}  # fmt: skip
         methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        context: Any = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self._pipes: list[Connection] = []
-        self._processes = []
+        self._processes: list[Any] = []
         for _ in range(workers):
             mine, theirs = context.Pipe()
             process = context.Process(target=_worker, args=(theirs, settings), daemon=True)
