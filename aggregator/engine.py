@@ -368,7 +368,6 @@ class Aggregator(Intake, Publishing):
             return True
         finally:
             self._secure = None
-            await self._logged(self._outbox.clear_round_messages(), "clearing the round's roster and notice")
         metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
         if self.accountant is not None and outcome.noise_multiplier is not None:
             self.accountant.record_round(outcome.noise_multiplier)

@@ -109,7 +109,15 @@ class SecureRound:
 
     async def run(self, outbox: Outbox, stop: asyncio.Event | None = None) -> SecureOutcome:
         """Run the phases, publishing through ``outbox``; raises RoundAbandoned (with the reason) when the
-        round cannot complete. A share batch that cannot be delivered costs only its device."""
+        round cannot complete. A share batch that cannot be delivered costs only its device. However the
+        round ends, its retained roster and notice are cleared: devices subscribe to them as they join a
+        round (``shared/following.py``) and must not be sent this round's roster then."""
+        try:
+            return await self._phases(outbox, stop)
+        finally:
+            await _logged(outbox.clear_round_messages(), "clearing the round's roster and notice")
+
+    async def _phases(self, outbox: Outbox, stop: asyncio.Event | None) -> SecureOutcome:
         w = self.windows
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:

@@ -77,7 +77,6 @@ class EdgeClient(LocalTraining):
             online=encode(self._presence(True)),
             offline=encode(self._presence(False)),
         )
-        # The roster and notices only while in a secure round (shared/following.py), not round/#.
         subscriptions = [self.topics.model_all, self.topics.round, f"{self.topics.inbox(cid)}/#"]
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
@@ -266,9 +265,7 @@ class EdgeClient(LocalTraining):
             self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
-        joined = self._secure is not None and self._secure.round_id == announce.round_id
-        if announce.phase == PHASE_KEYS and not joined:
-            self._spawn(self._following.leave())  # sits this round out: no roster of others' round
+        self._spawn(self._following.settle(announce, getattr(self._secure, "round_id", None)))
 
     # -- participation ---------------------------------------------------------------------------
 
@@ -354,12 +351,8 @@ class EdgeClient(LocalTraining):
         self._secure = SecureParticipation(self._secagg, announce, pending.task, pending.dim,
                                            outbox=self.outbox, on_phase=on_phase, staleness=tau,
                                            keep_encoded=self.keep_encoded)  # fmt: skip
-        self._spawn(self._start_following(self._secure))
+        self._spawn(self._following.join_then(self._secure.start()))
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
-
-    async def _start_following(self, secure: SecureParticipation) -> None:
-        await self._following.join()  # subscribed to the roster before the keys can close the phase
-        await secure.start()
 
     def _presence(self, online: bool) -> PresenceMsg:
         """Presence with the memory budget and, if one is set, this model's activation profile."""

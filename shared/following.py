@@ -14,9 +14,11 @@ A device that keeps the old ``round/#`` subscription (an older client) stays cor
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from shared.mqtt import MqttConnection
 from shared.topics import Topics
+from shared.wire import PHASE_KEYS, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,18 @@ class RoundFollowing:
         self.following = True
         await self.conn.subscribe(self.topics.roster)
         await self.conn.subscribe(self.topics.notice)
+
+    async def join_then(self, start: Awaitable[None]) -> None:
+        """Join (subscription acknowledged) before ``start`` advertises keys: the keys phase may close,
+        and the roster go out, as soon as the last advert arrives."""
+        await self.join()
+        await start
+
+    async def settle(self, announce: RoundAnnounce, joined: int | None) -> None:
+        """After a secure round's announcement: leave unless this device joined it (``joined``: the
+        round it is in, if any) -- it sits the round out and needs none of its roster."""
+        if announce.phase == PHASE_KEYS and joined != announce.round_id:
+            await self.leave()
 
     async def leave(self) -> None:
         if not self.following:
