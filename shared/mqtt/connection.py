@@ -1,32 +1,5 @@
-"""A resilient MQTT connection on aiomqtt, shared by the aggregator and the devices.
-
-aiomqtt does not reconnect by itself, so :class:`MqttConnection` owns the documented reconnection
-pattern: a background task connects with a stable client id and a persistent session
-(``clean_start=False`` plus a session expiry, so QoS 1 messages queued at the broker while we were away
-are delivered on return), re-subscribes on every connect, backs off exponentially with full jitter
-between attempts, and feeds every incoming message into one queue that survives reconnects. Presence
-is a retained topic with a last will that the broker publishes after a *Will Delay*, so a short network
-blip does not flap a device offline.
-
-Brokers differ (``docs/brokers.md``), so the connection adapts to the one it reaches:
-
-* **Protocol.** MQTT 5 is preferred; ``protocol="auto"`` falls back to 3.1.1 when the broker refuses
-  v5 (NATS, RabbitMQ before 3.13), ``"3.1.1"`` forces it. Under 3.1.1 the session is kept with
-  ``clean_session=False`` (its lifetime is the broker's setting), the will fires without a delay
-  (presence may flap during a blip; every connect re-publishes ``online``), and message expiry is
-  dropped: round-scoped messages already carry their round id and the announcement its deadline, and
-  receivers ignore what belongs to a closed round.
-* **Limits.** What the broker announces in CONNACK (v5: maximum packet size, retain available, maximum
-  QoS) is honoured: frames are cut below the packet limit, QoS and the retain flag are lowered (with one
-  warning) rather than getting us disconnected. ``max_packet_size`` in the config covers brokers that
-  cannot announce one (MQTT 3.1.1; NATS's ``max_payload``, AWS IoT Core's 128 KB).
-* **Endpoints.** A broker cluster is a list of endpoints; after a failed connect or a lost connection the
-  next one is tried, so a dead node costs one reconnect. The session and its queued messages live in
-  the cluster, not in the node.
-
-Every wait has a deadline: :meth:`MqttConnection.wait_connected` and :meth:`MqttConnection.publish`
-raise :class:`MqttTimeout` instead of hanging, and publish deadlines scale with the payload size.
-"""
+"""The resilient connection itself: :class:`MqttConnection` (reconnect loop, subscriptions, publish with
+deadlines and re-sends). See :mod:`shared.mqtt` for the design."""
 
 from __future__ import annotations
 
@@ -37,228 +10,29 @@ import random
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.chunking import CHUNK_OVERHEAD, split
+from shared.chunking import CHUNK_OVERHEAD
 from shared.connect_errors import Refusals
-from shared.errors import ConfigError, FedmqError
+from shared.errors import FedmqError
+from shared.mqtt.config import (
+    PUBLISH_OVERHEAD,
+    BrokerLimits,
+    BrokerRefused,
+    ConnectionStats,
+    MqttConfig,
+    MqttTimeout,
+    PacketTooLarge,
+    Presence,
+)
+from shared.mqtt.handshake import make_client, read_limits, refuses_version
 from shared.supervision import guarded
-from shared.topics import check_id
 
-log = logging.getLogger(__name__)
-
-
-class MqttTimeout(FedmqError, TimeoutError):
-    """A connection or publication did not complete before its deadline."""
-
-
-class BrokerRefused(FedmqError):
-    """The broker refuses what this configuration insists on (e.g. MQTT 5 forced on a 3.1.1 broker);
-    retrying cannot help, so the connection stops and says what to change."""
-
-
-class PacketTooLarge(FedmqError):
-    """A single (unchunkable) publication exceeds the broker's maximum packet size."""
-
-
-#: ``MqttConfig.protocol`` values: prefer v5 and fall back, or force one version.
-PROTOCOLS = ("auto", "5", "3.1.1")
-#: CONNACK codes for "unsupported protocol version" (v5 reason 0x84, v3.1.1 return code 1).
-_REFUSED_VERSION = (0x84, 1)
-#: Bytes an MQTT PUBLISH adds around topic and payload: fixed header (<= 5), topic length (2), packet
-#: id (2) and v5 properties (message expiry: 5, property length: <= 4), with room to spare.
-PUBLISH_OVERHEAD = 32
-
-
-def parse_endpoint(text: str, default_port: int = 1883) -> tuple[str, int]:
-    """``host[:port]`` or ``mqtt://host[:port]`` -> (host, port); ConfigError on anything else."""
-    parts = urlsplit(text if "://" in text else f"mqtt://{text}")
-    try:
-        port = parts.port or default_port
-    except ValueError as exc:
-        raise ConfigError("broker", f"bad port in endpoint {text!r}") from exc
-    if not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError("broker", f"endpoint {text!r} is not host[:port]")
-    return parts.hostname, port
-
-
-@dataclass(frozen=True)
-class BrokerLimits:
-    """What the broker of the current connection accepts (from its CONNACK and the config)."""
-
-    protocol: str  # "5" or "3.1.1"
-    endpoint: str  # host:port
-    max_packet_size: int | None = None
-    retain_available: bool = True
-    max_qos: int = 2
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """How to reach the broker. Validated on construction; errors name the field."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str = "fedmq"
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    keepalive_s: int = 30
-    session_expiry_s: int = 24 * 3600
-    reconnect_min_s: float = 0.2
-    reconnect_max_s: float = 15.0
-    connect_timeout_s: float = 10.0
-    publish_timeout_s: float = 10.0
-    #: Slowest link we plan for; publish deadlines grow by size / this rate.
-    link_bytes_per_s: float = 250_000.0
-    will_delay_s: int = 10
-    max_queued_incoming: int = 100_000
-    #: Permanent refusals in a row (credentials, TLS) before giving up (``shared/connect_errors.py``).
-    fatal_retries: int = 3
-    #: "auto" (MQTT 5, falling back to 3.1.1 when the broker refuses 5), "5" or "3.1.1".
-    protocol: str = "auto"
-    #: Further endpoints of the same broker cluster (``host:port``), tried in turn after ``host:port``.
-    failover: tuple[str, ...] = ()
-    #: Largest MQTT packet the broker takes, for brokers that do not announce one in CONNACK (3.1.1,
-    #: NATS ``max_payload``, AWS IoT Core 128 KB). The smaller of this and an announced limit is used.
-    max_packet_size: int | None = None
-    #: False for brokers that send retained messages to exact subscriptions only (RabbitMQ before 3.13):
-    #: each ``a/b/#`` subscription then also subscribes ``a/b``, so a late device still gets the retained
-    #: snapshot, delta and round announcement at once (chunks of a chunked snapshot still need ``#``).
-    retained_wildcards: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("host", "must not be empty")
-        if not 0 < self.port < 65536:
-            raise ConfigError("port", f"{self.port} is not a TCP port")
-        check_id(self.client_id, "client_id")
-        if (self.username is None) != (self.password is None):
-            raise ConfigError("password", "username and password must be given together")
-        counts = ("keepalive_s", "session_expiry_s", "will_delay_s", "max_queued_incoming", "fatal_retries")
-        for name in counts:
-            if getattr(self, name) < 0:
-                raise ConfigError(name, "must be >= 0")
-        for name in ("reconnect_min_s", "connect_timeout_s", "publish_timeout_s", "link_bytes_per_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, "must be > 0")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ConfigError("reconnect_max_s", "must be >= reconnect_min_s")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError("protocol", f"{self.protocol!r} is not one of {PROTOCOLS}")
-        for endpoint in self.failover:
-            parse_endpoint(endpoint)
-        if self.max_packet_size is not None and self.max_packet_size < 1024:
-            raise ConfigError("max_packet_size", "must be >= 1024 bytes")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError("key_file", "cert_file and key_file must be given together")
-        if not self.tls and (self.ca_file or self.cert_file):
-            raise ConfigError("tls", "certificate files given but tls is off")
-
-    @classmethod
-    def from_url(cls, url: str, client_id: str, **overrides: object) -> MqttConfig:
-        """Build from ``mqtt://[user:pass@]host[:port][,host2:port2...][?protocol=3.1.1&max_packet_size=N]``.
-
-        ``mqtts://`` turns TLS on. Further comma-separated endpoints are failover nodes of the same
-        cluster (same credentials, same TLS). The query sets ``protocol``, ``max_packet_size`` and
-        ``retained_wildcards`` (0/1), so every command line that takes a broker URL can reach any
-        supported broker.
-        """
-        url, _, query = url.partition("?")
-        first, *others = [part.strip() for part in url.split(",")]
-        parts = urlsplit(first)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError("broker", f"unsupported URL scheme {parts.scheme!r} in {url!r}")
-        tls = parts.scheme in ("mqtts", "ssl")
-        default_port = 8883 if tls else 1883
-        try:
-            port = parts.port or default_port
-        except ValueError as exc:
-            raise ConfigError("broker", f"bad port in {url!r}") from exc
-        values: dict[str, object] = {
-            "host": parts.hostname or "127.0.0.1",
-            "port": port,
-            "client_id": client_id,
-            "username": parts.username,
-            "password": parts.password,
-            "tls": tls,
-            "failover": tuple(
-                "{}:{}".format(*parse_endpoint(other, default_port)) for other in others if other
-            ),
-        }
-        for key, items in parse_qs(query, strict_parsing=bool(query)).items():
-            if key == "protocol":
-                values["protocol"] = items[-1]
-            elif key == "retained_wildcards":
-                if items[-1] not in ("0", "1", "true", "false"):
-                    raise ConfigError("retained_wildcards", f"{items[-1]!r} is not 0/1/true/false")
-                values["retained_wildcards"] = items[-1] in ("1", "true")
-            elif key == "ca_file":  # a URL alone can then describe a TLS broker (the demo, tools)
-                values["ca_file"] = items[-1]
-            elif key == "max_packet_size":
-                if not items[-1].isdigit():
-                    raise ConfigError("max_packet_size", f"{items[-1]!r} is not a byte count")
-                values["max_packet_size"] = int(items[-1])
-            else:
-                raise ConfigError(
-                    "broker",
-                    f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards, ca_file)",
-                )
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
-
-    @property
-    def endpoints(self) -> list[tuple[str, int]]:
-        """Every endpoint, the primary first."""
-        return [(self.host, self.port), *(parse_endpoint(e) for e in self.failover)]
-
-    def publish_deadline(self, size: int) -> float:
-        return self.publish_timeout_s + size / self.link_bytes_per_s
-
-
-@dataclass(frozen=True)
-class Presence:
-    """Retained presence: ``online`` published on every connect, ``offline`` as the delayed will."""
-
-    topic: str
-    online: bytes
-    offline: bytes
-
-
-@dataclass
-class _Stats:
-    connects: int = 0
-    #: Connects to an endpoint other than the previous connection's.
-    failovers: int = 0
-    bytes_out: int = 0
-    bytes_in: int = 0
-    messages_in: int = 0
-    publishes: int = 0
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, keeping the CONNACK properties (the broker's announced limits)."""
-
-    connack: Properties | None = None
-    #: The TCP (and TLS) connection was made; a failure after it and before CONNACK is the broker's.
-    reached: bool = False
-
-    def _client_connect(self) -> None:
-        super()._client_connect()
-        self.reached = True
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:  # type: ignore[no-untyped-def]
-        self.connack = properties
-        super()._on_connect(client, userdata, flags, reason_code, properties)
+log = logging.getLogger("shared.mqtt")
 
 
 class MqttConnection:
@@ -285,7 +59,7 @@ class MqttConnection:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.stats = _Stats()
+        self.stats = ConnectionStats()
         self._rng = random.Random()
         self._callbacks: list[asyncio.Task[None]] = []
         #: The broker's limits on the current (or last) connection; None before the first connect.
@@ -496,59 +270,6 @@ class MqttConnection:
 
     # -- the reconnect loop ----------------------------------------------------------------------
 
-    def _make_client(self, host: str, port: int, protocol: str) -> _Client:
-        cfg = self.config
-        v5 = protocol == "5"
-        connect_props = None
-        session: dict[str, object] = {"clean_session": False}
-        if v5:
-            connect_props = Properties(PacketTypes.CONNECT)
-            connect_props.SessionExpiryInterval = cfg.session_expiry_s
-            session = {"clean_start": False}
-        will = None
-        if self._presence is not None:
-            will_props = None
-            if v5:
-                will_props = Properties(PacketTypes.WILLMESSAGE)
-                will_props.WillDelayInterval = cfg.will_delay_s
-            will = aiomqtt.Will(
-                self._presence.topic, self._presence.offline, qos=1, retain=True, properties=will_props
-            )
-        tls_params = None
-        if cfg.tls:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file
-            )
-        return _Client(
-            host,
-            port,
-            identifier=cfg.client_id,
-            username=cfg.username,
-            password=cfg.password,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            properties=connect_props,
-            keepalive=cfg.keepalive_s,
-            timeout=cfg.connect_timeout_s,
-            will=will,
-            tls_params=tls_params,
-            max_queued_incoming_messages=cfg.max_queued_incoming,
-            logger=self._refusals.logger,
-            **session,  # type: ignore[arg-type]
-        )
-
-    def _limits(self, client: _Client, endpoint: str, protocol: str) -> BrokerLimits:
-        """The broker's announced limits (v5 CONNACK), capped by the configured packet size."""
-        props = client.connack
-        announced = getattr(props, "MaximumPacketSize", None) if props is not None else None
-        sizes = [s for s in (announced, self.config.max_packet_size) if s]
-        return BrokerLimits(
-            protocol=protocol,
-            endpoint=endpoint,
-            max_packet_size=min(sizes) if sizes else None,
-            retain_available=bool(getattr(props, "RetainAvailable", 1)) if props is not None else True,
-            max_qos=int(getattr(props, "MaximumQoS", 2)) if props is not None else 2,
-        )
-
     def _protocol_for(self, endpoint: tuple[str, int]) -> str:
         if self.config.protocol != "auto":
             return self.config.protocol
@@ -565,14 +286,14 @@ class MqttConnection:
             protocol = self._protocol_for(endpoint)
             where = f"{endpoint[0]}:{endpoint[1]}"
             answered = False
-            attempt = self._make_client(*endpoint, protocol)
+            attempt = make_client(cfg, self._presence, endpoint, protocol, self._refusals.logger)
             try:
                 async with attempt as client:
                     answered = True
                     self._client = client
                     self._lost = asyncio.Event()
                     self._protocols[endpoint] = protocol
-                    self.limits = self._limits(client, where, protocol)
+                    self.limits = read_limits(client, cfg, where, protocol)
                     for topic in [f for t in self._subscriptions for f in self._filters(t)]:
                         await client.subscribe(topic, qos=1, timeout=cfg.connect_timeout_s)
                     self.stats.connects += 1
@@ -648,14 +369,9 @@ class MqttConnection:
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)
 
-    def _refused_version(
-        self, exc: Exception, endpoint: tuple[str, int], protocol: str, where: str
-    ) -> bool:
+    def _refused_version(self, exc: Exception, endpoint: tuple[str, int], protocol: str, where: str) -> bool:
         """Handle a CONNACK refusing the protocol version: switch to 3.1.1 (auto) or give up (forced)."""
-        if not isinstance(exc, MqttConnectError):
-            return False
-        code = getattr(exc.rc, "value", exc.rc)
-        if code not in _REFUSED_VERSION or protocol != "5":
+        if not refuses_version(exc, protocol):
             return False
         if self.config.protocol == "auto":
             log.info("mqtt %s: %s refuses MQTT 5, using 3.1.1", self.config.client_id, where)
@@ -669,30 +385,7 @@ class MqttConnection:
             self._gave_up.set()
         return True
 
-
     async def failed(self) -> FedmqError:
         """Wait until the connection gives up for good (refused configuration); returns the cause."""
         await self._gave_up.wait()
         return self.error or FedmqError("connection gave up")
-
-
-async def publish_framed(
-    conn: MqttConnection,
-    topic: str,
-    chunk_topic: Callable[[int], str],
-    payload: bytes,
-    limit: int,
-    *,
-    retain: bool = False,
-    expiry_s: float | None = None,
-) -> int:
-    """Publish ``payload`` whole or, above ``limit``, as chunks then manifest; returns the frame count.
-
-    ``limit`` is lowered to the broker's maximum packet size when that is smaller. Chunks go first so
-    that a subscriber that sees the manifest finds its chunks already retained.
-    """
-    frames = split(payload, conn.frame_limit(topic, limit))
-    for frame in frames[1:] + frames[:1]:
-        target = topic if frame.chunk is None else chunk_topic(frame.chunk)
-        await conn.publish(target, frame.payload, retain=retain, expiry_s=expiry_s)
-    return len(frames)
