@@ -39,6 +39,7 @@ from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
+from shared.offences import Offences
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor, guarded, rule_of
@@ -119,6 +120,8 @@ class Aggregator:
         self.supervisor = Supervisor("aggregator")
         #: Messages refused at the per-message boundary, by rule (bounded; see ``dropped``).
         self.faults = FaultCounter()
+        #: Who broke which rule, counted per sender; one log line per sender and rule per interval.
+        self.offences = Offences()
         #: Rounds the round loop lost to an unexpected error (each is abandoned, then the loop goes on).
         self.round_failures = 0
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -468,6 +471,7 @@ class Aggregator:
             z,
             self.config.over_selection,
         )
+        secure.offences = self.offences
         announce = RoundAnnounce(
             self.config.federation,
             round_id,
@@ -666,8 +670,9 @@ class Aggregator:
     ) -> None:
         """Count and log one refused message (with the traceback when no rule anticipated it)."""
         self.faults.record(who, topic, rule, reason)
-        log.warning("dropped message round=%s from=%s topic=%s rule=%s: %s", round_id, who, topic, rule,
-                    reason, exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
+        logged = self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}")
+        if logged and rule == INTERNAL_ERROR:
+            log.error("dropped message from=%s: no rule anticipated this error", who, exc_info=exc)
 
     def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
         """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""

@@ -33,8 +33,10 @@ import numpy as np
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_noise
-from shared.errors import ProtocolError, WireError
+from shared.errors import ProtocolError, SecAggError, WireError
+from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
+from shared.secagg.server import WEAK_KEY
 from shared.secagg import keys as secagg_keys
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
@@ -115,6 +117,8 @@ class SecureRound:
         self._progress = asyncio.Event()
         self._reassembler = Reassembler(max_total=max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
+        #: Named misbehaviour; the engine replaces it with its own, shared across rounds.
+        self.offences = Offences()
 
     # -- the phases ------------------------------------------------------------------------------
 
@@ -146,6 +150,7 @@ class SecureRound:
             delta=self.dropout_rate,
             gamma=self.corrupt_fraction,
             unpack=lambda m: unpack(m.payload, bits, length),
+            offences=self.offences,
         )
         for advert in self.adverts.values():
             self.server.add_advert(advert)
@@ -267,6 +272,12 @@ class SecureRound:
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
+        try:  # checked here, at intake, so one weak key never reaches (and stops) the roster
+            secagg_keys.check_public_key(msg.enc_pk, "encryption key")
+            secagg_keys.check_public_key(msg.mask_pk, "mask key")
+        except SecAggError as exc:
+            self.offences.record(msg.device, WEAK_KEY, str(exc), context=f"round={self.round_id}")
+            raise
         self.adverts[msg.device] = msg
 
     def _on_shares(self, msg: Message) -> None:

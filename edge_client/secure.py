@@ -139,8 +139,9 @@ class SecureParticipation:
                 self._open(batch)
 
     def _open(self, batch: ShareBatch) -> None:
-        for bundle in batch.received_bundles():
-            self.secagg.on_shares(bundle)
+        """Open every bundle independently; a bad one costs this device only that sender's shares."""
+        for sender, reason in self.secagg.open_all(batch.received_bundles()).items():
+            log.warning("round=%s share bundle from %s refused: %s", batch.round, sender, reason)
 
     def close_masked_phase(self) -> None:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""

@@ -61,7 +61,11 @@ def seal(
     """Encrypt one bundle for ``recipient`` under the nonce its binding derives."""
     if len(self_mask_share) != SHARE_BYTES or len(mask_key_share) != SHARE_BYTES:
         raise SecAggError(f"shares must be {SHARE_BYTES} bytes")
-    box = nacl.public.Box(sender_enc_sk, nacl.public.PublicKey(recipient_enc_pk))
+    try:
+        box = nacl.public.Box(sender_enc_sk, nacl.public.PublicKey(recipient_enc_pk))
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError) as exc:
+        # libsodium refuses a low-order recipient key; keys are checked at the roster, this is the backstop
+        raise SecAggError(f"cannot seal a bundle for {recipient!r}: {exc}") from exc
     nonce = _nonce(federation, round_id, sender, recipient)
     return bytes(box.encrypt(self_mask_share + mask_key_share, nonce).ciphertext)
 
@@ -87,6 +91,8 @@ def open_bundle(
         nacl.exceptions.CryptoError,
         nacl.exceptions.ValueError,
         nacl.exceptions.TypeError,
+        nacl.exceptions.RuntimeError,
+        RuntimeError,
         ValueError,
         TypeError,
     ) as exc:

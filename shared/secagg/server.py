@@ -19,7 +19,6 @@ pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`sh
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -28,6 +27,7 @@ import nacl.signing
 import numpy as np
 
 from shared.errors import ConfigError, SecAggError
+from shared.offences import Offences
 from shared.secagg import keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
 from shared.secagg.params import SecAggParams, choose_params
@@ -45,8 +45,10 @@ from shared.wire.secagg import (
 
 log = logging.getLogger(__name__)
 
-#: Share subsets tried per secret before giving up on a reconstruction that fails its check.
-MAX_RECONSTRUCTION_TRIES = 32
+#: Offence rules the round core names (``SecAggServer.offences``); docs/security.md gives each one's proof.
+WEAK_KEY = "secagg-weak-key"
+CORRUPT_REVEAL = "secagg-corrupt-reveal"
+UNRECOVERABLE_SECRET = "secagg-unrecoverable-secret"
 
 
 class RoundAbandoned(SecAggError):
@@ -75,6 +77,7 @@ class SecAggServer:
         gamma: float = 0.1,
         params: SecAggParams | None = None,
         unpack: Callable[[MaskedInput], np.ndarray] = unpack_raw,
+        offences: Offences | None = None,
     ) -> None:
         prg.check_bits(bits)
         if length < 0:
@@ -102,6 +105,8 @@ class SecAggServer:
         self._self_mask_shares: dict[str, dict[int, bytes]] = {}
         self._mask_key_shares: dict[str, dict[int, bytes]] = {}
         self._revealed_by: set[str] = set()
+        #: Named misbehaviour (device, rule) of this round; the aggregator shares one across rounds.
+        self.offences = offences if offences is not None else Offences()
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
@@ -159,6 +164,12 @@ class SecAggServer:
         """Record a signed advert; returns False for a duplicate."""
         self._check_round(advert.federation, advert.round, advert.device, "advertise")
         self._verify_device(advert.device, advert.signed_bytes(), advert.signature, "advert")
+        for name, key in (("encryption key", advert.enc_pk), ("mask key", advert.mask_pk)):
+            try:
+                keys.check_public_key(key, name)
+            except SecAggError as exc:
+                self.offences.record(advert.device, WEAK_KEY, str(exc), context=f"round={self.round_id}")
+                raise self._refuse(advert.device, f"{exc}: advert refused") from exc
         earlier = self.adverts.get(advert.device)
         if earlier is not None:
             if earlier == advert:
@@ -318,19 +329,37 @@ class SecAggServer:
         return {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
 
     def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
+        """Rebuild ``owner``'s secret from the revealed shares, naming every holder whose share is wrong.
+
+        Reed-Solomon decoding (:func:`shamir.robust_reconstruct`) corrects up to ``(m - t) // 2`` corrupt
+        reveals among ``m``; each is off the decoded polynomial, so its revealer (the holder at that x,
+        whose signature is on the reveal) is the one named, never the dealer. A secret that cannot be
+        decoded, or that fails the owner's own commitment, abandons the round and names the owner.
+        """
         t = self.threshold
         if len(shares) < t:
             raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
-        for tries, subset in enumerate(itertools.combinations(sorted(shares), t)):
-            if tries >= MAX_RECONSTRUCTION_TRIES:
-                break
-            try:
-                secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
-            except SecAggError:
-                continue
-            if check(secret):
-                return secret
-        raise self._refuse(owner, f"no consistent subset of shares rebuilds {owner!r}'s secret", abandon=True)
+        context = f"round={self.round_id}"
+        try:
+            secret, wrong = shamir.robust_reconstruct(shares, t)
+        except SecAggError as exc:
+            self.offences.record(owner, UNRECOVERABLE_SECRET, f"shares do not decode: {exc}", context=context)
+            raise self._refuse(
+                owner,
+                f"no polynomial fits the revealed shares of {owner!r} (inconsistent dealer, or more than "
+                f"{(len(shares) - t) // 2} corrupt reveals)",
+                abandon=True,
+            ) from exc
+        for x in wrong:
+            holder = self.graph[owner][x - 1]
+            self.offences.record(
+                holder, CORRUPT_REVEAL, f"revealed a wrong share of {owner!r}'s secret", context=context
+            )
+        if not check(secret):
+            reason = "the decoded secret fails its commitment (inconsistent dealer)"
+            self.offences.record(owner, UNRECOVERABLE_SECRET, reason, context=context)
+            raise self._refuse(owner, f"{owner!r}: {reason}", abandon=True)
+        return secret
 
     def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:
         """(plus, minus) seeds whose combined mask is still in the sum (Bonawitz et al. §4 round 4)."""
