@@ -36,8 +36,8 @@ from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_n
 from shared.errors import ProtocolError, SecAggError, WireError
 from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
-from shared.secagg.server import WEAK_KEY
 from shared.secagg import keys as secagg_keys
+from shared.secagg.server import WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
