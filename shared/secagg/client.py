@@ -217,8 +217,11 @@ class SecAggClient:
                 b_shares[i],
                 key_shares[i],
             )
+            digest = bundles.bundle_digest(
+                self.federation, roster.round, self.device_id, neighbour, b_shares[i], key_shares[i]
+            )
             outgoing.append(
-                EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext)
+                EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext, digest)
             )
         state.roster = roster
         state.neighbours = neighbours
@@ -249,6 +252,19 @@ class SecAggClient:
             )
         except SecAggError as exc:
             raise self._refuse(message.round, str(exc)) from exc
+        if message.digest:  # shares that differ from the dealer's public digests are never revealed
+            expected = bundles.bundle_digest(
+                self.federation,
+                message.round,
+                message.sender,
+                self.device_id,
+                bundle.self_mask_share,
+                bundle.mask_key_share,
+            )
+            if expected != message.digest:
+                raise self._refuse(
+                    message.round, f"bundle from {message.sender!r} does not match its published digests"
+                )
         earlier = state.received.get(message.sender)
         if earlier is not None and earlier != bundle:
             raise self._refuse(message.round, f"{message.sender!r} sent two different share bundles")

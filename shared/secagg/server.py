@@ -19,6 +19,7 @@ pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`sh
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -28,7 +29,7 @@ import numpy as np
 
 from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
-from shared.secagg import keys, prg, shamir
+from shared.secagg import bundles, keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
@@ -49,6 +50,13 @@ log = logging.getLogger(__name__)
 WEAK_KEY = "secagg-weak-key"
 CORRUPT_REVEAL = "secagg-corrupt-reveal"
 UNRECOVERABLE_SECRET = "secagg-unrecoverable-secret"
+INCONSISTENT_DEALER = "secagg-inconsistent-dealer"
+#: A wrong share of a dealer that published no digests: the holder or the dealer lied (not proven).
+DISPUTED_SHARE = "secagg-disputed-share"
+#: Rules whose evidence is signed by the offender (advert, reveal, dealt shares with a spare to check).
+PROVEN_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER})
+#: t-subsets tried (each against the owner's commitment) when Reed-Solomon decoding does not succeed.
+MAX_SUBSET_TRIES = 256
 
 
 class RoundAbandoned(SecAggError):
@@ -306,17 +314,39 @@ class SecAggServer:
             raise self._refuse(
                 sender, f"reveal asks for the wrong kind of share for {sorted(bad_b | bad_key)}"
             )
-        for store, shares in (
-            (self._self_mask_shares, reveal.self_mask_shares),
-            (self._mask_key_shares, reveal.mask_key_shares),
-        ):
+        for shares in (reveal.self_mask_shares, reveal.mask_key_shares):
             for owner, share in shares.items():
                 if len(share) != shamir.SHARE_BYTES:
                     raise self._refuse(sender, f"malformed share of {owner!r}")
+        for store, shares, kind in (
+            (self._self_mask_shares, reveal.self_mask_shares, bundles.SELF_MASK_KIND),
+            (self._mask_key_shares, reveal.mask_key_shares, bundles.MASK_KEY_KIND),
+        ):
             for owner, share in shares.items():
+                if not self._matches_digest(owner, sender, kind, share):
+                    self.offences.record(
+                        sender,
+                        CORRUPT_REVEAL,
+                        f"revealed a share of {owner!r} that differs from the dealer's digest",
+                        context=f"round={self.round_id}",
+                    )
+                    continue  # the share is dropped; the other shares of this reveal still count
                 store.setdefault(owner, {})[share_index(self.graph, owner, sender)] = share
         self._revealed_by.add(sender)
         return True
+
+    def _matches_digest(self, owner: str, holder: str, kind: str, share: bytes) -> bool:
+        """Whether ``share`` is what ``owner`` committed to dealing ``holder`` (True without a digest)."""
+        bundle = self._bundles.get((owner, holder))
+        if bundle is None or not bundle.digest:
+            return True
+        half = bundles.SHARE_DIGEST_BYTES
+        expected = bundle.digest[:half] if kind == bundles.SELF_MASK_KIND else bundle.digest[half:]
+        return bundles.share_digest(self.federation, self.round_id, owner, holder, kind, share) == expected
+
+    def _attested(self, owner: str, holder: str) -> bool:
+        bundle = self._bundles.get((owner, holder))
+        return bundle is not None and bool(bundle.digest)
 
     def _needed_keys(self) -> list[str]:
         return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
@@ -331,34 +361,58 @@ class SecAggServer:
     def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
         """Rebuild ``owner``'s secret from the revealed shares, naming every holder whose share is wrong.
 
-        Reed-Solomon decoding (:func:`shamir.robust_reconstruct`) corrects up to ``(m - t) // 2`` corrupt
-        reveals among ``m``; each is off the decoded polynomial, so its revealer (the holder at that x,
-        whose signature is on the reveal) is the one named, never the dealer. A secret that cannot be
-        decoded, or that fails the owner's own commitment, abandons the round and names the owner.
+        First Reed-Solomon decoding (:func:`shamir.robust_reconstruct`), which corrects up to
+        ``(m - t) // 2`` corrupt reveals among ``m``; then, if that fails or its result fails the owner's
+        commitment, up to :data:`MAX_SUBSET_TRIES` t-subsets, each checked against the commitment (one
+        clean subset is enough, so with ``m >= t + 1`` a single liar never stops the round). A share off
+        the recovered polynomial was revealed wrongly by its holder (whose signature is on the reveal):
+        the holder is named, never the dealer. When nothing rebuilds the committed secret the round is
+        abandoned and the owner is named: as an inconsistent dealer when there was a spare share
+        (``m > t``), as merely unrecoverable when there was none (then a single liar could be to blame).
         """
         t = self.threshold
         if len(shares) < t:
             raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
         context = f"round={self.round_id}"
+        found: tuple[bytes, list[int]] | None = None
         try:
             secret, wrong = shamir.robust_reconstruct(shares, t)
-        except SecAggError as exc:
-            self.offences.record(owner, UNRECOVERABLE_SECRET, f"shares do not decode: {exc}", context=context)
-            raise self._refuse(
-                owner,
-                f"no polynomial fits the revealed shares of {owner!r} (inconsistent dealer, or more than "
-                f"{(len(shares) - t) // 2} corrupt reveals)",
-                abandon=True,
-            ) from exc
+            if check(secret):
+                found = secret, wrong
+        except SecAggError:
+            pass
+        if found is None:
+            for tries, subset in enumerate(itertools.combinations(sorted(shares), t)):
+                if tries >= MAX_SUBSET_TRIES:
+                    break
+                try:
+                    secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
+                except SecAggError:
+                    continue
+                if check(secret):
+                    found = secret, shamir.off_polynomial(subset, shares)
+                    break
+        if found is None:
+            m = len(shares)
+            # Attested shares (all matching the dealer's digests) convict the dealer outright; without
+            # digests a spare share is needed before a single lying holder is ruled out.
+            attested = all(self._attested(owner, self.graph[owner][x - 1]) for x in shares)
+            proven = attested or m > t
+            rule = INCONSISTENT_DEALER if proven else UNRECOVERABLE_SECRET
+            reason = f"no {t} of the {m} revealed shares rebuild the committed secret" + (
+                " (inconsistent dealer)" if proven else " (no spare share to tell a lying holder)"
+            )
+            self.offences.record(owner, rule, reason, context=context)
+            raise self._refuse(owner, f"{owner!r}: {reason}", abandon=True)
+        secret, wrong = found
         for x in wrong:
             holder = self.graph[owner][x - 1]
-            self.offences.record(
-                holder, CORRUPT_REVEAL, f"revealed a wrong share of {owner!r}'s secret", context=context
-            )
-        if not check(secret):
-            reason = "the decoded secret fails its commitment (inconsistent dealer)"
-            self.offences.record(owner, UNRECOVERABLE_SECRET, reason, context=context)
-            raise self._refuse(owner, f"{owner!r}: {reason}", abandon=True)
+            if self._attested(owner, holder):  # the share matches the dealer's digest: the dealer lied
+                reason = f"dealt {holder!r} a share off its polynomial"
+                self.offences.record(owner, INCONSISTENT_DEALER, reason, context=context)
+            else:  # no digest (an older client): either side may have lied
+                reason = f"share of {owner!r} (dealt without digests) is off its polynomial"
+                self.offences.record(holder, DISPUTED_SHARE, reason, context=context)
         return secret
 
     def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:

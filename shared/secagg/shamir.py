@@ -253,3 +253,17 @@ def _secret(poly: Sequence[int]) -> bytes:
     if secret >> (8 * SECRET_BYTES):
         raise UndecodableShares("shares are inconsistent: the decoded value is not a 32-byte secret")
     return secret.to_bytes(SECRET_BYTES, "little")
+
+
+def off_polynomial(basis: Sequence[int], shares: Mapping[int, bytes]) -> list[int]:
+    """The x of every share not on the polynomial through the shares at the ``basis`` x's (t of them)."""
+    xs, ys = _field_shares(shares)
+    by_x = dict(zip(xs, ys))
+    points = []
+    for x in basis:
+        y = by_x[x]
+        if y is None:
+            return list(xs)
+        points.append((x, y))
+    poly = _interpolate(points)
+    return [x for x, y in zip(xs, ys) if y is None or _evaluate(poly, x) != y]

@@ -15,7 +15,7 @@ import pytest
 
 from shared.errors import SecAggError
 from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys, shamir
-from shared.secagg.server import CORRUPT_REVEAL, UNRECOVERABLE_SECRET, WEAK_KEY
+from shared.secagg.server import CORRUPT_REVEAL, DISPUTED_SHARE, INCONSISTENT_DEALER, WEAK_KEY
 from shared.wire.secagg import AdvertiseKeys, EncryptedShares, Roster, RosterMember
 
 FED = "fed-rogue"
@@ -153,19 +153,67 @@ def test_corrupt_reveal_is_attributed_to_its_sender() -> None:
     assert named == {ROGUE: {CORRUPT_REVEAL: N - 1}}
 
 
-def test_inconsistent_dealer_is_named_not_an_honest_device() -> None:
-    """Shares off any one polynomial (no VSS yet, see docs/security.md): the round is abandoned, but the
-    log and counter name the dealer, not the honest devices whose reveals expose it."""
-    run = Round()
+def _dealing(bad_holders):
+    """A rogue's Shamir split: random values (off the polynomial) for the holders at these indices."""
 
     def rogue_split(original):
         def inconsistent(secret, threshold, holders):
             shares = original(secret, threshold, holders)
-            return [nacl.utils.random(shamir.SHARE_BYTES) if i % 2 else s for i, s in enumerate(shares)]
+            return [
+                nacl.utils.random(shamir.SHARE_BYTES) if i in bad_holders else s for i, s in enumerate(shares)
+            ]
 
         return inconsistent
 
+    return rogue_split
+
+
+def test_inconsistent_dealer_with_t_good_shares_is_named_and_the_round_closes() -> None:
+    """Three of seven holders get shares off the polynomial (digests published for what was dealt, so the
+    holders accept them): the sum is exact, the dealer is named, no honest holder is."""
+    run = Round()
+    total, refused = run.run(rogue_split=_dealing({1, 3, 5}))
+    np.testing.assert_array_equal(total, run.honest_sum(run.clients))
+    assert not any(refused.values())
+    assert run.server.offences.by_sender() == {ROGUE: {INCONSISTENT_DEALER: 3}}
+
+
+def test_inconsistent_dealer_without_a_consistent_subset_is_named_not_an_honest_device() -> None:
+    """Shares off any one polynomial: the round is abandoned (no VSS yet, see docs/security.md), and the
+    log and counter name the dealer, not the honest devices whose reveals expose it."""
+    run = Round()
     with pytest.raises(RoundAbandoned, match=ROGUE):
-        run.run(rogue_split=rogue_split)
-    assert set(run.server.offences.by_sender()) == {ROGUE}
-    assert run.server.offences.by_sender()[ROGUE] == {UNRECOVERABLE_SECRET: 1}
+        run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+    assert run.server.offences.by_sender() == {ROGUE: {INCONSISTENT_DEALER: 1}}
+
+
+def test_without_digests_a_wrong_share_is_disputed_not_proven() -> None:
+    """An older client publishes no digests: a wrong revealed share is recorded as disputed."""
+    run = Round()
+
+    def strip(bundles):
+        return [replace(b, digest=b"") for b in bundles]
+
+    def tamper(reveal):
+        return replace(
+            reveal,
+            self_mask_shares={v: nacl.utils.random(shamir.SHARE_BYTES) for v in reveal.self_mask_shares},
+        )
+
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    for client in run.clients.values():
+        for bundle in strip(client.on_roster(roster)):
+            run.server.add_shares(bundle)
+    shared = run.server.close_share_phase()
+    for d in shared.devices:
+        run.clients[d].open_all(run.server.shares_for(d))
+        y = run.clients[d].mask(run.inputs[d], shared)
+        run.server.add_masked(run.clients[d].masked_input(y.astype("<u4").tobytes()))
+    survivors = run.server.close_masked_phase()
+    for d in survivors.devices:
+        reveal = run.clients[d].on_survivors(survivors)
+        run.server.add_reveal(run.sign_as(ROGUE, tamper(reveal)) if d == ROGUE else reveal)
+    np.testing.assert_array_equal(run.server.unmask(), run.honest_sum(run.clients))
+    assert run.server.offences.by_sender() == {ROGUE: {DISPUTED_SHARE: N - 1}}
