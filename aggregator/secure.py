@@ -37,7 +37,7 @@ from shared.errors import ProtocolError, SecAggError, WireError
 from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
-from shared.secagg.server import WEAK_KEY
+from shared.secagg.server import PROVEN_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
@@ -269,6 +269,8 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
+        if msg.device in self.offences.senders(PROVEN_RULES):
+            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a SecAgg+ rule, with evidence")
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")

@@ -86,9 +86,10 @@ class Offences:
             out.setdefault(sender, {})[rule] = count
         return out
 
-    def senders(self, rule: str | None = None) -> set[str]:
-        """Senders with at least one offence (of ``rule``, when given)."""
-        return {s for (s, r) in self.counts if rule is None or r == rule}
+    def senders(self, rules: str | frozenset[str] | set[str] | None = None) -> set[str]:
+        """Senders with at least one offence (of ``rules``: one rule or a set of them, when given)."""
+        wanted = {rules} if isinstance(rules, str) else rules
+        return {s for (s, r) in self.counts if wanted is None or r in wanted}
 
     @property
     def total(self) -> int:

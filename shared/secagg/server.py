@@ -367,8 +367,8 @@ class SecAggServer:
         clean subset is enough, so with ``m >= t + 1`` a single liar never stops the round). A share off
         the recovered polynomial was revealed wrongly by its holder (whose signature is on the reveal):
         the holder is named, never the dealer. When nothing rebuilds the committed secret the round is
-        abandoned and the owner is named: as an inconsistent dealer when there was a spare share
-        (``m > t``), as merely unrecoverable when there was none (then a single liar could be to blame).
+        abandoned and the owner is named: as an inconsistent dealer when every share matched its
+        digests, as merely unrecoverable when the dealer published none (then holders could have lied).
         """
         t = self.threshold
         if len(shares) < t:
@@ -394,13 +394,12 @@ class SecAggServer:
                     break
         if found is None:
             m = len(shares)
-            # Attested shares (all matching the dealer's digests) convict the dealer outright; without
-            # digests a spare share is needed before a single lying holder is ruled out.
-            attested = all(self._attested(owner, self.graph[owner][x - 1]) for x in shares)
-            proven = attested or m > t
+            # Attested shares (all matching the dealer's digests) convict the dealer; without digests
+            # colluding holders could have lied, so the owner is only named as unrecoverable.
+            proven = all(self._attested(owner, self.graph[owner][x - 1]) for x in shares)
             rule = INCONSISTENT_DEALER if proven else UNRECOVERABLE_SECRET
             reason = f"no {t} of the {m} revealed shares rebuild the committed secret" + (
-                " (inconsistent dealer)" if proven else " (no spare share to tell a lying holder)"
+                " (inconsistent dealer)" if proven else " (dealt without digests: dealer or holders lied)"
             )
             self.offences.record(owner, rule, reason, context=context)
             raise self._refuse(owner, f"{owner!r}: {reason}", abandon=True)
