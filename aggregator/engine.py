@@ -32,6 +32,7 @@ from aggregator.accumulator import WeightedMean
 from aggregator.blocks import choose_blocks, rotation_scales
 from aggregator.config import AggregatorConfig
 from aggregator.optimizer import ServerOptimizer
+from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.chunking import Reassembler
@@ -122,6 +123,7 @@ class Aggregator:
         self.faults = FaultCounter()
         #: Who broke which rule, counted per sender; one log line per sender and rule per interval.
         self.offences = Offences()
+        self.retained = RetainedGuard(self.topics, self.offences)
         #: Rounds the round loop lost to an unexpected error (each is abandoned, then the loop goes on).
         self.round_failures = 0
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -630,6 +632,8 @@ class Aggregator:
             topic = str(msg.topic)
             if topic.startswith(self.topics.status_all[:-1]):
                 self._on_presence(topic, payload)
+                continue
+            if self.retained.intercept(self._conn, topic, bool(msg.retain), payload):
                 continue
             await self._accepting.wait()
             self._ingest(topic, payload)
