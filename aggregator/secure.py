@@ -34,6 +34,7 @@ from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_noise
 from shared.errors import ProtocolError, SecAggError, WireError
+from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggregate
 from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
@@ -188,7 +189,9 @@ class SecureRound:
         started = time.perf_counter()
         total = await asyncio.to_thread(server.unmask)
         self.total = total
-        mean, weight = UpdateDecoder(self.config, self.dim).decode(total, len(u3.devices))
+        decoder = UpdateDecoder(self.config, self.dim)
+        mean, weight = decoder.decode(total, len(u3.devices))
+        self._check_influence(decoder, mean, weight, len(u3.devices), n)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
             self.round_id, len(u3.devices), time.perf_counter() - started, weight,
@@ -197,6 +200,31 @@ class SecureRound:
         if self.dp is not None:
             mean, present = self._privatize(mean, weight, n, len(u3.devices))
         return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices), present)
+
+    def _check_influence(
+        self, decoder: UpdateDecoder, mean: np.ndarray, weight: float, survivors: int, roster: int
+    ) -> None:
+        """Refuse an aggregate no set of clipped inputs could produce (``shared.influence``)."""
+        assert self.config is not None
+        noise_variance = 0.0
+        if self.dp is not None and self.dp.mode == "distributed" and self.noise_multiplier is not None:
+            encoder = UpdateEncoder(self.config, self.dim)
+            plan = device_noise_plan(self.dp, self.noise_multiplier, self.config, encoder, roster)
+            noise_variance = plan.variance_present(survivors)
+        bound = aggregate_bound(
+            clip_norm=self.config.clip_norm,
+            total_weight=weight,
+            contributors=survivors,
+            scale=decoder.scale,
+            data_length=decoder.data_length,
+            subsample_rate=self.config.subsample_rate,
+            noise_variance=noise_variance,
+        )
+        try:
+            norm = check_aggregate(mean, bound, survivors)
+        except AggregateOutOfBounds as exc:
+            raise RoundAbandoned(f"round {self.round_id}: {exc}") from exc
+        log.info("round=%d aggregate norm %.4g within its bound %.4g", self.round_id, norm, bound)
 
     def _privatize(
         self, mean: np.ndarray, weight: float, roster: int, survivors: int

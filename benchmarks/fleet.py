@@ -107,6 +107,7 @@ from edge_client.memory import (  # noqa: E402
 from edge_client.model import FederatedModel  # noqa: E402
 from edge_client.trainer import LocalTrainer, TrainResult  # noqa: E402
 from shared.codec import CodecConfig, Float32Codec, UpdateDecoder, UpdateEncoder, pack, packed_size, unpack  # noqa: E402
+from shared.influence import device_weight  # noqa: E402
 from shared.secagg import SecAggClient, SecAggServer, generate_identity  # noqa: E402
 from shared.staleness import StalenessPolicy  # noqa: E402
 from shared.wire import ModelUpdate, encode  # noqa: E402
@@ -497,7 +498,7 @@ def fedmq_bytes(n_roster: int, encoded_length: int, bits: int) -> dict[str, floa
 
 
 def example_weight(result: TrainResult, cap: int) -> float:
-    return min(result.num_examples / cap, 1.0)
+    return device_weight(result.num_examples, cap)
 
 
 def float32_mean(deltas: list[tuple[np.ndarray, float]], dim: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from edge_client.trainer import TrainResult
 from shared.codec import CodecConfig, UpdateEncoder, pack
 from shared.dp import DPConfig, device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
+from shared.influence import device_weight
 from shared.secagg import SecAggClient
 from shared.staleness import StalenessPolicy
 from shared.wire import Message, RoundAnnounce
@@ -194,9 +195,11 @@ class SecureParticipation:
                 f"roster expects {self.roster.length} coordinates at {self.roster.bits} bits, "
                 f"the codec gives {encoder.encoded_length} at {config.bits}"
             )
-        # FedAvg weight (bounded) times the staleness weight: both scale the delta before encoding.
+        # FedAvg weight (floored and capped: shared.influence) times the staleness weight: both scale the
+        # delta before encoding.
         norm = float(np.linalg.norm(result.delta.astype(np.float64)))
-        weight = min(result.num_examples / self.weight_cap, 1.0) * self.policy.weight(self.staleness, norm)
+        fedavg = device_weight(result.num_examples, self.weight_cap)
+        weight = fedavg * self.policy.weight(self.staleness, norm)
         noise_variance = 0.0
         if self.dp is not None and self.dp.mode == "distributed":
             plan = device_noise_plan(
