@@ -1,0 +1,347 @@
+"""One rogue enrolled device per attack class against the aggregator's secure round, beside honest devices.
+
+For each attack class (and a no-attack baseline in the same run) this runs ``--rounds`` secure rounds of
+``--devices`` honest devices plus one rogue through the aggregator's real round driver and intake
+(:class:`aggregator.secure.SecureRound`: wire decoding with its budget, per-owner reassembly, the SecAgg+
+core, offences and quarantine), with the devices' real protocol side
+(:class:`edge_client.secure.SecureParticipation`, SecAgg+ client, codec) on random deltas instead of
+training. No broker: the broker-side classes (identity takeover, retained messages) are covered by
+``tests/adversarial/test_broker_identity.py``. Each class runs in its own child process, so its peak RSS
+and CPU time are its own.
+
+Per class it reports: rounds closed, rounds closed with the *exact* sum of the surviving inputs (checked
+against the devices' own encodings), whether the rogue was named (offence counter), the aggregator
+process's CPU seconds per round and peak RSS, and the event loop's worst lag (a 10 ms ticker). Targets
+(issue 13): >= 99% of rounds exact, loop lag <= 0.5 s, memory <= 1.5x the baseline.
+
+    python -m benchmarks.adversarial --json benchmarks/results/adversarial.json
+    python -m benchmarks.adversarial --rounds 10 --classes none,corrupt-reveal   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import nacl.utils
+import numpy as np
+
+from aggregator.secure import PhaseWindows, SecureRound
+from edge_client.secure import SecureParticipation
+from edge_client.trainer import TrainResult
+from shared.chunking import split
+from shared.codec import CodecConfig
+from shared.errors import FedmqError
+from shared.offences import Offences
+from shared.secagg import RoundAbandoned, SecAggClient, generate_identity, keys, shamir
+from shared.topics import Topics
+from shared.wire import Chunk, Message, RoundAnnounce, encode
+from shared.wire.secagg import ShareBatch, UnmaskReveal
+
+FED = "bench"
+ROGUE = "dev-rogue"
+CLASSES = {
+    "none": "no attack (baseline)",
+    "garbage-bundles": "random bytes in every share bundle",
+    "rewrapped-bundles": "valid bundles re-addressed to other neighbours",
+    "inconsistent-shares": "Shamir shares off one polynomial, digests published for them",
+    "corrupt-reveal": "random shares in its unmask reveal",
+    "weak-key": "all-zero (low-order) X25519 mask key in its signed advert",
+    "decoder-bomb": "200 payloads of 1.35 million empty msgpack arrays, then deep nesting",
+    "chunk-flood": "5,000 chunks of fresh transfers (zero-byte ones too)",
+    "message-flood": "10,000 malformed messages",
+    "weight-lie": "claims weight 1 (10^6 examples) against honest 0.13",
+    "beyond-clip": "its encoding multiplied by 40 before masking (an update far beyond the clip)",
+}
+
+
+def _result(dim: int, examples: int, rng: np.random.Generator) -> TrainResult:
+    return TrainResult(rng.normal(scale=0.05, size=dim).astype(np.float32), examples, 0.0, 0.0)
+
+
+class Rogue(SecAggClient):
+    """A SecAgg+ client that deals inconsistent shares (only this instance: the module split is patched
+    around its own roster step)."""
+
+    def on_roster(self, roster):  # type: ignore[no-untyped-def]
+        original = shamir.split
+
+        def inconsistent(secret: bytes, threshold: int, holders: int) -> list[bytes]:
+            shares = original(secret, threshold, holders)
+            return [nacl.utils.random(shamir.SHARE_BYTES) if i else s for i, s in enumerate(shares)]
+
+        shamir.split = inconsistent
+        try:
+            return super().on_roster(roster)
+        finally:
+            shamir.split = original
+
+
+async def _one_round(
+    attack: str,
+    round_id: int,
+    *,
+    devices: int,
+    dim: int,
+    identities: dict,
+    aggregator,
+    offences: Offences,
+    rng: np.random.Generator,
+) -> dict:
+    directory = {d: bytes(k.verify_key) for d, k in identities.items()}
+    topics = Topics(FED)
+    codec = CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32))
+    windows = PhaseWindows(keys=0.5, shares=2.0, masked=2.0, unmask=2.0)
+    secure = SecureRound(FED, round_id, aggregator, directory, codec, dim, windows, devices // 2,
+                         len(directory), 0.2, 0.0, 8 * 1024 * 1024)  # fmt: skip
+    secure.offences = offences
+
+    def feed(topic: str, payload: bytes) -> None:
+        """The engine's per-message boundary: a refused frame is counted against its sender."""
+        try:
+            secure.ingest(topics.parse_round(topic), payload)
+        except FedmqError as exc:
+            sender = topic.rsplit("/", 1)[-1] if "/c/" not in topic else topic.split("/")[-3]
+            offences.record(sender, type(exc).__name__, str(exc), context=f"round={round_id}")
+
+    def sender_for(device: str) -> Callable[[str, Message], Awaitable[None]]:
+        async def send(kind: str, msg: Message) -> None:
+            if device == ROGUE:
+                msg = _tamper(attack, kind, msg, identities[ROGUE])
+            for frame in split(encode(msg)):
+                topic = topics.round_msg(round_id, kind, device)
+                if frame.chunk is not None:
+                    topic = topics.round_chunk(round_id, kind, device, frame.chunk)
+                feed(topic, frame.payload)
+            await asyncio.sleep(0)
+
+        return send
+
+    announce = RoundAnnounce(FED, round_id, 0, "keys", time.time(), time.time() + windows.total,
+                             devices // 2, len(directory), {"codec": codec.to_dict(), "weight_cap": 1000,
+                              "windows": {"keys": 0.5, "shares": 2.0, "masked": 2.0}})  # fmt: skip
+    parts: dict[str, SecureParticipation] = {}
+    for device, identity in identities.items():
+        client_cls = Rogue if device == ROGUE and attack == "inconsistent-shares" else SecAggClient
+        client = client_cls(FED, device, identity, bytes(aggregator.verify_key), directory)
+        examples = 10**6 if device == ROGUE and attack == "weight-lie" else 130
+        training = asyncio.get_running_loop().create_future()
+        training.set_result(_result(dim, examples, rng))
+        part = SecureParticipation(client, announce, training, dim, sender_for(device), keep_encoded=True)
+        if device == ROGUE and attack == "beyond-clip":
+            original_mask = client.mask
+
+            def amplified(x, shared, workers=1, in_place=False, _mask=original_mask):  # type: ignore[no-untyped-def]
+                return _mask((x.astype(np.uint64) * 40 % (1 << 16)).astype(np.uint32), shared, workers, False)
+
+            client.mask = amplified  # type: ignore[method-assign]
+        parts[device] = part
+
+    if attack in ("decoder-bomb", "chunk-flood", "message-flood"):
+        _flood(attack, round_id, topics, feed)
+    tasks: set[asyncio.Task] = set()
+
+    def spawn(coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def publish_roster(roster) -> None:  # type: ignore[no-untyped-def]
+        for part in parts.values():
+            spawn(_quietly(part.on_roster(roster)))
+
+    async def publish_notice(notice) -> None:  # type: ignore[no-untyped-def]
+        for part in parts.values():
+            spawn(_quietly(part.on_notice(notice)))
+
+    async def publish_inbox(device: str, batch: ShareBatch) -> None:
+        spawn(_quietly(parts[device].on_inbox(batch)))
+
+    for part in parts.values():
+        spawn(_quietly(part.start()))
+    outcome: dict = {"closed": False, "exact": False, "reason": ""}
+    try:
+        await secure.run(publish_roster, publish_notice, publish_inbox)
+        survivors = set(secure.server.masked) if secure.server else set()
+        expected = np.zeros_like(secure.total, dtype=np.uint64)
+        for device in survivors:
+            expected += parts[device].encoded.astype(np.uint64)
+        expected %= 1 << secure.config.bits
+        outcome.update(closed=True, exact=bool(np.array_equal(expected, secure.total)))
+        outcome["rogue_in_sum"] = ROGUE in survivors
+        if attack == "weight-lie" and ROGUE in survivors:
+            outcome["rogue_weight_share"] = 1.0 / _total_weight(secure)
+    except RoundAbandoned as exc:
+        outcome["reason"] = str(exc)[:200]
+    for task in list(tasks):
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return outcome
+
+
+def _total_weight(secure: SecureRound) -> float:
+    from shared.codec import UpdateDecoder
+
+    _, weight = UpdateDecoder(secure.config, secure.dim).decode(secure.total, len(secure.server.masked))
+    return weight
+
+
+async def _quietly(coro: Awaitable[None]) -> None:
+    """A device step; a refusal (e.g. an honest device refusing a bad bundle) never ends the round."""
+    with contextlib.suppress(FedmqError):
+        await coro
+
+
+def _tamper(attack: str, kind: str, msg: Message, identity) -> Message:  # type: ignore[no-untyped-def]
+    if attack == "garbage-bundles" and kind == "shares":
+        return replace(msg, ciphertexts={k: nacl.utils.random(len(v)) for k, v in msg.ciphertexts.items()})
+    if attack == "rewrapped-bundles" and kind == "shares":
+        peers = sorted(msg.ciphertexts)
+        rotated = {p: msg.ciphertexts[peers[(i + 1) % len(peers)]] for i, p in enumerate(peers)}
+        return replace(msg, ciphertexts=rotated)
+    if attack == "corrupt-reveal" and kind == "unmask" and isinstance(msg, UnmaskReveal):
+        bad = replace(msg, self_mask_shares={v: nacl.utils.random(33) for v in msg.self_mask_shares})
+        return replace(bad, signature=keys.sign(identity, bad.signed_bytes()))
+    if attack == "weak-key" and kind == "keys":
+        bad = replace(msg, mask_pk=bytes(32))
+        return replace(bad, signature=keys.sign(identity, bad.signed_bytes()))
+    return msg
+
+
+def _bomb(groups: int = 15, count: int = 90_000) -> bytes:
+    inner = b"\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+    return bytes([0x80 | groups]) + b"".join(bytes([0xA1, 97 + i]) + inner for i in range(groups))
+
+
+def _flood(attack: str, round_id: int, topics: Topics, feed: Callable[[str, bytes], None]) -> None:
+    topic = topics.round_msg(round_id, "keys", ROGUE)
+    if attack == "decoder-bomb":
+        bomb = _bomb()
+        for _ in range(200):
+            feed(topic, bomb)
+        feed(topic, b"\x81\xa1a" + b"\x91" * 1000 + b"\xc0")
+    elif attack == "chunk-flood":
+        for i in range(5_000):
+            data = b"" if i % 2 else b"z" * 1024
+            chunk = Chunk(i.to_bytes(16, "big"), 0, data)
+            feed(topics.round_chunk(round_id, "keys", ROGUE, 0), encode(chunk))
+    else:
+        for i in range(10_000):
+            feed(topic, b"\x93garbage" + i.to_bytes(4, "big"))
+
+
+async def _lag_monitor(stop: asyncio.Event, worst: list[float]) -> None:
+    tick = 0.01
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(tick)
+        worst[0] = max(worst[0], time.perf_counter() - started - tick)
+
+
+async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int) -> dict:
+    identities = {f"dev-{i:02d}": generate_identity() for i in range(devices)}
+    if attack != "none":
+        identities[ROGUE] = generate_identity()
+    aggregator = generate_identity()
+    offences = Offences(interval_s=3600.0)
+    rng = np.random.default_rng(seed)
+    stop = asyncio.Event()
+    worst = [0.0]
+    monitor = asyncio.create_task(_lag_monitor(stop, worst))
+    cpu0 = time.process_time()
+    outcomes = []
+    for r in range(rounds):
+        outcomes.append(await _one_round(attack, r + 1, devices=devices, dim=dim, identities=identities,
+                                         aggregator=aggregator, offences=offences, rng=rng))  # fmt: skip
+    stop.set()
+    await monitor
+    cpu = time.process_time() - cpu0
+    named = offences.by_sender().get(ROGUE, {})
+    honest_named = sorted(s for s in offences.senders() if s != ROGUE)
+    weight_shares = [o["rogue_weight_share"] for o in outcomes if "rogue_weight_share" in o]
+    return {
+        "attack": attack,
+        "description": CLASSES[attack],
+        "rounds": rounds,
+        "closed": sum(o["closed"] for o in outcomes),
+        "exact": sum(o["exact"] for o in outcomes),
+        "exact_fraction": sum(o["exact"] for o in outcomes) / rounds,
+        "rogue_in_sum": sum(bool(o.get("rogue_in_sum")) for o in outcomes),
+        "rogue_named": named,
+        "honest_named": honest_named,
+        "log_lines": offences.lines_logged,
+        "cpu_s_per_round": cpu / rounds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "max_loop_lag_s": worst[0],
+        "abandon_reasons": sorted({o["reason"] for o in outcomes if o["reason"]})[:3],
+        "rogue_weight_share_max": max(weight_shares) if weight_shares else None,
+    }
+
+
+def _child(args: argparse.Namespace) -> None:
+    row = asyncio.run(run_class(args.child, args.rounds, args.devices, args.dim, args.seed))
+    sys.stdout.write(json.dumps(row) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--devices", type=int, default=8, help="honest devices (plus one rogue)")
+    parser.add_argument("--dim", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", default=",".join(CLASSES))
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (nowhere else)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args)
+        return
+    rows = []
+    for attack in args.classes.split(","):
+        if attack not in CLASSES:
+            parser.error(f"unknown class {attack!r}; one of {', '.join(CLASSES)}")
+        command = [sys.executable, "-m", "benchmarks.adversarial", "--child", attack, "--rounds",
+                   str(args.rounds), "--devices", str(args.devices), "--dim", str(args.dim), "--seed",
+                   str(args.seed)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(os.environ))
+        if done.returncode != 0:
+            raise SystemExit(f"class {attack} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(_line(rows[-1], rows[0]), flush=True)
+    baseline = next((r for r in rows if r["attack"] == "none"), rows[0])
+    for row in rows:
+        row["rss_vs_baseline"] = row["peak_rss_mb"] / baseline["peak_rss_mb"]
+        row["cpu_vs_baseline"] = row["cpu_s_per_round"] / baseline["cpu_s_per_round"]
+        row["meets_targets"] = bool(
+            row["exact_fraction"] >= 0.99 and row["max_loop_lag_s"] <= 0.5 and row["rss_vs_baseline"] <= 1.5
+        )
+    if args.json is not None:
+        options = {"rounds": args.rounds, "devices": args.devices, "dim": args.dim, "seed": args.seed}
+        reproduce = "python -m benchmarks.adversarial " + " ".join(f"--{k} {v}" for k, v in options.items())
+        reproduce += f" --classes {args.classes} --json {args.json}"
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"reproduce": reproduce, "rows": rows}, indent=2))
+
+
+def _line(row: dict, baseline: dict) -> str:
+    return (
+        f"{row['attack']:<20} exact {row['exact']:>4}/{row['rounds']:<4} closed {row['closed']:>4}  "
+        f"lag {row['max_loop_lag_s']:.3f}s  rss {row['peak_rss_mb']:.0f} MB  "
+        f"cpu {row['cpu_s_per_round']:.3f}s/round  named {row['rogue_named']}  "
+        f"honest named {row['honest_named']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
