@@ -53,8 +53,13 @@ UNRECOVERABLE_SECRET = "secagg-unrecoverable-secret"
 INCONSISTENT_DEALER = "secagg-inconsistent-dealer"
 #: A wrong share of a dealer that published no digests: the holder or the dealer lied (not proven).
 DISPUTED_SHARE = "secagg-disputed-share"
-#: Rules whose evidence is signed by the offender (advert, reveal, dealt shares with a spare to check).
-PROVEN_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER})
+#: At least t of a device's neighbours revealed, yet fewer than t held a share of it they could open:
+#: its bundles were garbage (or re-wrapped) for them. Framing an honest device this way takes more
+#: lying neighbours (revealers - t + 1) than the parameters tolerate; see docs/security.md.
+BUNDLES_REFUSED = "secagg-bundles-refused"
+#: Rules that quarantine a device for the following rounds: evidence signed by the offender (advert,
+#: reveal, dealt shares with their digests), or refusals by more neighbours than could be colluding.
+PROVEN_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER, BUNDLES_REFUSED})
 #: t-subsets tried (each against the owner's commitment) when Reed-Solomon decoding does not succeed.
 MAX_SUBSET_TRIES = 256
 
@@ -115,6 +120,7 @@ class SecAggServer:
         self._revealed_by: set[str] = set()
         #: Named misbehaviour (device, rule) of this round; the aggregator shares one across rounds.
         self.offences = offences if offences is not None else Offences()
+        self._blamed: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
@@ -352,11 +358,29 @@ class SecAggServer:
         return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
 
     def missing_shares(self) -> dict[str, int]:
-        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready)."""
+        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready).
+
+        An owner short of shares although at least t of its neighbours revealed is named: those
+        neighbours could not open (or refused) its bundles.
+        """
         t = self.threshold
         missing = {u: t - len(self._self_mask_shares.get(u, {})) for u in self.masked}
         missing.update({v: t - len(self._mask_key_shares.get(v, {})) for v in self._needed_keys()})
-        return {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
+        short = {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
+        for owner in short:
+            self._blame_unrevealed(owner)
+        return short
+
+    def _blame_unrevealed(self, owner: str) -> None:
+        revealers = [v for v in self.graph[owner] if v in self._revealed_by]
+        if len(revealers) >= self.threshold and owner not in self._blamed:
+            self._blamed.add(owner)
+            self.offences.record(
+                owner,
+                BUNDLES_REFUSED,
+                f"{len(revealers)} neighbours revealed, fewer than {self.threshold} held an openable share",
+                context=f"round={self.round_id}",
+            )
 
     def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
         """Rebuild ``owner``'s secret from the revealed shares, naming every holder whose share is wrong.
@@ -372,6 +396,7 @@ class SecAggServer:
         """
         t = self.threshold
         if len(shares) < t:
+            self._blame_unrevealed(owner)
             raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
         context = f"round={self.round_id}"
         found: tuple[bytes, list[int]] | None = None

@@ -15,7 +15,13 @@ import pytest
 
 from shared.errors import SecAggError
 from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys, shamir
-from shared.secagg.server import CORRUPT_REVEAL, DISPUTED_SHARE, INCONSISTENT_DEALER, WEAK_KEY
+from shared.secagg.server import (
+    BUNDLES_REFUSED,
+    CORRUPT_REVEAL,
+    DISPUTED_SHARE,
+    INCONSISTENT_DEALER,
+    WEAK_KEY,
+)
 from shared.wire.secagg import AdvertiseKeys, EncryptedShares, Roster, RosterMember
 
 FED = "fed-rogue"
@@ -217,3 +223,21 @@ def test_without_digests_a_wrong_share_is_disputed_not_proven() -> None:
         run.server.add_reveal(run.sign_as(ROGUE, tamper(reveal)) if d == ROGUE else reveal)
     np.testing.assert_array_equal(run.server.unmask(), run.honest_sum(run.clients))
     assert run.server.offences.by_sender() == {ROGUE: {DISPUTED_SHARE: N - 1}}
+
+
+@pytest.mark.parametrize("kind", ["garbage", "rewrapped"])
+def test_bundles_refused_by_every_neighbour_name_the_rogue(kind: str) -> None:
+    """Bad bundles to all neighbours: nobody can rebuild the rogue's self mask, so this round cannot
+    close (docs/security.md: a complaint phase would close it); the rogue, and only it, is named, which
+    quarantines it from the next rounds."""
+    run = Round()
+
+    def tamper(bundles: list[EncryptedShares]) -> list[EncryptedShares]:
+        if kind == "garbage":
+            return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bundles]
+        shifted = bundles[1:] + bundles[:1]
+        return [replace(b, ciphertext=c.ciphertext) for b, c in zip(bundles, shifted)]
+
+    with pytest.raises(RoundAbandoned, match=ROGUE):
+        run.run(tamper_bundles=tamper)
+    assert run.server.offences.by_sender() == {ROGUE: {BUNDLES_REFUSED: 1}}
