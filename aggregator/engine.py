@@ -41,6 +41,7 @@ from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
 from shared.offences import Offences
+from shared.ratelimit import SenderLimits
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, read_initial, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor, guarded, rule_of
@@ -122,8 +123,13 @@ class Aggregator:
         #: Messages refused at the per-message boundary, by rule (bounded; see ``dropped``).
         self.faults = FaultCounter()
         #: Who broke which rule, counted per sender; one log line per sender and rule per interval.
-        self.offences = Offences()
+        self.offences = Offences(logger=log)
         self.retained = RetainedGuard(self.topics, self.offences)
+        #: Per-sender message and byte budgets, spent before decoding (``shared.ratelimit``).
+        #: A device may burst two of the largest updates (chunks included), then one every 4 s.
+        self.limits = SenderLimits(
+            burst_bytes=2 * config.max_update_bytes + 1024 * 1024, bytes_per_s=config.max_update_bytes / 4
+        )
         #: Rounds the round loop lost to an unexpected error (each is abandoned, then the loop goes on).
         self.round_failures = 0
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -674,9 +680,8 @@ class Aggregator:
     ) -> None:
         """Count and log one refused message (with the traceback when no rule anticipated it)."""
         self.faults.record(who, topic, rule, reason)
-        logged = self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}")
-        if logged and rule == INTERNAL_ERROR:
-            log.error("dropped message from=%s: no rule anticipated this error", who, exc_info=exc)
+        self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}",
+                             exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
 
     def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
         """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
@@ -686,6 +691,8 @@ class Aggregator:
         try:
             parsed = self.topics.parse_round(topic)
             sender, round_id = parsed.sender, parsed.round_id
+            if not replay:
+                self.limits.check(sender, len(payload))
             if parsed.kind in SecureRound.KINDS:
                 self._ingest_secure(parsed, payload)
                 return

@@ -33,7 +33,7 @@ import numpy as np
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_noise
-from shared.errors import ProtocolError, SecAggError, WireError
+from shared.errors import CodecError, ProtocolError, SecAggError, WireError
 from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggregate
 from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
@@ -190,7 +190,10 @@ class SecureRound:
         total = await asyncio.to_thread(server.unmask)
         self.total = total
         decoder = UpdateDecoder(self.config, self.dim)
-        mean, weight = decoder.decode(total, len(u3.devices))
+        try:
+            mean, weight = decoder.decode(total, len(u3.devices))
+        except CodecError as exc:  # e.g. a summed weight above one per contributor: a forged weight
+            raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
         self._check_influence(decoder, mean, weight, len(u3.devices), n)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",

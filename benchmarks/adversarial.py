@@ -3,11 +3,11 @@
 For each attack class (and a no-attack baseline in the same run) this runs ``--rounds`` secure rounds of
 ``--devices`` honest devices plus one rogue through the aggregator's real round driver and intake
 (:class:`aggregator.secure.SecureRound`: wire decoding with its budget, per-owner reassembly, the SecAgg+
-core, offences and quarantine), with the devices' real protocol side
-(:class:`edge_client.secure.SecureParticipation`, SecAgg+ client, codec) on random deltas instead of
-training. No broker: the broker-side classes (identity takeover, retained messages) are covered by
-``tests/adversarial/test_broker_identity.py``. Each class runs in its own child process, so its peak RSS
-and CPU time are its own.
+core, offences and quarantine; in front of it the engine's per-sender rate limit), with the devices'
+real protocol side (:class:`edge_client.secure.SecureParticipation`, SecAgg+ client, codec) on random
+deltas instead of training. No broker: the broker-side classes (identity takeover, retained messages)
+are covered by ``tests/adversarial/test_broker_identity.py``. Each class runs in its own child
+process, so its peak RSS and CPU time are its own.
 
 Per class it reports: rounds closed, rounds closed with the *exact* sum of the surviving inputs (checked
 against the devices' own encodings), whether the rogue was named (offence counter), the aggregator
@@ -43,12 +43,14 @@ from shared.chunking import split
 from shared.codec import CodecConfig
 from shared.errors import FedmqError
 from shared.offences import Offences
-from shared.secagg import RoundAbandoned, SecAggClient, generate_identity, keys, shamir
+from shared.ratelimit import SenderLimits
+from shared.secagg import SecAggClient, generate_identity, keys, shamir
 from shared.topics import Topics
 from shared.wire import Chunk, Message, RoundAnnounce, encode
 from shared.wire.secagg import ShareBatch, UnmaskReveal
 
 FED = "bench"
+MAX_BYTES = 8 * 1024 * 1024  # the aggregator's max_update_bytes in this benchmark
 ROGUE = "dev-rogue"
 CLASSES = {
     "none": "no attack (baseline)",
@@ -57,7 +59,7 @@ CLASSES = {
     "inconsistent-shares": "Shamir shares off one polynomial, digests published for them",
     "corrupt-reveal": "random shares in its unmask reveal",
     "weak-key": "all-zero (low-order) X25519 mask key in its signed advert",
-    "decoder-bomb": "200 payloads of 1.35 million empty msgpack arrays, then deep nesting",
+    "decoder-bomb": "50 payloads of 1.35 million empty msgpack arrays, then deep nesting, every round",
     "chunk-flood": "5,000 chunks of fresh transfers (zero-byte ones too)",
     "message-flood": "10,000 malformed messages",
     "weight-lie": "claims weight 1 (10^6 examples) against honest 0.13",
@@ -96,6 +98,7 @@ async def _one_round(
     identities: dict,
     aggregator,
     offences: Offences,
+    limits: SenderLimits,
     rng: np.random.Generator,
 ) -> dict:
     directory = {d: bytes(k.verify_key) for d, k in identities.items()}
@@ -103,13 +106,15 @@ async def _one_round(
     codec = CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32))
     windows = PhaseWindows(keys=0.5, shares=2.0, masked=2.0, unmask=2.0)
     secure = SecureRound(FED, round_id, aggregator, directory, codec, dim, windows, devices // 2,
-                         len(directory), 0.2, 0.0, 8 * 1024 * 1024)  # fmt: skip
+                         len(directory), 0.2, 0.0, MAX_BYTES)  # fmt: skip
     secure.offences = offences
 
     def feed(topic: str, payload: bytes) -> None:
-        """The engine's per-message boundary: a refused frame is counted against its sender."""
+        """The engine's per-message boundary (rate limit, then intake): a refused frame is counted."""
         try:
-            secure.ingest(topics.parse_round(topic), payload)
+            parsed = topics.parse_round(topic)
+            limits.check(parsed.sender, len(payload))
+            secure.ingest(parsed, payload)
         except FedmqError as exc:
             sender = topic.rsplit("/", 1)[-1] if "/c/" not in topic else topic.split("/")[-3]
             offences.record(sender, type(exc).__name__, str(exc), context=f"round={round_id}")
@@ -142,13 +147,13 @@ async def _one_round(
             original_mask = client.mask
 
             def amplified(x, shared, workers=1, in_place=False, _mask=original_mask):  # type: ignore[no-untyped-def]
-                return _mask((x.astype(np.uint64) * 40 % (1 << 16)).astype(np.uint32), shared, workers, False)
+                y = x.astype(np.uint64)
+                y[: len(y) // 2] *= 40  # data coordinates only (the weight limbs are at the end)
+                return _mask((y % (1 << 16)).astype(np.uint32), shared, workers, False)
 
             client.mask = amplified  # type: ignore[method-assign]
         parts[device] = part
 
-    if attack in ("decoder-bomb", "chunk-flood", "message-flood"):
-        _flood(attack, round_id, topics, feed)
     tasks: set[asyncio.Task] = set()
 
     def spawn(coro: Awaitable[None]) -> None:
@@ -167,6 +172,8 @@ async def _one_round(
     async def publish_inbox(device: str, batch: ShareBatch) -> None:
         spawn(_quietly(parts[device].on_inbox(batch)))
 
+    if attack in ("decoder-bomb", "chunk-flood", "message-flood"):
+        spawn(_flood(attack, round_id, topics, feed))
     for part in parts.values():
         spawn(_quietly(part.start()))
     outcome: dict = {"closed": False, "exact": False, "reason": ""}
@@ -181,8 +188,8 @@ async def _one_round(
         outcome["rogue_in_sum"] = ROGUE in survivors
         if attack == "weight-lie" and ROGUE in survivors:
             outcome["rogue_weight_share"] = 1.0 / _total_weight(secure)
-    except RoundAbandoned as exc:
-        outcome["reason"] = str(exc)[:200]
+    except FedmqError as exc:  # RoundAbandoned, or a refused aggregate
+        outcome["reason"] = f"{type(exc).__name__}: {exc}"[:200]
     for task in list(tasks):
         task.cancel()
     with contextlib.suppress(BaseException):
@@ -224,21 +231,25 @@ def _bomb(groups: int = 15, count: int = 90_000) -> bytes:
     return bytes([0x80 | groups]) + b"".join(bytes([0xA1, 97 + i]) + inner for i in range(groups))
 
 
-def _flood(attack: str, round_id: int, topics: Topics, feed: Callable[[str, bytes], None]) -> None:
+_BOMB = _bomb()
+
+
+async def _flood(attack: str, round_id: int, topics: Topics, feed: Callable[[str, bytes], None]) -> None:
+    """The rogue's messages, one intake iteration each (as the broker would deliver them)."""
     topic = topics.round_msg(round_id, "keys", ROGUE)
     if attack == "decoder-bomb":
-        bomb = _bomb()
-        for _ in range(200):
-            feed(topic, bomb)
-        feed(topic, b"\x81\xa1a" + b"\x91" * 1000 + b"\xc0")
+        frames = [(topic, _BOMB)] * 50 + [(topic, b"\x81\xa1a" + b"\x91" * 1000 + b"\xc0")]
     elif attack == "chunk-flood":
-        for i in range(5_000):
-            data = b"" if i % 2 else b"z" * 1024
-            chunk = Chunk(i.to_bytes(16, "big"), 0, data)
-            feed(topics.round_chunk(round_id, "keys", ROGUE, 0), encode(chunk))
+        chunk_topic = topics.round_chunk(round_id, "keys", ROGUE, 0)
+        frames = [
+            (chunk_topic, encode(Chunk(i.to_bytes(16, "big"), 0, b"" if i % 2 else b"z" * 1024)))
+            for i in range(5_000)
+        ]
     else:
-        for i in range(10_000):
-            feed(topic, b"\x93garbage" + i.to_bytes(4, "big"))
+        frames = [(topic, b"\x93garbage" + i.to_bytes(4, "big")) for i in range(10_000)]
+    for frame_topic, payload in frames:
+        feed(frame_topic, payload)
+        await asyncio.sleep(0)
 
 
 async def _lag_monitor(stop: asyncio.Event, worst: list[float]) -> None:
@@ -255,6 +266,7 @@ async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int)
         identities[ROGUE] = generate_identity()
     aggregator = generate_identity()
     offences = Offences(interval_s=3600.0)
+    limits = SenderLimits(burst_bytes=2 * MAX_BYTES + 1024 * 1024, bytes_per_s=MAX_BYTES / 4)
     rng = np.random.default_rng(seed)
     stop = asyncio.Event()
     worst = [0.0]
@@ -263,7 +275,8 @@ async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int)
     outcomes = []
     for r in range(rounds):
         outcomes.append(await _one_round(attack, r + 1, devices=devices, dim=dim, identities=identities,
-                                         aggregator=aggregator, offences=offences, rng=rng))  # fmt: skip
+                                         aggregator=aggregator, offences=offences, limits=limits,
+                                         rng=rng))  # fmt: skip
     stop.set()
     await monitor
     cpu = time.process_time() - cpu0

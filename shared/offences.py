@@ -48,10 +48,19 @@ class Offences:
         self._clock = clock
         self.lines_logged = 0
 
-    def record(self, sender: str, rule: str, detail: str, *, context: str = "") -> bool:
+    def record(
+        self,
+        sender: str,
+        rule: str,
+        detail: str,
+        *,
+        context: str = "",
+        exc_info: BaseException | None = None,
+    ) -> bool:
         """Count one offence; log it unless this (sender, rule) was logged within the interval.
 
-        Returns whether a line was written. ``context`` (round, topic...) goes into the line as is.
+        Returns whether a line was written. ``context`` (round, topic...) goes into the line as is;
+        ``exc_info`` (an unanticipated exception) adds its traceback to the line.
         """
         if sender not in self._senders:
             if len(self._senders) >= self.max_senders:
@@ -69,12 +78,13 @@ class Offences:
         self._lines[key] = _Line(now)
         self.lines_logged += 1
         self._log.warning(
-            "offence sender=%s rule=%s %s%s: %s",
+            "offence from=%s rule=%s %s%s: %s",
             sender,
             rule,
             context,
             more,
             detail,
+            exc_info=exc_info,
             extra={"device": sender, "rule": rule},
         )
         return True

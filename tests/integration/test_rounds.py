@@ -250,5 +250,5 @@ async def test_bad_inputs_change_nothing_and_are_logged(broker, tmp_path, caplog
         assert needle in reasons, (needle, reasons)
     # Every refusal is counted per sender and rule; lines are rate-limited to one per (sender, rule).
     assert agg.offences.total >= 7
-    lines = sum(r.getMessage().startswith("offence sender=") for r in caplog.records)
+    lines = sum(r.getMessage().startswith("offence from=") for r in caplog.records)
     assert 1 <= lines <= len(agg.offences.counts)
