@@ -96,7 +96,8 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
     assert.equal(toHex(encode(advert)), sent.get(`${d} ${t.roundMsg(v.round, 'keys', d)}`));
     const coefficients = s.shamir_coefficients.map((h) => BigInt(`0x${h}`));
     const ciphertexts = client.onRoster(roster, () => coefficients.shift());
-    const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts };
+    const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts,
+      digests: client.outgoingDigests() };
     assert.equal(toHex(encode(batch)), sent.get(`${d} ${t.roundMsg(v.round, 'shares', d)}`));
     assert.deepEqual(client.onRoster(roster), ciphertexts, 'a duplicate roster is idempotent');
     client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
