@@ -38,7 +38,7 @@ from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggreg
 from shared.offences import Offences
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
-from shared.secagg.server import PROVEN_RULES, WEAK_KEY
+from shared.secagg.server import QUARANTINE_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
@@ -300,7 +300,7 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
-        if msg.device in self.offences.senders(PROVEN_RULES):
+        if msg.device in self.offences.senders(QUARANTINE_RULES):
             raise ProtocolError(f"{msg.device!r} is quarantined: it broke a SecAgg+ rule, with evidence")
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")

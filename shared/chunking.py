@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from shared.errors import ChunkError
 from shared.wire import Chunk, ChunkManifest, Message, decode, encode
+from shared.wire.base import MAX_DEVICE_OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Reassembler:
         owner_bytes: int | None = None,
         pool_bytes: int | None = None,
         owner_of: Callable[[str], str] = owner_from_key,
+        max_objects: int = MAX_DEVICE_OBJECTS,
     ):
         self.max_total = max_total
         self.max_transfers = max_transfers
@@ -105,6 +107,8 @@ class Reassembler:
         #: under pressure the largest holder is evicted first).
         self.pool_bytes = pool_bytes if pool_bytes is not None else self.owner_bytes
         self._owner_of = owner_of
+        #: Decoding budget of each message (``shared.wire.base``): device-sized by default.
+        self.max_objects = max_objects
         self._open: dict[tuple[str, bytes], _Transfer] = {}
         self._done: dict[tuple[str, bytes], float] = {}
         self._buffered = 0
@@ -166,18 +170,18 @@ class Reassembler:
         chunk number for ``.../c/<i>`` topics. Raises WireError/ChunkError on anything malformed.
         """
         if chunk_index is None:
-            msg = decode(payload, max_bytes=max_bytes)
+            msg = decode(payload, max_bytes=max_bytes, max_objects=self.max_objects)
             if not isinstance(msg, ChunkManifest):
                 return msg
             assembled = self.add_manifest(key, msg)
         else:
-            chunk = decode(payload, Chunk, max_bytes=max_bytes)
+            chunk = decode(payload, Chunk, max_bytes=max_bytes, max_objects=self.max_objects)
             if chunk.index != chunk_index:
                 raise ChunkError(f"chunk says index {chunk.index}, topic says {chunk_index}")
             assembled = self.add_chunk(key, chunk)
         if assembled is None:
             return None
-        msg = decode(assembled, max_bytes=self.max_total)
+        msg = decode(assembled, max_bytes=self.max_total, max_objects=self.max_objects)
         if isinstance(msg, (ChunkManifest, Chunk)):
             raise ChunkError("a chunked transfer may not contain another chunk or manifest")
         return msg

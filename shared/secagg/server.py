@@ -59,7 +59,7 @@ DISPUTED_SHARE = "secagg-disputed-share"
 BUNDLES_REFUSED = "secagg-bundles-refused"
 #: Rules that quarantine a device for the following rounds: evidence signed by the offender (advert,
 #: reveal, dealt shares with their digests), or refusals by more neighbours than could be colluding.
-PROVEN_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER, BUNDLES_REFUSED})
+QUARANTINE_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER, BUNDLES_REFUSED})
 #: t-subsets tried (each against the owner's commitment) when Reed-Solomon decoding does not succeed.
 MAX_SUBSET_TRIES = 256
 
@@ -388,11 +388,13 @@ class SecAggServer:
         First Reed-Solomon decoding (:func:`shamir.robust_reconstruct`), which corrects up to
         ``(m - t) // 2`` corrupt reveals among ``m``; then, if that fails or its result fails the owner's
         commitment, up to :data:`MAX_SUBSET_TRIES` t-subsets, each checked against the commitment (one
-        clean subset is enough, so with ``m >= t + 1`` a single liar never stops the round). A share off
-        the recovered polynomial was revealed wrongly by its holder (whose signature is on the reveal):
-        the holder is named, never the dealer. When nothing rebuilds the committed secret the round is
-        abandoned and the owner is named: as an inconsistent dealer when every share matched its
-        digests, as merely unrecoverable when the dealer published none (then holders could have lied).
+        clean subset is enough, so with ``m >= t + 1`` a single liar never stops the round). Revealed
+        shares already matched their dealer's digests (:meth:`add_reveal` drops and names a revealer
+        whose share does not), so a share off the recovered polynomial was *dealt* wrong: the dealer is
+        named (``secagg-inconsistent-dealer``); for a dealer without digests either side may have lied
+        (``secagg-disputed-share`` on the holder). When nothing rebuilds the committed secret the round
+        is abandoned and the owner named: as an inconsistent dealer when every share was attested by
+        its digests, as merely unrecoverable otherwise.
         """
         t = self.threshold
         if len(shares) < t:

@@ -28,6 +28,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 #: of members, five fields each) stays far below this.
 MAX_OBJECTS = 100_000
 MAX_DEPTH = 16
+#: The budget for what a *device* sends (advert, share batch, masked input, reveal, update, chunks): a
+#: share batch to 200 neighbours holds about 800 objects, so 20,000 is generous and makes a hostile
+#: payload five times cheaper to refuse than the general budget (used by ``shared.chunking.Reassembler``).
+MAX_DEVICE_OBJECTS = 20_000
 
 _REGISTRY: dict[str, type[Message]] = {}
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -257,9 +261,11 @@ def decode(
     payload: bytes,
     expected: type[M] | tuple[type[Message], ...] | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
+    *,
+    max_objects: int = MAX_OBJECTS,
 ) -> M:
     """Decode ``payload`` into its registered message, optionally insisting on ``expected`` types."""
-    body = unpack_map(payload, max_bytes)
+    body = unpack_map(payload, max_bytes, max_objects=max_objects)
     version = body.pop("v", None)
     if version != SCHEMA_VERSION:
         raise WireError(f"unsupported schema version {version!r} (this build speaks {SCHEMA_VERSION})")
