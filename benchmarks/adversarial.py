@@ -5,8 +5,9 @@ For each attack class (and a no-attack baseline in the same run) this runs ``--r
 (:class:`aggregator.secure.SecureRound`: wire decoding with its budget, per-owner reassembly, the SecAgg+
 core, offences and quarantine; in front of it the engine's per-sender rate limit), with the devices'
 real protocol side (:class:`edge_client.secure.SecureParticipation`, SecAgg+ client, codec) on random
-deltas instead of training. No broker: the broker-side classes (identity takeover, retained messages)
-are covered by ``tests/adversarial/test_broker_identity.py``. Each class runs in its own child
+deltas instead of training. Everything publishes through the product's :class:`shared.outbox.Outbox`
+over an in-process loopback instead of a broker: the broker-side classes (identity takeover, retained
+messages) are covered by ``tests/adversarial/test_broker_identity.py``. Each class runs in its own child
 process, so its peak RSS and CPU time are its own.
 
 Per class it reports: rounds closed, rounds closed with the *exact* sum of the surviving inputs (checked
@@ -36,18 +37,21 @@ from pathlib import Path
 import nacl.utils
 import numpy as np
 
+from aggregator import rounds
+from aggregator.config import AggregatorConfig
 from aggregator.secure import PhaseWindows, SecureRound
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import TrainResult
-from shared.chunking import split
-from shared.codec import CodecConfig
+from shared.codec import CodecConfig, UpdateDecoder
 from shared.errors import FedmqError
+from shared.mqtt import MqttConfig
 from shared.offences import Offences
+from shared.outbox import Outbox
 from shared.ratelimit import SenderLimits
 from shared.secagg import SecAggClient, generate_identity, keys, shamir
 from shared.topics import Topics
-from shared.wire import Chunk, Message, RoundAnnounce, encode
-from shared.wire.secagg import ShareBatch, UnmaskReveal
+from shared.wire import Chunk, Message, RoundAnnounce, decode, encode
+from shared.wire.secagg import UnmaskReveal
 
 FED = "bench"
 MAX_BYTES = 8 * 1024 * 1024  # the aggregator's max_update_bytes in this benchmark
@@ -89,6 +93,56 @@ class Rogue(SecAggClient):
             shamir.split = original
 
 
+class Loopback:
+    """An in-process broker stand-in behind the product's :class:`shared.outbox.Outbox`: device round
+    frames go to the aggregator's intake; roster, notices and inboxes go to the devices."""
+
+    def __init__(self, topics: Topics, feed: Callable[[str, bytes], None]) -> None:
+        self.topics = topics
+        self.feed = feed
+        self.parts: dict[str, SecureParticipation] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(_quietly(coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, expiry_s: float | None = None
+    ) -> None:
+        if topic.startswith(f"{self.topics.prefix}/r/"):
+            self.feed(topic, payload)
+        elif topic == self.topics.roster:
+            roster = decode(payload)
+            for part in self.parts.values():
+                self.spawn(part.on_roster(roster))
+        elif topic == self.topics.notice:
+            notice = decode(payload)
+            for part in self.parts.values():
+                self.spawn(part.on_notice(notice))
+        elif topic.startswith(f"{self.topics.prefix}/inbox/"):
+            device = topic.rsplit("/", 1)[-1]
+            if device in self.parts:
+                self.spawn(self.parts[device].on_inbox(decode(payload)))
+        await asyncio.sleep(0)
+
+
+class _Rogue(Outbox):
+    """The rogue's outbox: tampers with each of its messages on the way out."""
+
+    def __init__(self, transport: Loopback, topics: Topics, attack: str, identity) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(transport, topics)
+        self.attack = attack
+        self.identity = identity
+
+    async def round_message(  # type: ignore[override]
+        self, round_id: int, kind: str, sender: str, message: Message, *, expiry_s: float
+    ) -> int:
+        tampered = _tamper(self.attack, kind, message, self.identity)
+        return await super().round_message(round_id, kind, sender, tampered, expiry_s=expiry_s)
+
+
 async def _one_round(
     attack: str,
     round_id: int,
@@ -103,10 +157,19 @@ async def _one_round(
 ) -> dict:
     directory = {d: bytes(k.verify_key) for d, k in identities.items()}
     topics = Topics(FED)
-    codec = CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32))
-    windows = PhaseWindows(keys=0.5, shares=2.0, masked=2.0, unmask=2.0)
-    secure = SecureRound(FED, round_id, aggregator, directory, codec, dim, windows, devices // 2,
-                         len(directory), 0.2, 0.0, MAX_BYTES)  # fmt: skip
+    config = AggregatorConfig(
+        federation=FED,
+        mqtt=MqttConfig(client_id="aggregator"),
+        store_dir=Path("unused"),
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=0.5, shares=2.0, masked=2.0, unmask=2.0),
+        min_clients=devices // 2,
+        target_clients=len(directory),
+        max_update_bytes=MAX_BYTES,
+    )
+    plan = rounds.plan_secure_round(config, seed=os.urandom(32))
+    secure = SecureRound(config, round_id, aggregator, plan, dim)
     secure.offences = offences
 
     def feed(topic: str, payload: bytes) -> None:
@@ -119,30 +182,27 @@ async def _one_round(
             sender = topic.rsplit("/", 1)[-1] if "/c/" not in topic else topic.split("/")[-3]
             offences.record(sender, type(exc).__name__, str(exc), context=f"round={round_id}")
 
-    def sender_for(device: str) -> Callable[[str, Message], Awaitable[None]]:
-        async def send(kind: str, msg: Message) -> None:
-            if device == ROGUE:
-                msg = _tamper(attack, kind, msg, identities[ROGUE])
-            for frame in split(encode(msg)):
-                topic = topics.round_msg(round_id, kind, device)
-                if frame.chunk is not None:
-                    topic = topics.round_chunk(round_id, kind, device, frame.chunk)
-                feed(topic, frame.payload)
-            await asyncio.sleep(0)
-
-        return send
-
-    announce = RoundAnnounce(FED, round_id, 0, "keys", time.time(), time.time() + windows.total,
-                             devices // 2, len(directory), {"codec": codec.to_dict(), "weight_cap": 1000,
-                              "windows": {"keys": 0.5, "shares": 2.0, "masked": 2.0}})  # fmt: skip
-    parts: dict[str, SecureParticipation] = {}
+    loopback = Loopback(topics, feed)
+    now = time.time()
+    announce = RoundAnnounce(
+        federation=FED,
+        round_id=round_id,
+        base_version=0,
+        phase="keys",
+        opened_at=now,
+        deadline=now + config.windows.total,
+        min_clients=config.min_clients,
+        target_clients=config.target_clients,
+        plan=plan,
+    )
     for device, identity in identities.items():
         client_cls = Rogue if device == ROGUE and attack == "inconsistent-shares" else SecAggClient
         client = client_cls(FED, device, identity, bytes(aggregator.verify_key), directory)
         examples = 10**6 if device == ROGUE and attack == "weight-lie" else 130
         training = asyncio.get_running_loop().create_future()
         training.set_result(_result(dim, examples, rng))
-        part = SecureParticipation(client, announce, training, dim, sender_for(device), keep_encoded=True)
+        outbox = _Rogue(loopback, topics, attack, identity) if device == ROGUE else Outbox(loopback, topics)
+        part = SecureParticipation(client, announce, training, dim, outbox=outbox, keep_encoded=True)
         if device == ROGUE and attack == "beyond-clip":
             original_mask = client.mask
 
@@ -152,37 +212,19 @@ async def _one_round(
                 return _mask((y % (1 << 16)).astype(np.uint32), shared, workers, False)
 
             client.mask = amplified  # type: ignore[method-assign]
-        parts[device] = part
-
-    tasks: set[asyncio.Task] = set()
-
-    def spawn(coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    async def publish_roster(roster) -> None:  # type: ignore[no-untyped-def]
-        for part in parts.values():
-            spawn(_quietly(part.on_roster(roster)))
-
-    async def publish_notice(notice) -> None:  # type: ignore[no-untyped-def]
-        for part in parts.values():
-            spawn(_quietly(part.on_notice(notice)))
-
-    async def publish_inbox(device: str, batch: ShareBatch) -> None:
-        spawn(_quietly(parts[device].on_inbox(batch)))
+        loopback.parts[device] = part
 
     if attack in ("decoder-bomb", "chunk-flood", "message-flood"):
-        spawn(_flood(attack, round_id, topics, feed))
-    for part in parts.values():
-        spawn(_quietly(part.start()))
+        loopback.spawn(_flood(attack, round_id, topics, feed))
+    for part in loopback.parts.values():
+        loopback.spawn(part.start())
     outcome: dict = {"closed": False, "exact": False, "reason": ""}
     try:
-        await secure.run(publish_roster, publish_notice, publish_inbox)
+        await secure.run(Outbox(loopback, topics))
         survivors = set(secure.server.masked) if secure.server else set()
         expected = np.zeros_like(secure.total, dtype=np.uint64)
         for device in survivors:
-            expected += parts[device].encoded.astype(np.uint64)
+            expected += loopback.parts[device].encoded.astype(np.uint64)
         expected %= 1 << secure.config.bits
         outcome.update(closed=True, exact=bool(np.array_equal(expected, secure.total)))
         outcome["rogue_in_sum"] = ROGUE in survivors
@@ -190,16 +232,14 @@ async def _one_round(
             outcome["rogue_weight_share"] = 1.0 / _total_weight(secure)
     except FedmqError as exc:  # RoundAbandoned, or a refused aggregate
         outcome["reason"] = f"{type(exc).__name__}: {exc}"[:200]
-    for task in list(tasks):
+    for task in list(loopback.tasks):
         task.cancel()
     with contextlib.suppress(BaseException):
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*loopback.tasks, return_exceptions=True)
     return outcome
 
 
 def _total_weight(secure: SecureRound) -> float:
-    from shared.codec import UpdateDecoder
-
     _, weight = UpdateDecoder(secure.config, secure.dim).decode(secure.total, len(secure.server.masked))
     return weight
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,19 +64,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    if args.task == "digits":
-        from simulator.data import dirichlet_partition, load_digits_split
-        from simulator.models import digits_mlp
+#: ``--task`` names: (model factory, shard loader ``(shard, shards) -> (x, y)``) as ``module:attr``
+#: references, resolved only when asked for, so the device package never imports the simulator.
+TASKS = {"digits": ("simulator.models:digits_mlp", "simulator.data:digits_shard")}
 
-        split = load_digits_split()
-        shard = dirichlet_partition(split.y_train, args.shards, seed=0)[args.shard]
-        return digits_mlp(), torch.from_numpy(split.x_train[shard]), torch.from_numpy(split.y_train[shard])
+
+def _resolve(reference: str) -> Any:
+    module_name, _, attr = reference.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def load_model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    if args.task in TASKS:
+        model_ref, data_ref = TASKS[args.task]
+        x, y = _resolve(data_ref)(args.shard, args.shards)
+        return _resolve(model_ref)(), torch.from_numpy(x), torch.from_numpy(y)
     if args.model and args.data:
-        module_name, _, attr = args.model.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
         arrays = np.load(args.data)
-        return factory(), torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+        return _resolve(args.model)(), torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
     raise ConfigError("task", "give --task digits, or --model and --data")
 
 

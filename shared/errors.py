@@ -20,6 +20,18 @@ class ConfigError(FedmqError, ValueError):
         self.reason = reason
 
 
+class InvalidValue(FedmqError, ValueError):
+    """A value outside its domain (a message field, a Shamir parameter, a topic kind, a chunk limit).
+
+    Also a ``ValueError``, so code that validates with ``except ValueError`` keeps working; the wire
+    decoder turns one raised while building a message into a :class:`WireError`.
+    """
+
+
+class NotFound(FedmqError, KeyError):
+    """A name that is not there (a block of the layout); also a ``KeyError``."""
+
+
 class WireError(FedmqError):
     """A payload could not be decoded into a known, well-formed message."""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import ConfigError, WireError
+from shared.errors import ConfigError, InvalidValue, WireError
 
 ROOT = "fl"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
@@ -161,7 +161,7 @@ class Topics:
 
     def round_msg(self, round_id: int, kind: str, cid: str) -> str:
         if kind not in ROUND_KINDS:
-            raise ValueError(f"unknown round message kind {kind!r}")
+            raise InvalidValue(f"unknown round message kind {kind!r}")
         return f"{self.prefix}/r/{int(round_id)}/{kind}/{check_id(cid, 'client_id')}"
 
     def round_chunk(self, round_id: int, kind: str, cid: str, index: int) -> str:

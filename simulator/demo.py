@@ -191,12 +191,12 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
             if args.start_broker == "nats":
                 if args.js_devices:
                     raise FedmqError("--js-devices needs Mosquitto (its websockets listener)")
-                launcher = NatsServer(Path(tmp) / "broker")
+                launcher: NatsServer | MosquittoBroker = NatsServer(Path(tmp) / "broker")
             else:
                 launcher = MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0)
             with launcher as broker:
                 progress.update(task, status=f"broker on {broker.url}")
-                ws_url = broker.ws_url if args.js_devices else None
+                ws_url = broker.ws_url if isinstance(broker, MosquittoBroker) and args.js_devices else None
                 return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url)
 
 

@@ -6,8 +6,6 @@ so they exercise the same round engine and device logic a deployment runs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -21,7 +19,6 @@ import numpy as np
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.optimizer import ServerOptimizerConfig
-from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.trainer import LocalTrainer, TrainConfig, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT
@@ -29,8 +26,10 @@ from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
+from shared.plan import PhaseWindows
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult
+from simulator.harness import running
 from simulator.js_devices import JsDevice, device_config
 from simulator.workloads import get_workload
 
@@ -284,17 +283,11 @@ async def run_fleet(
             js_devices.append(
                 await JsDevice.start(config.js_runner, js_config, Path(store_dir) / "js-devices")
             )
-        stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            for device in devices:
-                await stack.enter_async_context(device)
-            tasks = [asyncio.create_task(device.run(stop)) for device in devices]
+        js_reports = []
+        async with running(devices):
             try:
                 await aggregator.run(config.rounds)
             finally:
-                stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                js_reports = []
                 for js in js_devices:
                     report = await js.finish()
                     if report is None:
