@@ -86,7 +86,7 @@ class RoundPlan:
         mode: ``"secure"`` (SecAgg+ phases, integer codec) or ``"plain"`` (float32 updates to a trusted
             aggregator).
         encoding: the plain-mode update encoding (``"f32"``).
-        weight_cap: a device's weight is ``min(examples / weight_cap, 1)``.
+        weight_cap: a device's weight is ``min(max(examples / weight_cap, 0.25), 1)`` (shared.influence).
         windows: the secure phases' windows.
         staleness: how a device weights (or discards) a delta trained on an older snapshot.
         codec: the secure uplink codec with this round's fresh seed; ``expected_clients`` is set per
