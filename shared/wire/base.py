@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar, Union, cast
 
 import msgpack
@@ -216,7 +216,7 @@ class _Budget:
         self.max_depth = max_depth
         self.depth: dict[int, int] = {}
 
-    def _account(self, container: Any, children: Any) -> Any:
+    def _account(self, container: list[Any] | dict[Any, Any], children: Iterable[Any]) -> None:
         self.objects += 1 + len(container)
         if self.objects > self.max_objects:
             raise WireError(f"payload holds more than {self.max_objects} msgpack objects")
@@ -229,13 +229,14 @@ class _Budget:
         if depth > self.max_depth:
             raise WireError(f"payload nests deeper than {self.max_depth} levels")
         self.depth[id(container)] = depth
-        return container
 
     def list_hook(self, items: list[Any]) -> list[Any]:
-        return self._account(items, items)
+        self._account(items, items)
+        return items
 
     def object_hook(self, mapping: dict[Any, Any]) -> dict[Any, Any]:
-        return self._account(mapping, mapping.values())
+        self._account(mapping, mapping.values())
+        return mapping
 
 
 def unpack_map(
