@@ -32,7 +32,6 @@ from aggregator.model import load_snapshot, restore_accountant
 from aggregator.optimizer import ServerOptimizer
 from aggregator.plain import PlainRound
 from aggregator.publishing import Publishing
-from aggregator.retained import RetainedGuard
 from aggregator.rounds import Recovery, RoundPlan
 from aggregator.secure import SecureRound
 from aggregator.store import RoundRecord, Store
@@ -40,9 +39,7 @@ from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, StoreError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection
-from shared.offences import Offences
 from shared.outbox import Outbox
-from shared.ratelimit import SenderLimits
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor
@@ -106,15 +103,6 @@ class Aggregator(Intake, Publishing):
         self.supervisor = Supervisor("aggregator")
         #: Messages refused at the per-message boundary, by rule (bounded; see ``dropped``).
         self.faults = FaultCounter()
-        #: Who broke which rule, counted per sender; one log line per sender and rule per interval.
-        self.offences = Offences(logger=logging.getLogger("aggregator.engine"))
-        #: Retained messages on device round topics are dropped and cleared (``aggregator.retained``).
-        self.retained = RetainedGuard(self.topics, self.offences)
-        #: Per-sender message and byte budgets, spent before decoding (``shared.ratelimit``): a device may
-        #: burst two of the largest updates (chunks included), then one every 4 s.
-        self.limits = SenderLimits(
-            burst_bytes=2 * config.max_update_bytes + 1024 * 1024, bytes_per_s=config.max_update_bytes / 4
-        )
         #: Rounds the round loop lost to an unexpected error (each is abandoned, then the loop goes on).
         self.round_failures = 0
         # Messages queued at the broker for our persistent session arrive as soon as we connect; hold
@@ -365,8 +353,7 @@ class Aggregator(Intake, Publishing):
         )
         slices = [(b, self.layout.slice_of_block(b)) for b in choice.blocks] if choice.blocks else None
         round_dim = sum(s.stop - s.start for _, s in slices) if slices else self.layout.dim
-        secure = SecureRound(self.config, round_id, self.key, plan, round_dim)
-        secure.offences = self.offences  # offences (and quarantine) span rounds
+        secure = SecureRound(self.config, round_id, self.key, plan, round_dim, offences=self.offences)
         announce = self._announce(round_id, phase=PHASE_KEYS, opened_at=now, deadline=deadline,
                                   base_version=self.version, plan=plan)  # fmt: skip
         self._secure = self.last_secure = secure

@@ -8,6 +8,7 @@ the open plain round (:class:`aggregator.plain.PlainRound`) or secure round
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aggregator.config import AggregatorConfig
@@ -39,9 +40,22 @@ class Intake:
     _accepting: asyncio.Event
     _round: PlainRound | None
     _secure: SecureRound | None
-    offences: Offences
-    retained: RetainedGuard
-    limits: SenderLimits
+
+    @functools.cached_property
+    def offences(self) -> Offences:
+        """Who broke which rule, counted per sender; one log line per sender and rule per interval."""
+        return Offences(logger=log)
+
+    @functools.cached_property
+    def retained(self) -> RetainedGuard:
+        """Drops and clears retained messages on device round topics (``aggregator.retained``)."""
+        return RetainedGuard(self.topics, self.offences)
+
+    @functools.cached_property
+    def limits(self) -> SenderLimits:
+        """Per-sender budgets spent before decoding: two of the largest updates, then one every 4 s."""
+        biggest = self.config.max_update_bytes
+        return SenderLimits(burst_bytes=2 * biggest + 1024 * 1024, bytes_per_s=biggest / 4)
 
     def store_or_fail(self) -> Store:
         raise NotImplementedError

@@ -41,7 +41,7 @@ from shared.outbox import Outbox
 from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
-from shared.secagg.server import QUARANTINE_RULES, WEAK_KEY
+from shared.secagg.attribution import QUARANTINE_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
@@ -73,6 +73,8 @@ class SecureRound:
         identity: nacl.signing.SigningKey,
         plan: RoundPlan,
         dim: int,
+        *,
+        offences: Offences | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
             raise ConfigError("plan", "a secure round needs a codec and phase windows")
@@ -106,8 +108,8 @@ class SecureRound:
         self._progress = asyncio.Event()
         self._reassembler = Reassembler(max_total=self.max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
-        #: Named misbehaviour; the engine replaces it with its own, shared across rounds.
-        self.offences = Offences()
+        #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
+        self.offences = offences if offences is not None else Offences()
 
     # -- the phases ------------------------------------------------------------------------------
 

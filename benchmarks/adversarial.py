@@ -169,8 +169,7 @@ async def _one_round(
         max_update_bytes=MAX_BYTES,
     )
     plan = rounds.plan_secure_round(config, seed=os.urandom(32))
-    secure = SecureRound(config, round_id, aggregator, plan, dim)
-    secure.offences = offences
+    secure = SecureRound(config, round_id, aggregator, plan, dim, offences=offences)
 
     def feed(topic: str, payload: bytes) -> None:
         """The engine's per-message boundary (rate limit, then intake): a refused frame is counted."""

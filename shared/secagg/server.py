@@ -19,7 +19,6 @@ pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`sh
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -30,6 +29,7 @@ import numpy as np
 from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
 from shared.secagg import bundles, keys, prg, shamir
+from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
@@ -45,23 +45,6 @@ from shared.wire.secagg import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Offence rules the round core names (``SecAggServer.offences``); docs/security.md gives each one's proof.
-WEAK_KEY = "secagg-weak-key"
-CORRUPT_REVEAL = "secagg-corrupt-reveal"
-UNRECOVERABLE_SECRET = "secagg-unrecoverable-secret"
-INCONSISTENT_DEALER = "secagg-inconsistent-dealer"
-#: A wrong share of a dealer that published no digests: the holder or the dealer lied (not proven).
-DISPUTED_SHARE = "secagg-disputed-share"
-#: At least t of a device's neighbours revealed, yet fewer than t held a share of it they could open:
-#: its bundles were garbage (or re-wrapped) for them. Framing an honest device this way takes more
-#: lying neighbours (revealers - t + 1) than the parameters tolerate; see docs/security.md.
-BUNDLES_REFUSED = "secagg-bundles-refused"
-#: Rules that quarantine a device for the following rounds: evidence signed by the offender (advert,
-#: reveal, dealt shares with their digests), or refusals by more neighbours than could be colluding.
-QUARANTINE_RULES = frozenset({WEAK_KEY, CORRUPT_REVEAL, INCONSISTENT_DEALER, BUNDLES_REFUSED})
-#: t-subsets tried (each against the owner's commitment) when Reed-Solomon decoding does not succeed.
-MAX_SUBSET_TRIES = 256
 
 
 class RoundAbandoned(SecAggError):
@@ -121,7 +104,7 @@ class SecAggServer:
         self._revealed_by: set[str] = set()
         #: Named misbehaviour (device, rule) of this round; the aggregator shares one across rounds.
         self.offences = offences if offences is not None else Offences()
-        self._blamed: set[str] = set()
+        self._attribution = Attribution(federation, round_id, self.graph, self._bundles, self.offences)
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
@@ -212,6 +195,7 @@ class SecAggServer:
         ]
         seed = graph_seed(self.federation, self.round_id, [(m.device, m.enc_pk, m.mask_pk) for m in members])
         self.graph = neighbour_graph([m.device for m in members], self.params.k, seed)
+        self._attribution.graph = self.graph
         unsigned = Roster(
             self.federation,
             self.round_id,
@@ -330,117 +314,36 @@ class SecAggServer:
             (self._mask_key_shares, reveal.mask_key_shares, bundles.MASK_KEY_KIND),
         ):
             for owner, share in shares.items():
-                if not self._matches_digest(owner, sender, kind, share):
-                    self.offences.record(
-                        sender,
-                        CORRUPT_REVEAL,
-                        f"revealed a share of {owner!r} that differs from the dealer's digest",
-                        context=f"round={self.round_id}",
-                    )
-                    continue  # the share is dropped; the other shares of this reveal still count
+                if not self._attribution.matches_digest(owner, sender, kind, share):  # dropped, named
+                    reason = f"revealed a share of {owner!r} that differs from the dealer's digest"
+                    self.offences.record(sender, CORRUPT_REVEAL, reason, context=f"round={self.round_id}")
+                    continue
                 store.setdefault(owner, {})[share_index(self.graph, owner, sender)] = share
         self._revealed_by.add(sender)
         return True
-
-    def _matches_digest(self, owner: str, holder: str, kind: str, share: bytes) -> bool:
-        """Whether ``share`` is what ``owner`` committed to dealing ``holder`` (True without a digest)."""
-        bundle = self._bundles.get((owner, holder))
-        if bundle is None or not bundle.digest:
-            return True
-        half = bundles.SHARE_DIGEST_BYTES
-        expected = bundle.digest[:half] if kind == bundles.SELF_MASK_KIND else bundle.digest[half:]
-        return bundles.share_digest(self.federation, self.round_id, owner, holder, kind, share) == expected
-
-    def _attested(self, owner: str, holder: str) -> bool:
-        bundle = self._bundles.get((owner, holder))
-        return bundle is not None and bool(bundle.digest)
 
     def _needed_keys(self) -> list[str]:
         return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
 
     def missing_shares(self) -> dict[str, int]:
-        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready).
-
-        An owner short of shares although at least t of its neighbours revealed is named: those
-        neighbours could not open (or refused) its bundles.
-        """
+        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready); an owner short
+        of shares although t of its neighbours revealed is named (they could not open its bundles)."""
         t = self.threshold
         missing = {u: t - len(self._self_mask_shares.get(u, {})) for u in self.masked}
         missing.update({v: t - len(self._mask_key_shares.get(v, {})) for v in self._needed_keys()})
         short = {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
         for owner in short:
-            self._blame_unrevealed(owner)
+            self._attribution.blame_unrevealed(owner, self._revealed_by, t)
         return short
 
-    def _blame_unrevealed(self, owner: str) -> None:
-        revealers = [v for v in self.graph[owner] if v in self._revealed_by]
-        if len(revealers) >= self.threshold and owner not in self._blamed:
-            self._blamed.add(owner)
-            self.offences.record(
-                owner,
-                BUNDLES_REFUSED,
-                f"{len(revealers)} neighbours revealed, fewer than {self.threshold} held an openable share",
-                context=f"round={self.round_id}",
-            )
-
     def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
-        """Rebuild ``owner``'s secret from the revealed shares, naming every holder whose share is wrong.
-
-        First Reed-Solomon decoding (:func:`shamir.robust_reconstruct`), which corrects up to
-        ``(m - t) // 2`` corrupt reveals among ``m``; then, if that fails or its result fails the owner's
-        commitment, up to :data:`MAX_SUBSET_TRIES` t-subsets, each checked against the commitment (one
-        clean subset is enough, so with ``m >= t + 1`` a single liar never stops the round). Revealed
-        shares already matched their dealer's digests (:meth:`add_reveal` drops and names a revealer
-        whose share does not), so a share off the recovered polynomial was *dealt* wrong: the dealer is
-        named (``secagg-inconsistent-dealer``); for a dealer without digests either side may have lied
-        (``secagg-disputed-share`` on the holder). When nothing rebuilds the committed secret the round
-        is abandoned and the owner named: as an inconsistent dealer when every share was attested by
-        its digests, as merely unrecoverable otherwise.
-        """
-        t = self.threshold
-        if len(shares) < t:
-            self._blame_unrevealed(owner)
-            raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
-        context = f"round={self.round_id}"
-        found: tuple[bytes, list[int]] | None = None
+        """Rebuild ``owner``'s secret, naming whoever lied (:meth:`Attribution.recover`)."""
+        if len(shares) < self.threshold:
+            self._attribution.blame_unrevealed(owner, self._revealed_by, self.threshold)
         try:
-            secret, wrong = shamir.robust_reconstruct(shares, t)
-            if check(secret):
-                found = secret, wrong
-        except SecAggError:
-            pass
-        if found is None:
-            for tries, subset in enumerate(itertools.combinations(sorted(shares), t)):
-                if tries >= MAX_SUBSET_TRIES:
-                    break
-                try:
-                    secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
-                except SecAggError:
-                    continue
-                if check(secret):
-                    found = secret, shamir.off_polynomial(subset, shares)
-                    break
-        if found is None:
-            m = len(shares)
-            # Attested shares (all matching the dealer's digests) convict the dealer; without digests
-            # colluding holders could have lied, so the owner is only named as unrecoverable.
-            proven = all(self._attested(owner, self.graph[owner][x - 1]) for x in shares)
-            rule = INCONSISTENT_DEALER if proven else UNRECOVERABLE_SECRET
-            reason = f"no {t} of the {m} revealed shares rebuild the committed secret" + (
-                " (inconsistent dealer)" if proven else " (dealt without digests: dealer or holders lied)"
-            )
-            self.offences.record(owner, rule, reason, context=context)
-            raise self._refuse(owner, f"{owner!r}: {reason}", abandon=True)
-        secret, wrong = found
-        for x in wrong:
-            holder = self.graph[owner][x - 1]
-            if self._attested(owner, holder):  # the share matches the dealer's digest: the dealer lied
-                reason = f"dealt {holder!r} a share off its polynomial"
-                self.offences.record(owner, INCONSISTENT_DEALER, reason, context=context)
-            else:  # no digest (an older client): either side may have lied
-                reason = f"share of {owner!r} (dealt without digests) is off its polynomial"
-                self.offences.record(holder, DISPUTED_SHARE, reason, context=context)
-        return secret
+            return self._attribution.recover(owner, shares, self.threshold, check)
+        except SecAggError as exc:
+            raise self._refuse(owner, str(exc), abandon=True) from exc
 
     def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:
         """(plus, minus) seeds whose combined mask is still in the sum (Bonawitz et al. §4 round 4)."""

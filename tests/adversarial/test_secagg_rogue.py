@@ -15,7 +15,7 @@ import pytest
 
 from shared.errors import SecAggError
 from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys, shamir
-from shared.secagg.server import (
+from shared.secagg.attribution import (
     BUNDLES_REFUSED,
     CORRUPT_REVEAL,
     DISPUTED_SHARE,
