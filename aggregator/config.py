@@ -105,7 +105,7 @@ class AggregatorConfig:
         if self.mode not in MODES:
             raise ConfigError("mode", f"{self.mode!r} is not one of {MODES}")
         if self.mode == "secure":
-            if not self.directory:
+            if self.directory is None or not (self.directory or getattr(self.directory, "live", False)):
                 raise ConfigError("directory", "secure mode needs the enrolled devices' public keys")
             for device, key in self.directory.items():
                 check_id(device, "directory")

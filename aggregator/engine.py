@@ -38,7 +38,7 @@ from aggregator.store import RoundRecord, Store
 from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, StoreError
 from shared.layout import ModelLayout
-from shared.mqtt import MqttConnection
+from shared.mqtt import MqttConnection, MqttTimeout
 from shared.outbox import Outbox
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, snapshot_weights
@@ -241,7 +241,7 @@ class Aggregator(Intake, Publishing):
             try:
                 await self._conn.wait_connected()
                 return True
-            except FedmqError as exc:
+            except MqttTimeout as exc:  # a permanent refusal (wrong password, TLS) ends run() instead
                 log.warning("aggregator still waiting for the broker: %s", exc)
         return False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 
 from aggregator.config import AggregatorConfig
 from aggregator.plain import PlainRound
@@ -60,12 +61,22 @@ class Intake:
     def store_or_fail(self) -> Store:
         raise NotImplementedError
 
+    @property
+    def intake_hooks(self) -> list[Callable[[str, bytes], None]]:
+        """Called with (topic, payload) of every incoming message (participation ledger, metrics)."""
+        return self.__dict__.setdefault("_intake_hooks", [])
+
     async def _intake_loop(self) -> None:
         """Hand every incoming message to its handler; one message's failure never ends the loop."""
         assert self._conn is not None
         async for msg in self._conn.messages():
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             topic = str(msg.topic)
+            for hook in self.intake_hooks:
+                try:
+                    hook(topic, payload)
+                except Exception:  # an observer's fault never costs a message
+                    log.exception("intake hook failed")
             if topic.startswith(self.topics.status_all[:-1]):
                 self._on_presence(topic, payload)
                 continue

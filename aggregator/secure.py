@@ -89,10 +89,11 @@ class SecureRound:
         self.min_clients = config.min_clients
         self.target_clients = config.target_clients
         #: Over-selection: more devices may start the round than the buffer of ``target_clients`` needs.
-        self.admit = min(
+        # At least one: with no device enrolled yet (live enrolment), the keys phase waits its window.
+        self.admit = max(1, min(
             len(self.directory),
             max(config.target_clients, math.ceil(config.over_selection * config.target_clients)),
-        )
+        ))  # fmt: skip
         self.dropout_rate = config.dropout_rate
         self.corrupt_fraction = config.corrupt_fraction
         self.max_bytes = config.max_update_bytes
@@ -110,12 +111,21 @@ class SecureRound:
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
         #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
         self.offences = offences if offences is not None else Offences()
+        self._bundles_expected: int | None = None
 
     # -- the phases ------------------------------------------------------------------------------
 
     async def run(self, outbox: Outbox, stop: asyncio.Event | None = None) -> SecureOutcome:
         """Run the phases, publishing through ``outbox``; raises RoundAbandoned (with the reason) when the
-        round cannot complete. A share batch that cannot be delivered costs only its device."""
+        round cannot complete. A share batch that cannot be delivered costs only its device. However the
+        round ends, its retained roster and notice are cleared: devices subscribe to them as they join a
+        round (``shared/following.py``) and must not be sent this round's roster then."""
+        try:
+            return await self._phases(outbox, stop)
+        finally:
+            await _logged(outbox.clear_round_messages(), "clearing the round's roster and notice")
+
+    async def _phases(self, outbox: Outbox, stop: asyncio.Event | None) -> SecureOutcome:
         w = self.windows
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
@@ -152,9 +162,14 @@ class SecureRound:
         await self._wait(w.shares, lambda: server.bundles_received >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
-        for device in u2.devices:
-            batch = ShareBatch.inbox(self.federation, self.round_id, device, server.shares_for(device))
-            await _logged(outbox.inbox(device, batch), f"delivering shares to {device}")
+        # All inboxes in flight at once: one at a time, each waiting for its acknowledgement, cost the
+        # phase a broker round trip per device (benchmarks/scale.py).
+        await asyncio.gather(*(
+            _logged(outbox.inbox(device, ShareBatch.inbox(self.federation, self.round_id, device,
+                                                          server.shares_for(device))),
+                    f"delivering shares to {device}")
+            for device in u2.devices
+        ))  # fmt: skip
         await _logged(outbox.notice(u2), "publishing the shared-set notice")
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
         # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline) -- but
@@ -239,7 +254,9 @@ class SecureRound:
 
     def _expected_bundles(self) -> int:
         assert self.server is not None
-        return sum(len(neighbours) for neighbours in self.server.graph.values())
+        if self._bundles_expected is None:  # the graph is fixed once the roster is made
+            self._bundles_expected = sum(len(neighbours) for neighbours in self.server.graph.values())
+        return self._bundles_expected
 
     async def _wait(self, window: float, done: Callable[[], bool], stop: asyncio.Event | None) -> None:
         deadline = time.monotonic() + window

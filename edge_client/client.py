@@ -25,7 +25,8 @@ from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decid
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import Reassembler
-from shared.errors import FedmqError, ProtocolError
+from shared.errors import FedmqError, IncompatibleError, ProtocolError
+from shared.following import RoundFollowing
 from shared.mqtt import MqttConnection, Presence
 from shared.outbox import Outbox
 from shared.secagg import SecAggClient
@@ -76,11 +77,12 @@ class EdgeClient(LocalTraining):
             online=encode(self._presence(True)),
             offline=encode(self._presence(False)),
         )
-        subscriptions = [self.topics.model_all, self.topics.round_all, f"{self.topics.inbox(cid)}/#"]
+        subscriptions = [self.topics.model_all, self.topics.round, f"{self.topics.inbox(cid)}/#"]
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
         self.outbox = Outbox(self.conn, self.topics, chunk_limit=config.chunk_limit)
+        self._following = RoundFollowing(self.conn, self.topics)
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
             if config.identity is not None and config.aggregator_key is not None and config.directory
@@ -216,8 +218,8 @@ class EdgeClient(LocalTraining):
         weights = snapshot_weights(snapshot, self._verify_key)
         if self.weights is not None and weights.shape != self.weights.shape:
             raise ProtocolError("snapshot layout changed size")
-        if weights.shape != (self.trainer.model.dim,):
-            raise ProtocolError(
+        if weights.shape != (self.trainer.model.dim,):  # signed by the aggregator: a real mismatch
+            raise IncompatibleError(
                 f"snapshot has {weights.size} parameters, local model {self.trainer.model.dim}"
             )
         self._install(weights, snapshot)
@@ -263,6 +265,7 @@ class EdgeClient(LocalTraining):
             self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
+        self._spawn(self._following.settle(announce, getattr(self._secure, "round_id", None)))
 
     # -- participation ---------------------------------------------------------------------------
 
@@ -348,7 +351,7 @@ class EdgeClient(LocalTraining):
         self._secure = SecureParticipation(self._secagg, announce, pending.task, pending.dim,
                                            outbox=self.outbox, on_phase=on_phase, staleness=tau,
                                            keep_encoded=self.keep_encoded)  # fmt: skip
-        self._spawn(self._secure.start())
+        self._spawn(self._following.join_then(self._secure.start()))
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
 
     def _presence(self, online: bool) -> PresenceMsg:

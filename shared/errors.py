@@ -54,3 +54,22 @@ class CodecError(FedmqError):
 
 class StoreError(FedmqError):
     """The aggregator's durable store is missing or inconsistent."""
+
+
+class BrokerAuthError(FedmqError):
+    """The broker refused our credentials or our account may not do this (wrong password, no such user,
+    not authorised). Retrying cannot help: fix the account or the password."""
+
+
+class BrokerTlsError(FedmqError):
+    """The TLS handshake with the broker failed (unknown CA, wrong host name, expired or refused client
+    certificate). Retrying cannot help: fix the CA file or the certificates."""
+
+
+class BrokerUnreachable(FedmqError):
+    """The broker could not be reached at start within the configured deadline."""
+
+
+class IncompatibleError(FedmqError):
+    """This component cannot take part in the federation it reached: another federation instance, a
+    model of another shape, or an aggregator key that signs nothing it receives."""

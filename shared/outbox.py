@@ -82,6 +82,12 @@ class Outbox:
     async def notice(self, notice: SurvivorList) -> None:
         await self.transport.publish(self.topics.notice, encode(notice), retain=True)
 
+    async def clear_round_messages(self) -> None:
+        """Clear the retained roster and notice when a secure round ends: a device subscribes to them as
+        it joins a round (``shared/following.py``) and must not be sent the last round's roster."""
+        await self.transport.publish(self.topics.roster, b"", retain=True)
+        await self.transport.publish(self.topics.notice, b"", retain=True)
+
     async def inbox(self, device: str, batch: ShareBatch) -> None:
         """Shares addressed to one device (not retained: they are for this round only)."""
         inbox = self.topics.inbox(device)

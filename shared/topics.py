@@ -9,6 +9,7 @@
     fl/<fed>/round/roster                retained secure-aggregation roster of the open round
     fl/<fed>/round/notice                retained signed survivor list (U2, then U3) of the open round
     fl/<fed>/result                      retained result of the last closed or abandoned round
+    fl/<fed>/enrolment                   retained enrolled set, signed by the enrolment authority
     fl/<fed>/status/<cid>                retained presence ("online"/"offline", the latter as last will)
     fl/<fed>/r/<round>/<kind>/<cid>      round-scoped message of kind <kind> sent by device <cid>
     fl/<fed>/r/<round>/<kind>/<cid>/c/<i>  chunk i of a chunked round-scoped message
@@ -140,6 +141,10 @@ class Topics:
     @property
     def result(self) -> str:
         return f"{self.prefix}/result"
+
+    @property
+    def enrolment(self) -> str:
+        return f"{self.prefix}/enrolment"
 
     def status(self, cid: str) -> str:
         return f"{self.prefix}/status/{check_id(cid, 'client_id')}"

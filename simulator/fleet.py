@@ -6,6 +6,7 @@ so they exercise the same round engine and device logic a deployment runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -18,6 +19,7 @@ import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
+from aggregator.metrics import serve_metrics
 from aggregator.optimizer import ServerOptimizerConfig
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.trainer import LocalTrainer, TrainConfig, TrainResult
@@ -172,10 +174,12 @@ async def run_fleet(
     store_dir: Path,
     on_round: Callable[[RoundReport], None] | None = None,
     ws_url: str | None = None,
+    metrics_listen: str | None = None,
 ) -> FleetReport:
     """Run ``config.rounds`` rounds of federated training of ``config.task`` and report.
 
-    ``ws_url`` is the broker's MQTT-over-WebSockets URL, needed when ``config.js_devices`` > 0.
+    ``ws_url`` is the broker's MQTT-over-WebSockets URL, needed when ``config.js_devices`` > 0;
+    ``metrics_listen`` (``host:port``) serves the aggregator's Prometheus metrics while it runs.
     """
     if config.js_devices and not ws_url:
         raise ConfigError("ws_url", "JS devices need the broker's websockets URL")
@@ -229,7 +233,12 @@ async def run_fleet(
     )
     first_js = config.clients - config.js_devices
     spans: dict[str, list[float]] = {"round_s": [], "train_s": []}
-    async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
+    async with (
+        Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if metrics_listen:
+            stack.push_async_callback((await serve_metrics(aggregator, metrics_listen)).close)
         devices = []
         for i, (features, labels) in enumerate(workload.device_data):
             if i >= first_js:

@@ -13,6 +13,7 @@ import numpy as np
 from shared import chunking, signing
 from shared.codec import CodecConfig
 from shared.conformance.common import FED, drbg, hx, identity, message_case
+from shared.enrolment import EnrolledDevice, EnrolmentList
 from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import keys
 from shared.staleness import StalenessPolicy
@@ -63,6 +64,18 @@ def plan_rejects() -> list[dict[str, str]]:
     ]
 
 
+def enrolment_list() -> EnrolmentList:
+    """The retained ``fl/<fed>/enrolment`` message: signed over its encoding with an empty signature."""
+    unsigned = EnrolmentList(
+        FED, b"\x0c" * 16, 7, 1700000003.5,
+        [EnrolledDevice("dev-1", bytes(identity("dev-1").verify_key)),
+         EnrolledDevice("dev-2", bytes(identity("dev-2").verify_key))],
+        ["dev-0"],
+    )  # fmt: skip
+    signed = identity("authority").sign(encode(unsigned)).signature
+    return dataclasses.replace(unsigned, signature=signed)
+
+
 def wire_vectors() -> dict[str, Any]:
     agg = identity("aggregator")
     dev = identity("dev-1")
@@ -111,6 +124,7 @@ def wire_vectors() -> dict[str, Any]:
         message_case("secagg survivor list", notice),
         message_case("secagg masked input", masked),
         message_case("secagg unmask reveal", reveal),
+        message_case("enrolment list, signed by the enrolment authority", enrolment_list()),
     ]
     good = encode(Presence("dev-1", True, 1.0))
     rejects = [

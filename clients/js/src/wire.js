@@ -13,6 +13,7 @@ const paramSpec = { record: [['name', 'str'], ['shape', ['list', 'int']]] };
 const rosterMember = {
   record: [['device', 'str'], ['enc_pk', 'bin'], ['mask_pk', 'bin'], ['self_mask_commitment', 'bin'], ['signature', 'bin']],
 };
+const enrolledDevice = { record: [['device', 'str'], ['key', 'bin']] };
 // The announcement's typed round plan (docs/protocol.md §2.1; shared/plan.py): nested records in the
 // Python dataclasses' field order, so that encoding is canonical.
 export const PLAN_VERSION = 1;
@@ -71,6 +72,11 @@ export const SCHEMAS = {
   'secagg.unmask_reveal': [['federation', 'str'], ['round', 'int'], ['device', 'str'],
     ['self_mask_shares', ['map', 'bin'], () => ({})], ['mask_key_shares', ['map', 'bin'], () => ({})],
     ['signature', 'bin', SIG0]],
+  // The enrolled set, signed by the enrolment authority (retained on fl/<fed>/enrolment; docs/protocol.md
+  // 2.5). This client takes its directory from its configuration; it decodes the list but does not follow it.
+  enrolment: [['federation', 'str'], ['epoch', 'bin'], ['serial', 'int'], ['issued_at', 'float'],
+    ['devices', ['list', enrolledDevice], () => []], ['revoked', ['list', 'str'], () => []],
+    ['signature', 'bin', EMPTY]],
 };
 
 /** Plain JS value of a decoded `any`: Maps become objects, Float64 numbers. */
