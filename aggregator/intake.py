@@ -8,15 +8,19 @@ the open plain round (:class:`aggregator.plain.PlainRound`) or secure round
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
 from aggregator.config import AggregatorConfig
 from aggregator.plain import PlainRound
+from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.errors import FedmqError, ProtocolError, WireError
 from shared.mqtt import MqttConnection
+from shared.offences import Offences
+from shared.ratelimit import SenderLimits
 from shared.supervision import INTERNAL_ERROR, FaultCounter, rule_of
 from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import Presence as PresenceMsg
@@ -37,6 +41,22 @@ class Intake:
     _accepting: asyncio.Event
     _round: PlainRound | None
     _secure: SecureRound | None
+
+    @functools.cached_property
+    def offences(self) -> Offences:
+        """Who broke which rule, counted per sender; one log line per sender and rule per interval."""
+        return Offences(logger=log)
+
+    @functools.cached_property
+    def retained(self) -> RetainedGuard:
+        """Drops and clears retained messages on device round topics (``aggregator.retained``)."""
+        return RetainedGuard(self.topics, self.offences)
+
+    @functools.cached_property
+    def limits(self) -> SenderLimits:
+        """Per-sender budgets spent before decoding: two of the largest updates, then one every 4 s."""
+        biggest = self.config.max_update_bytes
+        return SenderLimits(burst_bytes=2 * biggest + 1024 * 1024, bytes_per_s=biggest / 4)
 
     def store_or_fail(self) -> Store:
         raise NotImplementedError
@@ -59,6 +79,8 @@ class Intake:
                     log.exception("intake hook failed")
             if topic.startswith(self.topics.status_all[:-1]):
                 self._on_presence(topic, payload)
+                continue
+            if self.retained.intercept(self._conn, topic, bool(msg.retain), payload):
                 continue
             await self._accepting.wait()
             self._ingest(topic, payload)
@@ -97,10 +119,11 @@ class Intake:
         rule: str = "ProtocolError",
         exc: BaseException | None = None,
     ) -> None:
-        """Count and log one refused message (with the traceback when no rule anticipated it)."""
+        """Count one refused message and log it, at most once per sender and rule per interval
+        (``Aggregator.offences``), with the traceback when no rule anticipated it."""
         self.faults.record(who, topic, rule, reason)
-        log.warning("dropped message round=%s from=%s topic=%s rule=%s: %s", round_id, who, topic, rule,
-                    reason, exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
+        self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}",
+                             exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
 
     def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
         """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
@@ -109,6 +132,8 @@ class Intake:
         try:
             parsed = self.topics.parse_round(topic)
             sender, round_id = parsed.sender, parsed.round_id
+            if not replay:
+                self.limits.check(sender, len(payload))
             if parsed.kind in SecureRound.KINDS:
                 self._ingest_secure(parsed, payload)
                 return

@@ -34,11 +34,14 @@ from aggregator.config import AggregatorConfig
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
-from shared.errors import ConfigError, FedmqError, ProtocolError, WireError
+from shared.errors import CodecError, ConfigError, FedmqError, ProtocolError, SecAggError, WireError
+from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggregate
+from shared.offences import Offences
 from shared.outbox import Outbox
 from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
+from shared.secagg.attribution import QUARANTINE_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
@@ -70,6 +73,8 @@ class SecureRound:
         identity: nacl.signing.SigningKey,
         plan: RoundPlan,
         dim: int,
+        *,
+        offences: Offences | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
             raise ConfigError("plan", "a secure round needs a codec and phase windows")
@@ -104,6 +109,8 @@ class SecureRound:
         self._progress = asyncio.Event()
         self._reassembler = Reassembler(max_total=self.max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
+        #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
+        self.offences = offences if offences is not None else Offences()
         self._bundles_expected: int | None = None
 
     # -- the phases ------------------------------------------------------------------------------
@@ -140,6 +147,7 @@ class SecureRound:
             delta=self.dropout_rate,
             gamma=self.corrupt_fraction,
             unpack=lambda m: unpack(m.payload, bits, length),
+            offences=self.offences,
         )
         for advert in self.adverts.values():
             self.server.add_advert(advert)
@@ -181,7 +189,12 @@ class SecureRound:
         started = time.perf_counter()
         total = await asyncio.to_thread(server.unmask)
         self.total = total
-        mean, weight = UpdateDecoder(self.config, self.dim).decode(total, len(u3.devices))
+        decoder = UpdateDecoder(self.config, self.dim)
+        try:
+            mean, weight = decoder.decode(total, len(u3.devices))
+        except CodecError as exc:  # e.g. a summed weight above one per contributor: a forged weight
+            raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
+        self._check_influence(decoder, mean, weight, len(u3.devices), n)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
             self.round_id, len(u3.devices), time.perf_counter() - started, weight,
@@ -190,6 +203,31 @@ class SecureRound:
         if self.dp is not None:
             mean, present = self._privatize(mean, weight, n, len(u3.devices))
         return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices), present)
+
+    def _check_influence(
+        self, decoder: UpdateDecoder, mean: np.ndarray, weight: float, survivors: int, roster: int
+    ) -> None:
+        """Refuse an aggregate no set of clipped inputs could produce (``shared.influence``)."""
+        assert self.config is not None
+        noise_variance = 0.0
+        if self.dp is not None and self.dp.mode == "distributed" and self.noise_multiplier is not None:
+            encoder = UpdateEncoder(self.config, self.dim)
+            plan = device_noise_plan(self.dp, self.noise_multiplier, self.config, encoder, roster)
+            noise_variance = plan.variance_present(survivors)
+        bound = aggregate_bound(
+            clip_norm=self.config.clip_norm,
+            total_weight=weight,
+            contributors=survivors,
+            scale=decoder.scale,
+            data_length=decoder.data_length,
+            subsample_rate=self.config.subsample_rate,
+            noise_variance=noise_variance,
+        )
+        try:
+            norm = check_aggregate(mean, bound, survivors)
+        except AggregateOutOfBounds as exc:
+            raise RoundAbandoned(f"round {self.round_id}: {exc}") from exc
+        log.info("round=%d aggregate norm %.4g within its bound %.4g", self.round_id, norm, bound)
 
     def _privatize(
         self, mean: np.ndarray, weight: float, roster: int, survivors: int
@@ -265,9 +303,17 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
+        if msg.device in self.offences.senders(QUARANTINE_RULES):
+            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a SecAgg+ rule, with evidence")
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
+        try:  # checked here, at intake, so one weak key never reaches (and stops) the roster
+            secagg_keys.check_public_key(msg.enc_pk, "encryption key")
+            secagg_keys.check_public_key(msg.mask_pk, "mask key")
+        except SecAggError as exc:
+            self.offences.record(msg.device, WEAK_KEY, str(exc), context=f"round={self.round_id}")
+            raise
         self.adverts[msg.device] = msg
 
     def _on_shares(self, msg: Message) -> None:

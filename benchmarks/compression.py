@@ -80,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_client.trainer import LocalTrainer
 from shared.codec import CodecConfig, UpdateEncoder, encode_snapshot, pack, packed_size
+from shared.influence import device_weight
 from shared.secagg import SecAggClient, SecAggServer, choose_params, generate_identity
 from simulator.broker import MosquittoBroker
 from simulator.fleet import FleetConfig, FleetReport, run_fleet
@@ -192,7 +193,7 @@ def update_norms(task: str, clients: int, seed: int, rounds: int) -> list[dict]:
     for r in range(rounds):
         results = [trainer.train(weights) for trainer in trainers]
         norms = np.array([np.linalg.norm(res.delta) for res in results])
-        w = np.array([min(res.num_examples / cap, 1.0) for res in results])
+        w = np.array([device_weight(res.num_examples, cap) for res in results])
         weights = weights + sum(res.delta * wi for res, wi in zip(results, w)) / w.sum()
         out.append({"round": r, "median": float(np.median(norms)), "p90": float(np.quantile(norms, 0.9)),
                     "max": float(norms.max()), "accuracy": workload.evaluate_flat(weights)})

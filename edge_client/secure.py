@@ -142,8 +142,9 @@ class SecureParticipation:
                 self._open(batch)
 
     def _open(self, batch: ShareBatch) -> None:
-        for bundle in batch.received_bundles():
-            self.secagg.on_shares(bundle)
+        """Open every bundle independently; a bad one costs this device only that sender's shares."""
+        for sender, reason in self.secagg.open_all(batch.received_bundles()).items():
+            log.warning("round=%s share bundle from %s refused: %s", batch.round, sender, reason)
 
     def close_masked_phase(self) -> None:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""
@@ -197,7 +198,8 @@ class SecureParticipation:
                 f"roster expects {self.roster.length} coordinates at {self.roster.bits} bits, "
                 f"the codec gives {encoder.encoded_length} at {config.bits}"
             )
-        # FedAvg weight (bounded) times the staleness weight: both scale the delta before encoding.
+        # FedAvg weight (floored and capped: shared.influence) times the staleness weight: both scale the
+        # delta before encoding.
         norm = float(np.linalg.norm(result.delta.astype(np.float64)))
         weight = self.plan.example_weight(result.num_examples) * self.policy.weight(self.staleness, norm)
         noise_variance = 0.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import ConfigError
+from shared.influence import device_weight
 from shared.staleness import StalenessPolicy
 
 MODE_SECURE = "secure"
@@ -85,7 +86,7 @@ class RoundPlan:
         mode: ``"secure"`` (SecAgg+ phases, integer codec) or ``"plain"`` (float32 updates to a trusted
             aggregator).
         encoding: the plain-mode update encoding (``"f32"``).
-        weight_cap: a device's weight is ``min(examples / weight_cap, 1)``.
+        weight_cap: a device's weight is ``min(max(examples / weight_cap, 0.25), 1)`` (shared.influence).
         windows: the secure phases' windows.
         staleness: how a device weights (or discards) a delta trained on an older snapshot.
         codec: the secure uplink codec with this round's fresh seed; ``expected_clients`` is set per
@@ -157,5 +158,6 @@ class RoundPlan:
         return replace(self.codec, expected_clients=roster_size).validate(secure=True)
 
     def example_weight(self, num_examples: int) -> float:
-        """A device's FedAvg weight in [0, 1]: its example count over the cap, capped at 1."""
-        return min(num_examples / self.weight_cap, 1.0)
+        """A device's FedAvg weight in [0.25, 1]: its example count over the cap, floored and capped
+        (``shared.influence.device_weight``: a liar claiming 1 gains at most 4x over an honest device)."""
+        return device_weight(num_examples, self.weight_cap)

@@ -53,6 +53,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+#: The identity-binding settings a broker with accounts needs (also in broker_config/mosquitto.conf).
+PRODUCTION_AUTH = (
+    "allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\nuse_username_as_clientid true"
+)
+
+
 class MosquittoBroker:
     """A private Mosquitto process: ``start()``, ``kill()`` (SIGKILL), ``restart()``, ``stop()``.
 
@@ -89,7 +95,12 @@ class MosquittoBroker:
 
     @classmethod
     def with_accounts(cls, accounts: dict[str, str], workdir: Path | None = None) -> MosquittoBroker:
-        """A broker that requires these username/password accounts and enforces ``broker_config/acl.conf``."""
+        """A broker that requires these username/password accounts and enforces ``broker_config/acl.conf``.
+
+        The client id is the account (``use_username_as_clientid``): whatever id a client asks for, an
+        account can only ever hold its own session, so no device can take over the aggregator's (or
+        another device's) connection or destroy messages queued for it.
+        """
         broker = cls(workdir)
         broker.workdir.mkdir(parents=True, exist_ok=True)
         passwd = broker.workdir / "passwd"
@@ -98,9 +109,7 @@ class MosquittoBroker:
         for user, password in accounts.items():
             subprocess.run([tool, "-b", str(passwd), user, password], check=True, capture_output=True)
         passwd.chmod(0o600)
-        broker.auth = (
-            f"allow_anonymous false\npassword_file {passwd}\nacl_file {broker_config_dir() / 'acl.conf'}"
-        )
+        broker.auth = (PRODUCTION_AUTH).format(passwd=passwd, acl=broker_config_dir() / "acl.conf")
         return broker
 
     def render(self) -> Path:

@@ -28,6 +28,12 @@ from shared.errors import SecAggError
 from shared.secagg.shamir import SHARE_BYTES
 
 _DOMAIN = "fedmq/secagg/shares/v2"
+_DIGEST_PERSON = b"fedmq.sa.dgst.v1"
+#: Bytes of one share's digest; a bundle's digest is the self-mask share's then the mask-key share's.
+SHARE_DIGEST_BYTES = 16
+BUNDLE_DIGEST_BYTES = 2 * SHARE_DIGEST_BYTES
+SELF_MASK_KIND = "self_mask"
+MASK_KEY_KIND = "mask_key"
 #: Bytes of a sealed bundle: both shares and the Poly1305 tag (the nonce is derived, not sent).
 SEALED_BYTES = 2 * SHARE_BYTES + (
     nacl.bindings.crypto_box_ZEROBYTES - nacl.bindings.crypto_box_BOXZEROBYTES
@@ -41,6 +47,31 @@ class ShareBundle:
     sender: str
     self_mask_share: bytes
     mask_key_share: bytes
+
+
+def share_digest(federation: str, round_id: int, owner: str, holder: str, kind: str, share: bytes) -> bytes:
+    """The dealer's public commitment to one share it dealt (what makes a later reveal attributable).
+
+    The dealer publishes, beside each sealed bundle, the digests of the two shares inside; the holder
+    checks them when it opens the bundle (a mismatch is a bad bundle, never revealed) and the aggregator
+    checks every revealed share against them. So a revealed share that differs from its digest was
+    changed by its *revealer*, and shares that match their digests but do not lie on one polynomial were
+    dealt inconsistently by the *dealer*. Hiding: a share of a degree ``t - 1 >= 1`` polynomial with
+    random coefficients is a uniform 257-bit field element, so its 128-bit keyed digest reveals nothing
+    usable; binding: changing a share unnoticed needs a second preimage of BLAKE2b-128.
+    """
+    binding = msgpack.packb([_DOMAIN, federation, round_id, owner, holder, kind], use_bin_type=True)
+    return hashlib.blake2b(share, key=hashlib.blake2b(binding, digest_size=32).digest(),
+                           digest_size=SHARE_DIGEST_BYTES, person=_DIGEST_PERSON).digest()  # fmt: skip
+
+
+def bundle_digest(
+    federation: str, round_id: int, owner: str, holder: str, self_mask_share: bytes, mask_key_share: bytes
+) -> bytes:
+    """Both shares' digests, as published next to the bundle ``owner`` sealed for ``holder``."""
+    return share_digest(federation, round_id, owner, holder, SELF_MASK_KIND, self_mask_share) + share_digest(
+        federation, round_id, owner, holder, MASK_KEY_KIND, mask_key_share
+    )
 
 
 def _nonce(federation: str, round_id: int, sender: str, recipient: str) -> bytes:
@@ -62,7 +93,11 @@ def seal(
     """Encrypt one bundle for ``recipient`` under the nonce its binding derives."""
     if len(self_mask_share) != SHARE_BYTES or len(mask_key_share) != SHARE_BYTES:
         raise SecAggError(f"shares must be {SHARE_BYTES} bytes")
-    box = nacl.public.Box(sender_enc_sk, nacl.public.PublicKey(recipient_enc_pk))
+    try:
+        box = nacl.public.Box(sender_enc_sk, nacl.public.PublicKey(recipient_enc_pk))
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError) as exc:
+        # libsodium refuses a low-order recipient key; keys are checked at the roster, this is the backstop
+        raise SecAggError(f"cannot seal a bundle for {recipient!r}: {exc}") from exc
     nonce = _nonce(federation, round_id, sender, recipient)
     return bytes(box.encrypt(self_mask_share + mask_key_share, nonce).ciphertext)
 
@@ -89,6 +124,8 @@ def open_bundle(
         nacl.exceptions.CryptoError,
         nacl.exceptions.ValueError,
         nacl.exceptions.TypeError,
+        nacl.exceptions.RuntimeError,
+        RuntimeError,
         ValueError,
         TypeError,
     ) as exc:

@@ -177,6 +177,11 @@ class SecAggClient:
                 keys.verify(identity, advert.signed_bytes(), member.signature, f"keys of {member.device!r}")
             except SecAggError as exc:
                 raise self._refuse(roster.round, f"{exc} (swapped or forged key)") from exc
+            try:  # a low-order key would make a known pair seed or an unbuildable Box below
+                keys.check_public_key(member.enc_pk, f"encryption key of {member.device!r}")
+                keys.check_public_key(member.mask_pk, f"mask key of {member.device!r}")
+            except SecAggError as exc:
+                raise self._refuse(roster.round, str(exc)) from exc
             peers[member.device] = (member.enc_pk, member.mask_pk)
         mine = state.advert
         if peers.get(self.device_id) != (mine.enc_pk, mine.mask_pk):
@@ -212,8 +217,11 @@ class SecAggClient:
                 self_mask_share=b_shares[i],
                 mask_key_share=key_shares[i],
             )
+            digest = bundles.bundle_digest(
+                self.federation, roster.round, self.device_id, neighbour, b_shares[i], key_shares[i]
+            )
             outgoing.append(
-                EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext)
+                EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext, digest)
             )
         state.roster = roster
         state.neighbours = neighbours
@@ -244,10 +252,39 @@ class SecAggClient:
             )
         except SecAggError as exc:
             raise self._refuse(message.round, str(exc)) from exc
+        if message.digest:  # shares that differ from the dealer's public digests are never revealed
+            expected = bundles.bundle_digest(
+                self.federation,
+                message.round,
+                message.sender,
+                self.device_id,
+                bundle.self_mask_share,
+                bundle.mask_key_share,
+            )
+            if expected != message.digest:
+                raise self._refuse(
+                    message.round, f"bundle from {message.sender!r} does not match its published digests"
+                )
         earlier = state.received.get(message.sender)
         if earlier is not None and earlier != bundle:
             raise self._refuse(message.round, f"{message.sender!r} sent two different share bundles")
         state.received[message.sender] = bundle
+
+    def open_all(self, messages: list[EncryptedShares]) -> dict[str, str]:
+        """Open every bundle on its own; return ``{sender: reason}`` for those that were refused.
+
+        One bad bundle (garbage, re-wrapped, for another pair or round) must not keep this device from
+        opening the bundles sorted after it: each is tried independently, a refused one simply means
+        this device holds no share of that sender (which the threshold tolerates, exactly as if the
+        sender had not reached it), and the refusals are returned so the caller can report them.
+        """
+        refused: dict[str, str] = {}
+        for message in messages:
+            try:
+                self.on_shares(message)
+            except SecAggError as exc:
+                refused[message.sender] = str(exc)
+        return refused
 
     # -- round 2 -------------------------------------------------------------------------------
     def mask(

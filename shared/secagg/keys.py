@@ -89,6 +89,30 @@ class RoundKeys:
         return commit_self_mask(self.self_mask)
 
 
+#: Any clamped X25519 scalar is a multiple of the cofactor 8, so multiplying a point by it yields the
+#: all-zero output exactly when the point has small order (libsodium then refuses the product).
+_PROBE_SCALAR = bytes([9]) * 32
+
+
+def check_public_key(public_key: bytes, what: str) -> None:
+    """Refuse an X25519 public key that no honest device could have made.
+
+    An all-zero or other low-order point (there are eight, plus their non-canonical encodings) makes
+    every Diffie-Hellman with it produce the all-zero secret: a pairwise mask seed an eavesdropper
+    knows, or a Box that libsodium refuses to build (a ``RuntimeError`` deep inside an honest peer).
+    So both the aggregator (at the advert) and every device (at the roster) check each key once,
+    before any key agreement, and the offender is named instead of honest peers failing later.
+    """
+    if len(public_key) != SEED_BYTES:
+        raise SecAggError(f"{what} must be {SEED_BYTES} bytes, got {len(public_key)}")
+    try:
+        product = nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, public_key)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.TypeError, RuntimeError, ValueError) as exc:
+        raise SecAggError(f"{what} is a low-order (weak) X25519 point") from exc
+    if not any(product):
+        raise SecAggError(f"{what} is a low-order (weak) X25519 point")
+
+
 def mask_public_key(mask_sk: bytes) -> bytes:
     """X25519 public key of a mask secret key (used to check a reconstructed key, §4 round 4)."""
     return nacl.bindings.crypto_scalarmult_base(mask_sk)

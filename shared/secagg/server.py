@@ -19,7 +19,6 @@ pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`sh
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -28,7 +27,9 @@ import nacl.signing
 import numpy as np
 
 from shared.errors import ConfigError, SecAggError
-from shared.secagg import keys, prg, shamir
+from shared.offences import Offences
+from shared.secagg import bundles, keys, prg, shamir
+from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
@@ -44,9 +45,6 @@ from shared.wire.secagg import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Share subsets tried per secret before giving up on a reconstruction that fails its check.
-MAX_RECONSTRUCTION_TRIES = 32
 
 
 class RoundAbandoned(SecAggError):
@@ -76,6 +74,7 @@ class SecAggServer:
         gamma: float = 0.1,
         params: SecAggParams | None = None,
         unpack: Callable[[MaskedInput], np.ndarray] = unpack_raw,
+        offences: Offences | None = None,
     ) -> None:
         prg.check_bits(bits)
         if length < 0:
@@ -105,6 +104,9 @@ class SecAggServer:
         self._self_mask_shares: dict[str, dict[int, bytes]] = {}
         self._mask_key_shares: dict[str, dict[int, bytes]] = {}
         self._revealed_by: set[str] = set()
+        #: Named misbehaviour (device, rule) of this round; the aggregator shares one across rounds.
+        self.offences = offences if offences is not None else Offences()
+        self._attribution = Attribution(federation, round_id, self.graph, self._bundles, self.offences)
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
@@ -162,6 +164,12 @@ class SecAggServer:
         """Record a signed advert; returns False for a duplicate."""
         self._check_round(advert.federation, advert.round, advert.device, "advertise")
         self._verify_device(advert.device, advert.signed_bytes(), advert.signature, "advert")
+        for name, key in (("encryption key", advert.enc_pk), ("mask key", advert.mask_pk)):
+            try:
+                keys.check_public_key(key, name)
+            except SecAggError as exc:
+                self.offences.record(advert.device, WEAK_KEY, str(exc), context=f"round={self.round_id}")
+                raise self._refuse(advert.device, f"{exc}: advert refused") from exc
         earlier = self.adverts.get(advert.device)
         if earlier is not None:
             if earlier == advert:
@@ -189,6 +197,7 @@ class SecAggServer:
         ]
         seed = graph_seed(self.federation, self.round_id, [(m.device, m.enc_pk, m.mask_pk) for m in members])
         self.graph = neighbour_graph([m.device for m in members], self.params.k, seed)
+        self._attribution.graph = self.graph
         unsigned = Roster(
             self.federation,
             self.round_id,
@@ -296,14 +305,19 @@ class SecAggServer:
             raise self._refuse(
                 sender, f"reveal asks for the wrong kind of share for {sorted(bad_b | bad_key)}"
             )
-        for store, shares in (
-            (self._self_mask_shares, reveal.self_mask_shares),
-            (self._mask_key_shares, reveal.mask_key_shares),
-        ):
+        for shares in (reveal.self_mask_shares, reveal.mask_key_shares):
             for owner, share in shares.items():
                 if len(share) != shamir.SHARE_BYTES:
                     raise self._refuse(sender, f"malformed share of {owner!r}")
+        for store, shares, kind in (
+            (self._self_mask_shares, reveal.self_mask_shares, bundles.SELF_MASK_KIND),
+            (self._mask_key_shares, reveal.mask_key_shares, bundles.MASK_KEY_KIND),
+        ):
             for owner, share in shares.items():
+                if not self._attribution.matches_digest(owner, sender, kind, share):  # dropped, named
+                    reason = f"revealed a share of {owner!r} that differs from the dealer's digest"
+                    self.offences.record(sender, CORRUPT_REVEAL, reason, context=f"round={self.round_id}")
+                    continue
                 store.setdefault(owner, {})[share_index(self.graph, owner, sender)] = share
         self._revealed_by.add(sender)
         return True
@@ -312,26 +326,24 @@ class SecAggServer:
         return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
 
     def missing_shares(self) -> dict[str, int]:
-        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready)."""
+        """Owner -> shares still missing before :meth:`unmask` can run (empty when ready); an owner short
+        of shares although t of its neighbours revealed is named (they could not open its bundles)."""
         t = self.threshold
         missing = {u: t - len(self._self_mask_shares.get(u, {})) for u in self.masked}
         missing.update({v: t - len(self._mask_key_shares.get(v, {})) for v in self._needed_keys()})
-        return {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
+        short = {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
+        for owner in short:
+            self._attribution.blame_unrevealed(owner, self._revealed_by, t)
+        return short
 
     def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
-        t = self.threshold
-        if len(shares) < t:
-            raise self._refuse(owner, f"{len(shares)} shares of {owner!r}, need {t}", abandon=True)
-        for tries, subset in enumerate(itertools.combinations(sorted(shares), t)):
-            if tries >= MAX_RECONSTRUCTION_TRIES:
-                break
-            try:
-                secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
-            except SecAggError:
-                continue
-            if check(secret):
-                return secret
-        raise self._refuse(owner, f"no consistent subset of shares rebuilds {owner!r}'s secret", abandon=True)
+        """Rebuild ``owner``'s secret, naming whoever lied (:meth:`Attribution.recover`)."""
+        if len(shares) < self.threshold:
+            self._attribution.blame_unrevealed(owner, self._revealed_by, self.threshold)
+        try:
+            return self._attribution.recover(owner, shares, self.threshold, check)
+        except SecAggError as exc:
+            raise self._refuse(owner, str(exc), abandon=True) from exc
 
     def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:
         """(plus, minus) seeds whose combined mask is still in the sum (Bonawitz et al. §4 round 4)."""

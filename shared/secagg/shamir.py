@@ -116,3 +116,154 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int) -> bytes:
     if secret >> (8 * SECRET_BYTES):
         raise SecAggError("shares are inconsistent: the reconstructed value is not a 32-byte secret")
     return secret.to_bytes(SECRET_BYTES, "little")
+
+
+class UndecodableShares(SecAggError):
+    """The offered shares do not lie on one polynomial of degree < t, even allowing for the most
+    corrupt shares that ``m`` shares can correct (``(m - t) // 2``)."""
+
+
+def _field_shares(shares: Mapping[int, bytes]) -> tuple[list[int], list[int | None]]:
+    xs = sorted(shares)
+    ys: list[int | None] = []
+    for x in xs:
+        share = shares[x]
+        y = int.from_bytes(share, "little") if len(share) == SHARE_BYTES else PRIME
+        ys.append(y if y < PRIME else None)  # a malformed share is simply a wrong one
+    return xs, ys
+
+
+def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    y = 0
+    for c in reversed(coefficients):  # lowest degree first
+        y = (y * x + c) % PRIME
+    return y
+
+
+def _interpolate(points: Sequence[tuple[int, int]]) -> list[int]:
+    """Coefficients (lowest degree first) of the unique polynomial of degree < len(points) through them."""
+    n = len(points)
+    result = [0] * n
+    for i, (xi, yi) in enumerate(points):
+        basis = [1]  # prod_{j != i} (x - xj), lowest degree first
+        denominator = 1
+        for j, (xj, _) in enumerate(points):
+            if j == i:
+                continue
+            basis = [(a - xj * b) % PRIME for a, b in zip([0, *basis], [*basis, 0])]
+            denominator = denominator * (xi - xj) % PRIME
+        scale = yi * pow(denominator, -1, PRIME) % PRIME
+        for d, c in enumerate(basis):
+            result[d] = (result[d] + c * scale) % PRIME
+    return result
+
+
+def _solve(matrix: list[list[int]], rhs: list[int]) -> list[int] | None:
+    """One solution of ``matrix @ v = rhs`` over GF(p) (free variables set to 0), or None."""
+    rows, cols = len(matrix), len(matrix[0]) if matrix else 0
+    a = [[*row, b] for row, b in zip(matrix, rhs)]
+    pivots: list[int] = []
+    r = 0
+    for c in range(cols):
+        pivot = next((i for i in range(r, rows) if a[i][c]), None)
+        if pivot is None:
+            continue
+        a[r], a[pivot] = a[pivot], a[r]
+        inverse = pow(a[r][c], -1, PRIME)
+        a[r] = [v * inverse % PRIME for v in a[r]]
+        for i in range(rows):
+            if i != r and a[i][c]:
+                factor = a[i][c]
+                a[i] = [(v - factor * w) % PRIME for v, w in zip(a[i], a[r])]
+        pivots.append(c)
+        r += 1
+        if r == rows:
+            break
+    if any(a[i][cols] for i in range(r, rows)):
+        return None
+    solution = [0] * cols
+    for i, c in enumerate(pivots):
+        solution[c] = a[i][cols]
+    return solution
+
+
+def _divide(numerator: list[int], denominator: list[int]) -> tuple[list[int], bool]:
+    """Quotient of two polynomials (lowest degree first; ``denominator`` monic) and whether it is exact."""
+    remainder = numerator[:]
+    degree = len(denominator) - 1
+    quotient = [0] * max(len(numerator) - degree, 1)
+    for shift in range(len(numerator) - 1 - degree, -1, -1):
+        coefficient = remainder[shift + degree]
+        quotient[shift] = coefficient
+        if coefficient:
+            for i, d in enumerate(denominator):
+                remainder[shift + i] = (remainder[shift + i] - coefficient * d) % PRIME
+    return quotient, not any(remainder[:degree])
+
+
+def robust_reconstruct(shares: Mapping[int, bytes], threshold: int) -> tuple[bytes, list[int]]:
+    """The secret behind ``shares`` despite corrupt ones, and the x of every share that is wrong.
+
+    Reed-Solomon decoding (Berlekamp-Welch): ``m`` shares of a degree ``t - 1`` polynomial correct up to
+    ``(m - t) // 2`` arbitrary errors, so while enough holders reveal honestly the secret comes back
+    *and* every corrupt share is identified (its value is off the decoded polynomial), which is what lets
+    the aggregator blame the actual revealer instead of the dealer. The common, error-free case costs one
+    interpolation and ``m - t`` evaluations. Raises :class:`UndecodableShares` when no polynomial of
+    degree < t agrees with at least ``m - (m - t) // 2`` shares (the dealer's shares are inconsistent, or
+    too many holders lied), and :class:`NotEnoughShares` below ``t`` shares.
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold}")
+    if len(shares) < threshold:
+        raise NotEnoughShares(f"need {threshold} shares to reconstruct, got {len(shares)}")
+    xs, ys = _field_shares(shares)
+    if any(x <= 0 or x >= PRIME for x in xs):
+        raise SecAggError(f"share x-coordinates must be in 1..p-1, got {xs}")
+    m, t = len(xs), threshold
+    good = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if len(good) >= t:  # fast path: the first t well-formed shares explain all of them
+        poly = _interpolate(good[:t])
+        wrong = [x for x, y in zip(xs, ys) if y is None or _evaluate(poly, x) != y]
+        if not wrong:
+            return _secret(poly), []
+    errors = (m - t) // 2
+    if errors == 0:
+        raise UndecodableShares(f"{m} shares at threshold {t} cannot correct a wrong share")
+    # Berlekamp-Welch: unknowns E (monic, degree `errors`) and Q (degree < errors + t) with
+    # Q(x_i) = y_i E(x_i) at every share; then the polynomial is Q / E.
+    matrix, rhs = [], []
+    for x, y in zip(xs, ys):
+        value = 0 if y is None else y  # a malformed share is any wrong value
+        powers = [pow(x, j, PRIME) for j in range(errors + t)]
+        matrix.append(powers[: errors + t] + [(-value * powers[j]) % PRIME for j in range(errors)])
+        rhs.append(value * pow(x, errors, PRIME) % PRIME)
+    solution = _solve(matrix, rhs)
+    if solution is None:
+        raise UndecodableShares(f"no polynomial of degree < {t} fits {m - errors} of {m} shares")
+    q, e = solution[: errors + t], [*solution[errors + t :], 1]
+    poly, exact = _divide(q, e)
+    wrong = [x for x, y in zip(xs, ys) if y is None or _evaluate(poly, x) != y]
+    if not exact or len(wrong) > errors:
+        raise UndecodableShares(f"no polynomial of degree < {t} fits {m - errors} of {m} shares")
+    return _secret(poly), wrong
+
+
+def _secret(poly: Sequence[int]) -> bytes:
+    secret = poly[0] if poly else 0
+    if secret >> (8 * SECRET_BYTES):
+        raise UndecodableShares("shares are inconsistent: the decoded value is not a 32-byte secret")
+    return secret.to_bytes(SECRET_BYTES, "little")
+
+
+def off_polynomial(basis: Sequence[int], shares: Mapping[int, bytes]) -> list[int]:
+    """The x of every share not on the polynomial through the shares at the ``basis`` x's (t of them)."""
+    xs, ys = _field_shares(shares)
+    by_x = dict(zip(xs, ys))
+    points = []
+    for x in basis:
+        y = by_x[x]
+        if y is None:
+            return list(xs)
+        points.append((x, y))
+    poly = _interpolate(points)
+    return [x for x, y in zip(xs, ys) if y is None or _evaluate(poly, x) != y]

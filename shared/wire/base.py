@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar, Union, cast
 
 import msgpack
@@ -24,6 +24,16 @@ from shared.errors import WireError
 SCHEMA_VERSION = 1
 #: Largest payload a decoder accepts by default. Larger updates travel chunked (``shared.chunking``).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: Decoding budget beyond sizes: msgpack objects (arrays, maps and their items) in one payload, and how
+#: deeply arrays and maps may nest. Byte limits alone let 7 MB of one-byte empty arrays become millions
+#: of Python lists (seconds of CPU and hundreds of MB); the largest real message (a roster of thousands
+#: of members, five fields each) stays far below this.
+MAX_OBJECTS = 100_000
+MAX_DEPTH = 16
+#: The budget for what a *device* sends (advert, share batch, masked input, reveal, update, chunks): a
+#: share batch to 200 neighbours holds about 800 objects, so 20,000 is generous and makes a hostile
+#: payload five times cheaper to refuse than the general budget (used by ``shared.chunking.Reassembler``).
+MAX_DEVICE_OBJECTS = 20_000
 
 _REGISTRY: dict[str, type[Message]] = {}
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -190,12 +200,62 @@ def _build(cls: type, body: dict[str, Any], where: str) -> Any:
         raise WireError(f"{where}: {exc}") from exc
 
 
-def unpack_map(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
-    """Bounded msgpack decoding of a map; raises WireError on anything else."""
+class _Budget:
+    """Counts objects and nesting as msgpack builds containers (bottom-up), refusing past the limits.
+
+    msgpack calls the hooks once per finished array or map, so a payload over budget is stopped after
+    at most ``max_objects`` objects were built, whatever its size: the cost of a hostile payload is
+    bounded by the budget, not by its bytes.
+    """
+
+    __slots__ = ("depth", "max_depth", "max_objects", "objects")
+
+    def __init__(self, max_objects: int, max_depth: int) -> None:
+        self.objects = 0
+        self.max_objects = max_objects
+        self.max_depth = max_depth
+        self.depth: dict[int, int] = {}
+
+    def _account(self, container: list[Any] | dict[Any, Any], children: Iterable[Any]) -> None:
+        self.objects += 1 + len(container)
+        if self.objects > self.max_objects:
+            raise WireError(f"payload holds more than {self.max_objects} msgpack objects")
+        depth = 1
+        if self.depth:
+            for child in children:
+                child_depth = self.depth.get(id(child))
+                if child_depth is not None and child_depth >= depth:
+                    depth = child_depth + 1
+        if depth > self.max_depth:
+            raise WireError(f"payload nests deeper than {self.max_depth} levels")
+        self.depth[id(container)] = depth
+
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self._account(items, items)
+        return items
+
+    def object_hook(self, mapping: dict[Any, Any]) -> dict[Any, Any]:
+        self._account(mapping, mapping.values())
+        return mapping
+
+
+def unpack_map(
+    payload: bytes,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    *,
+    max_objects: int = MAX_OBJECTS,
+    max_depth: int = MAX_DEPTH,
+) -> dict[str, Any]:
+    """Bounded msgpack decoding of a map; raises WireError on anything else.
+
+    Bounded in bytes, in every string, binary, array and map length, in the total number of objects
+    (``max_objects``) and in nesting (``max_depth``), so decoding cost is bounded per message.
+    """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise WireError(f"payload must be bytes, got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise WireError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    budget = _Budget(max_objects, max_depth)
     try:
         body = msgpack.unpackb(
             payload,
@@ -203,10 +263,14 @@ def unpack_map(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, 
             strict_map_key=True,
             max_bin_len=max_bytes,
             max_str_len=64 * 1024,
-            max_array_len=1_000_000,
-            max_map_len=100_000,
+            max_array_len=min(1_000_000, max_objects),
+            max_map_len=min(100_000, max_objects),
             max_ext_len=0,
+            list_hook=budget.list_hook,
+            object_hook=budget.object_hook,
         )
+    except WireError:
+        raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         raise WireError(f"not valid msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict):
@@ -218,9 +282,11 @@ def decode(
     payload: bytes,
     expected: type[M] | tuple[type[Message], ...] | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
+    *,
+    max_objects: int = MAX_OBJECTS,
 ) -> M:
     """Decode ``payload`` into its registered message, optionally insisting on ``expected`` types."""
-    body = unpack_map(payload, max_bytes)
+    body = unpack_map(payload, max_bytes, max_objects=max_objects)
     version = body.pop("v", None)
     if version != SCHEMA_VERSION:
         raise WireError(f"unsupported schema version {version!r} (this build speaks {SCHEMA_VERSION})")

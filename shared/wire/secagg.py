@@ -22,6 +22,8 @@ from shared.wire.base import Message, message
 
 _DOMAIN = "fedmq/secagg/v1"
 KEY_BYTES = 32
+#: Bytes of one share digest (two per bundle: self-mask share, mask-key share).
+DIGEST_BYTES = 16
 SIGNATURE_BYTES = 64
 PHASE_SHARED = "shared"  # U2: devices whose share bundles all arrived
 PHASE_MASKED = "masked"  # U3: devices whose masked input arrived
@@ -160,9 +162,14 @@ class EncryptedShares(Message):
     sender: str
     recipient: str
     ciphertext: bytes
+    #: The dealer's digests of the two shares inside (``shared.secagg.bundles.bundle_digest``); empty
+    #: from a client that predates them (its reveals then cannot be attributed as precisely).
+    digest: bytes = b""
 
     def __post_init__(self) -> None:
         _check_round(self.round)
+        if self.digest and len(self.digest) != 2 * DIGEST_BYTES:
+            raise ValueError(f"bundle digest must be {2 * DIGEST_BYTES} bytes, got {len(self.digest)}")
 
 
 @message("secagg.share_batch")
@@ -176,28 +183,39 @@ class ShareBatch(Message):
     two ids are not repeated per bundle: the bundle's nonce is derived from all four
     (``shared.secagg.bundles``), so a bundle moved to another round, federation or pair does not open.
     This cuts the share upload by about 40% (about 92 B per neighbour instead of 155).
+
+    ``digests`` maps the same peers to the dealer's 32-byte digests of the two shares in each bundle
+    (``shared.secagg.bundles.bundle_digest``): public commitments that make every later reveal
+    attributable (docs/security.md, "Hostile devices"). Optional on the wire for older clients.
     """
 
     federation: str
     round: int
     device: str
     ciphertexts: dict[str, bytes] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_round(self.round)
         if self.device in self.ciphertexts:
             raise InvalidValue(f"share batch of {self.device!r} carries a bundle to or from itself")
+        if not set(self.digests) <= set(self.ciphertexts):
+            raise InvalidValue("share batch has digests for peers without a bundle")
+        if any(len(d) != 2 * DIGEST_BYTES for d in self.digests.values()):
+            raise InvalidValue(f"share batch digests must be {2 * DIGEST_BYTES} bytes")
 
     @classmethod
     def outgoing(
         cls, federation: str, round_id: int, sender: str, bundles: list[EncryptedShares]
     ) -> ShareBatch:
         """The batch ``sender`` uploads: its bundles, one per neighbour."""
+        owned = _owned(bundles, sender, "sender")
         return cls(
             federation,
             round_id,
             sender,
-            {b.recipient: b.ciphertext for b in _owned(bundles, sender, "sender")},
+            {b.recipient: b.ciphertext for b in owned},
+            {b.recipient: b.digest for b in owned if b.digest},
         )
 
     @classmethod
@@ -205,24 +223,26 @@ class ShareBatch(Message):
         cls, federation: str, round_id: int, recipient: str, bundles: list[EncryptedShares]
     ) -> ShareBatch:
         """The batch the aggregator forwards to ``recipient``: the bundles its neighbours sealed for it."""
+        owned = _owned(bundles, recipient, "recipient")
         return cls(
             federation,
             round_id,
             recipient,
-            {b.sender: b.ciphertext for b in _owned(bundles, recipient, "recipient")},
+            {b.sender: b.ciphertext for b in owned},
+            {b.sender: b.digest for b in owned if b.digest},
         )
 
     def sent_bundles(self) -> list[EncryptedShares]:
         """Read as an upload: ``device`` sealed every bundle."""
         return [
-            EncryptedShares(self.federation, self.round, self.device, to, c)
+            EncryptedShares(self.federation, self.round, self.device, to, c, self.digests.get(to, b""))
             for to, c in self.ciphertexts.items()
         ]
 
     def received_bundles(self) -> list[EncryptedShares]:
         """Read as an inbox: every bundle is for ``device``."""
         return [
-            EncryptedShares(self.federation, self.round, frm, self.device, c)
+            EncryptedShares(self.federation, self.round, frm, self.device, c, self.digests.get(frm, b""))
             for frm, c in self.ciphertexts.items()
         ]
 

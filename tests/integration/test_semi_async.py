@@ -17,6 +17,7 @@ from aggregator.secure import PhaseWindows
 from edge_client.memory import activation_profile
 from edge_client.trainer import LocalTrainer
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder
+from shared.influence import device_weight
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
 from tests.support import (
@@ -108,7 +109,7 @@ async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, d
     result = part.training.result()
     norm = float(np.linalg.norm(result.delta.astype(np.float64)))
     cap = part.weight_cap
-    expected_weight = min(result.num_examples / cap, 1.0) * policy.weight(tau, norm)
+    expected_weight = device_weight(result.num_examples, cap) * policy.weight(tau, norm)
     if function == "fedbuff":
         assert policy.weight(tau, norm) == pytest.approx(1 / np.sqrt(1 + tau))
     else:

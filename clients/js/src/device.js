@@ -246,11 +246,12 @@ export class Device {
     if (!roster.members.some((m) => m.device === this.deviceId)) { r.leftOut = true; return; }
     const ciphertexts = this.secagg.onRoster(roster);
     r.roster = roster;
-    const batch = { t: 'secagg.share_batch', federation: this.federation, round: r.id, device: this.deviceId, ciphertexts };
+    const batch = { t: 'secagg.share_batch', federation: this.federation, round: r.id, device: this.deviceId, ciphertexts,
+      digests: this.secagg.outgoingDigests() };
     this.sendRound('shares', batch)
       .then(() => { this.emit('shares'); if (this.faults.disconnectAfter === 'shares') { this.faults.disconnectAfter = null; this.dropConnection(this.faults.offlineMs ?? 1500); } })
       .catch((e) => this.log(`shares publish failed: ${e.message}`));
-    for (const batchIn of r.early.splice(0)) this.secagg.onInbox(batchIn);
+    for (const batchIn of r.early.splice(0)) this.openInbox(batchIn);
   }
 
   onInbox(batch) {
@@ -258,7 +259,14 @@ export class Device {
     if (batch.t !== 'secagg.share_batch' || batch.device !== this.deviceId) throw new ProtocolError('inbox message is not a share batch for this device');
     if (!r || batch.round !== r.id) throw new ProtocolError(`share batch for round ${batch.round}`);
     if (!r.roster) r.early.push(batch);
-    else this.secagg.onInbox(batch);
+    else this.openInbox(batch);
+  }
+
+  /** Open an inbox batch; each refused bundle is logged (one sender's bad bundle never stops the rest). */
+  openInbox(batch) {
+    for (const [sender, reason] of Object.entries(this.secagg.onInbox(batch))) {
+      this.log(`round=${batch.round} share bundle from ${sender} refused: ${reason}`);
+    }
   }
 
   onNotice(notice) {

@@ -11,6 +11,7 @@ export const CHUNK_COORDS = 1 << 16;
 export const PRIME = (1n << 256n) + 297n;
 export const SHARE_BYTES = 33;
 export const SEALED_BYTES = 2 * SHARE_BYTES + 16;
+export const DIGEST_BYTES = 16;
 
 /** Code-point order of ASCII ids, as Python sorts str. */
 export const byId = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
@@ -146,6 +147,28 @@ export function sealBundle(senderEncSk, recipientEncPk, federation, round, sende
   return c.boxSeal(c.concat(selfMaskShare, maskKeyShare), bundleNonce(federation, round, sender, recipient), recipientEncPk, senderEncSk);
 }
 
+/** The dealer's public digest of one share it dealt (docs/protocol.md: share digests). */
+export function shareDigest(federation, round, owner, holder, kind, share) {
+  const key = c.blake2b(pack([SHARES_DOMAIN, federation, round, owner, holder, kind]), { size: 32 });
+  return c.blake2b(share, { key, size: DIGEST_BYTES, person: 'fedmq.sa.dgst.v1' });
+}
+
+/** Both shares' digests, published next to the bundle `owner` sealed for `holder` (32 bytes). */
+export const bundleDigest = (federation, round, owner, holder, selfMaskShare, maskKeyShare) =>
+  c.concat(shareDigest(federation, round, owner, holder, 'self_mask', selfMaskShare),
+    shareDigest(federation, round, owner, holder, 'mask_key', maskKeyShare));
+
+// A clamped X25519 scalar is a multiple of the cofactor 8: the product with a small-order point is zero.
+const PROBE_SCALAR = new Uint8Array(32).fill(9);
+
+/** Refuse a low-order (weak) X25519 public key, as keys.check_public_key does. */
+export function checkPublicKey(publicKey, what) {
+  if (publicKey.length !== 32) throw new SecAggError(`${what} must be 32 bytes`);
+  let product;
+  try { product = c.x25519(PROBE_SCALAR, publicKey); } catch { throw new SecAggError(`${what} is a low-order (weak) X25519 point`); }
+  if (product.every((b) => b === 0)) throw new SecAggError(`${what} is a low-order (weak) X25519 point`);
+}
+
 export function openBundle(recipientEncSk, senderEncPk, ciphertext, federation, round, sender, recipient) {
   if (ciphertext.length !== SEALED_BYTES) throw new SecAggError(`share bundle ${sender} -> ${recipient} has ${ciphertext.length} bytes`);
   const plain = c.boxOpen(ciphertext, bundleNonce(federation, round, sender, recipient), senderEncPk, recipientEncSk);
@@ -257,6 +280,10 @@ export class SecAggClient {
       if (!c.verify(id, signedBytes(advertOf(m, roster.federation, roster.round)), m.signature)) {
         throw this.refuse(roster.round, `bad signature on keys of ${m.device} (swapped or forged key)`);
       }
+      try {
+        checkPublicKey(m.enc_pk, `encryption key of ${m.device}`);
+        checkPublicKey(m.mask_pk, `mask key of ${m.device}`);
+      } catch (e) { throw this.refuse(roster.round, e.message); }
       peers[m.device] = { encPk: m.enc_pk, maskPk: m.mask_pk };
     }
     const mine = peers[this.deviceId];
@@ -274,11 +301,18 @@ export class SecAggClient {
     const bShares = shamirSplit(st.keys.selfMask, t, neighbours.length, nextCoefficient);
     const kShares = shamirSplit(st.keys.maskSk, t, neighbours.length, nextCoefficient);
     const outgoing = {};
+    const digests = {};
     neighbours.forEach((v, i) => {
       outgoing[v] = sealBundle(st.keys.encSk, peers[v].encPk, this.federation, roster.round, this.deviceId, v, bShares[i], kShares[i]);
+      digests[v] = bundleDigest(this.federation, roster.round, this.deviceId, v, bShares[i], kShares[i]);
     });
-    Object.assign(st, { roster, neighbours, peers, outgoing });
+    Object.assign(st, { roster, neighbours, peers, outgoing, digests });
     return { ...outgoing };
+  }
+
+  /** The digests of this round's outgoing bundles, keyed like onRoster's ciphertexts (ShareBatch.digests). */
+  outgoingDigests() {
+    return { ...(this.state?.digests ?? {}) };
   }
 
   /** Open the bundles of an inbox share batch (device = this device, keys = senders). */
@@ -287,18 +321,28 @@ export class SecAggClient {
     if (!st.roster) throw this.refuse(batch.round, 'share bundle before the roster');
     if (batch.device !== this.deviceId) throw this.refuse(batch.round, `share batch addressed to ${batch.device}`);
     if (st.shared) throw this.refuse(batch.round, 'share bundle after the share phase closed');
+    // Every bundle is opened on its own: a bad one (garbage, re-wrapped, off its digests) only means this
+    // device holds no share of that sender; the refusals are returned, never thrown.
+    const refused = {};
+    const digests = batch.digests ?? {};
     for (const [sender, ciphertext] of Object.entries(batch.ciphertexts)) {
-      if (!st.neighbours.includes(sender)) throw this.refuse(batch.round, `share bundle from non-neighbour ${sender}`);
-      let bundle;
       try {
-        bundle = openBundle(st.keys.encSk, st.peers[sender].encPk, ciphertext, this.federation, batch.round, sender, this.deviceId);
-      } catch (e) { throw this.refuse(batch.round, e.message); }
-      const earlier = st.received[sender];
-      if (earlier && !(c.equal(earlier.selfMaskShare, bundle.selfMaskShare) && c.equal(earlier.maskKeyShare, bundle.maskKeyShare))) {
-        throw this.refuse(batch.round, `${sender} sent two different share bundles`);
+        if (!st.neighbours.includes(sender)) throw new SecAggError(`share bundle from non-neighbour ${sender}`);
+        const bundle = openBundle(st.keys.encSk, st.peers[sender].encPk, ciphertext, this.federation, batch.round, sender, this.deviceId);
+        const digest = digests[sender];
+        if (digest && digest.length && !c.equal(digest, bundleDigest(this.federation, batch.round, sender, this.deviceId, bundle.selfMaskShare, bundle.maskKeyShare))) {
+          throw new SecAggError(`bundle from ${sender} does not match its published digests`);
+        }
+        const earlier = st.received[sender];
+        if (earlier && !(c.equal(earlier.selfMaskShare, bundle.selfMaskShare) && c.equal(earlier.maskKeyShare, bundle.maskKeyShare))) {
+          throw new SecAggError(`${sender} sent two different share bundles`);
+        }
+        st.received[sender] = bundle;
+      } catch (e) {
+        refused[sender] = this.refuse(batch.round, e.message).message;
       }
-      st.received[sender] = bundle;
     }
+    return refused;
   }
 
   /** Round 2: mask `x` (Uint32Array of roster.length values < 2^bits) for the signed U2 notice, in place. */

@@ -61,8 +61,10 @@ export const SCHEMAS = {
   'secagg.roster': [['federation', 'str'], ['round', 'int'], ['members', ['list', rosterMember]],
     ['graph_seed', 'bin'], ['degree', 'int'], ['threshold', 'int'], ['bits', 'int'], ['length', 'int'],
     ['signature', 'bin', SIG0]],
-  'secagg.encrypted_shares': [['federation', 'str'], ['round', 'int'], ['sender', 'str'], ['recipient', 'str'], ['ciphertext', 'bin']],
-  'secagg.share_batch': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['ciphertexts', ['map', 'bin'], () => ({})]],
+  'secagg.encrypted_shares': [['federation', 'str'], ['round', 'int'], ['sender', 'str'], ['recipient', 'str'], ['ciphertext', 'bin'],
+    ['digest', 'bin', EMPTY]],
+  'secagg.share_batch': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['ciphertexts', ['map', 'bin'], () => ({})],
+    ['digests', ['map', 'bin'], () => ({})]],
   'secagg.survivor_list': [['federation', 'str'], ['round', 'int'], ['phase', 'str'], ['devices', ['list', 'str']],
     ['signature', 'bin', SIG0]],
   'secagg.masked_input': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['payload', 'bin'],
@@ -183,7 +185,14 @@ function validate(msg) {
         if (msg.bits < 1 || msg.bits > 32) bad('bits must be in 1..32');
         if (msg.length < 0 || msg.degree < 1 || msg.threshold < 1 || msg.threshold > msg.degree) bad('bad roster parameters');
       }
-      if (msg.t === 'secagg.share_batch' && msg.device in msg.ciphertexts) bad('bundle to or from itself');
+      if (msg.t === 'secagg.share_batch') {
+        if (msg.device in msg.ciphertexts) bad('bundle to or from itself');
+        for (const [peer, d] of Object.entries(msg.digests)) {
+          if (!(peer in msg.ciphertexts)) bad('digests for peers without a bundle');
+          if (d.length !== 32) bad('digests must be 32 bytes');
+        }
+      }
+      if (msg.t === 'secagg.encrypted_shares' && msg.digest.length && msg.digest.length !== 32) bad('bundle digest must be 32 bytes');
       if (msg.t === 'secagg.survivor_list') {
         if (msg.phase !== 'shared' && msg.phase !== 'masked') bad('bad phase');
         if (new Set(msg.devices).size !== msg.devices.length) bad('survivor list repeats a device');

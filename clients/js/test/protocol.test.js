@@ -96,7 +96,8 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
     assert.equal(toHex(encode(advert)), sent.get(`${d} ${t.roundMsg(v.round, 'keys', d)}`));
     const coefficients = s.shamir_coefficients.map((h) => BigInt(`0x${h}`));
     const ciphertexts = client.onRoster(roster, () => coefficients.shift());
-    const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts };
+    const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts,
+      digests: client.outgoingDigests() };
     assert.equal(toHex(encode(batch)), sent.get(`${d} ${t.roundMsg(v.round, 'shares', d)}`));
     assert.deepEqual(client.onRoster(roster), ciphertexts, 'a duplicate roster is idempotent');
     client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
@@ -139,4 +140,34 @@ test('recorded round: a tampered roster or notice is refused', () => {
   const u2 = decode(fromHex(v.messages.filter((m) => m.topic === t.notice)[0].payload));
   assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, round: v.round + 1 }), SecAggError);
   assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, signature: new Uint8Array(64) }), SecAggError);
+});
+
+test('recorded round: every inbox bundle is opened on its own; bad ones are returned, not thrown', () => {
+  const v = load('round');
+  const t = new Topics(v.federation);
+  const directory = Object.fromEntries(Object.entries(v.directory).map(([d, k]) => [d, fromHex(k)]));
+  const aggKey = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed)).publicKey;
+  const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
+  const d = v.devices[v.devices.length - 1];
+  const s = v.secrets[d];
+  const client = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)), aggregatorKey: aggKey, directory });
+  client.advertise(v.round, sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) }));
+  client.onRoster(roster);
+  const inbox = decode(fromHex(v.messages.find((m) => m.topic === t.inbox(d)).payload));
+  const senders = Object.keys(inbox.ciphertexts).sort();
+  assert.ok(senders.length >= 2 && Object.keys(inbox.digests).length === senders.length, 'the recorded inbox carries digests');
+  const first = senders[0];
+  const garbled = { ...inbox, ciphertexts: { ...inbox.ciphertexts, [first]: new Uint8Array(82) } };
+  const refused = client.onInbox(garbled);
+  assert.deepEqual(Object.keys(refused), [first]);
+  assert.deepEqual(Object.keys(client.state.received).sort(), senders.slice(1), 'the bundles after the bad one were opened');
+  const wrongDigest = { ...inbox, ciphertexts: { [first]: inbox.ciphertexts[first] }, digests: { [first]: new Uint8Array(32) } };
+  assert.match(client.onInbox(wrongDigest)[first], /digests/);
+});
+
+test('a roster carrying a low-order key is refused before any key agreement', () => {
+  for (const weak of [new Uint8Array(32), Uint8Array.from({ length: 32 }, (_, i) => (i === 0 ? 1 : 0))]) {
+    assert.throws(() => sa.checkPublicKey(weak, 'mask key'), /low-order/);
+  }
+  sa.checkPublicKey(c.x25519Base(c.randomBytes(32)), 'a real key');
 });
