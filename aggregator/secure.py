@@ -171,7 +171,10 @@ class SecureRound:
         assert server.params is not None
         tolerance = server.params.tolerated_dropouts
         wanted = max(min(self.target_clients, len(u2.devices)), len(u2.devices) - tolerance)
-        await self._wait(w.masked, lambda: server.masked_received >= wanted, stop)
+        # ...and only close early once the inputs so far can be unmasked (the graph's need, not a count).
+        await self._wait(
+            w.masked, lambda: server.masked_received >= wanted and server.unmask_obstacle() is None, stop
+        )
         u3 = server.close_masked_phase()
         self.phase = UNMASK
         await publish_notice(u3)

@@ -29,7 +29,7 @@ import numpy as np
 
 from shared.errors import ConfigError, SecAggError
 from shared.secagg import keys, prg, shamir
-from shared.secagg.graph import graph_seed, neighbour_graph, share_index
+from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
     PHASE_MASKED,
@@ -217,12 +217,23 @@ class SecAggServer:
         if self.phase != "share":
             raise self._refuse(None, f"cannot close the share phase in phase {self.phase!r}")
         delivered = frozenset(u for u, ns in self.graph.items() if all((u, v) in self._bundles for v in ns))
-        if len(delivered) < self.threshold:
+        # Only devices with t neighbours in U2 will mask (the rest refuse): keep U2 to that core, so nobody
+        # masks with a device bound to drop out, and abandon now when the core cannot reach the threshold
+        # (e.g. exactly t devices in the complete graph) rather than one unmask window later.
+        core = threshold_core(self.graph, self.threshold, delivered)
+        if len(core) < self.threshold:
             self.phase = "abandoned"
             raise self._refuse(
-                None, f"{len(delivered)} devices shared, threshold {self.threshold}", abandon=True
+                None,
+                f"{len(delivered)} devices shared, {len(core)} of them have {self.threshold} neighbours "
+                f"that shared; threshold {self.threshold}",
+                abandon=True,
             )
-        self.shared = delivered
+        if core != delivered:
+            left_out = sorted(delivered - core)
+            log.info("secagg round=%s: %d devices shared but lack %d neighbours in U2; left out: %s",
+                     self.round_id, len(left_out), self.threshold, left_out[:5])  # fmt: skip
+        self.shared = core
         self.phase = "mask"
         return self._notice(PHASE_SHARED, delivered)
 
@@ -264,14 +275,26 @@ class SecAggServer:
         if self.phase != "mask":
             raise self._refuse(None, f"cannot close the mask phase in phase {self.phase!r}")
         survivors = frozenset(self._masked_from)
-        if len(survivors) < self.threshold:
+        obstacle = self.unmask_obstacle(survivors)
+        if obstacle is not None:
+            # Abandon now: every survivor would refuse to reveal (or a dropped key could not be rebuilt),
+            # so waiting out the unmask window could only end the same way.
             self.phase = "abandoned"
             raise self._refuse(
-                None, f"{len(survivors)} masked inputs, threshold {self.threshold}", abandon=True
+                None, f"{len(survivors)} masked inputs cannot be unmasked: {obstacle}", abandon=True
             )
         self.masked = survivors
         self.phase = "unmask"
         return self._notice(PHASE_MASKED, survivors)
+
+    def unmask_obstacle(self, survivors: frozenset[str] | None = None) -> str | None:
+        """Why these survivors (default: the masked inputs so far) could not be unmasked, or None.
+
+        The graph's real need (:func:`shared.secagg.graph.unmask_obstacle`): each survivor needs t
+        surviving neighbours, each dropped U2 member with a surviving neighbour needs t of them.
+        """
+        alive = frozenset(self._masked_from) if survivors is None else survivors
+        return unmask_obstacle(self.graph, self.threshold, self.shared, alive)
 
     # -- unmask --------------------------------------------------------------------------------
     @property
