@@ -32,6 +32,7 @@ from aggregator.accumulator import WeightedMean
 from aggregator.blocks import choose_blocks, rotation_scales
 from aggregator.config import AggregatorConfig
 from aggregator.optimizer import ServerOptimizer
+from aggregator.republish import OpenPhase
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.chunking import Reassembler
@@ -107,6 +108,8 @@ class Aggregator:
         self._secure: SecureRound | None = None
         self._last_announce: RoundAnnounce | None = None
         self.last_secure: SecureRound | None = None
+        #: The open secure round's roster, inboxes and notice, published again after a reconnect.
+        self.open_phase = OpenPhase()
         #: Declared training-memory budgets of online devices (from their retained presence).
         self.memory_budgets: dict[str, int] = {}
         #: Their per-block activation costs (``Presence.activation_profile``).
@@ -480,6 +483,7 @@ class Aggregator:
             round_config,
         )
         self._secure = self.last_secure = secure
+        self.open_phase.clear()
         self._accepting.set()
         await self._publish_announce(sign(announce, self.key))
         log.info("round=%d opened (secure) on v%d", round_id, self.version)
@@ -491,6 +495,7 @@ class Aggregator:
             return True
         finally:
             self._secure = None
+            self.open_phase.clear()
         metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
         if self.accountant is not None and outcome.noise_multiplier is not None:
             self.accountant.record_round(outcome.noise_multiplier)
@@ -533,12 +538,19 @@ class Aggregator:
         return choose_blocks(blocks, budget, round_id, profile), rotation_scales(blocks, budget, profile)
 
     async def _publish_roster(self, roster: Message) -> None:
-        await self._publish(self.topics.roster, encode(roster), retain=True)
+        payload = encode(roster)
+        topic = self.topics.roster
+        await self.open_phase.publish("roster", lambda: self._publish(topic, payload, retain=True))
 
     async def _publish_notice(self, notice: Message) -> None:
-        await self._publish(self.topics.notice, encode(notice), retain=True)
+        payload = encode(notice)
+        topic = self.topics.notice
+        await self.open_phase.publish("notice", lambda: self._publish(topic, payload, retain=True))
 
     async def _publish_inbox(self, device: str, batch: Message) -> None:
+        await self.open_phase.publish(f"inbox/{device}", lambda: self._send_inbox(device, batch))
+
+    async def _send_inbox(self, device: str, batch: Message) -> None:
         assert self._conn is not None
         try:
             await publish_framed(
@@ -577,6 +589,7 @@ class Aggregator:
             await self._publish_announce(self._round.announce)
         if self._last_announce is not None and self._secure is not None:
             await self._publish_announce(self._last_announce)
+            await self.open_phase.replay()
 
     async def _publish_snapshot(self) -> None:
         """The full snapshot (retained, for newcomers), then the update for holders of the last version."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 import numpy as np
 
+from edge_client.delivery import Outbox, phase_opened_by
 from edge_client.memory import TrainingPlan, activation_profile, plan_training
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
@@ -129,6 +130,8 @@ class EdgeClient:
         self.announce: RoundAnnounce | None = None
         self.contributed: set[int] = set()
         self.stats = EdgeStats()
+        #: Contributions kept until the aggregator confirms them, re-sent on cue (edge_client/delivery.py).
+        self.outbox = Outbox(config.client_id)
         self._reassembler = Reassembler(max_total=config.max_snapshot_bytes)
         self._training: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
@@ -228,15 +231,20 @@ class EdgeClient:
             return  # a retained message being cleared
         try:
             if topic == self.topics.round:
-                self._on_round(decode(payload, RoundAnnounce))
+                announce = decode(payload, RoundAnnounce)
+                self._on_round(announce)
+                self.outbox.round_ended(announce.round_id - 1)
+                self._redeliver("round", announce.round_id)
             elif topic == self.topics.roster:
                 roster = decode(payload, Roster)
                 if self._secure is not None:
                     self._spawn(self._secure.on_roster(roster))
+                self._redeliver("roster", roster.round, [m.device for m in roster.members])
             elif topic == self.topics.notice:
                 notice = decode(payload, SurvivorList)
                 if self._secure is not None:
                     self._spawn(self._secure.on_notice(notice))
+                self._redeliver("notice", notice.round, notice.devices, notice.phase)
             elif topic.startswith(self.topics.delta):
                 index = self.topics.parse_delta_chunk(topic)
                 update = self._reassembler.feed("delta", index, payload, self.config.max_snapshot_bytes)
@@ -305,6 +313,7 @@ class EdgeClient:
     def _install(self, weights: np.ndarray, snapshot: ModelSnapshot) -> None:
         self.weights, self.version, self.snapshot = weights, snapshot.version, snapshot
         self.stats.snapshots += 1
+        self.outbox.round_ended(snapshot.round_id)  # that round's contributions are in (or out) for good
         self._updated.set()
         log.info("device=%s has snapshot v%d", self.client_id, snapshot.version)
         self._maybe_train()
@@ -320,6 +329,19 @@ class EdgeClient:
             self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
+
+    def _redeliver(
+        self, message: str, round_id: int, members: list[str] | None = None, notice_phase: str | None = None
+    ) -> None:
+        """The aggregator (re)published a phase-opening message: re-send what that phase still lacks."""
+        kind = phase_opened_by(message, self.config.secure, notice_phase)
+        entry = self.outbox.opened(round_id, kind, members) if kind is not None else None
+        if entry is not None:
+            self._spawn(self._quiet(self.outbox.resend(entry)))
+
+    @staticmethod
+    async def _quiet(step: Coroutine[object, object, bool]) -> None:
+        await step
 
     # -- participation ---------------------------------------------------------------------------
 
@@ -420,15 +442,20 @@ class EdgeClient:
         tau = announce.base_version - pending.base
 
         async def send(kind: str, message: Message) -> None:
-            remaining = max(1.0, announce.deadline - time.time())
-            await publish_framed(
-                self.conn,
-                self.topics.round_msg(round_id, kind, self.client_id),
-                lambda i: self.topics.round_chunk(round_id, kind, self.client_id, i),
-                encode(message),
-                self.config.chunk_limit,
-                expiry_s=remaining,
-            )
+            payload = encode(message)
+
+            async def transmit() -> None:
+                remaining = max(1.0, announce.deadline - time.time())
+                await publish_framed(
+                    self.conn,
+                    self.topics.round_msg(round_id, kind, self.client_id),
+                    lambda i: self.topics.round_chunk(round_id, kind, self.client_id, i),
+                    payload,
+                    self.config.chunk_limit,
+                    expiry_s=remaining,
+                )
+
+            await self.outbox.deliver(round_id, kind, len(payload), transmit)
 
         def on_phase(phase: str) -> None:
             if phase == "masked":
@@ -531,17 +558,24 @@ class EdgeClient:
                 data=np.ascontiguousarray(result.delta, dtype="<f4").tobytes(),
                 metrics={"loss": result.loss, "train_s": result.seconds},
             )
-            await publish_framed(
-                self.conn,
-                self.topics.round_msg(round_id, UPDATE, self.client_id),
-                lambda i: self.topics.round_chunk(round_id, UPDATE, self.client_id, i),
-                encode(update),
-                self.config.chunk_limit,
-                expiry_s=remaining,
-            )
+            payload = encode(update)
+
+            async def transmit() -> None:
+                await publish_framed(
+                    self.conn,
+                    self.topics.round_msg(round_id, UPDATE, self.client_id),
+                    lambda i: self.topics.round_chunk(round_id, UPDATE, self.client_id, i),
+                    payload,
+                    self.config.chunk_limit,
+                    expiry_s=max(1.0, announce.deadline - time.time()),
+                )
+
+            # Kept until the round ends, re-sent on the round's re-announcement (after reconnects).
+            sent = await self.outbox.deliver(round_id, UPDATE, len(payload), transmit)
             self.contributed.add(round_id)
             self.stats.rounds_joined += 1
-            log.info("device=%s round=%d update sent (loss %.3f)", self.client_id, round_id, result.loss)
+            log.info("device=%s round=%d update %s (loss %.3f)", self.client_id, round_id,
+                     "sent" if sent else "kept for a re-send", result.loss)  # fmt: skip
         except FedmqError as exc:
             log.warning("device=%s round=%d could not contribute: %s", self.client_id, round_id, exc)
         except Exception as exc:  # a failed training: logged, and the device joins a later round
