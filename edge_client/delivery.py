@@ -42,6 +42,9 @@ class _Entry:
     transmit: Transmit
     sending: bool = False
     attempts: int = 0
+    #: A cue came while a send was under way: that send may be stranded (a dead connection, a broker
+    #: that crashed before forwarding), so send once more when it ends.
+    cued: bool = False
 
 
 @dataclass
@@ -96,7 +99,10 @@ class Outbox:
             for earlier in SECURE_ORDER[: SECURE_ORDER.index(kind)]:
                 self._settle(round_id, earlier, members is None or self.device in members)
         entry = self._entries.get((round_id, kind))
-        if entry is None or entry.sending:
+        if entry is None:
+            return None
+        if entry.sending:
+            entry.cued = True
             return None
         return entry
 
@@ -121,14 +127,18 @@ class Outbox:
         entry.attempts += 1
         try:
             await entry.transmit()
-            return True
+            sent = True
         except FedmqError as exc:
             self.stats.failed += 1
             log.warning("device=%s round=%d %s not sent (%s); kept for a re-send", self.device,
                         entry.round_id, entry.kind, exc)  # fmt: skip
-            return False
+            sent = False
         finally:
             entry.sending = False
+        if entry.cued:
+            entry.cued = False
+            return await self.resend(entry)
+        return sent
 
     def _settle(self, round_id: int, kind: str, confirmed: bool) -> None:
         if self._entries.pop((round_id, kind), None) is None:

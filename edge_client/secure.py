@@ -103,6 +103,7 @@ class SecureParticipation:
         self._lock = asyncio.Lock()
         self._masked_closed = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
+        self._opened: set[frozenset[tuple[str, bytes]]] = set()
 
     async def start(self) -> None:
         await self.send("keys", self.secagg.advertise(self.round_id))
@@ -139,8 +140,12 @@ class SecureParticipation:
                 self._open(batch)
 
     def _open(self, batch: ShareBatch) -> None:
+        opened = frozenset(batch.ciphertexts.items())
+        if opened in self._opened:
+            return  # the aggregator re-published the inbox after a reconnect: already have these
         for bundle in batch.received_bundles():
             self.secagg.on_shares(bundle)
+        self._opened.add(opened)
 
     def close_masked_phase(self) -> None:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""

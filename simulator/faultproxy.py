@@ -36,7 +36,7 @@ class FaultProxyError(FedmqError):
     """The proxy could not start (no free port, or the upstream address is invalid)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Link:
     """One proxied connection: the client's streams and the upstream (broker) streams."""
 
