@@ -150,6 +150,8 @@ class MqttConnection:
         self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=config.max_queued_incoming)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
+        #: Set when the current connection dies: a publish awaiting its PUBACK there gives up at once.
+        self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = _Stats()
@@ -263,9 +265,25 @@ class MqttConnection:
                 client = self._client
                 if client is None:
                     continue
-                await client.publish(
-                    topic, payload, qos=qos, retain=retain, properties=properties, timeout=remaining
-                )
+                # aiomqtt never fails a publish whose connection died: race it against the loss, and
+                # send again on the next connection (QoS 1: the receiver deduplicates).
+                lost = asyncio.ensure_future(self._lost.wait())
+                sending = asyncio.ensure_future(
+                    client.publish(topic, payload, qos=qos, retain=retain, properties=properties,
+                                   timeout=remaining)
+                )  # fmt: skip
+                try:
+                    await asyncio.wait([sending, lost], timeout=remaining, return_when="FIRST_COMPLETED")
+                finally:
+                    lost.cancel()
+                if not sending.done():
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await sending
+                    attempt += 1
+                    log.debug("publish to %s stranded by a lost connection, retry %d", topic, attempt)
+                    continue
+                sending.result()  # raises what the publish raised
                 self.stats.bytes_out += len(payload)
                 self.stats.publishes += 1
                 return
@@ -318,6 +336,7 @@ class MqttConnection:
             try:
                 async with self._make_client() as client:
                     self._client = client
+                    self._lost = asyncio.Event()
                     for topic in list(self._subscriptions):
                         await client.subscribe(topic, qos=1, timeout=cfg.connect_timeout_s)
                     self.stats.connects += 1
@@ -368,6 +387,7 @@ class MqttConnection:
             finally:
                 self._connected.clear()
                 self._client = None
+                self._lost.set()
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)
 
