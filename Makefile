@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean js-test vectors
+JS := clients/js
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,10 +25,20 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(MAKE) js-test
 	$(BIN)/python -m pytest -q
+
+# The JavaScript device client against the committed conformance vectors (spec/vectors), then its browser
+# bundle (clients/js/browser/fedmq-device.js) for the headless-Chromium test that pytest runs.
+js-test:
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run build
+
+# Regenerate the conformance vectors after a deliberate wire change (then commit them).
+vectors: setup
+	$(BIN)/python -m shared.conformance --out spec/vectors
 
 lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(JS)/node_modules $(JS)/browser/fedmq-device.js

@@ -23,7 +23,7 @@ import numpy as np
 from edge_client.delivery import Outbox, phase_opened_by
 from edge_client.memory import TrainingPlan, activation_profile, plan_training
 from edge_client.secure import SecureParticipation
-from edge_client.trainer import LocalTrainer, TrainResult
+from edge_client.trainer import LocalTrainer, TrainingInterrupted, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
 from shared.errors import ConfigError, FedmqError, ProtocolError
 from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
@@ -168,10 +168,25 @@ class EdgeClient:
         return self.config.client_id
 
     async def __aenter__(self) -> EdgeClient:
-        await self.conn.__aenter__()
+        await self._estimate_training_time()
+        await self.conn.__aenter__()  # online (presence) only once it can act on what it receives
         return self
 
+    async def _estimate_training_time(self) -> None:
+        """Before connecting: a first estimate of the training time, so a slow new device does not take a
+        roster slot in its first round either (``EdgeConfig.train_ahead``). It runs before the device
+        says it is online, or a round could open and close while the device is still measuring."""
+        if not self.config.train_ahead or self.last_train_s is not None:
+            return
+        try:
+            self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
+            log.info("device=%s expects a round of training to take %.2f s", self.client_id,
+                     self.last_train_s)  # fmt: skip
+        except Exception as exc:  # the first real training will tell (and fail loudly if it must)
+            log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
+
     async def __aexit__(self, *exc_info: object) -> None:
+        self.trainer.interrupt()  # the worker thread would otherwise hold the process until it finished
         for task in [self._training, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -196,15 +211,6 @@ class EdgeClient:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
-        if self.config.train_ahead and self.last_train_s is None:
-            # Before any message is handled (nothing else uses the model yet): a first estimate of the
-            # training time, so a slow new device does not take a roster slot in its first round either.
-            try:
-                self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
-                log.info("device=%s expects a round of training to take %.2f s", self.client_id,
-                         self.last_train_s)  # fmt: skip
-            except Exception as exc:  # the first real training will tell (and fail loudly if it must)
-                log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
         while not stop.is_set():
             msg = await self.conn.next_message(timeout=0.5)
             if msg is None:
@@ -526,6 +532,9 @@ class EdgeClient:
         exc = task.exception()
         if exc is None:
             self.last_train_s = task.result().seconds
+            return
+        if isinstance(exc, TrainingInterrupted):  # the device is stopping: nothing failed
+            log.info("device=%s %s", self.client_id, exc)
             return
         # Logged once here; the delta is discarded and the device trains afresh in a later round.
         self.stats.failed_trainings += 1

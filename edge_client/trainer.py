@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edge_client.model import FederatedModel
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedmqError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class TrainConfig:
             raise ConfigError("threads", "must be >= 1")
 
 
+class TrainingInterrupted(FedmqError):
+    """A local training was stopped before it finished (:meth:`LocalTrainer.interrupt`)."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     delta: np.ndarray  # float32, new weights minus the weights training started from (trained blocks)
@@ -91,6 +95,17 @@ class LocalTrainer:
         # One user of the module at a time: training, the time estimate and memory planning all mutate
         # it, and a cancelled asyncio task does not stop the worker thread it started.
         self._exclusive = threading.RLock()
+        self._active = False  # a training holds the module (under _exclusive)
+        self._interrupt = threading.Event()
+
+    def interrupt(self) -> None:
+        """Ask a running training to stop at its next step (it raises :class:`TrainingInterrupted`).
+
+        A worker thread cannot be cancelled from asyncio; without this a device told to stop (SIGTERM)
+        would wait for the whole local training before its process could exit.
+        """
+        if self._active:
+            self._interrupt.set()
 
     def exclusive(self) -> threading.RLock:
         """Hold while using the module directly (``with trainer.exclusive(): ...``); training and the
@@ -151,7 +166,13 @@ class LocalTrainer:
         if micro_batch is not None and micro_batch < 1:
             raise ConfigError("micro_batch", "must be >= 1")
         with self._exclusive:
-            return self._train_blocks(global_weights, blocks, micro_batch, momentum)
+            self._active = True
+            self._interrupt.clear()
+            try:
+                return self._train_blocks(global_weights, blocks, micro_batch, momentum)
+            finally:
+                self._active = False
+                self._interrupt.clear()
 
     def _train_blocks(
         self,
@@ -200,6 +221,8 @@ class LocalTrainer:
             for begin in range(0, n, cfg.batch_size):
                 if step >= total_steps:
                     break
+                if self._interrupt.is_set():
+                    raise TrainingInterrupted(f"training interrupted after {step} of {total_steps} steps")
                 idx = order[begin : begin + cfg.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 if micro_batch is None or micro_batch >= len(idx):

@@ -60,12 +60,18 @@ class MosquittoBroker:
     """
 
     def __init__(
-        self, workdir: Path | None = None, port: int | None = None, auth: str = "allow_anonymous true"
+        self,
+        workdir: Path | None = None,
+        port: int | None = None,
+        auth: str = "allow_anonymous true",
+        websockets: bool = False,
     ) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-broker-"))
         self.port = port or free_port()
         self.auth = auth
+        #: Port of an extra MQTT-over-WebSockets listener (JavaScript and browser devices), if asked for.
+        self.ws_port = free_port() if websockets else None
         self.data_dir = self.workdir / "data"
         self.log_file = self.workdir / "mosquitto.log"
         self.conf_file = self.workdir / "mosquitto.conf"
@@ -74,6 +80,12 @@ class MosquittoBroker:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        if self.ws_port is None:
+            raise FedmqError("this broker was started without a websockets listener (websockets=True)")
+        return f"ws://127.0.0.1:{self.ws_port}"
 
     @classmethod
     def with_accounts(cls, accounts: dict[str, str], workdir: Path | None = None) -> MosquittoBroker:
@@ -100,6 +112,7 @@ class MosquittoBroker:
             log_file=self.log_file,
             user=getpass.getuser(),
             auth=self.auth,
+            websockets=f"listener {self.ws_port} 127.0.0.1\nprotocol websockets" if self.ws_port else "",
         )
         self.conf_file.write_text(text)
         return self.conf_file

@@ -54,6 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dp-epsilon", type=float, default=None, help="DP target epsilon (calibrates z)")
     p.add_argument("--dp-delta", type=float, default=1e-3, help="DP delta (well below 1/devices)")
     p.add_argument("--dp-budget", type=float, default=None, help="stop before epsilon would exceed this")
+    p.add_argument(
+        "--js-devices",
+        type=int,
+        default=0,
+        help="run this many of the devices with the JavaScript client (clients/js) over WebSockets",
+    )
+    p.add_argument(
+        "--js-runner",
+        choices=("node", "browser"),
+        default="node",
+        help="where JS devices run: Node, or a page of headless Chromium (browser devices)",
+    )
+    p.add_argument("--ws-url", default=None, help="with --broker and --js-devices: the broker's ws:// URL")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--broker", default=None, help="use this broker (mqtt://host:port) instead of starting one"
@@ -109,6 +122,17 @@ def summary_table(report: FleetReport) -> Table:
     table.add_row("bytes up per client per round", f"{report.bytes_up_per_client_round:,.0f}")
     table.add_row("bytes down per client per round", f"{report.bytes_down_per_client_round:,.0f}")
     table.add_row("wall time", f"{report.wall_s:.1f} s")
+    for kind, stats in report.device_kinds.items():
+        if len(report.device_kinds) < 2:
+            break  # one kind: the rows above already say it
+        table.add_row(
+            f"{kind} devices: bytes up / down per round",
+            f"{stats['bytes_up_per_device_round']:,.0f} / {stats['bytes_down_per_device_round']:,.0f}",
+        )
+        table.add_row(
+            f"{kind} devices: s per round (join to reveal) / training",
+            f"{stats['round_s_mean']:.2f} / {stats['train_s_mean']:.3f}",
+        )
     return table
 
 
@@ -128,6 +152,8 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         subsample_rate=args.subsample,
         snapshot_encoding=args.snapshot_encoding,
         dp=dp_config(args),
+        js_devices=args.js_devices,
+        js_runner=args.js_runner,
     )
     progress = Progress(
         TextColumn("[bold]round"),
@@ -153,10 +179,11 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         store = args.store or Path(tmp) / "aggregator"
         with progress:
             if args.broker:
-                return await run_fleet(config, args.broker, store, on_round)
-            with MosquittoBroker(Path(tmp) / "broker") as broker:
+                return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url)
+            with MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0) as broker:
                 progress.update(task, status=f"broker on {broker.url}")
-                return await run_fleet(config, broker.url, store, on_round)
+                ws_url = broker.ws_url if args.js_devices else None
+                return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url)
 
 
 def main(argv: list[str] | None = None) -> int:

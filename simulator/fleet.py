@@ -31,9 +31,13 @@ from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult
+from simulator.js_devices import JsDevice, device_config
 from simulator.workloads import get_workload
 
 log = logging.getLogger(__name__)
+
+#: Workloads whose model the JS client can train (Sequential Linear/ReLU MLPs).
+JS_TASKS = ("digits-mlp", "digits-wide")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class FleetConfig:
     #: sleep ``slow_delay_s`` after each local training, as a slower device would. 0: none (the default).
     slow_clients: int = 0
     slow_delay_s: float = 0.0
+    #: JavaScript devices (``clients/js``): the last ``js_devices`` of the fleet run the JS client instead
+    #: of the Python one, in Node or in headless Chromium (``js_runner``), over the broker's WebSockets
+    #: listener (``run_fleet(ws_url=...)``). Secure mode and MLP workloads (the JS trainer's models) only.
+    js_devices: int = 0
+    js_runner: str = "node"
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -75,6 +84,12 @@ class FleetConfig:
             raise ConfigError("slow_clients", f"must be in [0, clients={self.clients}]")
         if self.slow_delay_s < 0:
             raise ConfigError("slow_delay_s", "must be >= 0")
+        if not 0 <= self.js_devices <= self.clients:
+            raise ConfigError("js_devices", f"must be in [0, clients={self.clients}]")
+        if self.js_devices and (not self.secure or self.task not in JS_TASKS):
+            raise ConfigError("js_devices", f"JS devices need secure mode and one of the tasks {JS_TASKS}")
+        if self.js_runner not in ("node", "browser"):
+            raise ConfigError("js_runner", f"{self.js_runner!r} is not 'node' or 'browser'")
 
     def is_slow(self, index: int) -> bool:
         """Whether device ``index`` is one of the ``slow_clients`` stragglers."""
@@ -142,6 +157,9 @@ class FleetReport:
     epsilon: float | None = None
     delta: float | None = None
     per_round: list[RoundReport] = field(default_factory=list)
+    #: Per kind of device ("python", "js-node", "js-browser"): devices, bytes up/down per device and
+    #: round, mean seconds from joining a round to sending the reveal, mean local training seconds.
+    device_kinds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -154,8 +172,14 @@ async def run_fleet(
     broker_url: str,
     store_dir: Path,
     on_round: Callable[[RoundReport], None] | None = None,
+    ws_url: str | None = None,
 ) -> FleetReport:
-    """Run ``config.rounds`` rounds of federated training of ``config.task`` and report."""
+    """Run ``config.rounds`` rounds of federated training of ``config.task`` and report.
+
+    ``ws_url`` is the broker's MQTT-over-WebSockets URL, needed when ``config.js_devices`` > 0.
+    """
+    if config.js_devices and not ws_url:
+        raise ConfigError("ws_url", "JS devices need the broker's websockets URL")
     start = time.perf_counter()
     workload = get_workload(config.task, config.clients, seed=config.seed)
     train = config.train or workload.train_config
@@ -204,9 +228,13 @@ async def run_fleet(
         snapshot_encoding=config.snapshot_encoding,
         dp=config.dp,
     )
+    first_js = config.clients - config.js_devices
+    spans: dict[str, list[float]] = {"round_s": [], "train_s": []}
     async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
         devices = []
         for i, (features, labels) in enumerate(workload.device_data):
+            if i >= first_js:
+                continue  # a JS device (started below)
             trainer_args = (
                 workload.federated_model(),
                 features,
@@ -227,7 +255,35 @@ async def run_fleet(
                 identity=identities.get(ids[i]),
                 directory=directory or None,
             )
-            devices.append(EdgeClient(edge, trainer))
+            device = EdgeClient(edge, trainer)
+            device.phase_hook = _phase_timer(device, spans)
+            devices.append(device)
+        js_devices = []
+        for i in range(first_js, config.clients):
+            features, labels = workload.device_data[i]
+            js_config = device_config(
+                ws_url=str(ws_url),
+                federation=config.federation,
+                device=ids[i],
+                identity=identities[ids[i]],
+                aggregator_key=aggregator.verify_key,
+                directory=directory,
+                features=features.numpy(),
+                labels=labels.numpy(),
+                rounds=config.rounds,
+                timeout_s=config.rounds * 4 * config.window_s,
+                report=Path(store_dir) / "js-devices" / f"{ids[i]}-report.json",
+                train={
+                    "epochs": train.epochs,
+                    "lr": train.lr,
+                    "momentum": train.momentum,
+                    "batch_size": train.batch_size,
+                    "seed": config.seed * 1000 + i,
+                },
+            )
+            js_devices.append(
+                await JsDevice.start(config.js_runner, js_config, Path(store_dir) / "js-devices")
+            )
         stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             for device in devices:
@@ -238,9 +294,37 @@ async def run_fleet(
             finally:
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                js_reports = []
+                for js in js_devices:
+                    report = await js.finish()
+                    if report is None:
+                        log.warning("JS device left no report; its log ends:\n%s", js.log_tail())
+                    js_reports.append(report or {})
         rounds = max(1, len(reports))
-        up = sum(d.conn.stats.bytes_out for d in devices) / (config.clients * rounds)
-        down = sum(d.conn.stats.bytes_in for d in devices) / (config.clients * rounds)
+        js_up = sum(r.get("bytes_out", 0) for r in js_reports)
+        js_down = sum(r.get("bytes_in", 0) for r in js_reports)
+        up = (sum(d.conn.stats.bytes_out for d in devices) + js_up) / (config.clients * rounds)
+        down = (sum(d.conn.stats.bytes_in for d in devices) + js_down) / (config.clients * rounds)
+        kinds = {}
+        if devices:
+            kinds["python"] = _kind_stats(
+                len(devices),
+                sum(d.conn.stats.bytes_out for d in devices),
+                sum(d.conn.stats.bytes_in for d in devices),
+                rounds,
+                spans["round_s"],
+                spans["train_s"],
+            )
+        if js_reports:
+            js_rounds = [r for report in js_reports for r in report.get("rounds", [])]
+            kinds[f"js-{config.js_runner}"] = _kind_stats(
+                len(js_reports),
+                js_up,
+                js_down,
+                rounds,
+                [r["seconds"] for r in js_rounds if r.get("seconds") is not None],
+                [r["train_s"] for r in js_rounds if r.get("train_s") is not None],
+            )
     final = reports[-1].accuracy if reports else float("nan")
     central = workload.central_baseline(epochs=config.central_epochs, config=None)
     return FleetReport(
@@ -263,4 +347,36 @@ async def run_fleet(
         epsilon=next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
         delta=config.dp.delta if config.dp.enabled else None,
         per_round=reports,
+        device_kinds=kinds,
     )
+
+
+def _phase_timer(device: EdgeClient, spans: dict[str, list[float]]) -> Callable[[str], None]:
+    """A phase hook recording, per round, the seconds from advert to reveal and the training time."""
+    started: dict[int, float] = {}
+
+    def hook(phase: str) -> None:
+        secure = device.secure_round
+        if secure is None:
+            return
+        if phase == "keys":
+            started[secure.round_id] = time.perf_counter()
+        elif phase == "masked" and device.last_train_s is not None:
+            spans["train_s"].append(device.last_train_s)
+        elif phase == "unmask" and secure.round_id in started:
+            spans["round_s"].append(time.perf_counter() - started.pop(secure.round_id))
+
+    return hook
+
+
+def _kind_stats(
+    count: int, up: int, down: int, rounds: int, round_s: list[float], train_s: list[float]
+) -> dict[str, float]:
+    return {
+        "devices": count,
+        "bytes_up_per_device_round": up / (count * rounds),
+        "bytes_down_per_device_round": down / (count * rounds),
+        "round_s_mean": float(np.mean(round_s)) if round_s else float("nan"),
+        "train_s_mean": float(np.mean(train_s)) if train_s else float("nan"),
+        "contributions": len(round_s),
+    }

@@ -14,7 +14,7 @@ from torch import nn
 
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.model import FederatedModel
-from edge_client.trainer import LocalTrainer, TrainConfig
+from edge_client.trainer import LocalTrainer, TrainConfig, TrainingInterrupted
 from shared.codec import CodecConfig
 from shared.mqtt import MqttConfig
 from shared.signing import sign
@@ -132,3 +132,30 @@ async def _discard_while_training(device, probe, announce, layout, weights, aggr
     assert device._pending is not None and device._pending.base == 3
     await asyncio.wait_for(asyncio.shield(device._pending.task), 30)
     assert probe.most == 1
+
+
+def test_interrupt_stops_a_running_training_at_its_next_step():
+    """A device told to stop must not wait for a whole local training in its worker thread."""
+    probe = ConcurrencyProbe(hold_s=0.0)
+    trainer = small_trainer(probe)
+    trainer.config = TrainConfig(epochs=100_000, batch_size=16, lr=0.1)  # far longer than the test
+    outcome: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            trainer.train(trainer.model.get_flat())
+        except BaseException as exc:  # recorded for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    while probe.calls < 3:
+        time.sleep(0.001)
+    trainer.interrupt()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], TrainingInterrupted), outcome
+    assert probe.calls < 400_000 // 2  # stopped long before the end
+    trainer.interrupt()  # nothing running: the next training is not affected
+    trainer.config = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+    assert trainer.train(trainer.model.get_flat()).num_examples == 64

@@ -26,6 +26,9 @@ from simulator.models import digits_mlp
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 5
+#: Rounds the aggregator runs: a loaded machine may starve a device past a 5 s phase window now and then,
+#: which abandons that round; the ACL defect this guards against abandoned every round after the first.
+RUN_ROUNDS = ROUNDS + 2
 
 
 async def _wait_online(url: str, devices: set[str], timeout: float) -> None:
@@ -72,23 +75,31 @@ def test_clis_run_secure_rounds_under_the_shipped_acl(tmp_path):
         aggregator = subprocess.run(
             [python, "-m", "aggregator", "--broker", url("aggregator"), "--store", str(tmp_path / "agg"),
              "--initial", str(tmp_path / "initial.fedmq"), "--directory", str(tmp_path / "enrolled.json"),
-             "--rounds", str(ROUNDS), "--window", "60", "--min-clients", "3", "--target-clients", "3"],
+             "--rounds", str(RUN_ROUNDS), "--window", "60", "--min-clients", "3", "--target-clients", "3"],
             cwd=REPO, capture_output=True, timeout=300,
         )  # fmt: skip
     finally:
         for edge in edges:
             edge.terminate()
+        lingering = []
         for edge in edges:
-            edge.wait(timeout=10)
+            try:
+                edge.wait(timeout=20)  # SIGTERM interrupts a local training in progress
+            except subprocess.TimeoutExpired:
+                edge.kill()
+                lingering.append(edge.pid)
         broker.close()
+    assert not lingering, f"edge processes {lingering} ignored SIGTERM"
     log = aggregator.stderr.decode()
     assert aggregator.returncode == 0, log[-3000:]
     store = Store(tmp_path / "agg")
     try:
         rounds = store.rounds()
-        # Every round closes with all three devices: from round 1 on, up-to-date devices receive the new
-        # model only as a delta, which the ACL must let them read.
-        assert [(r.status, r.contributors) for r in rounds] == [("closed", 3)] * ROUNDS, rounds
-        assert store.versions()[-1] == ROUNDS
+        # Rounds close with all three devices: from round 1 on, up-to-date devices receive the new model
+        # only as a delta, which the ACL must let them read.
+        closed = [r for r in rounds if r.status == "closed"]
+        assert len(rounds) == RUN_ROUNDS and len(closed) >= ROUNDS, rounds
+        assert all(r.contributors == 3 for r in closed) and any(r.round_id >= ROUNDS for r in closed), rounds
+        assert store.versions()[-1] == len(closed)
     finally:
         store.close()

@@ -1,0 +1,142 @@
+// The JS client against spec/vectors/: codec, snapshots, signatures and a recorded secure round.
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+
+import * as bitpack from '../src/bitpack.js';
+import { codecConfig, UpdateEncoder } from '../src/codec.js';
+import * as c from '../src/crypto.js';
+import { CodecError, ProtocolError, SecAggError } from '../src/errors.js';
+import * as sa from '../src/secagg.js';
+import { applyDelta, snapshotWeights, verifyMapSigned } from '../src/snapshot.js';
+import { Topics } from '../src/topics.js';
+import { decode, encode } from '../src/wire.js';
+import { f32, f64s, fromHex, load, replay, toHex, untyped } from './helpers.js';
+
+before(async () => { await c.ready(); });
+
+const f32hex = (arr) => toHex(new Uint8Array(Float32Array.from(arr).buffer));
+
+test('codec: encode reproduces every stage, decode the recorded mean', () => {
+  for (const kase of load('codec').cases) {
+    const config = codecConfig(untyped(kase.config));
+    const enc = new UpdateEncoder(config, kase.dim);
+    assert.equal(enc.scale, kase.scale, kase.name);
+    assert.equal(enc.dataLength, kase.kept, kase.name);
+    assert.equal(enc.limbBits, kase.limb_bits);
+    assert.equal(enc.encodedLength, kase.encoded_length);
+    if (enc.keptMask) assert.deepEqual([...enc.keptMask], kase.kept_mask);
+    const delta = f32(kase.delta_f32);
+    assert.equal(enc.gridWeight(kase.weight), kase.grid_weight);
+    const rotated = Float32Array.from(f32(kase.scaled_f32));
+    if (config.rotation) enc.rotate(rotated);
+    assert.equal(f32hex(rotated), kase.rotated_f32, kase.name);
+    const encoded = enc.encode(delta, kase.weight, replay(f64s(kase.uniforms_f64)));
+    assert.deepEqual([...encoded], kase.encoded, kase.name);
+    assert.equal(toHex(bitpack.pack(encoded, config.bits)), kase.packed);
+    const { mean, weight } = enc.decode(Uint32Array.from(kase.decode.sum), kase.decode.contributors);
+    assert.equal(toHex(new Uint8Array(mean.buffer)), kase.decode.mean_f32, kase.name);
+    assert.equal(weight, kase.decode.summed_weight);
+  }
+});
+
+test('codec: refuses the trusted-only schemes and impossible widths', () => {
+  const seed = new Uint8Array(32);
+  assert.throws(() => codecConfig({ bits: 16, clip_norm: 1, expected_clients: 2, seed, scheme: 'topk' }), CodecError);
+  assert.throws(() => codecConfig({ bits: 3, clip_norm: 1, expected_clients: 5, seed }), CodecError);
+});
+
+test('snapshots: every body encoding decodes to the recorded weights; forgeries fail', () => {
+  const v = load('snapshot');
+  const key = fromHex(v.aggregator_public_key);
+  for (const kase of v.cases) {
+    const { weights } = snapshotWeights(fromHex(kase.message), key);
+    assert.equal(toHex(new Uint8Array(weights.buffer)), kase.decoded_f32, kase.encoding);
+    const forged = decode(fromHex(kase.message));
+    forged.round_id += 1;
+    assert.throws(() => snapshotWeights(encode(forged), key), ProtocolError);
+  }
+  const base = f32(v.cases.find((x) => x.encoding === v.delta.base_case).decoded_f32);
+  const { weights } = applyDelta(fromHex(v.delta.message), base, key);
+  assert.equal(toHex(new Uint8Array(weights.buffer)), v.delta.result_f32);
+  const wrongBase = base.map((x) => x + 1);
+  assert.throws(() => applyDelta(fromHex(v.delta.message), wrongBase, key), CodecError);
+});
+
+test('signatures: map form on received bytes, canonical lists for secure aggregation', () => {
+  const v = load('signatures');
+  const agg = fromHex(v.aggregator_public_key);
+  for (const kase of v.map_form) {
+    if (kase.valid) verifyMapSigned(fromHex(kase.message), 'round', agg);
+    else assert.throws(() => verifyMapSigned(fromHex(kase.message), 'round', agg), ProtocolError);
+  }
+  for (const kase of v.secagg) {
+    const msg = decode(fromHex(kase.message));
+    assert.equal(toHex(sa.signedBytes(msg)), kase.signed_bytes, kase.name);
+    assert.equal(c.verify(fromHex(kase.signer), sa.signedBytes(msg), msg.signature), kase.valid, kase.name);
+  }
+});
+
+test('recorded round: a JS device fed the same secrets emits every payload byte for byte', () => {
+  const v = load('round');
+  const t = new Topics(v.federation);
+  const directory = Object.fromEntries(Object.entries(v.directory).map(([d, k]) => [d, fromHex(k)]));
+  const aggKey = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed)).publicKey;
+  const sent = new Map(v.messages.map((m) => [`${m.from} ${m.topic}`, m.payload]));
+  const notices = v.messages.filter((m) => m.topic === t.notice).map((m) => decode(fromHex(m.payload)));
+  const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
+  const announce = verifyMapSigned(fromHex(v.messages.find((m) => m.topic === t.round).payload), 'round', aggKey);
+  const config = codecConfig(announce.config.codec, { expected_clients: roster.members.length });
+  let sum = new Uint32Array(roster.length);
+  for (const d of v.devices) {
+    const s = v.secrets[d];
+    const client = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)),
+      aggregatorKey: aggKey, directory });
+    const keys = sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) });
+    const advert = client.advertise(v.round, keys);
+    assert.equal(toHex(encode(advert)), sent.get(`${d} ${t.roundMsg(v.round, 'keys', d)}`));
+    const coefficients = s.shamir_coefficients.map((h) => BigInt(`0x${h}`));
+    const ciphertexts = client.onRoster(roster, () => coefficients.shift());
+    const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts };
+    assert.equal(toHex(encode(batch)), sent.get(`${d} ${t.roundMsg(v.round, 'shares', d)}`));
+    assert.deepEqual(client.onRoster(roster), ciphertexts, 'a duplicate roster is idempotent');
+    client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
+    const inputs = v.inputs[d];
+    const encoder = new UpdateEncoder(config, v.dim);
+    const x = encoder.encode(f32(inputs.delta_f32), inputs.weight, replay(f64s(inputs.uniforms_f64)));
+    assert.deepEqual([...x], inputs.encoded);
+    if (d === v.dropped) continue;
+    sum = sum.map((a, i) => (a + x[i]) % 2 ** roster.bits);
+    const y = client.mask(x, notices[0]);
+    assert.deepEqual([...y], inputs.masked);
+    const masked = client.maskedInput(bitpack.pack(y, roster.bits));
+    assert.equal(toHex(encode(masked)), sent.get(`${d} ${t.roundMsg(v.round, 'masked', d)}`));
+    const reveal = client.onSurvivors(notices[1]);
+    assert.equal(toHex(encode(reveal)), sent.get(`${d} ${t.roundMsg(v.round, 'unmask', d)}`));
+    assert.throws(() => client.onSurvivors({ ...notices[1], devices: notices[1].devices.filter((x2) => x2 !== v.devices[0]) }), SecAggError);
+  }
+  assert.deepEqual([...sum], v.sum, 'the survivors\' encodings sum to the recorded unmasked sum');
+});
+
+test('recorded round: a tampered roster or notice is refused', () => {
+  const v = load('round');
+  const t = new Topics(v.federation);
+  const directory = Object.fromEntries(Object.entries(v.directory).map(([d, k]) => [d, fromHex(k)]));
+  const aggKey = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed)).publicKey;
+  const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
+  const d = v.devices[0];
+  const s = v.secrets[d];
+  const fresh = () => {
+    const client = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)), aggregatorKey: aggKey, directory });
+    client.advertise(v.round, sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) }));
+    return client;
+  };
+  const swapped = structuredClone(roster);
+  swapped.members[1].enc_pk = swapped.members[2].enc_pk;
+  assert.throws(() => fresh().onRoster(swapped), SecAggError);
+  assert.throws(() => fresh().onRoster({ ...roster, threshold: 2 }), SecAggError);
+  const client = fresh();
+  client.onRoster(roster);
+  const u2 = decode(fromHex(v.messages.filter((m) => m.topic === t.notice)[0].payload));
+  assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, round: v.round + 1 }), SecAggError);
+  assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, signature: new Uint8Array(64) }), SecAggError);
+});

@@ -1,0 +1,129 @@
+"""A JavaScript device (clients/js, MQTT over WebSockets) in secure rounds with Python devices.
+
+Twice: in Node (``bin/device.js``) and inside headless Chromium (``bin/browser-device.js``: the bundled
+client runs in a real page, libsodium in WebAssembly). The JS device joins through Mosquitto's websockets
+listener. In the first round it loses its link twice (no DISCONNECT, as a dead cellular link would): once
+after sending its shares, and once in the middle of its chunked masked-input upload; each time it comes
+back on its persistent session, the upload resumes, and it still contributes. Each round's unmasked sum
+must equal, bit for bit, the sum of the four devices' encoded vectors (the Python devices keep theirs; the
+JS device reports its own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import Aggregator
+from aggregator.secure import PhaseWindows
+from edge_client.client import EdgeClient, EdgeConfig
+from edge_client.model import FederatedModel
+from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.codec import CodecConfig
+from shared.snapshots import make_snapshot
+from simulator.broker import MosquittoBroker
+from simulator.data import dirichlet_partition
+from simulator.js_devices import RUNNERS, JsDevice, device_config
+from simulator.models import digits_mlp
+from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
+
+pytestmark = pytest.mark.broker
+FED = "mixed"
+
+
+def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:
+    directory = directory_of(keys)
+    devices = []
+    for i, (cid, key) in enumerate(keys.items()):
+        if cid == skip:
+            continue
+        trainer = LocalTrainer(
+            FederatedModel(digits_mlp()),
+            torch.from_numpy(digits.x_train[shards[i]]),
+            torch.from_numpy(digits.y_train[shards[i]]),
+            TrainConfig(epochs=1, lr=0.1),
+        )
+        config = EdgeConfig(FED, mqtt_config(broker, cid), aggregator_key, identity=key, directory=directory)
+        device = EdgeClient(config, trainer)
+        device.keep_encoded = True
+        devices.append(device)
+    return devices
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced_disconnect(
+    tmp_path, digits, runner
+):
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
+    keys = enrol(4)
+    js_id = "dev-03"
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, 4, alpha=0.5, seed=0)
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
+        min_clients=4,
+        target_clients=4,
+    )
+    try:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+            python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
+            config = device_config(
+                ws_url=broker.ws_url,
+                federation=FED,
+                device=js_id,
+                identity=keys[js_id],
+                aggregator_key=agg.verify_key,
+                directory=directory,
+                features=digits.x_train[shards[3]],
+                labels=digits.y_train[shards[3]],
+                rounds=2,
+                timeout_s=240,
+                report=tmp_path / "js-report.json",
+                train={"epochs": 1, "lr": 0.1},
+                faults={"disconnect_after": "shares", "disconnect_during": "masked", "offline_ms": 2000},
+                chunk_limit=2048,  # the masked input (~9.6 KB) travels as 5 chunks and a manifest
+            )
+            js = await JsDevice.start(runner, config, tmp_path / "js")
+            try:
+                rounds: list[dict] = []
+
+                async def capture() -> None:
+                    secure = agg.last_secure
+                    rounds.append(
+                        {
+                            "total": None if secure.total is None else secure.total.copy(),
+                            "bits": secure.config.bits,
+                            "python": [d.secure_round.encoded.copy() for d in python_devices],
+                        }
+                    )
+
+                results = await run_rounds(agg, python_devices, 2, timeout=300, between=capture)
+                code = await js.wait(timeout_s=120)  # it leaves by itself after its two rounds
+            finally:
+                await js.kill()
+    finally:
+        broker.stop()
+    stderr = "\n".join(js.stderr)
+    assert code == 0, js.log_tail()
+    report = js.report()
+    assert [r.status for r in results] == ["closed", "closed"], [r.reason for r in results]
+    assert all(r.contributors == 4 for r in results)
+    assert report["reconnects"] >= 2, "the forced disconnects did not happen"
+    assert stderr.count("forced disconnect") == 2
+    js_rounds = {r["round"]: r for r in report["rounds"]}
+    for round_id, captured in enumerate(rounds):
+        js_encoded = np.array(js_rounds[round_id]["encoded"], dtype=np.uint64)
+        expected = sum((v.astype(np.uint64) for v in captured["python"]), js_encoded)
+        expected &= np.uint64((1 << captured["bits"]) - 1)
+        np.testing.assert_array_equal(captured["total"], expected.astype(np.uint32))  # bit-exact
+    assert report["version"] == 2  # the JS device followed both new snapshots
+    if runner == "browser":
+        assert "HeadlessChrome" in report["user_agent"]
