@@ -272,14 +272,16 @@ class MqttConnection:
                     client.publish(topic, payload, qos=qos, retain=retain, properties=properties,
                                    timeout=remaining)
                 )  # fmt: skip
+                stranded = True
                 try:
                     await asyncio.wait([sending, lost], timeout=remaining, return_when="FIRST_COMPLETED")
+                    stranded = not sending.done()
                 finally:
                     lost.cancel()
-                if not sending.done():
-                    sending.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await sending
+                    if not sending.done():  # also when this publish itself is cancelled
+                        sending.cancel()
+                        sending.add_done_callback(_retrieve)
+                if stranded:
                     attempt += 1
                     log.debug("publish to %s stranded by a lost connection, retry %d", topic, attempt)
                     continue
@@ -390,6 +392,12 @@ class MqttConnection:
                 self._lost.set()
             if not self._closing:
                 await asyncio.sleep(delay if failures else cfg.reconnect_min_s)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Consume the outcome of an abandoned publish (it is retried elsewhere), so nothing is left unread."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def publish_framed(

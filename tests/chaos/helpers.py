@@ -14,6 +14,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient
+from edge_client.secure import SecureParticipation
 from shared.codec import CodecConfig
 from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
@@ -45,6 +46,8 @@ class Ledger:
     rounds: list[tuple[int, str, int]] = field(default_factory=list)  # (round, status, contributors)
     exact: list[bool] = field(default_factory=list)
     summed: list[frozenset[str]] = field(default_factory=list)
+    #: Participations of devices that crashed (a crash forgets its own), kept by the test for the oracle.
+    crashed: dict[str, SecureParticipation] = field(default_factory=dict)
 
     def record(self, agg: Aggregator, devices: list[EdgeClient]) -> None:
         result = agg.results[-1]
@@ -54,12 +57,11 @@ class Ledger:
             return
         members = secure.server.masked
         self.summed.append(members)
+        parts = {d.client_id: d.secure_round or self.crashed.get(d.client_id) for d in devices}
         encodings = [
-            d.secure_round.encoded
-            for d in devices
-            if d.client_id in members
-            and d.secure_round is not None
-            and d.secure_round.round_id == result.round_id
+            part.encoded
+            for cid, part in parts.items()
+            if cid in members and part is not None and part.round_id == result.round_id
         ]
         ok = len(encodings) == len(members) and bool(
             np.array_equal(secure.total, exact_sum(encodings, secure.config.bits))
@@ -74,10 +76,11 @@ async def run_secure(
     *,
     fault: Callable[[int], Awaitable[None]] | None = None,
     timeout: float = 240,
+    ledger: Ledger | None = None,
 ) -> Ledger:
     """Run ``rounds`` secure rounds with every device online; ``fault(round_id)`` runs alongside each
     round (it may kill the broker, drop links...). Returns the ledger of every round."""
-    ledger = Ledger()
+    ledger = ledger or Ledger()
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         for device in devices:
