@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from aggregator.republish import OpenPhase
 from aggregator.secure import SecureRound
 from aggregator.store import Store
 from shared.chunking import Reassembler
-from shared.dp import PrivacyAccountant
+from shared.dp import PrivacyAccountant, sum_noise_headroom
 from shared.errors import FedmqError, ProtocolError, StoreError, WireError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, publish_framed
@@ -448,8 +447,9 @@ class Aggregator:
         if dp.enabled:
             assert z is not None
             if dp.mode == "distributed":
-                # Leave room in Z_2^b for the noise of the sum (with the dropout margin's inflation).
-                codec = dataclasses.replace(codec, noise_multiplier=z / math.sqrt(1.0 - dp.dropout_margin))
+                # Leave room in Z_2^b for the noise of the sum (dropout margin and credited shares).
+                headroom = sum_noise_headroom(z, dp.dropout_margin, self.config.min_clients)
+                codec = dataclasses.replace(codec, noise_multiplier=headroom)
             round_config["dp"] = dataclasses.replace(
                 dp, noise_multiplier=z, target_epsilon=None, target_rounds=None, clip_norm=codec.clip_norm
             ).to_dict()
@@ -503,7 +503,8 @@ class Aggregator:
             metrics["epsilon"] = self.accountant.epsilon()
             metrics["delta"] = float(self.config.dp.delta or 0.0)
             log.info(
-                "round=%d privacy: noise multiplier %.3f present, epsilon %.4f at delta %g after %d rounds",
+                "round=%d privacy: proven noise multiplier %.4f, epsilon %.4f (proven bound) at delta %g "
+                "after %d rounds",
                 round_id, outcome.noise_multiplier, metrics["epsilon"], metrics["delta"],
                 self.accountant.rounds,
             )  # fmt: skip

@@ -14,8 +14,10 @@
     fl/<fed>/r/<round>/<kind>/<cid>/c/<i>  chunk i of a chunked round-scoped message
     fl/<fed>/inbox/<cid>                 messages addressed to one device (secure-aggregation shares)
 
-Device and federation ids are restricted to ``[A-Za-z0-9_.-]`` so they can never smuggle MQTT
+Device and federation ids are restricted to ``[A-Za-z0-9_-]`` so they can never smuggle MQTT
 wildcards or separators into a topic, and so broker ACL patterns (``%u``) map one-to-one onto them.
+``.`` is left out because brokers that map MQTT topics onto their own subjects (NATS, RabbitMQ) use it
+as their separator and refuse or rewrite it (``docs/brokers.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from shared.errors import ConfigError, WireError
 
 ROOT = "fl"
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 #: A number in a topic: ASCII digits, canonical (no leading zero), at most nine of them. ``str.isdigit``
 #: would accept "²" or "٣", which ``int`` then refuses or reads as another number.
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
@@ -46,7 +48,7 @@ ROUND_KINDS = frozenset({UPDATE, KEYS, SHARES, MASKED, UNMASK})
 def check_id(value: str, field: str) -> str:
     """Validate a federation or device id; raises ConfigError naming ``field``."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise ConfigError(field, f"{value!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+        raise ConfigError(field, f"{value!r} must be 1-64 of [A-Za-z0-9_-] (no '.': NATS refuses it)")
     return value
 
 

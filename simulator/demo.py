@@ -1,6 +1,7 @@
-"""``fedmq-demo``: a federated-training demo over a real Mosquitto broker.
+"""``fedmq-demo``: a federated-training demo over a real MQTT broker.
 
-Starts Mosquitto from ``broker_config/`` on a free loopback port (or uses ``--broker``), an aggregator
+Starts Mosquitto from ``broker_config/`` (or NATS with JetStream and its MQTT 3.1.1 listener, with
+``--start-broker nats``) on a free loopback port, or uses ``--broker``; then an aggregator
 and N simulated devices, each with its own MQTT connection, trains a small MLP on scikit-learn's
 digits split non-IID across the devices, and ends with a summary table (and ``--json``).
 """
@@ -27,6 +28,7 @@ from shared.dp import DPConfig
 from shared.errors import FedmqError
 from simulator.broker import MosquittoBroker
 from simulator.fleet import FleetConfig, FleetReport, RoundReport, run_fleet
+from simulator.nats import NatsServer
 from simulator.workloads import WORKLOAD_NAMES, get_workload
 
 
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--dp", choices=("distributed", "central"), default=None, help="differential privacy mode")
     p.add_argument("--dp-noise", type=float, default=None, help="DP noise multiplier z")
-    p.add_argument("--dp-epsilon", type=float, default=None, help="DP target epsilon (calibrates z)")
+    p.add_argument("--dp-epsilon", type=float, default=None, help="DP target proven epsilon (sets z)")
     p.add_argument("--dp-delta", type=float, default=1e-3, help="DP delta (well below 1/devices)")
     p.add_argument("--dp-budget", type=float, default=None, help="stop before epsilon would exceed this")
     p.add_argument(
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--broker", default=None, help="use this broker (mqtt://host:port) instead of starting one"
+    )
+    p.add_argument(
+        "--start-broker",
+        choices=("mosquitto", "nats"),
+        default="mosquitto",
+        help="broker to start when --broker is not given (nats: MQTT 3.1.1 over JetStream)",
     )
     p.add_argument("--store", type=Path, default=None, help="aggregator store folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write the summary figures here")
@@ -116,7 +124,7 @@ def summary_table(report: FleetReport) -> Table:
     table.add_row("gap", f"{report.central_accuracy - report.final_accuracy:+.4f}")
     table.add_row("mode", report.mode)
     if report.epsilon is not None:
-        table.add_row("privacy spent (epsilon, delta)", f"({report.epsilon:.3f}, {report.delta:g})")
+        table.add_row("privacy spent (proven epsilon, delta)", f"({report.epsilon:.3f}, {report.delta:g})")
     table.add_row("rounds", str(report.rounds))
     table.add_row("clients", str(report.clients))
     table.add_row("bytes up per client per round", f"{report.bytes_up_per_client_round:,.0f}")
@@ -180,7 +188,13 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         with progress:
             if args.broker:
                 return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url)
-            with MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0) as broker:
+            if args.start_broker == "nats":
+                if args.js_devices:
+                    raise FedmqError("--js-devices needs Mosquitto (its websockets listener)")
+                launcher = NatsServer(Path(tmp) / "broker")
+            else:
+                launcher = MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0)
+            with launcher as broker:
                 progress.update(task, status=f"broker on {broker.url}")
                 ws_url = broker.ws_url if args.js_devices else None
                 return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import nacl.signing
 import numpy as np
+import pytest
 import torch
 
 from edge_client.client import EdgeClient, EdgeConfig
@@ -18,12 +19,24 @@ from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
 from simulator.models import digits_mlp
 
+#: Run a test on every broker of the integration suite: Mosquitto (MQTT 5), NATS (MQTT 3.1.1 over
+#: JetStream) and RabbitMQ 3.10 (MQTT plugin, 3.1.1; ~15 s to start, so the core tests only: rounds,
+#: secure round, retained snapshot for a late device, offline queue). For tests taking ``broker``.
+every_broker = pytest.mark.parametrize("broker", ["mosquitto", "nats", "rabbitmq"], indirect=True)
+#: The two brokers every other broker-sensitive test runs on (chunking, crashes, restarts, presence).
+mosquitto_and_nats = pytest.mark.parametrize("broker", ["mosquitto", "nats"], indirect=True)
+
 
 def mqtt_config(broker: MosquittoBroker, client_id: str, **overrides: object) -> MqttConfig:
     """Fast reconnects and short deadlines for tests."""
+    return mqtt_url_config(broker.url, client_id, **overrides)
+
+
+def mqtt_url_config(url: str, client_id: str, **overrides: object) -> MqttConfig:
+    """:func:`mqtt_config` for a URL (several endpoints, options) rather than a broker object."""
     values: dict[str, object] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "connect_timeout_s": 5.0}
     values.update(overrides)
-    return MqttConfig.from_url(broker.url, client_id=client_id, **values)
+    return MqttConfig.from_url(url, client_id=client_id, **values)
 
 
 def make_devices(
@@ -35,7 +48,10 @@ def make_devices(
     epochs: int = 2,
     prefix: str = "dev",
     chunk_limit: int | None = None,
+    url_for: Callable[[int], str] | None = None,
 ) -> list[EdgeClient]:
+    """``n`` plain-mode devices on a Dirichlet split of digits; ``url_for(i)`` gives device i its own
+    broker URL (a cluster's endpoint list starting at its node), else all use ``broker.url``."""
     shards = dirichlet_partition(digits.y_train, n, alpha=0.5, seed=0)
     devices = []
     for i, shard in enumerate(shards):
@@ -46,7 +62,9 @@ def make_devices(
             TrainConfig(epochs=epochs, lr=0.1, seed=i),
         )
         extra = {"chunk_limit": chunk_limit} if chunk_limit else {}
-        cfg = EdgeConfig(federation, mqtt_config(broker, f"{prefix}-{i:03d}"), aggregator_key, **extra)
+        cid = f"{prefix}-{i:03d}"
+        mqtt = mqtt_config(broker, cid) if url_for is None else mqtt_url_config(url_for(i), cid)
+        cfg = EdgeConfig(federation, mqtt, aggregator_key, **extra)
         devices.append(EdgeClient(cfg, trainer))
     return devices
 

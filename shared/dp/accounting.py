@@ -1,9 +1,16 @@
 """Privacy accounting across rounds with Google's ``dp-accounting`` library.
 
-Each round is one release of a Gaussian-noised sum of clipped per-device updates, with the *noise actually
-present* in that round expressed as a noise multiplier z = (noise std of the sum) / (L2 sensitivity of one
-device). Rounds compose; different rounds may carry different noise (dropouts change how many noise shares
-reached the sum).
+Each round is one release of a noised sum of clipped per-device updates, recorded as the noise multiplier
+z of the *Gaussian mechanism that provably dominates it*: for central mode the Gaussian noise std over the
+L2 sensitivity; for distributed Skellam rounds the proven multiplier of the noise actually present
+(:func:`shared.dp.skellam.skellam_noise_multiplier` via ``DeviceNoisePlan.noise_multiplier_present``).
+Rounds compose; different rounds may carry different noise (dropouts change how many noise shares reached
+the sum). Every ε this module reports is therefore an upper bound for the mechanism that ran.
+
+δ reservation: the Skellam domination holds up to a total-variation slack (below 1e-200 per coordinate
+and round, :mod:`shared.dp.skellam`). A fraction ``TAIL_DELTA_FRACTION`` of δ is set aside for it — ε is
+computed at ``accounting_delta(δ)`` — and :func:`tail_slack_ok` checks that the slack, which grows like
+e^ε, fits in that reserve (it does for any ε below about 100; above, ε is reported as ∞).
 
 * With Poisson sampling (each device takes part independently with probability q < 1) a round is a
   ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` and is accounted with the privacy-loss-distribution
@@ -28,9 +35,11 @@ import math
 from types import EllipsisType
 from typing import Any
 
+import numpy as np
 from dp_accounting import get_epsilon_gaussian
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
+from shared.dp.skellam import MAX_DIM, TAIL_TV
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,29 @@ logger = logging.getLogger(__name__)
 PLD = pld_lib.PrivacyLossDistribution
 DEFAULT_DISCRETIZATION = 1e-4  # dp-accounting's own default for PLDAccountant
 DEFAULT_NOISE_GRID = 0.01
+#: Fraction of δ reserved for the Skellam bound's tail slack.
+TAIL_DELTA_FRACTION = 1e-9
+
+
+def accounting_delta(delta: float) -> float:
+    """The δ at which ε is computed: the configured δ less the reserve for the Skellam tail slack."""
+    return float(delta) * (1.0 - TAIL_DELTA_FRACTION)
+
+
+def tail_slack_ok(epsilon: float, delta: float, rounds: int) -> bool:
+    """True when the Skellam tail slack of ``rounds`` rounds fits in the reserved part of δ at ε.
+
+    The slack is at most (1 + e^ε) · rounds · MAX_DIM · 2·TAIL_TV (both sides of every coordinate of every
+    round; :mod:`shared.dp.skellam`), compared in logs.
+    """
+    if rounds <= 0:
+        return True
+    if math.isinf(epsilon):
+        return True
+    log_slack = math.log(rounds) + math.log(MAX_DIM) + math.log(2.0 * TAIL_TV) + float(
+        np.logaddexp(0.0, epsilon)
+    )
+    return log_slack <= math.log(float(delta) * TAIL_DELTA_FRACTION)
 
 
 def _check_delta(delta: float) -> float:
@@ -97,10 +129,12 @@ def epsilon_for_constant_noise(
     if z == 0.0:
         return math.inf
     if q is None:
-        return float(get_epsilon_gaussian(z / math.sqrt(rounds), delta))
-    base = sampled_gaussian_pld(z, q, value_discretization_interval)
-    composed = base if rounds == 1 else base.self_compose(rounds)
-    return float(composed.get_epsilon_for_delta(delta))
+        epsilon = float(get_epsilon_gaussian(z / math.sqrt(rounds), accounting_delta(delta)))
+    else:
+        base = sampled_gaussian_pld(z, q, value_discretization_interval)
+        composed = base if rounds == 1 else base.self_compose(rounds)
+        epsilon = float(composed.get_epsilon_for_delta(accounting_delta(delta)))
+    return epsilon if tail_slack_ok(epsilon, delta, rounds) else math.inf
 
 
 _Key = tuple[float, float]  # (noise multiplier used for accounting, sampling q)
@@ -154,7 +188,10 @@ class PrivacyAccountant:
     def record_round(
         self, noise_multiplier_effective: float, sampling_q: float | EllipsisType | None = ...
     ) -> None:
-        """Compose one released round whose sum had noise std ``noise_multiplier_effective`` × sensitivity.
+        """Compose one released round dominated by a Gaussian with multiplier ``noise_multiplier_effective``.
+
+        For central rounds that is the Gaussian noise std over the sensitivity; for Skellam rounds the
+        proven multiplier of the noise that reached the sum (``DeviceNoisePlan.noise_multiplier_present``).
 
         ``noise_multiplier_effective == 0`` records a non-private release (ε becomes ∞); ``inf`` records a
         release that reveals nothing.
@@ -200,11 +237,11 @@ class PrivacyAccountant:
             return self.epsilon()
         self._materialise()
         if q is None:
-            return self._epsilon_of(self._sampled, self._gaussian_rho + 1.0 / (z * z))
+            return self._epsilon_of(self._sampled, self._gaussian_rho + 1.0 / (z * z), self.rounds + 1)
         key = self._key(z, q)
         base = self._base_pld(key)
         composed = base if self._sampled is None else self._sampled.compose(base)
-        epsilon = self._epsilon_of(composed, self._gaussian_rho)
+        epsilon = self._epsilon_of(composed, self._gaussian_rho, self.rounds + 1)
         self._lookahead = (key, composed, epsilon)
         return epsilon
 
@@ -235,10 +272,14 @@ class PrivacyAccountant:
     # -- internals ----------------------------------------------------------------------------------------
 
     def _key(self, z: float, q: float) -> _Key:
-        """Reuse a cached multiplier in [z / (1 + grid), z]: less noise than present, so pessimistic."""
+        """Reuse a known multiplier in [z / (1 + grid), z]: less noise than present, so pessimistic.
+
+        Known: cached PLDs and rounds recorded but not yet composed (whose PLDs will be built anyway).
+        """
         if (z, q) in self._base:
             return (z, q)
-        candidates = [kz for kz, kq in self._base if kq == q and z / (1.0 + self._grid) <= kz <= z]
+        known = {*self._base, *(key for key, _count in self._pending)}
+        candidates = [kz for kz, kq in known if kq == q and z / (1.0 + self._grid) <= kz <= z]
         return (max(candidates), q) if candidates else (z, q)
 
     def _base_pld(self, key: _Key) -> pld_lib.PrivacyLossDistribution:
@@ -255,14 +296,24 @@ class PrivacyAccountant:
             self._sampled = block if self._sampled is None else self._sampled.compose(block)
         self._pending.clear()
 
-    def _epsilon_of(self, sampled: pld_lib.PrivacyLossDistribution | None, rho: float) -> float:
+    def _epsilon_of(
+        self, sampled: pld_lib.PrivacyLossDistribution | None, rho: float, rounds: int | None = None
+    ) -> float:
         if self._non_private:
             return math.inf
+        delta = accounting_delta(self.delta)
         if sampled is None:
-            return 0.0 if rho == 0.0 else float(get_epsilon_gaussian(1.0 / math.sqrt(rho), self.delta))
-        if rho > 0.0:
-            gaussian = pld_lib.from_gaussian_mechanism(
-                standard_deviation=1.0 / math.sqrt(rho), value_discretization_interval=self._interval
-            )
-            sampled = sampled.compose(gaussian)
-        return float(sampled.get_epsilon_for_delta(self.delta))
+            if rho == 0.0:
+                return 0.0
+            epsilon = float(get_epsilon_gaussian(1.0 / math.sqrt(rho), delta))
+        else:
+            if rho > 0.0:
+                gaussian = pld_lib.from_gaussian_mechanism(
+                    standard_deviation=1.0 / math.sqrt(rho), value_discretization_interval=self._interval
+                )
+                sampled = sampled.compose(gaussian)
+            epsilon = float(sampled.get_epsilon_for_delta(delta))
+        if not tail_slack_ok(epsilon, self.delta, self.rounds if rounds is None else rounds):
+            logger.warning("privacy: epsilon %.4g is beyond what the reserved delta covers; inf", epsilon)
+            return math.inf
+        return epsilon

@@ -4,8 +4,10 @@ Units. The codec maps a clipped float update x (‖x‖₂ ≤ C) to an integer 
 norm is kept), multiply by the scale s, stochastically round. Everything in *distributed* mode is measured
 in these integer units: sensitivities, noise variances, the target std of the summed noise.
 
-Noise multiplier z: (std of the noise in the released sum) / (L2 sensitivity of one device's
-contribution). The accountant (:mod:`shared.dp.accounting`) only needs z per round.
+Noise multiplier z: the multiplier of the *Gaussian mechanism that provably dominates a round* — for
+central mode the std of the Gaussian noise over the L2 sensitivity; for distributed mode
+1/(m₁(μ)·Δ₂) from :mod:`shared.dp.skellam`, a hair below the equal-variance √μ/Δ₂. The accountant
+(:mod:`shared.dp.accounting`) only needs z per round, and every ε computed from it is a proven bound.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from dp_accounting import get_sigma_gaussian
@@ -23,14 +25,22 @@ from numpy.typing import NDArray
 
 from shared.dp.accounting import (
     DEFAULT_DISCRETIZATION,
+    accounting_delta,
     epsilon_for_constant_noise,
     normalise_sampling_q,
 )
+from shared.dp.skellam import MAX_DIM, skellam_noise_multiplier, skellam_variance_for
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from shared.codec import CodecConfig, UpdateEncoder
-    from shared.dp.config import DPConfig
+
+
+class _HasDropoutMargin(Protocol):
+    """What :func:`device_noise_plan` reads from a :class:`shared.dp.config.DPConfig`."""
+
+    @property
+    def dropout_margin(self) -> float: ...
 
 logger = logging.getLogger(__name__)
 
@@ -117,46 +127,84 @@ def central_noise_std(
 
 @dataclass(frozen=True)
 class DeviceNoisePlan:
-    """How much Skellam noise each device adds so the *sum* carries the target, even with dropouts.
+    """How much Skellam noise each device adds so the sum's *proven* noise multiplier meets the target.
 
-    Every device adds variance ``target_sum_variance / ((1 - dropout_margin) · n_expected)``: if at least
-    ``min_survivors`` devices' noise reaches the sum, it carries at least the target. The noise really
-    present is ``per_device_variance × survivors`` — that, not the target, is what the accountant records.
+    The noise credited to a round is that of the surviving devices *other than* the one whose privacy is
+    measured — ``per_device_variance × (survivors − 1)`` — because only that noise is present both with
+    and without the device (docs/privacy.md, assumptions). Every device adds ``per_device_variance`` so
+    that, if at least ``min_survivors`` devices' noise reaches the sum, the credited noise has a proven
+    multiplier (:func:`shared.dp.skellam.skellam_noise_multiplier`) of at least the target. What the
+    accountant records is :meth:`noise_multiplier_present`, the proven multiplier of the noise that really
+    reached the sum.
     """
 
     per_device_variance: float
-    target_sum_variance: float
+    target_noise_multiplier: float
     n_expected: int
     dropout_margin: float
     l2_sensitivity: float  # one device's L2 sensitivity, integer units (inflated bound)
+    dim: int = 1  # coordinates the noise covers (the bound for very large variances depends on it)
 
     @property
     def min_survivors(self) -> int:
         """Fewest surviving devices whose noise still meets the target."""
         return math.ceil((1.0 - self.dropout_margin) * self.n_expected - 1e-9)
 
+    @property
+    def target_sum_variance(self) -> float:
+        """Total variance in the sum when exactly ``min_survivors`` devices survive."""
+        return self.variance_present(self.min_survivors)
+
     def variance_present(self, survivors: int) -> float:
-        """Variance per coordinate of the noise in the sum of ``survivors`` devices' contributions."""
+        """Variance per coordinate of all the noise in the sum of ``survivors`` devices' contributions."""
         if survivors < 0:
             raise ConfigError("survivors", f"must be >= 0, got {survivors!r}")
         return self.per_device_variance * survivors
 
+    def variance_credited(self, survivors: int) -> float:
+        """The part of :meth:`variance_present` the privacy claim relies on: every survivor but one."""
+        if survivors < 0:
+            raise ConfigError("survivors", f"must be >= 0, got {survivors!r}")
+        return self.per_device_variance * max(survivors - 1, 0)
+
     def noise_multiplier_present(self, survivors: int) -> float:
-        """Noise multiplier the released sum actually had: sqrt(variance present) / sensitivity."""
+        """The proven noise multiplier of the released sum (0.0 when fewer than two devices survive)."""
+        return skellam_noise_multiplier(self.variance_credited(survivors), self.l2_sensitivity, self.dim)
+
+    def gaussian_equivalent_multiplier(self, survivors: int) -> float:
+        """√(variance present)/Δ₂: the multiplier of a Gaussian of equal variance — for comparison only."""
         return math.sqrt(self.variance_present(survivors)) / self.l2_sensitivity
 
     def meets_target(self, survivors: int) -> bool:
-        return self.variance_present(survivors) >= self.target_sum_variance * (1.0 - 1e-12)
+        return self.noise_multiplier_present(survivors) >= self.target_noise_multiplier * (1.0 - 1e-12)
 
 
 def per_device_variance(sigma_sum: float, n_expected: int, dropout_margin: float) -> float:
-    """Variance each device adds so that (1 − margin)·n_expected survivors give ``sigma_sum²`` in total."""
+    """Variance each device adds so that (1 − margin)·n_expected survivors give ``sigma_sum²`` in total.
+
+    The plain equal-variance split; :func:`plan_device_noise` uses :func:`credited_shares` and the proven
+    Skellam variance instead.
+    """
     sigma_sum = _positive("sigma_sum", sigma_sum)
     if isinstance(n_expected, bool) or not isinstance(n_expected, (int, np.integer)) or n_expected < 1:
         raise ConfigError("n_expected", f"must be a positive integer, got {n_expected!r}")
     if not 0.0 <= float(dropout_margin) < 1.0:
         raise ConfigError("dropout_margin", f"must be in [0, 1), got {dropout_margin!r}")
     return sigma_sum * sigma_sum / ((1.0 - float(dropout_margin)) * int(n_expected))
+
+
+def credited_shares(n_expected: int, dropout_margin: float) -> int:
+    """Noise shares credited when exactly the planned minimum survives: min_survivors − 1 (at least 1).
+
+    With a single expected device nothing can be credited; the share is then sized as if one were, and a
+    round with one survivor is recorded with no privacy (multiplier 0, ε = ∞).
+    """
+    if isinstance(n_expected, bool) or not isinstance(n_expected, (int, np.integer)) or n_expected < 1:
+        raise ConfigError("n_expected", f"must be a positive integer, got {n_expected!r}")
+    if not 0.0 <= float(dropout_margin) < 1.0:
+        raise ConfigError("dropout_margin", f"must be in [0, 1), got {dropout_margin!r}")
+    survivors = math.ceil((1.0 - float(dropout_margin)) * int(n_expected) - 1e-9)
+    return max(survivors - 1, 1)
 
 
 def plan_device_noise(
@@ -169,22 +217,48 @@ def plan_device_noise(
     dropout_margin: float,
     beta: float,
 ) -> DeviceNoisePlan:
-    """Distributed-mode sizing: σ_sum = z · Δ₂(inflated) in integer units, split over the expected devices.
+    """Distributed-mode sizing: the credited Skellam variance whose *proven* multiplier is ≥ z.
 
     Every device and the aggregator compute the same plan from the round announcement (DP config, codec
-    scale and dimension, expected participants).
+    scale and dimension, expected participants); the computation is deterministic.
     """
     z = _positive("noise_multiplier", noise_multiplier)
+    if _dimension(dim) > MAX_DIM:
+        raise ConfigError("dim", f"the Skellam bound covers at most {MAX_DIM} coordinates, got {dim}")
     sensitivity = inflated_l2_bound(clip_norm, scale, dim, beta)
-    sigma_sum = z * sensitivity
-    variance = per_device_variance(sigma_sum, n_expected, dropout_margin)
-    return DeviceNoisePlan(
+    shares = credited_shares(n_expected, dropout_margin)
+    credited = skellam_variance_for(z, sensitivity, _dimension(dim))
+    # Round up by a hair so that (share × shares) is ≥ the credited variance in floating point too.
+    variance = credited / shares * (1.0 + 1e-12)
+    plan = DeviceNoisePlan(
         per_device_variance=variance,
-        target_sum_variance=sigma_sum * sigma_sum,
+        target_noise_multiplier=z,
         n_expected=int(n_expected),
         dropout_margin=float(dropout_margin),
         l2_sensitivity=sensitivity,
+        dim=_dimension(dim),
     )
+    if plan.min_survivors >= 2 and not plan.meets_target(plan.min_survivors):  # pragma: no cover - guard
+        raise ConfigError("noise_multiplier", f"Skellam sizing missed the target {z}")
+    return plan
+
+
+def sum_noise_headroom(noise_multiplier: float, dropout_margin: float, min_roster: int) -> float:
+    """Codec headroom (``CodecConfig.noise_multiplier``) for the noise of a distributed round's sum.
+
+    The sum carries per-device variance × roster, i.e. std ≈ z·Δ₂·√(n / credited_shares(n)) (the Skellam
+    sizing adds a relative 1/(6μ), covered by the 1.001 factor). The ratio is largest for small rosters,
+    so this bounds it over every roster of at least ``min_roster`` devices.
+    """
+    z = _positive("noise_multiplier", noise_multiplier)
+    margin = float(dropout_margin)
+    start = max(1, int(min_roster))
+    # Beyond n = start + span, n / ((1 − m)·n − 1) decreases and bounds n / credited_shares(n).
+    span = math.ceil(4.0 / (1.0 - margin)) + 4
+    worst = max(n / credited_shares(n, margin) for n in range(start, start + span + 1))
+    tail_n = start + span
+    worst = max(worst, tail_n / max((1.0 - margin) * tail_n - 1.0, 1e-9))
+    return z * math.sqrt(worst) * 1.001
 
 
 # -- ε targets -------------------------------------------------------------------------------------------
@@ -215,7 +289,7 @@ def noise_multiplier_for_target(
         raise ConfigError("rounds", f"must be a positive integer, got {rounds!r}")
     q = normalise_sampling_q(sampling_q)
     if q is None:
-        z = float(get_sigma_gaussian(epsilon, delta)) * math.sqrt(int(rounds))
+        z = float(get_sigma_gaussian(epsilon, accounting_delta(delta))) * math.sqrt(int(rounds))
         # get_sigma_gaussian solves to 1e-12; nudge up so the analytic ε is never above target.
         while epsilon_for_constant_noise(z, rounds, delta, None) > epsilon:
             z *= 1.0 + 1e-9
@@ -336,7 +410,11 @@ def skellam_epsilon(
 
 
 def device_noise_plan(
-    dp: DPConfig, noise_multiplier: float, codec: CodecConfig, encoder: UpdateEncoder, roster_size: int
+    dp: _HasDropoutMargin,
+    noise_multiplier: float,
+    codec: CodecConfig,
+    encoder: UpdateEncoder,
+    roster_size: int,
 ) -> DeviceNoisePlan:
     """The plan every device and the aggregator derive from one round's announcement and roster.
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.dp.calibration import noise_multiplier_for_target
 from shared.errors import ConfigError
 
 MODES = ("off", "distributed", "central")
@@ -46,10 +47,12 @@ class DPConfig:
             its share of integer noise before masking; the aggregator never sees a noise-free sum) or
             ``"central"`` (the aggregator adds Gaussian noise to the unmasked sum; it is trusted).
         mechanism: integer noise of distributed mode; only ``"skellam"`` (Agarwal et al., NeurIPS 2021).
-        noise_multiplier: noise std of the *sum* divided by the L2 sensitivity of one device. Give this
-            or the ``target_*`` triple, never both.
+        noise_multiplier: the multiplier of the Gaussian mechanism that provably dominates a round: noise
+            std of the *sum* over the L2 sensitivity of one device in central mode; in distributed mode
+            the proven Skellam multiplier (:mod:`shared.dp.skellam`) the devices' noise is sized to meet.
+            Give this or the ``target_*`` triple, never both.
         target_epsilon, target_rounds: calibrate ``noise_multiplier`` so that ``target_rounds`` rounds cost
-            at most ``target_epsilon`` at ``delta``
+            at most ``target_epsilon`` at ``delta`` — a proven bound for the mechanism that runs
             (see :func:`shared.dp.calibration.noise_multiplier_for_target`).
         delta: the δ of every (ε, δ) statement; must be well below 1/(number of devices).
         clip_norm: L2 clip of each device's flattened update (float units) — the user-level sensitivity.
@@ -149,8 +152,6 @@ class DPConfig:
             raise ConfigError("mode", "DP is off; there is no noise multiplier")
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
-        from shared.dp.calibration import noise_multiplier_for_target
-
         assert self.target_epsilon is not None and self.target_rounds is not None and self.delta is not None
         return noise_multiplier_for_target(
             float(self.target_epsilon), float(self.delta), int(self.target_rounds), self.sampling_q

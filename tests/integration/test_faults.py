@@ -19,7 +19,7 @@ from shared.mqtt import MqttConnection
 from shared.snapshots import make_snapshot, write_initial
 from shared.topics import UPDATE, Topics
 from shared.wire import ModelSnapshot, ModelUpdate, RoundAnnounce, decode, encode
-from tests.support import eventually, initial_weights, make_devices, mqtt_config
+from tests.support import eventually, initial_weights, make_devices, mosquitto_and_nats, mqtt_config
 
 pytestmark = pytest.mark.broker
 FED = "test"
@@ -42,6 +42,7 @@ def journal_rows(store: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
         except sqlite3.OperationalError:
             return 0
+@mosquitto_and_nats
 
 
 async def test_aggregator_sigkill_mid_round_resumes_from_journal(broker, tmp_path):
@@ -96,6 +97,7 @@ async def test_aggregator_sigkill_mid_round_resumes_from_journal(broker, tmp_pat
     mean = sum(n * d.astype(np.float64) for d, n in deltas.values()) / total
     np.testing.assert_allclose(new, weights + mean.astype(np.float32), atol=1e-6)  # no accepted update lost
     assert "resumed from journal" in (tmp_path / "agg2.log").read_text()
+@mosquitto_and_nats
 
 
 async def test_broker_restart_mid_round_everyone_reconnects(broker, tmp_path, digits):

@@ -24,7 +24,14 @@ from shared.snapshots import make_snapshot
 from shared.topics import UPDATE, Topics
 from shared.wire import ModelUpdate, encode
 from simulator.models import accuracy, digits_mlp
-from tests.support import eventually, initial_weights, make_devices, mqtt_config
+from tests.support import (
+    eventually,
+    every_broker,
+    initial_weights,
+    make_devices,
+    mosquitto_and_nats,
+    mqtt_config,
+)
 
 pytestmark = pytest.mark.broker
 FED = "test"
@@ -72,6 +79,7 @@ def test_accuracy(weights, digits) -> float:
 
 
 test_accuracy.__test__ = False  # a helper, not a test
+@every_broker
 
 
 async def test_rounds_advance_version_and_improve_accuracy(broker, tmp_path, digits):
@@ -87,6 +95,7 @@ async def test_rounds_advance_version_and_improve_accuracy(broker, tmp_path, dig
         end_acc = test_accuracy(agg.weights, digits)
     assert end_acc > start_acc + 0.3, (start_acc, end_acc)
     assert all(d.version == 3 for d in devices)
+@every_broker
 
 
 async def test_late_device_gets_retained_snapshot_at_once(broker, tmp_path, digits):
@@ -127,6 +136,7 @@ async def test_round_below_minimum_is_abandoned_and_next_starts(broker, tmp_path
         assert agg.version == 0 and "min_clients" in results[0].reason
         np.testing.assert_array_equal(agg.weights, before)
         assert [r.status for r in agg.store.rounds()] == ["abandoned", "abandoned"]
+@mosquitto_and_nats
 
 
 async def test_snapshot_and_updates_travel_chunked(broker, tmp_path, digits):

@@ -18,7 +18,14 @@ from shared.mqtt import MqttConfig, MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import KEYS, Topics
 from simulator.broker import MosquittoBroker
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from tests.support import (
+    directory_of,
+    enrol,
+    initial_weights,
+    mqtt_config,
+    run_rounds,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "sec"
@@ -126,7 +133,17 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             pass
 
 
-@pytest.mark.parametrize("bits, subsample", [(16, 1.0), (8, 0.5)])
+@pytest.mark.parametrize(
+    "broker, bits, subsample",
+    [
+        ("mosquitto", 16, 1.0),
+        ("mosquitto", 8, 0.5),
+        ("nats", 16, 1.0),
+        ("nats", 8, 0.5),
+        ("rabbitmq", 16, 1.0),
+    ],
+    indirect=["broker"],
+)
 async def test_compressed_secure_round_matches_the_plaintext_oracle(
     broker, tmp_path, digits, bits, subsample
 ):
@@ -184,9 +201,11 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
     keys = enrol(5)
     directory = directory_of(keys)
     z, delta, margin = 1.0, 1e-3, 0.1
-    # The engine checks the planned z before each round and records the z present after it (all 5
-    # devices survive, so the noise is the target inflated by the dropout margin): replay that here.
-    present = z / np.sqrt(1 - margin)
+    # The engine checks the planned z before each round and records the *proven* multiplier present after
+    # it. All 5 devices survive, i.e. exactly the planned minimum (ceil(0.9 * 5)), and 4 shares are
+    # credited, sized so the proven Skellam multiplier is z (up to the variance grid, < 0.1%): replay that.
+    # The equal-variance Gaussian figure would have been z / sqrt(1 - margin) = 1.054 z.
+    present = z
     acct = PrivacyAccountant(delta)
     eps_after = []
     for _ in range(3):
@@ -214,6 +233,7 @@ async def test_dp_round_reports_epsilon_and_budget_stops_at_the_right_round(brok
         results = await run_rounds(agg, devices, 5)
     assert [r.status for r in results] == ["closed", "closed"]  # the budget stopped the third round
     epsilons = [r.metrics["epsilon"] for r in results]
-    assert epsilons == pytest.approx(eps_after[:2], rel=1e-6)
+    assert epsilons == pytest.approx(eps_after[:2], rel=1e-3)
     assert epsilons[-1] <= budget
-    assert all(r.metrics["noise_multiplier"] == pytest.approx(present) for r in results)
+    # The recorded figure is the proven one (>= the target, within the grid), not the Gaussian equivalent.
+    assert all(z <= r.metrics["noise_multiplier"] <= z * 1.001 for r in results)

@@ -11,13 +11,16 @@ from shared.dp.accounting import PrivacyAccountant, epsilon_for_constant_noise
 from shared.dp.calibration import (
     SKELLAM_RDP_ORDERS,
     central_noise_std,
+    credited_shares,
     inflated_l1_bound,
     inflated_l2_bound,
     noise_multiplier_for_target,
     per_device_variance,
     plan_device_noise,
     skellam_epsilon,
+    sum_noise_headroom,
 )
+from shared.dp.skellam import skellam_noise_multiplier, skellam_variance_for
 from shared.errors import ConfigError
 
 
@@ -45,14 +48,36 @@ def test_per_device_share_and_noise_present() -> None:
     plan = plan_device_noise(
         1.1, clip_norm=1.0, scale=200.0, dim=4096, n_expected=50, dropout_margin=0.2, beta=math.exp(-0.5)
     )
-    assert plan.target_sum_variance == pytest.approx((1.1 * plan.l2_sensitivity) ** 2)
     assert plan.min_survivors == 40
+    assert credited_shares(50, 0.2) == 39  # every survivor but the device whose privacy is measured
+    # The credited noise (39 shares) is sized so its *proven* multiplier meets the target...
+    assert plan.variance_credited(40) == pytest.approx(39 * plan.per_device_variance)
+    assert plan.variance_credited(40) >= skellam_variance_for(1.1, plan.l2_sensitivity, 4096)
     assert plan.meets_target(40) and not plan.meets_target(39)
-    assert plan.noise_multiplier_present(40) == pytest.approx(1.1)
-    assert plan.noise_multiplier_present(50) == pytest.approx(1.1 * math.sqrt(50 / 40))
+    assert 1.1 <= plan.noise_multiplier_present(40) <= 1.1 * 1.001
+    assert plan.noise_multiplier_present(50) == pytest.approx(
+        skellam_noise_multiplier(49 * plan.per_device_variance, plan.l2_sensitivity, 4096)
+    )
+    # ...which is a hair below the equal-variance Gaussian figure (and further below the variance present).
+    assert plan.noise_multiplier_present(40) < math.sqrt(plan.variance_credited(40)) / plan.l2_sensitivity
+    assert plan.noise_multiplier_present(40) < plan.gaussian_equivalent_multiplier(40)
+    assert plan.noise_multiplier_present(1) == 0.0  # a lone survivor's sum is credited with no noise
     with pytest.raises(ConfigError) as error:
         per_device_variance(1.0, 10, 1.0)
     assert error.value.field == "dropout_margin"
+
+
+@pytest.mark.parametrize(("margin", "min_roster"), [(0.0, 2), (0.1, 4), (0.3, 10), (0.1, 100)])
+def test_sum_noise_headroom_covers_every_roster(margin: float, min_roster: int) -> None:
+    """The codec's headroom must cover the summed noise std for any roster the round may get."""
+    z = 1.0
+    headroom = sum_noise_headroom(z, margin, min_roster)
+    for roster in range(min_roster, min_roster + 400, 7):
+        plan = plan_device_noise(
+            z, clip_norm=1.0, scale=300.0, dim=1000, n_expected=roster, dropout_margin=margin, beta=0.0
+        )
+        assert math.sqrt(plan.variance_present(roster)) <= headroom * plan.l2_sensitivity
+    assert headroom <= z * 1.5
 
 
 def test_central_noise_std() -> None:

@@ -15,7 +15,7 @@ def test_round_topic_round_trip():
     assert t.parse_round(t.round_chunk(7, UPDATE, "dev-01", 3)).chunk == 3
 
 
-@pytest.mark.parametrize("bad", ["a/b", "+", "#", "", "x" * 65, "dev 1"])
+@pytest.mark.parametrize("bad", ["a/b", "+", "#", "", "x" * 65, "dev 1", "dev.1"])
 def test_ids_cannot_smuggle_wildcards(bad):
     with pytest.raises(ConfigError):
         Topics("f").round_msg(1, UPDATE, bad)

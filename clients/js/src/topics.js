@@ -2,7 +2,7 @@
 
 import { WireError } from './errors.js';
 
-const ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const ID = /^[A-Za-z0-9_-]{1,64}$/;
 // Numbers in topics: canonical ASCII digits (no sign, no leading zero), bounded (docs/protocol.md §1).
 const NUMBER = /^(0|[1-9][0-9]{0,8})$/;
 export const MAX_ROUND_ID = 999_999_999;
@@ -15,7 +15,7 @@ export function parseNumber(text, limit, what) {
 export const ROUND_KINDS = new Set(['update', 'keys', 'shares', 'masked', 'unmask']);
 
 export function checkId(value, field = 'id') {
-  if (typeof value !== 'string' || !ID.test(value)) throw new WireError(`${field} ${JSON.stringify(value)} must be 1-64 characters of [A-Za-z0-9_.-]`);
+  if (typeof value !== 'string' || !ID.test(value)) throw new WireError(`${field} ${JSON.stringify(value)} must be 1-64 characters of [A-Za-z0-9_-]`);
   return value;
 }
 
