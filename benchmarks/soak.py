@@ -497,7 +497,7 @@ def main() -> int:
     p.add_argument("--devices", type=int, default=6)
     p.add_argument("--masked-s", type=float, default=15.0, help="masked-phase window")
     p.add_argument("--drop-every", type=float, default=6.0)
-    p.add_argument("--stall-every", type=float, default=12.0)
+    p.add_argument("--stall-every", type=float, default=24.0, help="seconds between stalls")
     p.add_argument("--stall-s", type=float, default=4.0)
     p.add_argument("--broker-every", type=float, default=180.0)
     p.add_argument("--churn-every", type=float, default=30.0)
