@@ -213,7 +213,8 @@ class SecAggServer:
         return True
 
     def close_share_phase(self) -> SurvivorList:
-        """U2 = devices whose bundles reached every neighbour; signed 'shared' notice."""
+        """U2 = devices whose bundles reached every neighbour, kept to those with t such neighbours (the
+        threshold core); signed 'shared' notice. Abandons when that core is below t."""
         if self.phase != "share":
             raise self._refuse(None, f"cannot close the share phase in phase {self.phase!r}")
         delivered = frozenset(u for u, ns in self.graph.items() if all((u, v) in self._bundles for v in ns))
