@@ -126,6 +126,7 @@ async def test_broker_sigkill_in_each_phase_ten_rounds(shipped, tmp_path, digits
         killer = BrokerKiller(shipped, devices, phase)
         ledger = await run_secure(agg, devices, rounds, fault=killer.fault, timeout=1200)
         assert versions_ok(agg) == []
+    assert killer.kills == list(range(rounds))  # the broker really died in that phase of every round
     closed_whole = sum(1 for _, status, count in ledger.rounds if status == "closed" and count == n)
     assert closed_whole >= 0.9 * rounds, ledger.rounds
     assert all(ledger.exact)
