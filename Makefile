@@ -25,6 +25,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(MAKE) js-test
 	$(BIN)/python -m pytest -q -m "not long"
 
@@ -39,6 +40,7 @@ vectors: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache $(JS)/node_modules $(JS)/browser/fedmq-device.js

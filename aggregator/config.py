@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator.optimizer import ServerOptimizerConfig
-from aggregator.secure import PhaseWindows
 from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
+from shared.plan import DEFAULT_WEIGHT_CAP, PhaseWindows
 from shared.snapshots import TENSOR_ENCODINGS
 from shared.staleness import StalenessPolicy
 from shared.topics import check_id
@@ -43,7 +43,7 @@ class AggregatorConfig:
     dropout_rate: float = 0.2
     corrupt_fraction: float = 0.1
     #: A device's weight is min(examples / weight_cap, 1): FedAvg weighting with a bounded contribution.
-    weight_cap: int = 1000
+    weight_cap: int = DEFAULT_WEIGHT_CAP
     #: Downlink: ``f16`` (compact float16 + zstd, the default), ``q16``/``q8`` or raw ``f32``.
     snapshot_encoding: str = "f16"
     #: Also publish, retained on ``fl/<fed>/delta``, a bit-exact delta from the previous snapshot (or the
@@ -105,7 +105,7 @@ class AggregatorConfig:
         if self.mode not in MODES:
             raise ConfigError("mode", f"{self.mode!r} is not one of {MODES}")
         if self.mode == "secure":
-            if not self.directory:
+            if self.directory is None or not (self.directory or getattr(self.directory, "live", False)):
                 raise ConfigError("directory", "secure mode needs the enrolled devices' public keys")
             for device, key in self.directory.items():
                 check_id(device, "directory")

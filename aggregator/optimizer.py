@@ -50,6 +50,7 @@ class ServerOptimizer:
         """New weights (float32) from the current ones and the averaged client delta."""
         cfg = self.config
         delta = mean_delta.astype(np.float32, copy=False)
+        update: np.ndarray
         if cfg.name == "fedavg":
             update = delta
         elif cfg.name == "fedavgm":

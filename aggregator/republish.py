@@ -13,6 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from shared.errors import FedmqError
+from shared.outbox import Outbox, Publisher
+from shared.topics import Topics
+from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+
 log = logging.getLogger(__name__)
 
 Publish = Callable[[], Awaitable[None]]
@@ -38,11 +43,35 @@ class OpenPhase:
         await step()
 
     async def replay(self) -> int:
-        """Run every remembered step again (after a reconnect); returns how many ran."""
+        """Run every remembered step again (after a reconnect); returns how many ran. A step that fails is
+        logged and the rest still go out (the next reconnect replays them all again)."""
         steps = list(self._steps.values())
         for step in steps:
-            await step()
+            try:
+                await step()
+            except FedmqError as exc:
+                log.error("re-publishing the open phase: %s", exc)
         if steps:
             self.replays += 1
             log.info("re-published the open phase's %d messages after a reconnect", len(steps))
         return len(steps)
+
+
+class RecordingOutbox(Outbox):
+    """The aggregator's outbox: publishes as :class:`shared.outbox.Outbox` does, and remembers the open
+    secure round's roster, inbox batches and notice in :attr:`open_phase` for :meth:`OpenPhase.replay`."""
+
+    def __init__(self, transport: Publisher, topics: Topics, *, chunk_limit: int) -> None:
+        super().__init__(transport, topics, chunk_limit=chunk_limit)
+        self.open_phase = OpenPhase()
+
+    async def roster(self, roster: Roster) -> None:
+        await self.open_phase.publish("roster", lambda: super(RecordingOutbox, self).roster(roster))
+
+    async def notice(self, notice: SurvivorList) -> None:
+        await self.open_phase.publish("notice", lambda: super(RecordingOutbox, self).notice(notice))
+
+    async def inbox(self, device: str, batch: ShareBatch) -> None:
+        await self.open_phase.publish(
+            f"inbox/{device}", lambda: super(RecordingOutbox, self).inbox(device, batch)
+        )

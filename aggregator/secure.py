@@ -30,31 +30,22 @@ from dataclasses import dataclass
 import nacl.signing
 import numpy as np
 
+from aggregator.config import AggregatorConfig
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
-from shared.dp import DPConfig, central_noise_std, device_noise_plan, gaussian_noise
-from shared.errors import ProtocolError, WireError
+from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
+from shared.errors import ConfigError, FedmqError, ProtocolError, WireError
+from shared.outbox import Outbox
+from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
-from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
+from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
+
+__all__ = ["PhaseWindows", "SecureOutcome", "SecureRound"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PhaseWindows:
-    """Seconds each phase may take; ``masked`` includes the devices' local training."""
-
-    keys: float = 5.0
-    shares: float = 5.0
-    masked: float = 30.0
-    unmask: float = 5.0
-
-    @property
-    def total(self) -> float:
-        return self.keys + self.shares + self.masked + self.unmask
 
 
 @dataclass(frozen=True)
@@ -74,58 +65,51 @@ class SecureRound:
 
     def __init__(
         self,
-        federation: str,
+        config: AggregatorConfig,
         round_id: int,
         identity: nacl.signing.SigningKey,
-        directory: Mapping[str, bytes],
-        codec: CodecConfig,
+        plan: RoundPlan,
         dim: int,
-        windows: PhaseWindows,
-        min_clients: int,
-        target_clients: int,
-        dropout_rate: float,
-        corrupt_fraction: float,
-        max_bytes: int,
-        dp: DPConfig | None = None,
-        noise_multiplier: float | None = None,
-        over_selection: float = 1.0,
     ) -> None:
-        self.federation = federation
+        if plan.codec is None or plan.windows is None:
+            raise ConfigError("plan", "a secure round needs a codec and phase windows")
+        self.federation = config.federation
         self.round_id = round_id
         self.identity = identity
-        self.directory = directory
-        self.codec = codec
+        self.directory: Mapping[str, bytes] = config.directory or {}
+        self.plan = plan
+        self.codec = plan.codec
         self.dim = dim
-        self.windows = windows
-        self.min_clients = min_clients
-        self.target_clients = target_clients
+        self.windows = plan.windows
+        self.min_clients = config.min_clients
+        self.target_clients = config.target_clients
         #: Over-selection: more devices may start the round than the buffer of ``target_clients`` needs.
-        self.admit = min(len(directory), max(target_clients, math.ceil(over_selection * target_clients)))
-        self.dropout_rate = dropout_rate
-        self.corrupt_fraction = corrupt_fraction
-        self.max_bytes = max_bytes
-        self.dp = dp if dp is not None and dp.enabled else None
-        self.noise_multiplier = noise_multiplier
+        # At least one: with no device enrolled yet (live enrolment), the keys phase waits its window.
+        self.admit = max(1, min(
+            len(self.directory),
+            max(config.target_clients, math.ceil(config.over_selection * config.target_clients)),
+        ))  # fmt: skip
+        self.dropout_rate = config.dropout_rate
+        self.corrupt_fraction = config.corrupt_fraction
+        self.max_bytes = config.max_update_bytes
+        self.dp = plan.dp
+        self.noise_multiplier = plan.dp.noise_multiplier if plan.dp is not None else None
         self.adverts: dict[str, AdvertiseKeys] = {}
         self.server: SecAggServer | None = None
         self.config: CodecConfig | None = None
+        self.encoder: UpdateEncoder | None = None
         self.phase = KEYS
         #: The unmasked integer sum, once the round got that far (tests check it bit-exactly).
         self.total: np.ndarray | None = None
         self._progress = asyncio.Event()
-        self._reassembler = Reassembler(max_total=max_bytes)
+        self._reassembler = Reassembler(max_total=self.max_bytes)
         self.bytes_in: dict[str, int] = {KEYS: 0, SHARES: 0, MASKED: 0, UNMASK: 0}
 
     # -- the phases ------------------------------------------------------------------------------
 
-    async def run(
-        self,
-        publish_roster: Callable[[Message], Awaitable[None]],
-        publish_notice: Callable[[SurvivorList], Awaitable[None]],
-        publish_inbox: Callable[[str, ShareBatch], Awaitable[None]],
-        stop: asyncio.Event | None = None,
-    ) -> SecureOutcome:
-        """Run the phases; raises RoundAbandoned (with the reason) when the round cannot complete."""
+    async def run(self, outbox: Outbox, stop: asyncio.Event | None = None) -> SecureOutcome:
+        """Run the phases, publishing through ``outbox``; raises RoundAbandoned (with the reason) when the
+        round cannot complete. A share batch that cannot be delivered costs only its device."""
         w = self.windows
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
@@ -133,8 +117,9 @@ class SecureRound:
                 f"{len(self.adverts)} devices advertised keys < min_clients {self.min_clients}"
             )
         n = len(self.adverts)
-        self.config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": n})
-        length = UpdateEncoder(self.config, self.dim).encoded_length
+        self.config = self.plan.codec_for(n)
+        self.encoder = UpdateEncoder(self.config, self.dim)
+        length = self.encoder.encoded_length
         bits = self.config.bits
         self.server = SecAggServer(
             self.federation,
@@ -155,16 +140,15 @@ class SecureRound:
             "round=%d phase=shares roster of %d devices, k=%d t=%d, %d coordinates at %d bits",
             self.round_id, n, roster.degree, roster.threshold, length, bits,
         )  # fmt: skip
-        await publish_roster(roster)
+        await _logged(outbox.roster(roster), "publishing the roster")
         server = self.server
         await self._wait(w.shares, lambda: server.bundles_received >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
         for device in u2.devices:
-            await publish_inbox(
-                device, ShareBatch.inbox(self.federation, self.round_id, device, server.shares_for(device))
-            )
-        await publish_notice(u2)
+            batch = ShareBatch.inbox(self.federation, self.round_id, device, server.shares_for(device))
+            await _logged(outbox.inbox(device, batch), f"delivering shares to {device}")
+        await _logged(outbox.notice(u2), "publishing the shared-set notice")
         log.info("round=%d phase=masked U2 has %d of %d devices", self.round_id, len(u2.devices), n)
         # Buffered close: the first ``target_clients`` masked inputs (or all of U2, or the deadline) -- but
         # never leave out more of U2 than a neighbourhood can lose (k - t), or the round could not unmask.
@@ -177,7 +161,7 @@ class SecureRound:
         )
         u3 = server.close_masked_phase()
         self.phase = UNMASK
-        await publish_notice(u3)
+        await _logged(outbox.notice(u3), "publishing the survivor notice")
         log.info("round=%d phase=unmask U3 has %d devices", self.round_id, len(u3.devices))
         await self._wait(w.unmask, lambda: server.reveals_received >= len(u3.devices), stop)
         missing = server.missing_shares()
@@ -201,7 +185,8 @@ class SecureRound:
     ) -> tuple[np.ndarray, float]:
         """Distributed mode: the noise is already in the sum; measure it. Central mode: add it now."""
         assert self.dp is not None and self.config is not None and self.noise_multiplier is not None
-        encoder = UpdateEncoder(self.config, self.dim)
+        encoder = self.encoder
+        assert encoder is not None
         if self.dp.mode == "distributed":
             plan = device_noise_plan(self.dp, self.noise_multiplier, self.config, encoder, roster)
             present = plan.noise_multiplier_present(survivors)
@@ -290,3 +275,11 @@ class SecureRound:
             raise WireError(f"expected a reveal, got {msg.TYPE}")
         assert self.server is not None
         self.server.add_reveal(msg)
+
+
+async def _logged(publishing: Awaitable[None], what: str) -> None:
+    """Publish; a failure is logged, not raised (devices that miss it drop out, the round goes on)."""
+    try:
+        await publishing
+    except FedmqError as exc:
+        log.error("%s failed: %s", what, exc)

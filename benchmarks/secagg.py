@@ -54,9 +54,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.chunking import DEFAULT_CHUNK_LIMIT, split
-from shared.codec import pack, unpack
+from shared.codec import pack
 from shared.errors import SecAggError
-from shared.secagg import SecAggClient, SecAggServer, choose_params, generate_identity, prg
+from shared.secagg import SecAggClient, SecAggServer, choose_params, loopback, prg
 from shared.secagg.graph import neighbour_graph, round_recoverable
 from shared.wire import decode, encode
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, Roster, ShareBatch, SurvivorList, UnmaskReveal
@@ -163,40 +163,19 @@ class SharedRound:
 
 
 def share_phase(n: int, length: int, bits: int) -> SharedRound:
-    aggregator = generate_identity()
-    identities: dict[str, nacl.signing.SigningKey] = {f"dev-{i:03d}": generate_identity() for i in range(n)}
-    directory = {d: bytes(k.verify_key) for d, k in identities.items()}
-    clients = {
-        d: SecAggClient(FEDERATION, d, k, bytes(aggregator.verify_key), directory)
-        for d, k in identities.items()
-    }
-    server = SecAggServer(
-        FEDERATION,
-        ROUND,
-        aggregator,
-        directory,
-        bits,
-        length,
-        unpack=lambda m: unpack(m.payload, bits, length),
+    """The product's in-memory round (:func:`shared.secagg.loopback.share_phase`), every message counted
+    as encoded and framed and handed on re-decoded, as it would arrive."""
+    state = SharedRound(bits, length, {}, None, None, None, {}, 0.0)  # type: ignore[arg-type]
+    done = loopback.share_phase(
+        n,
+        bits=bits,
+        length=length,
+        federation=FEDERATION,
+        round_id=ROUND,
+        record=lambda phase, message: decode(state.record(phase, message)),  # type: ignore[arg-type]
     )
-    state = SharedRound(bits, length, clients, server, None, None, {}, 0.0)  # type: ignore[arg-type]
-    for client in clients.values():
-        server.add_advert(decode(state.record("advertise", client.advertise(ROUND)), AdvertiseKeys))
-    state.roster = server.make_roster()
-    on_roster_s = 0.0
-    for device, client in clients.items():
-        start = time.perf_counter()
-        bundles = client.on_roster(state.roster)
-        on_roster_s += time.perf_counter() - start
-        for bundle in decode(
-            state.record("shares", ShareBatch.outgoing(FEDERATION, ROUND, device, bundles)), ShareBatch
-        ).sent_bundles():
-            server.add_shares(bundle)
-    state.share_phase_s = on_roster_s / n
-    state.shared = server.close_share_phase()
-    for device, client in clients.items():
-        for bundle in server.shares_for(device):
-            client.on_shares(bundle)
+    state.clients, state.server, state.roster = done.clients, done.server, done.roster
+    state.shared, state.share_phase_s = done.shared, done.share_phase_s
     return state
 
 

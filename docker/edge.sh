@@ -1,7 +1,25 @@
 #!/bin/sh
-# One edge device per container: a stable client id from the hostname, a shard from its hash.
+# One edge device per container. Each replica claims one of the bundles the `init` job enrolled (an atomic
+# mkdir in the shared volume, remembered by hostname across restarts) and trains the digits shard of that
+# device, with TLS and its own broker account.
 set -eu
-id="edge-$(hostname | tr -c 'A-Za-z0-9_\n-' '-')"
-shard=$(python -c "import sys, zlib; print(zlib.crc32(sys.argv[1].encode()) % int(sys.argv[2]))" "$id" "${FEDMQ_SHARDS:-8}")
-exec fedmq-edge --broker "${FEDMQ_BROKER}" --federation demo --client-id "$id" \
-  --task digits --shard "$shard" --shards "${FEDMQ_SHARDS:-8}"
+dir=/fed
+me=$(hostname)
+device=""
+for claim in "$dir"/claims/*; do
+  [ -f "$claim/host" ] && [ "$(cat "$claim/host")" = "$me" ] && device=$(basename "$claim")
+done
+if [ -z "$device" ]; then
+  for bundle in "$dir"/devices/*/; do
+    name=$(basename "$bundle")
+    if mkdir "$dir/claims/$name" 2>/dev/null; then
+      echo "$me" > "$dir/claims/$name/host"
+      device="$name"
+      break
+    fi
+  done
+fi
+[ -n "$device" ] || { echo "no unclaimed device bundle in $dir/devices (enrol more)" >&2; exit 3; }
+shards=$(ls -d "$dir"/devices/*/ | wc -l)
+shard=$(( ${device#edge-} - 1 ))
+exec fedmq-edge --config "$dir/devices/$device/device.toml" --task digits --shard "$shard" --shards "$shards"

@@ -1,5 +1,3 @@
-import sys
+from edge_client.cli import run
 
-from edge_client.cli import main
-
-sys.exit(main())
+run()

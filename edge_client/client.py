@@ -11,32 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 
 import nacl.signing
 import numpy as np
 
-from edge_client.delivery import Outbox, phase_opened_by
-from edge_client.memory import TrainingPlan, activation_profile, plan_training
+from edge_client.config import EdgeConfig, EdgeStats
+from edge_client.delivery import Contribution, DeliveringOutbox, phase_opened_by
+from edge_client.local import LocalTraining, Pending
+from edge_client.memory import TrainingPlan, activation_profile
+from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
 from edge_client.secure import SecureParticipation
-from edge_client.trainer import LocalTrainer, TrainingInterrupted, TrainResult
-from shared.chunking import DEFAULT_CHUNK_LIMIT, Reassembler
-from shared.errors import ConfigError, FedmqError, ProtocolError
-from shared.mqtt import MqttConfig, MqttConnection, Presence, publish_framed
+from edge_client.trainer import LocalTrainer, TrainResult
+from shared.chunking import Reassembler
+from shared.errors import FedmqError, IncompatibleError, ProtocolError
+from shared.mqtt import MqttConnection, Presence
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
-from shared.staleness import StalenessPolicy
-from shared.supervision import INTERNAL_ERROR, FaultCounter, guarded, rule_of
-from shared.topics import UPDATE, Topics, check_id
+from shared.supervision import INTERNAL_ERROR, guarded, rule_of
+from shared.topics import Topics
 from shared.wire import (
     PHASE_COLLECT,
     PHASE_KEYS,
-    Message,
     ModelSnapshot,
     ModelUpdate,
     RoundAnnounce,
@@ -46,77 +45,13 @@ from shared.wire import (
 from shared.wire import Presence as PresenceMsg
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
+__all__ = ["EdgeClient", "EdgeConfig", "EdgeStats"]
+
 log = logging.getLogger(__name__)
 _SAMPLER = random.SystemRandom()
 
 
-@dataclass(frozen=True)
-class EdgeConfig:
-    federation: str
-    mqtt: MqttConfig
-    #: The aggregator's Ed25519 public key; when set, unsigned or forged snapshots/rounds are refused.
-    aggregator_key: bytes | None = None
-    chunk_limit: int = DEFAULT_CHUNK_LIMIT
-    max_snapshot_bytes: int = 64 * 1024 * 1024
-    #: Secure aggregation: this device's enrolled Ed25519 identity and the enrolled devices' public keys.
-    identity: nacl.signing.SigningKey | None = None
-    directory: Mapping[str, bytes] | None = None
-    #: Bytes this device can spend on local training (weights, gradients, optimizer state and saved
-    #: activations; see ``edge_client/memory.py``). It announces the budget with its per-block activation
-    #: costs, the aggregator sizes each round's blocks to it, and the device micro-batches so the step
-    #: fits. None: undeclared (train whatever the round asks, whole batches).
-    memory_budget: int | None = None
-    #: Once up to date, follow ``fl/<fed>/delta`` only and fetch the full snapshot just when behind.
-    use_deltas: bool = True
-    #: Secure rounds: when this device's last local training took longer than a round's masked window,
-    #: it trains on the round's snapshot *without* joining (a roster slot it could not fill would keep
-    #: a device that can out of the round) and contributes the delta, stale, to a later round.
-    train_ahead: bool = True
-
-    def __post_init__(self) -> None:
-        check_id(self.federation, "federation")
-        if self.aggregator_key is not None and len(self.aggregator_key) != 32:
-            raise ConfigError("aggregator_key", "must be a 32-byte Ed25519 public key")
-        if self.chunk_limit < 1024:
-            raise ConfigError("chunk_limit", "must be >= 1024 bytes")
-        if (self.identity is None) != (self.directory is None):
-            raise ConfigError("identity", "secure aggregation needs both identity and directory")
-        if self.identity is not None and self.aggregator_key is None:
-            raise ConfigError("aggregator_key", "secure aggregation needs the aggregator's public key")
-
-    @property
-    def secure(self) -> bool:
-        return self.identity is not None
-
-    @property
-    def client_id(self) -> str:
-        return self.mqtt.client_id
-
-
-@dataclass
-class EdgeStats:
-    snapshots: int = 0
-    deltas: int = 0  # snapshots reached by applying a delta
-    rounds_joined: int = 0
-    #: Messages and steps this device refused or that failed, by rule (bounded).
-    faults: FaultCounter = field(default_factory=FaultCounter)
-    #: Local trainings that raised (each is discarded; the device trains again in a later round).
-    failed_trainings: int = 0
-    #: Staleness of every delta this device contributed (secure rounds).
-    staleness: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Pending:
-    """A delta in the making (or ready): trained from snapshot ``base`` on ``blocks``."""
-
-    base: int
-    blocks: tuple[str, ...] | None
-    task: asyncio.Task[TrainResult]
-    dim: int
-
-
-class EdgeClient:
+class EdgeClient(LocalTraining):
     """``async with EdgeClient(cfg, trainer) as device: await device.run(stop)``."""
 
     def __init__(self, config: EdgeConfig, trainer: LocalTrainer) -> None:
@@ -130,8 +65,6 @@ class EdgeClient:
         self.announce: RoundAnnounce | None = None
         self.contributed: set[int] = set()
         self.stats = EdgeStats()
-        #: Contributions kept until the aggregator confirms them, re-sent on cue (edge_client/delivery.py).
-        self.outbox = Outbox(config.client_id)
         self._reassembler = Reassembler(max_total=config.max_snapshot_bytes)
         self._training: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
@@ -147,13 +80,16 @@ class EdgeClient:
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
+        # Round messages are kept until the aggregator settles them, and re-sent on cue (delivery.py).
+        self.outbox = DeliveringOutbox(self.conn, self.topics, cid, chunk_limit=config.chunk_limit)
+        self.deliveries = self.outbox.deliveries
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
             if config.identity is not None and config.aggregator_key is not None and config.directory
             else None
         )
         self._secure: SecureParticipation | None = None
-        self._pending: _Pending | None = None
+        self._pending: Pending | None = None
         #: Seconds the last local training took (measured; before the first, estimated by ``run``).
         self.last_train_s: float | None = None
         self._following_full = True  # subscribed to the full snapshot topic
@@ -239,7 +175,7 @@ class EdgeClient:
             if topic == self.topics.round:
                 announce = decode(payload, RoundAnnounce)
                 self._on_round(announce)
-                self.outbox.round_ended(announce.round_id - 1)
+                self.deliveries.round_ended(announce.round_id - 1)
                 self._redeliver("round", announce.round_id)
             elif topic == self.topics.roster:
                 roster = decode(payload, Roster)
@@ -287,8 +223,8 @@ class EdgeClient:
         weights = snapshot_weights(snapshot, self._verify_key)
         if self.weights is not None and weights.shape != self.weights.shape:
             raise ProtocolError("snapshot layout changed size")
-        if weights.shape != (self.trainer.model.dim,):
-            raise ProtocolError(
+        if weights.shape != (self.trainer.model.dim,):  # signed by the aggregator: a real mismatch
+            raise IncompatibleError(
                 f"snapshot has {weights.size} parameters, local model {self.trainer.model.dim}"
             )
         self._install(weights, snapshot)
@@ -319,7 +255,7 @@ class EdgeClient:
     def _install(self, weights: np.ndarray, snapshot: ModelSnapshot) -> None:
         self.weights, self.version, self.snapshot = weights, snapshot.version, snapshot
         self.stats.snapshots += 1
-        self.outbox.round_ended(snapshot.round_id)  # that round's contributions are in (or out) for good
+        self.deliveries.round_ended(snapshot.round_id)  # that round's contributions are in (or out) for good
         self._updated.set()
         log.info("device=%s has snapshot v%d", self.client_id, snapshot.version)
         self._maybe_train()
@@ -341,13 +277,12 @@ class EdgeClient:
     ) -> None:
         """The aggregator (re)published a phase-opening message: re-send what that phase still lacks."""
         kind = phase_opened_by(message, self.config.secure, notice_phase)
-        entry = self.outbox.opened(round_id, kind, members) if kind is not None else None
+        entry = self.deliveries.opened(round_id, kind, members) if kind is not None else None
         if entry is not None:
-            self._spawn(self._quiet(self.outbox.resend(entry)))
+            self._spawn(self._resend(entry))
 
-    @staticmethod
-    async def _quiet(step: Coroutine[object, object, bool]) -> None:
-        await step
+    async def _resend(self, entry: Contribution) -> None:
+        await self.deliveries.resend(entry)
 
     # -- participation ---------------------------------------------------------------------------
 
@@ -364,7 +299,7 @@ class EdgeClient:
 
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
-        wanted = PHASE_KEYS if a is not None and a.config.get("mode") == "secure" else PHASE_COLLECT
+        wanted = PHASE_KEYS if a is not None and a.plan.secure else PHASE_COLLECT
         if a is None or a.phase != wanted or a.round_id in self.contributed or time.time() >= a.deadline:
             return None
         if wanted == PHASE_KEYS:
@@ -389,79 +324,37 @@ class EdgeClient:
             return
         self._training = asyncio.create_task(self._participate(announce), name=f"train-{self.client_id}")
 
+    def local_state(self) -> LocalState:
+        """What this device holds, as :func:`edge_client.participation.decide` reads it."""
+        pending = self._pending
+        held = None
+        if pending is not None:
+            task = pending.task
+            failed = task.done() and (task.cancelled() or task.exception() is not None)
+            held = HeldDelta(pending.base, pending.blocks, done=task.done(), failed=failed)
+        version = self.version if self.weights is not None else -1
+        return LocalState(version, held, self._training_busy(), self.last_train_s)
+
     def _join_secure(self, announce: RoundAnnounce) -> None:
-        """Join a secure round with a fresh delta, or with a ready one trained on an older snapshot."""
+        """Act on :func:`edge_client.participation.decide` for a secure round."""
         assert self._secagg is not None
         self.contributed.add(announce.round_id)
-        dp = announce.config.get("dp") or {}
-        q = dp.get("sampling_q") if isinstance(dp, dict) else None
-        if isinstance(q, float) and q < 1.0 and _SAMPLER.random() >= q:
-            # Poisson self-sampling: the privacy amplification the accountant assumes (DESIGN.md §7).
-            log.info("device=%s sat out round %d (sampled with q=%g)", self.client_id, announce.round_id, q)
+        policy = DevicePolicy(train_ahead=self.config.train_ahead, sample_draw=_SAMPLER.random())
+        decision = decide(announce.plan, announce.base_version, self.local_state(), policy)
+        if decision.discard and self._pending is not None:
+            log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id,
+                     self._pending.base, announce.round_id, announce.base_version)  # fmt: skip
+            self._pending = None
+        if decision.trains:
+            self._start_training(announce.plan.blocks)
+        if not decision.joins:
+            log.info("device=%s %s round %d: %s", self.client_id, decision.action.value, announce.round_id,
+                     decision.reason)  # fmt: skip
             return
-        policy = StalenessPolicy.from_dict(
-            announce.config.get("staleness") or {**StalenessPolicy().to_dict()}
-        )
-        blocks = announce.config.get("blocks")
-        blocks = tuple(blocks) if isinstance(blocks, list) else None
         pending = self._pending
-        fresh = pending is not None and pending.base == announce.base_version
-        if pending is not None and pending.task.done() and pending.task.exception() is not None:
-            pending = self._pending = None  # a failed training (logged when it failed): train afresh
-        if pending is not None and (
-            not policy.accepts(announce.base_version - pending.base) or (fresh and pending.blocks != blocks)
-        ):
-            log.info("device=%s discards its delta on v%d (round %d is on v%d)", self.client_id, pending.base,
-                     announce.round_id, announce.base_version)  # fmt: skip
-            pending = self._pending = None
-        if pending is not None and pending.blocks != blocks:
-            # A stale delta of other blocks: the rotation brings its blocks back within a few rounds, so
-            # keep it for one of those (until it ages out) rather than throw the training away.
-            log.info("device=%s keeps its delta of blocks %s for a later round than %d",
-                     self.client_id, pending.blocks, announce.round_id)  # fmt: skip
-            return
-        if pending is not None and not pending.task.done() and pending.base != announce.base_version:
-            # Still training on an older snapshot: contribute it, stale, to a later round.
-            log.info(
-                "device=%s still training on v%d; skips round %d",
-                self.client_id,
-                pending.base,
-                announce.round_id,
-            )
-            return
-        if pending is None:
-            if self.weights is None or self.version != announce.base_version:
-                return  # no usable delta and not the round's snapshot: wait for the next one
-            if self._training_busy():
-                # A discarded training is still running: one training at a time on the trainer.
-                log.info("device=%s still finishing a discarded training; skips round %d", self.client_id,
-                         announce.round_id)  # fmt: skip
-                return
-            pending = self._start_training(blocks)
-            window = _masked_window(announce)
-            if self.config.train_ahead and self.last_train_s is not None and self.last_train_s > window:
-                log.info("device=%s trains ahead on v%d, not in round %d: its last training took %.1f s, "
-                         "the masked window is %.1f s", self.client_id, pending.base, announce.round_id,
-                         self.last_train_s, window)  # fmt: skip
-                return
+        assert pending is not None
         round_id = announce.round_id
-        tau = announce.base_version - pending.base
-
-        async def send(kind: str, message: Message) -> None:
-            payload = encode(message)
-
-            async def transmit() -> None:
-                remaining = max(1.0, announce.deadline - time.time())
-                await publish_framed(
-                    self.conn,
-                    self.topics.round_msg(round_id, kind, self.client_id),
-                    lambda i: self.topics.round_chunk(round_id, kind, self.client_id, i),
-                    payload,
-                    self.config.chunk_limit,
-                    expiry_s=remaining,
-                )
-
-            await self.outbox.deliver(round_id, kind, len(payload), transmit)
+        tau = decision.staleness
 
         def on_phase(phase: str) -> None:
             if phase == "masked":
@@ -472,9 +365,9 @@ class EdgeClient:
             if self.phase_hook is not None:
                 self.phase_hook(phase)
 
-        self._secure = SecureParticipation(
-            self._secagg, announce, pending.task, pending.dim, send, on_phase, tau, policy, self.keep_encoded
-        )
+        self._secure = SecureParticipation(self._secagg, announce, pending.task, pending.dim,
+                                           outbox=self.outbox, on_phase=on_phase, staleness=tau,
+                                           keep_encoded=self.keep_encoded)  # fmt: skip
         self._spawn(self._secure.start())
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
 
@@ -487,66 +380,6 @@ class EdgeClient:
         profile = activation_profile(t.model, t.features, t.labels, t.loss_fn)
         log.info("device=%s memory budget %d B, activations per example by block %s", cid, budget, profile)
         return PresenceMsg(cid, True, time.time(), budget, profile)
-
-    def _train_within_budget(self, weights: np.ndarray, blocks: tuple[str, ...] | None) -> TrainResult:
-        """Worker thread: train ``blocks`` as the memory plan for ``memory_budget`` says (if one is set)."""
-        budget = self.config.memory_budget
-        if budget is None:
-            return self.trainer.train(weights, blocks)
-        with self.trainer.exclusive():
-            return self._train_planned(weights, blocks, budget)
-
-    def _train_planned(self, weights: np.ndarray, blocks: tuple[str, ...] | None, budget: int) -> TrainResult:
-        if blocks not in self._plans:
-            t = self.trainer
-            plan = plan_training(t.model, t.features, t.labels, t.config, t.loss_fn, blocks, budget)
-            self._plans[blocks] = plan
-            log.info(
-                "device=%s blocks %s: micro-batch %d, momentum %s, measured step %d B of %d B",
-                self.config.client_id, blocks or "all", plan.micro_batch, plan.momentum,
-                plan.memory.peak, budget,
-            )  # fmt: skip
-        plan = self._plans[blocks]
-        return self.trainer.train(weights, blocks, plan.micro_batch, plan.momentum)
-
-    def _training_busy(self) -> bool:
-        """Whether a local training (secure or plain) is still running."""
-        return self._training is not None and not self._training.done()
-
-    def _start_training(self, blocks: tuple[str, ...] | None) -> _Pending:
-        """Train on the current snapshot in a worker thread; only ``blocks`` (if given) are trainable."""
-        assert self.weights is not None and not self._training_busy()
-        model = self.trainer.model
-        weights = self.weights
-        dim = model.dim if blocks is None else sum(s.stop - s.start for s in model.block_slices(blocks))
-
-        task = asyncio.create_task(asyncio.to_thread(self._train_within_budget, weights, blocks))
-        task.add_done_callback(self._record_train_time)
-        self._training = asyncio.create_task(self._await_quietly(task))
-        self._pending = _Pending(self.version, blocks, task, dim)
-        return self._pending
-
-    def _record_train_time(self, task: asyncio.Task[TrainResult]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            self.last_train_s = task.result().seconds
-            return
-        if isinstance(exc, TrainingInterrupted):  # the device is stopping: nothing failed
-            log.info("device=%s %s", self.client_id, exc)
-            return
-        # Logged once here; the delta is discarded and the device trains afresh in a later round.
-        self.stats.failed_trainings += 1
-        self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
-        log.error("device=%s local training failed; discarding it", self.client_id, exc_info=exc)
-        if self._pending is not None and self._pending.task is task:
-            self._pending = None
-
-    @staticmethod
-    async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
-        with contextlib.suppress(Exception):
-            await task
 
     async def _participate(self, announce: RoundAnnounce) -> None:
         round_id = announce.round_id
@@ -567,24 +400,10 @@ class EdgeClient:
                 data=np.ascontiguousarray(result.delta, dtype="<f4").tobytes(),
                 metrics={"loss": result.loss, "train_s": result.seconds},
             )
-            payload = encode(update)
-
-            async def transmit() -> None:
-                await publish_framed(
-                    self.conn,
-                    self.topics.round_msg(round_id, UPDATE, self.client_id),
-                    lambda i: self.topics.round_chunk(round_id, UPDATE, self.client_id, i),
-                    payload,
-                    self.config.chunk_limit,
-                    expiry_s=max(1.0, announce.deadline - time.time()),
-                )
-
-            # Kept until the round ends, re-sent on the round's re-announcement (after reconnects).
-            sent = await self.outbox.deliver(round_id, UPDATE, len(payload), transmit)
+            await self.outbox.update(update, expiry_s=remaining)
             self.contributed.add(round_id)
             self.stats.rounds_joined += 1
-            log.info("device=%s round=%d update %s (loss %.3f)", self.client_id, round_id,
-                     "sent" if sent else "kept for a re-send", result.loss)  # fmt: skip
+            log.info("device=%s round=%d update sent (loss %.3f)", self.client_id, round_id, result.loss)
         except FedmqError as exc:
             log.warning("device=%s round=%d could not contribute: %s", self.client_id, round_id, exc)
         except Exception as exc:  # a failed training: logged, and the device joins a later round
@@ -592,12 +411,6 @@ class EdgeClient:
             self.stats.faults.record("", "", "training-failed", f"{type(exc).__name__}: {exc}")
             log.error("device=%s round=%d local training failed", self.client_id, round_id, exc_info=exc)
         finally:
-            # A newer round or snapshot may have arrived while we trained.
-            asyncio.get_running_loop().call_soon(self._maybe_train)
-
-
-def _masked_window(announce: RoundAnnounce) -> float:
-    """Seconds a secure round gives devices to train and send the masked input (inf if unannounced)."""
-    windows = announce.config.get("windows")
-    masked = windows.get("masked") if isinstance(windows, dict) else None
-    return float(masked) if isinstance(masked, (int, float)) else math.inf
+            # A newer round or snapshot may have arrived while we trained (unless the device is closing).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._maybe_train)

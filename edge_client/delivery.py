@@ -4,7 +4,7 @@ A broker's PUBACK only says the broker took a message; a broker crash before the
 a publish stranded on a connection that died, loses it. So a device treats a contribution as delivered
 only when the aggregator moves on: the roster confirms the keys, the U2 notice the share batch, the U3
 notice the masked input, and the round's end (a newer round or a snapshot from this round) the reveal
-or the plain update. Until then the :class:`Outbox` keeps it.
+or the plain update. Until then the :class:`Deliveries` ledger keeps it.
 
 When to re-send: whenever the aggregator's message that opens a phase arrives *again* -- it does on every
 reconnect of the device (the broker re-delivers the retained round, roster and notice on re-subscribe)
@@ -14,17 +14,20 @@ aggregator deduplicates by device, round and phase, so a re-send is always safe;
 phase closed is refused there and costs only its bytes (counted in :attr:`DeliveryStats.bytes_resent`).
 
 A failed publish (its deadline passed during a long outage) does not lose the contribution either: it
-stays in the outbox and goes out at the next cue, while the phase is still open.
+stays in the ledger and goes out at the next cue, while the phase is still open.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from shared.errors import FedmqError
-from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE
+from shared.outbox import Outbox, Publisher
+from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
+from shared.wire import Message, encode
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ Transmit = Callable[[], Awaitable[None]]
 
 
 @dataclass
-class _Entry:
+class Contribution:
     round_id: int
     kind: str
     size: int
@@ -62,12 +65,12 @@ class DeliveryStats:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
-class Outbox:
+class Deliveries:
     """A device's unconfirmed contributions, one per (round, phase kind)."""
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self._entries: dict[tuple[int, str], _Entry] = {}
+        self._entries: dict[tuple[int, str], Contribution] = {}
         self.stats = DeliveryStats()
 
     def __len__(self) -> int:
@@ -83,12 +86,12 @@ class Outbox:
         A failed send is logged, kept and re-sent at the next cue; it never raises a FedmqError, so the
         caller's protocol state moves on as if sent (the message exists and will get there).
         """
-        entry = _Entry(round_id, kind, size, transmit)
+        entry = Contribution(round_id, kind, size, transmit)
         self._entries[(round_id, kind)] = entry
         self.stats.sent += 1
         return await self._send(entry)
 
-    def opened(self, round_id: int, kind: str, members: Collection[str] | None = None) -> _Entry | None:
+    def opened(self, round_id: int, kind: str, members: Collection[str] | None = None) -> Contribution | None:
         """The aggregator (re)published the message that opens phase ``kind`` of ``round_id``.
 
         Earlier phases of the round are thereby closed: confirmed when ``members`` (the roster's or
@@ -111,7 +114,7 @@ class Outbox:
         for key in [k for k in self._entries if k[0] <= round_id]:
             self._settle(*key, confirmed=True)
 
-    async def resend(self, entry: _Entry) -> bool:
+    async def resend(self, entry: Contribution) -> bool:
         """Send ``entry`` again if it is still outstanding (idempotent at the aggregator)."""
         if self._entries.get((entry.round_id, entry.kind)) is not entry or entry.sending:
             return False
@@ -122,7 +125,7 @@ class Outbox:
                  entry.round_id, entry.attempts + 1)  # fmt: skip
         return await self._send(entry)
 
-    async def _send(self, entry: _Entry) -> bool:
+    async def _send(self, entry: Contribution) -> bool:
         entry.sending = True
         entry.attempts += 1
         try:
@@ -163,4 +166,28 @@ def phase_opened_by(kind_of_message: str, secure: bool, notice_phase: str | None
     return None
 
 
-__all__ = ["DeliveryStats", "Outbox", "phase_opened_by"]
+class DeliveringOutbox(Outbox):
+    """The device's outbox: every round message goes through :class:`Deliveries`, so it is kept until
+    the aggregator settles it and can be re-sent; a publish that fails is kept, not raised (returns 0)."""
+
+    def __init__(self, transport: Publisher, topics: Topics, device: str, *, chunk_limit: int) -> None:
+        super().__init__(transport, topics, chunk_limit=chunk_limit)
+        self.deliveries = Deliveries(device)
+
+    async def round_message(
+        self, round_id: int, kind: str, sender: str, message: Message, *, expiry_s: float
+    ) -> int:
+        until = time.time() + expiry_s
+        topic = self.topics.round_msg(round_id, kind, sender)
+        payload = encode(message)  # once: a re-send sends these same bytes
+        frames = 0
+
+        async def transmit() -> None:
+            nonlocal frames
+            frames = await self._framed(topic, topic, payload, expiry_s=max(1.0, until - time.time()))
+
+        await self.deliveries.deliver(round_id, kind, len(payload), transmit)
+        return frames
+
+
+__all__ = ["Deliveries", "DeliveringOutbox", "DeliveryStats", "phase_opened_by"]

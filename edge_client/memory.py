@@ -108,6 +108,7 @@ def measure_training_memory(
     config: TrainConfig,
     loss_fn: LossFn = nn.functional.cross_entropy,
     blocks: Iterable[str] | None = None,
+    *,
     steps: int = 2,
     micro_batch: int | None = None,
 ) -> TrainingMemory:
@@ -200,6 +201,7 @@ def plan_training(
     config: TrainConfig,
     loss_fn: LossFn,
     blocks: Iterable[str] | None,
+    *,
     budget: int,
 ) -> TrainingPlan:
     """The plan whose measured step fits ``budget`` bytes with the most examples per pass.

@@ -11,23 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from edge_client.trainer import TrainResult
-from shared.codec import CodecConfig, UpdateEncoder, pack
-from shared.dp import DPConfig, device_noise_plan, secure_generator, skellam_noise
+from shared.codec import UpdateEncoder, pack
+from shared.dp import device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
+from shared.outbox import Outbox
 from shared.secagg import SecAggClient
-from shared.staleness import StalenessPolicy
 from shared.wire import Message, RoundAnnounce
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
 
 log = logging.getLogger(__name__)
-
-Send = Callable[[str, Message], Awaitable[None]]
-
 
 NOISE_CHUNK = 1 << 16
 
@@ -66,32 +64,30 @@ class SecureParticipation:
         announce: RoundAnnounce,
         training: asyncio.Task[TrainResult],
         dim: int,
-        send: Send,
+        *,
+        outbox: Outbox,
         on_phase: Callable[[str], None] | None = None,
         staleness: int = 0,
-        policy: StalenessPolicy | None = None,
         keep_encoded: bool = False,
     ) -> None:
+        plan = announce.plan
+        if not plan.secure or plan.codec is None or plan.windows is None:
+            raise ProtocolError(f"round {announce.round_id} is not a secure round")
         self.secagg = secagg
         self.announce = announce
+        self.plan = plan
         self.round_id = announce.round_id
         self.training = training
         self.dim = dim
-        self.send = send
+        self.outbox = outbox
         self.on_phase = on_phase or (lambda phase: None)
         self.staleness = staleness
-        self.policy = policy or StalenessPolicy()
-        cfg = announce.config
-        self.codec = CodecConfig.from_dict(dict(cfg.get("codec", {})))
-        self.weight_cap = int(cfg.get("weight_cap", 1000))
-        self.dp = DPConfig.from_dict(dict(cfg["dp"])) if cfg.get("dp") else None
-        windows = cfg.get("windows") or {}
+        self.policy = plan.staleness
+        self.codec = plan.codec
+        self.weight_cap = plan.weight_cap
+        self.dp = plan.dp
         #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
-        self.masked_deadline = (
-            announce.opened_at + sum(float(windows.get(k, 0.0)) for k in ("keys", "shares", "masked"))
-            if windows
-            else announce.deadline
-        )
+        self.masked_deadline = announce.opened_at + plan.windows.until_masked_closes
         self.roster: Roster | None = None
         self.masked_sent = False
         self.left_out = False
@@ -104,6 +100,13 @@ class SecureParticipation:
         self._masked_closed = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
         self._opened: set[frozenset[tuple[str, bytes]]] = set()
+
+    async def send(self, kind: str, message: Message) -> None:
+        """Publish this device's message of ``kind``; it expires with the round."""
+        remaining = max(1.0, self.announce.deadline - time.time())
+        await self.outbox.round_message(
+            self.round_id, kind, self.secagg.device_id, message, expiry_s=remaining
+        )
 
     async def start(self) -> None:
         await self.send("keys", self.secagg.advertise(self.round_id))
@@ -170,8 +173,9 @@ class SecureParticipation:
             raise ProtocolError("shared-set notice before the roster")
         closed = asyncio.ensure_future(self._masked_closed.wait())
         try:
+            racing: list[asyncio.Future[Any]] = [asyncio.shield(self.training), closed]
             await asyncio.wait(
-                [asyncio.shield(self.training), closed],
+                racing,
                 timeout=max(0.0, self.masked_deadline - time.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -191,7 +195,7 @@ class SecureParticipation:
                      self.secagg.device_id, self.round_id)  # fmt: skip
             return
         result = self.training.result()
-        config = CodecConfig(**{**self.codec.to_dict(), "expected_clients": len(self.roster.members)})
+        config = self.plan.codec_for(len(self.roster.members))
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != self.roster.length or config.bits != self.roster.bits:
             raise ProtocolError(
@@ -200,7 +204,7 @@ class SecureParticipation:
             )
         # FedAvg weight (bounded) times the staleness weight: both scale the delta before encoding.
         norm = float(np.linalg.norm(result.delta.astype(np.float64)))
-        weight = min(result.num_examples / self.weight_cap, 1.0) * self.policy.weight(self.staleness, norm)
+        weight = self.plan.example_weight(result.num_examples) * self.policy.weight(self.staleness, norm)
         noise_variance = 0.0
         if self.dp is not None and self.dp.mode == "distributed":
             plan = device_noise_plan(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages fedmq needs where missing: the Mosquitto broker and its CLI clients, and
+# Installs the system packages fedmq needs where missing: the Mosquitto broker and its CLI clients, openssl
+# (the admin tool's CA and certificates), and
 # Node.js with npm for the JavaScript device client (clients/js), headless Chromium for its browser test,
 # and the other brokers the integration suite runs on: nats-server (JetStream + MQTT 3.1.1, also the
 # cluster test) and rabbitmq-server (its MQTT plugin; the tests start private nodes, not the service).
@@ -7,6 +8,7 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # fedmq init: the federation's CA and certificates
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from shared.errors import ChunkError
+from shared.errors import ChunkError, InvalidValue
 from shared.wire import Chunk, ChunkManifest, Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Frame:
 def split(payload: bytes, limit: int = DEFAULT_CHUNK_LIMIT) -> list[Frame]:
     """Frames to publish for ``payload``: itself if it fits in ``limit``, else manifest + chunks."""
     if limit <= CHUNK_OVERHEAD + 1:
-        raise ValueError(f"chunk limit {limit} is too small")
+        raise InvalidValue(f"chunk limit {limit} is too small")
     if len(payload) <= limit:
         return [Frame(None, payload)]
     size = limit - CHUNK_OVERHEAD
@@ -119,7 +119,7 @@ class Reassembler:
         chunk number for ``.../c/<i>`` topics. Raises WireError/ChunkError on anything malformed.
         """
         if chunk_index is None:
-            msg = decode(payload, max_bytes=max_bytes)
+            msg: Message = decode(payload, max_bytes=max_bytes)
             if not isinstance(msg, ChunkManifest):
                 return msg
             assembled = self.add_manifest(key, msg)

@@ -20,6 +20,18 @@ class ConfigError(FedmqError, ValueError):
         self.reason = reason
 
 
+class InvalidValue(FedmqError, ValueError):
+    """A value outside its domain (a message field, a Shamir parameter, a topic kind, a chunk limit).
+
+    Also a ``ValueError``, so code that validates with ``except ValueError`` keeps working; the wire
+    decoder turns one raised while building a message into a :class:`WireError`.
+    """
+
+
+class NotFound(FedmqError, KeyError):
+    """A name that is not there (a block of the layout); also a ``KeyError``."""
+
+
 class WireError(FedmqError):
     """A payload could not be decoded into a known, well-formed message."""
 
@@ -42,3 +54,22 @@ class CodecError(FedmqError):
 
 class StoreError(FedmqError):
     """The aggregator's durable store is missing or inconsistent."""
+
+
+class BrokerAuthError(FedmqError):
+    """The broker refused our credentials or our account may not do this (wrong password, no such user,
+    not authorised). Retrying cannot help: fix the account or the password."""
+
+
+class BrokerTlsError(FedmqError):
+    """The TLS handshake with the broker failed (unknown CA, wrong host name, expired or refused client
+    certificate). Retrying cannot help: fix the CA file or the certificates."""
+
+
+class BrokerUnreachable(FedmqError):
+    """The broker could not be reached at start within the configured deadline."""
+
+
+class IncompatibleError(FedmqError):
+    """This component cannot take part in the federation it reached: another federation instance, a
+    model of another shape, or an aggregator key that signs nothing it receives."""

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from shared.errors import CodecError
+from shared.errors import CodecError, NotFound
 from shared.wire import ParamSpec
 
 
@@ -57,7 +57,7 @@ class ModelLayout:
         for block in self.blocks():
             if block.name == name:
                 return block.slice
-        raise KeyError(name)
+        raise NotFound(f"no block {name!r} in the layout")
 
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Views of ``flat`` shaped like each tensor."""

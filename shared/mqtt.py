@@ -46,6 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from shared.chunking import CHUNK_OVERHEAD, split
+from shared.connect_errors import Refusals
 from shared.errors import ConfigError, FedmqError
 from shared.supervision import guarded
 from shared.topics import check_id
@@ -121,6 +122,8 @@ class MqttConfig:
     link_bytes_per_s: float = 250_000.0
     will_delay_s: int = 10
     max_queued_incoming: int = 100_000
+    #: Permanent refusals in a row (credentials, TLS) before giving up (``shared/connect_errors.py``).
+    fatal_retries: int = 3
     #: "auto" (MQTT 5, falling back to 3.1.1 when the broker refuses 5), "5" or "3.1.1".
     protocol: str = "auto"
     #: Further endpoints of the same broker cluster (``host:port``), tried in turn after ``host:port``.
@@ -141,7 +144,8 @@ class MqttConfig:
         check_id(self.client_id, "client_id")
         if (self.username is None) != (self.password is None):
             raise ConfigError("password", "username and password must be given together")
-        for name in ("keepalive_s", "session_expiry_s", "will_delay_s", "max_queued_incoming"):
+        counts = ("keepalive_s", "session_expiry_s", "will_delay_s", "max_queued_incoming", "fatal_retries")
+        for name in counts:
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0")
         for name in ("reconnect_min_s", "connect_timeout_s", "publish_timeout_s", "link_bytes_per_s"):
@@ -198,13 +202,16 @@ class MqttConfig:
                 if items[-1] not in ("0", "1", "true", "false"):
                     raise ConfigError("retained_wildcards", f"{items[-1]!r} is not 0/1/true/false")
                 values["retained_wildcards"] = items[-1] in ("1", "true")
+            elif key == "ca_file":  # a URL alone can then describe a TLS broker (the demo, tools)
+                values["ca_file"] = items[-1]
             elif key == "max_packet_size":
                 if not items[-1].isdigit():
                     raise ConfigError("max_packet_size", f"{items[-1]!r} is not a byte count")
                 values["max_packet_size"] = int(items[-1])
             else:
                 raise ConfigError(
-                    "broker", f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards)"
+                    "broker",
+                    f"unknown URL option {key!r} (protocol, max_packet_size, retained_wildcards, ca_file)",
                 )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -284,8 +291,9 @@ class MqttConnection:
         #: The broker's limits on the current (or last) connection; None before the first connect.
         self.limits: BrokerLimits | None = None
         #: Set when the broker refuses this configuration for good; waits raise it.
-        self.error: BrokerRefused | None = None
+        self.error: FedmqError | None = None
         self._gave_up = asyncio.Event()
+        self._refusals = Refusals(config, f"{__name__}.paho")  # wrong credentials, TLS: give up after N
         #: Set when the current connection ends (a fresh event per connection).
         self._lost = asyncio.Event()
         #: Protocol that each endpoint accepted (auto mode remembers a fallback to 3.1.1).
@@ -309,6 +317,7 @@ class MqttConnection:
             with contextlib.suppress(Exception):
                 await self.publish(self._presence.topic, self._presence.offline, retain=True, timeout=2.0)
         self._closing = True
+        self._refusals.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -523,7 +532,7 @@ class MqttConnection:
             will=will,
             tls_params=tls_params,
             max_queued_incoming_messages=cfg.max_queued_incoming,
-            logger=logging.getLogger(f"{__name__}.paho"),
+            logger=self._refusals.logger,
             **session,  # type: ignore[arg-type]
         )
 
@@ -571,6 +580,7 @@ class MqttConnection:
                         self.stats.failovers += 1
                     last = endpoint
                     failures = 0
+                    self._refusals.count = 0
                     self._connected.set()
                     log.info(
                         "mqtt %s connected to %s over MQTT %s (connect #%d)",
@@ -603,6 +613,10 @@ class MqttConnection:
                     if self.error is not None:
                         return
                     continue  # fall back to 3.1.1 on the same endpoint at once
+                if (cause := self._refusals.give_up(exc, where)) is not None:
+                    self.error = cause  # wrong credentials or TLS, again and again: waits raise it
+                    self._gave_up.set()
+                    return
                 refused = isinstance(exc, MqttConnectError)  # a CONNACK came: wrong credentials, ...
                 if attempt.reached and not answered and not refused and cfg.protocol == "auto":
                     # TCP connected but no CONNACK: some 3.1.1-only brokers (RabbitMQ before 3.13) drop a
@@ -654,6 +668,12 @@ class MqttConnection:
             log.error("mqtt %s: %s", self.config.client_id, self.error)
             self._gave_up.set()
         return True
+
+
+    async def failed(self) -> FedmqError:
+        """Wait until the connection gives up for good (refused configuration); returns the cause."""
+        await self._gave_up.wait()
+        return self.error or FedmqError("connection gave up")
 
 
 async def publish_framed(

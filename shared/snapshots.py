@@ -40,6 +40,7 @@ def make_snapshot(
     layout: ModelLayout,
     weights: np.ndarray,
     key: nacl.signing.SigningKey | None = None,
+    *,
     encoding: str = F32,
 ) -> ModelSnapshot:
     """Snapshot of flat ``weights``; ``encoding`` is ``f32`` or a tensor encoding of ``compact``."""

@@ -23,7 +23,9 @@ Deltas with ``tau > max_staleness`` are discarded on the device and never reach 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from shared.errors import ConfigError
 
@@ -32,7 +34,7 @@ FUNCTIONS = ("fedbuff", "age-variance", "none")
 
 @dataclass(frozen=True)
 class StalenessPolicy:
-    """Announced per round in ``RoundAnnounce.config["staleness"]``."""
+    """Announced per round in the round plan (``RoundAnnounce.plan.staleness``)."""
 
     function: str = "fedbuff"
     max_staleness: int = 4
@@ -54,13 +56,9 @@ class StalenessPolicy:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> StalenessPolicy:
+    def from_dict(cls, data: Mapping[str, Any]) -> StalenessPolicy:
         try:
-            return cls(
-                str(data["function"]),
-                int(data["max_staleness"]),
-                float(data["reference_norm"]),  # type: ignore[arg-type]
-            )
+            return cls(str(data["function"]), int(data["max_staleness"]), float(data["reference_norm"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError("staleness", f"malformed policy {data!r}: {exc}") from exc
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import FedmqError
 
@@ -156,7 +156,8 @@ class Supervisor:
             raise failed.result()
         work = asyncio.ensure_future(main)
         try:
-            await asyncio.wait([work, failed], return_when=asyncio.FIRST_COMPLETED)
+            racing: list[asyncio.Future[Any]] = [work, failed]
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             work.cancel()
             raise

@@ -9,6 +9,7 @@
     fl/<fed>/round/roster                retained secure-aggregation roster of the open round
     fl/<fed>/round/notice                retained signed survivor list (U2, then U3) of the open round
     fl/<fed>/result                      retained result of the last closed or abandoned round
+    fl/<fed>/enrolment                   retained enrolled set, signed by the enrolment authority
     fl/<fed>/status/<cid>                retained presence ("online"/"offline", the latter as last will)
     fl/<fed>/r/<round>/<kind>/<cid>      round-scoped message of kind <kind> sent by device <cid>
     fl/<fed>/r/<round>/<kind>/<cid>/c/<i>  chunk i of a chunked round-scoped message
@@ -25,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import ConfigError, WireError
+from shared.errors import ConfigError, InvalidValue, WireError
 
 ROOT = "fl"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
@@ -141,6 +142,10 @@ class Topics:
     def result(self) -> str:
         return f"{self.prefix}/result"
 
+    @property
+    def enrolment(self) -> str:
+        return f"{self.prefix}/enrolment"
+
     def status(self, cid: str) -> str:
         return f"{self.prefix}/status/{check_id(cid, 'client_id')}"
 
@@ -161,7 +166,7 @@ class Topics:
 
     def round_msg(self, round_id: int, kind: str, cid: str) -> str:
         if kind not in ROUND_KINDS:
-            raise ValueError(f"unknown round message kind {kind!r}")
+            raise InvalidValue(f"unknown round message kind {kind!r}")
         return f"{self.prefix}/r/{int(round_id)}/{kind}/{check_id(cid, 'client_id')}"
 
     def round_chunk(self, round_id: int, kind: str, cid: str, index: int) -> str:

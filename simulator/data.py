@@ -51,3 +51,11 @@ def dirichlet_partition(
         if min(len(s) for s in shards) >= min_size:
             return [np.sort(np.array(s, dtype=np.int64)) for s in shards]
     raise ValueError(f"could not draw a Dirichlet({alpha}) split with {min_size} examples per client")
+
+
+def digits_shard(shard: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """Device ``shard`` of ``shards``'s training data (Dirichlet label skew, seed 0): the edge CLI's
+    ``--task digits``."""
+    split = load_digits_split()
+    index = dirichlet_partition(split.y_train, shards, seed=0)[shard]
+    return split.x_train[index], split.y_train[index]

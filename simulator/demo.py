@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -81,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--store", type=Path, default=None, help="aggregator store folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write the summary figures here")
+    p.add_argument("--tls", action="store_true",
+                   help="the started Mosquitto gets a TLS listener (a CA made for the run) for all clients")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve the aggregator's /metrics and /healthz here while it runs")  # fmt: skip
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -144,6 +149,20 @@ def summary_table(report: FleetReport) -> Table:
     return table
 
 
+def _with_tls_listener(broker: MosquittoBroker, folder: Path) -> Callable[[MosquittoBroker], str]:
+    """Give ``broker`` a second listener with TLS (a CA and server certificate made for this run, by the
+    admin tool's openssl helpers); returns how to build its ``mqtts://`` URL (the CA travels in it)."""
+    from fedmq_admin import pki
+    from simulator.broker import free_port
+
+    ca = pki.make_ca(folder, "fedmq-demo")
+    cert, key = pki.issue(ca, "localhost", folder, "server", server_names=["localhost", "127.0.0.1"])
+    port = free_port()
+    broker.auth += (f"\nlistener {port} 127.0.0.1\ncafile {ca[0]}\ncertfile {cert}\nkeyfile {key}\n"
+                    "tls_version tlsv1.2\n")  # fmt: skip
+    return lambda _: f"mqtts://localhost:{port}?ca_file={ca[0]}"
+
+
 async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
     config = FleetConfig(
         clients=args.clients,
@@ -187,17 +206,25 @@ async def _run(args: argparse.Namespace, console: Console) -> FleetReport:
         store = args.store or Path(tmp) / "aggregator"
         with progress:
             if args.broker:
-                return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url)
+                return await run_fleet(config, args.broker, store, on_round, ws_url=args.ws_url,
+                                       metrics_listen=args.metrics)  # fmt: skip
             if args.start_broker == "nats":
                 if args.js_devices:
                     raise FedmqError("--js-devices needs Mosquitto (its websockets listener)")
-                launcher = NatsServer(Path(tmp) / "broker")
+                launcher: NatsServer | MosquittoBroker = NatsServer(Path(tmp) / "broker")
             else:
                 launcher = MosquittoBroker(Path(tmp) / "broker", websockets=args.js_devices > 0)
+            url_of = lambda broker: broker.url  # noqa: E731
+            if args.tls:
+                if args.start_broker != "mosquitto" or args.js_devices:
+                    raise FedmqError("--tls needs the started Mosquitto and no --js-devices")
+                assert isinstance(launcher, MosquittoBroker)
+                url_of = _with_tls_listener(launcher, Path(tmp) / "tls")
             with launcher as broker:
-                progress.update(task, status=f"broker on {broker.url}")
-                ws_url = broker.ws_url if args.js_devices else None
-                return await run_fleet(config, broker.url, store, on_round, ws_url=ws_url)
+                progress.update(task, status=f"broker on {url_of(broker)}")
+                ws_url = broker.ws_url if isinstance(broker, MosquittoBroker) and args.js_devices else None
+                return await run_fleet(config, url_of(broker), store, on_round, ws_url=ws_url,
+                                       metrics_listen=args.metrics)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

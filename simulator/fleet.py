@@ -6,7 +6,6 @@ so they exercise the same round engine and device logic a deployment runs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -20,8 +19,8 @@ import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
+from aggregator.metrics import serve_metrics
 from aggregator.optimizer import ServerOptimizerConfig
-from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.trainer import LocalTrainer, TrainConfig, TrainResult
 from shared.chunking import DEFAULT_CHUNK_LIMIT
@@ -29,8 +28,10 @@ from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
+from shared.plan import PhaseWindows
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult
+from simulator.harness import running
 from simulator.js_devices import JsDevice, device_config
 from simulator.workloads import get_workload
 
@@ -173,10 +174,12 @@ async def run_fleet(
     store_dir: Path,
     on_round: Callable[[RoundReport], None] | None = None,
     ws_url: str | None = None,
+    metrics_listen: str | None = None,
 ) -> FleetReport:
     """Run ``config.rounds`` rounds of federated training of ``config.task`` and report.
 
-    ``ws_url`` is the broker's MQTT-over-WebSockets URL, needed when ``config.js_devices`` > 0.
+    ``ws_url`` is the broker's MQTT-over-WebSockets URL, needed when ``config.js_devices`` > 0;
+    ``metrics_listen`` (``host:port``) serves the aggregator's Prometheus metrics while it runs.
     """
     if config.js_devices and not ws_url:
         raise ConfigError("ws_url", "JS devices need the broker's websockets URL")
@@ -230,7 +233,12 @@ async def run_fleet(
     )
     first_js = config.clients - config.js_devices
     spans: dict[str, list[float]] = {"round_s": [], "train_s": []}
-    async with Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator:
+    async with (
+        Aggregator(agg_config, initial=initial, observers=[observe]) as aggregator,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if metrics_listen:
+            stack.push_async_callback((await serve_metrics(aggregator, metrics_listen)).close)
         devices = []
         for i, (features, labels) in enumerate(workload.device_data):
             if i >= first_js:
@@ -284,17 +292,11 @@ async def run_fleet(
             js_devices.append(
                 await JsDevice.start(config.js_runner, js_config, Path(store_dir) / "js-devices")
             )
-        stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            for device in devices:
-                await stack.enter_async_context(device)
-            tasks = [asyncio.create_task(device.run(stop)) for device in devices]
+        js_reports = []
+        async with running(devices):
             try:
                 await aggregator.run(config.rounds)
             finally:
-                stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                js_reports = []
                 for js in js_devices:
                     report = await js.finish()
                     if report is None:

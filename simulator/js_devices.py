@@ -105,6 +105,7 @@ class JsDevice:
             stderr=asyncio.subprocess.PIPE,
         )
         device._drain = asyncio.create_task(device._read_stderr())
+        assert device.process.stdout is not None  # opened as a pipe above
         try:
             line = await asyncio.wait_for(device.process.stdout.readline(), timeout=ready_timeout_s)
         except asyncio.TimeoutError:

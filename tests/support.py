@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import nacl.signing
@@ -17,6 +16,7 @@ from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.mqtt import MqttConfig
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
+from simulator.harness import running
 from simulator.models import digits_mlp
 
 #: Run a test on every broker of the integration suite: Mosquitto (MQTT 5), NATS (MQTT 3.1.1 over
@@ -141,26 +141,19 @@ async def run_rounds(
 ) -> list:
     """Connect ``devices``, optionally wait until ``ready()``, run up to ``rounds`` rounds (stopping
     after the first round at whose end ``until()`` holds; awaiting ``between()`` after each), disconnect."""
-    stop = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        for device in devices:
-            await stack.enter_async_context(device)
-        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-        try:
-            if ready is not None:
-                await eventually(ready, 10, what="devices ready")
-            async def rounds_until() -> list:
-                results: list = []
-                while len(results) < rounds:
-                    ran = await aggregator.run(1)
-                    results += ran
-                    if not ran or (until is not None and until()):  # stopped (budget) or condition met
-                        break
-                    if between is not None:
-                        await between()
-                return results
+    async with running(devices):
+        if ready is not None:
+            await eventually(ready, 10, what="devices ready")
 
-            return await asyncio.wait_for(rounds_until(), timeout=timeout)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async def rounds_until() -> list:
+            results: list = []
+            while len(results) < rounds:
+                ran = await aggregator.run(1)
+                results += ran
+                if not ran or (until is not None and until()):  # stopped (budget) or condition met
+                    break
+                if between is not None:
+                    await between()
+            return results
+
+        return await asyncio.wait_for(rounds_until(), timeout=timeout)

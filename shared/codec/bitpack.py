@@ -1,4 +1,4 @@
-"""Pack integer vectors of Z_{2^b} at exactly ``b`` bits a coordinate (DESIGN.md §4).
+"""Pack integer vectors of Z_{2^b} at exactly ``b`` bits a coordinate (docs/protocol.md §4.6).
 
 Bit order is little-endian throughout: coordinate ``i`` occupies bits ``[i*b, (i+1)*b)`` of the byte string
 read as one little-endian integer, least significant bit first. This is the layout any device can produce
@@ -12,6 +12,8 @@ bounded however long the vector is, and there is no per-coordinate Python loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from shared.errors import CodecError
@@ -19,7 +21,7 @@ from shared.errors import CodecError
 #: Coordinates handled per step on the general path (multiple of 8 so chunks end on a byte boundary).
 CHUNK = 1 << 16
 
-_NATIVE = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
+_NATIVE: dict[int, np.dtype[Any]] = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -43,7 +45,8 @@ def pack(values: np.ndarray, bits: int) -> bytes:
         raise CodecError(f"value {int(values.max())} does not fit in {bits} bits")
     native = _NATIVE.get(bits)
     if native is not None:
-        return values.astype(native, copy=False).tobytes()
+        packed_native: bytes = values.astype(native, copy=False).tobytes()
+        return packed_native
     count = values.size
     out = bytearray(packed_size(count, bits))
     for start in range(0, count, CHUNK):
@@ -67,7 +70,8 @@ def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     native = _NATIVE.get(bits)
     if native is not None:
-        return raw.view(native).astype(np.uint32)
+        widened: np.ndarray = raw.view(native).astype(np.uint32)
+        return widened
     # The unused high bits of the last byte must be zero, so that each vector has one encoding.
     if count and bits * count % 8 and int(raw[-1]) >> (bits * count % 8):
         raise CodecError("non-zero padding bits after the last coordinate")

@@ -41,7 +41,8 @@ def clip_l2(vector: np.ndarray, clip_norm: float, *, out: np.ndarray | None = No
     """Return ``vector`` scaled so its L2 norm is at most ``clip_norm`` (into ``out`` when given)."""
     factor = clip_factor(vector, clip_norm)
     if out is None:
-        return (vector * np.asarray(factor, dtype=vector.dtype)).astype(vector.dtype, copy=False)
+        scaled: np.ndarray = vector * np.asarray(factor, dtype=vector.dtype)
+        return scaled.astype(vector.dtype, copy=False)
     np.multiply(vector, factor, out=out, casting="same_kind")
     return out
 

@@ -1,4 +1,4 @@
-"""The uplink update codec: a chain of small linear steps (DESIGN.md §6, STYLE.md "middleware chain").
+"""The uplink update codec: a chain of small linear steps, each separately tested (docs/compression.md §1).
 
 Device (:class:`UpdateEncoder`)::
 

@@ -73,6 +73,7 @@ def no_wrap_scale(
     clients: int,
     wrap_probability: float,
     rotated: bool = True,
+    *,
     coordinates: int | None = None,
     noise_multiplier: float = 0.0,
 ) -> float:
@@ -80,7 +81,7 @@ def no_wrap_scale(
 
     See the module docstring for the derivation; raises :class:`CodecError` when ``bits`` leaves no room.
     """
-    room = (1 << (bits - 1)) - 1 - clients
+    room: float = (1 << (bits - 1)) - 1 - clients
     if room <= 0:
         raise CodecError(f"{bits} bits cannot hold the rounding error of {clients} clients; use more bits")
     bound = coordinate_bound(clip_norm, padded_dim, clients, wrap_probability, rotated, coordinates)

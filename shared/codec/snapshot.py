@@ -1,4 +1,4 @@
-"""Compact downlink model snapshots and bit-exact snapshot deltas (DESIGN.md §3, §6 "Downlink").
+"""Compact downlink model snapshots and bit-exact deltas (docs/compression.md §5-6, docs/protocol.md §6).
 
 A snapshot is an ordered ``dict[str, float32 array]`` encoded tensor by tensor:
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -41,13 +42,15 @@ FORMAT = "fedmq.snapshot"
 DELTA_FORMAT = "fedmq.snapshot-delta"
 VERSION = 1
 ENCODINGS = ("f16", "q16", "q8", "f32")
-#: Largest decoded tensor and snapshot accepted (bounded decoding, DESIGN.md §4).
+#: Largest decoded tensor and snapshot accepted (bounded decoding, docs/protocol.md §2.1).
 MAX_TENSOR_BYTES = 1 << 30
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_TENSORS = 100_000
 ZSTD_LEVEL = 3
 
-_CODE_DTYPE = {"f16": np.dtype("<f2"), "q16": np.dtype("<i2"), "q8": np.dtype("i1"), "f32": np.dtype("<f4")}
+_CODE_DTYPE: dict[str, np.dtype[Any]] = {
+    "f16": np.dtype("<f2"), "q16": np.dtype("<i2"), "q8": np.dtype("i1"), "f32": np.dtype("<f4")
+}  # fmt: skip
 
 
 def weights_digest(weights: Mapping[str, np.ndarray]) -> bytes:
@@ -80,9 +83,11 @@ def _quantize_tensor(tensor: np.ndarray, encoding: str) -> tuple[np.ndarray, flo
 
 
 def _dequantize(codes: np.ndarray, encoding: str, scale: float) -> np.ndarray:
+    floats: np.ndarray = codes.astype(np.float32)
     if encoding in ("f16", "f32"):
-        return codes.astype(np.float32)
-    return codes.astype(np.float32) * np.float32(scale)
+        return floats
+    scaled: np.ndarray = floats * np.float32(scale)
+    return scaled
 
 
 def _check_weights(weights: Mapping[str, np.ndarray]) -> None:
@@ -127,7 +132,7 @@ def encode_snapshot(
     return msgpack.packb(body, use_bin_type=True), digest
 
 
-def _unpack(data: bytes, expected_format: str) -> dict:
+def _unpack(data: bytes, expected_format: str) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_PAYLOAD_BYTES:
         raise CodecError("snapshot payload must be bytes within the size limit")
     try:
@@ -155,7 +160,9 @@ def _read_codes(
     if not isinstance(record, dict):
         raise CodecError("tensor record must be a map")
     name, shape, enc, scale, data = (record.get(k) for k in ("name", "shape", "enc", "scale", "data"))
-    if not isinstance(name, str) or enc not in dtype_of or not isinstance(data, bytes):
+    if not isinstance(name, str) or not isinstance(enc, str) or not isinstance(data, bytes):
+        raise CodecError(f"malformed tensor record {name!r}")
+    if enc not in dtype_of:
         raise CodecError(f"malformed tensor record {name!r}")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise CodecError(f"tensor {name!r} has a malformed shape")
@@ -220,7 +227,8 @@ def encode_delta(previous: Mapping[str, np.ndarray], new: Mapping[str, np.ndarra
         "base_sha256": weights_digest(previous),
         "sha256": weights_digest(new),
     }
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def apply_delta(previous: Mapping[str, np.ndarray], delta: bytes) -> dict[str, np.ndarray]:

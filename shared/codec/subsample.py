@@ -2,9 +2,9 @@
 
 Every device of a round derives the same Bernoulli(p) mask from the round seed, so the kept coordinates
 line up across devices and the modular sum of the short vectors is the short vector of the sum: the step
-is linear, as secure aggregation requires (DESIGN.md §6). This is the "random mask" structured update of
-Konečný et al. 2016 (§3.1) applied after the Hadamard rotation, which spreads the update's energy evenly
-so that any subset carries a fair share of it (Suresh et al. 2017).
+is linear, as secure aggregation requires (docs/compression.md §1). This is the "random mask" structured
+update of Konečný et al. 2016 (§3.1) applied after the Hadamard rotation, which spreads the update's energy
+evenly so that any subset carries a fair share of it (Suresh et al. 2017).
 
 Unbiasedness: the decoder scatters the kept coordinates back and multiplies them by ``1/p``; since each
 coordinate is kept with probability ``p`` over the round seed, ``E[decode(encode(x))] = x``. The number

@@ -387,6 +387,7 @@ def skellam_epsilon(
     rounds: int,
     delta: float,
     sampling_q: float | None = None,
+    *,
     orders: tuple[int, ...] = SKELLAM_RDP_ORDERS,
 ) -> float:
     """ε at ``delta`` of ``rounds`` Skellam releases of total variance ``variance`` — the rigorous bound.

@@ -72,7 +72,7 @@ _EPS = float(np.finfo(np.float64).eps)
 def variance_grid_floor(variance: float) -> float:
     """The largest grid variance ≤ ``variance`` (pessimistic: less noise)."""
     exponent = math.floor(math.log2(variance) * VARIANCE_GRID) / VARIANCE_GRID
-    key = 2.0**exponent
+    key: float = 2.0**exponent
     while key > variance:  # guard against rounding in log2/pow
         exponent -= 1.0 / VARIANCE_GRID
         key = 2.0**exponent
@@ -82,7 +82,7 @@ def variance_grid_floor(variance: float) -> float:
 def variance_grid_ceil(variance: float) -> float:
     """The smallest grid variance ≥ ``variance``."""
     exponent = math.ceil(math.log2(variance) * VARIANCE_GRID) / VARIANCE_GRID
-    key = 2.0**exponent
+    key: float = 2.0**exponent
     while key < variance:
         exponent += 1.0 / VARIANCE_GRID
         key = 2.0**exponent

@@ -55,6 +55,7 @@ def seal(
     round_id: int,
     sender: str,
     recipient: str,
+    *,
     self_mask_share: bytes,
     mask_key_share: bytes,
 ) -> bytes:
@@ -73,6 +74,7 @@ def open_bundle(
     federation: str,
     round_id: int,
     sender: str,
+    *,
     recipient: str,
 ) -> ShareBundle:
     """Decrypt under the expected binding; raise :class:`SecAggError` if it does not authenticate."""

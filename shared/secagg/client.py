@@ -209,8 +209,8 @@ class SecAggClient:
                 roster.round,
                 self.device_id,
                 neighbour,
-                b_shares[i],
-                key_shares[i],
+                self_mask_share=b_shares[i],
+                mask_key_share=key_shares[i],
             )
             outgoing.append(
                 EncryptedShares(self.federation, roster.round, self.device_id, neighbour, ciphertext)
@@ -240,7 +240,7 @@ class SecAggClient:
                 self.federation,
                 message.round,
                 message.sender,
-                self.device_id,
+                recipient=self.device_id,
             )
         except SecAggError as exc:
             raise self._refuse(message.round, str(exc)) from exc
@@ -280,7 +280,7 @@ class SecAggClient:
         if state.masked is not None:
             raise self._refuse(shared.round, "this round's input is already masked (one input per round)")
         plus = [state.keys.self_mask]
-        minus = []
+        minus: list[bytes] = []
         for v in live:
             seed = keys.pair_seed(
                 state.keys.mask_sk, state.peers[v][1], self.federation, shared.round, self.device_id, v

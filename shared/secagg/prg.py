@@ -43,7 +43,8 @@ def check_bits(bits: int) -> None:
 def modulus_mask(bits: int) -> np.uint32:
     """``2^b - 1`` as uint32: ``v & modulus_mask(b)`` reduces a uint32 vector mod 2^b."""
     check_bits(bits)
-    return np.uint32((1 << bits) - 1)
+    mask: np.uint32 = np.uint32((1 << bits) - 1)
+    return mask
 
 
 def mask_dtype(bits: int) -> type[np.unsignedinteger]:
@@ -127,6 +128,7 @@ def combined_mask_parallel(
     length: int,
     workers: int | None = None,
     pool: Literal["thread", "process"] = "thread",
+    *,
     executor: Executor | None = None,
 ) -> np.ndarray:
     """:func:`combined_mask` over ``[0, length)`` split by chunk-aligned ranges across workers.

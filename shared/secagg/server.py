@@ -71,6 +71,7 @@ class SecAggServer:
         directory: Mapping[str, bytes],
         bits: int,
         length: int,
+        *,
         delta: float = 0.2,
         gamma: float = 0.1,
         params: SecAggParams | None = None,
@@ -364,18 +365,10 @@ class SecAggServer:
         minus: list[bytes] = []
         for u in sorted(self.masked):
             commitment = self.adverts[u].self_mask_commitment
-            plus.append(
-                self._recover(
-                    u,
-                    self._self_mask_shares.get(u, {}),
-                    lambda s, c=commitment: keys.commit_self_mask(s) == c,
-                )
-            )
+            plus.append(self._recover(u, self._self_mask_shares.get(u, {}), _opens(commitment)))
         for v in self._needed_keys():
             mask_pk = self.adverts[v].mask_pk
-            sk = self._recover(
-                v, self._mask_key_shares.get(v, {}), lambda s, p=mask_pk: keys.mask_public_key(s) == p
-            )
+            sk = self._recover(v, self._mask_key_shares.get(v, {}), _derives(mask_pk))
             for u in self.graph[v]:
                 if u in self.masked:
                     seed = keys.pair_seed(sk, self.adverts[u].mask_pk, self.federation, self.round_id, v, u)
@@ -394,7 +387,7 @@ class SecAggServer:
             workers=workers,
             pool="process" if pool == "process" else "thread",
         )
-        total = self._sum - masks
+        total: np.ndarray = self._sum - masks
         np.bitwise_and(total, prg.modulus_mask(self.bits), out=total)
         self.phase = "done"
         log.info(
@@ -406,3 +399,13 @@ class SecAggServer:
             extra={"round": self.round_id, "phase": "unmask"},
         )
         return total
+
+
+def _opens(commitment: bytes) -> Callable[[bytes], bool]:
+    """Does a recovered self-mask seed open ``commitment``?"""
+    return lambda seed: keys.commit_self_mask(seed) == commitment
+
+
+def _derives(mask_pk: bytes) -> Callable[[bytes], bool]:
+    """Does a recovered mask secret key give the advertised public key ``mask_pk``?"""
+    return lambda secret: keys.mask_public_key(secret) == mask_pk

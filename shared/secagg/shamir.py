@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import nacl.utils
 
-from shared.errors import SecAggError
+from shared.errors import InvalidValue, SecAggError
 
 PRIME = (1 << 256) + 297
 #: Bytes of a serialised share value (257 bits round up to 33 bytes).
@@ -48,9 +48,9 @@ def split(secret: bytes, threshold: int, holders: int) -> list[bytes]:
     f of degree ``threshold - 1`` with f(0) = secret.
     """
     if len(secret) != SECRET_BYTES:
-        raise ValueError(f"secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+        raise InvalidValue(f"secret must be {SECRET_BYTES} bytes, got {len(secret)}")
     if not 1 <= threshold <= holders:
-        raise ValueError(f"need 1 <= threshold <= holders, got t={threshold}, k={holders}")
+        raise InvalidValue(f"need 1 <= threshold <= holders, got t={threshold}, k={holders}")
     coefficients = [int.from_bytes(secret, "little")] + [
         _random_field_element() for _ in range(threshold - 1)
     ]
@@ -99,7 +99,7 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int) -> bytes:
     value: callers check the result against the owner's commitment.
     """
     if threshold < 1:
-        raise ValueError(f"threshold must be >= 1, got {threshold}")
+        raise InvalidValue(f"threshold must be >= 1, got {threshold}")
     if len(shares) < threshold:
         raise NotEnoughShares(f"need {threshold} shares to reconstruct, got {len(shares)}")
     xs = sorted(shares)[:threshold]

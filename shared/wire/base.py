@@ -13,12 +13,14 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union, cast
 
 import msgpack
 
 from shared.errors import WireError
 
+#: The envelope's version; a decoder refuses every other one rather than misread it. Message bodies
+#: that change shape carry their own version too (``RoundAnnounce.plan.version``, see shared/plan.py).
 SCHEMA_VERSION = 1
 #: Largest payload a decoder accepts by default. Larger updates travel chunked (``shared.chunking``).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -62,9 +64,26 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+def _float_field(hint: Any) -> bool:
+    """Is ``hint`` ``float`` or ``float | None``? (Such fields always travel as msgpack floats.)"""
+    if hint is float:
+        return True
+    args = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else ()
+    return float in args and all(a in (float, type(None)) for a in args)
+
+
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        hints = _hints(type(value))
+        plain = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if _float_field(hints[f.name]) and isinstance(item, int) and not isinstance(item, bool):
+                # An int in a float field is sent as the float it decodes to, so that a receiver that
+                # re-encodes a signed message (to check the signature) gets the same bytes.
+                item = float(item)
+            plain[f.name] = _to_plain(item)
+        return plain
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
     if isinstance(value, dict):
@@ -81,7 +100,8 @@ def encode(msg: Message) -> bytes:
     body = _to_plain(msg)
     body["v"] = SCHEMA_VERSION
     body["t"] = msg.TYPE
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def _check(value: Any, hint: Any, where: str) -> Any:
@@ -213,4 +233,4 @@ def decode(
         if cls not in allowed:
             names = ", ".join(c.TYPE for c in allowed)
             raise WireError(f"expected a {names} message, got {type_name!r}")
-    return _build(cls, body, type_name)
+    return cast(M, _build(cls, body, type_name))

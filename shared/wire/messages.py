@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
+from shared.errors import InvalidValue
+from shared.plan import RoundPlan
 from shared.wire.base import Message, message
 
 #: Round phases. ``collect`` is the plain-mode phase; secure aggregation adds its own.
@@ -65,22 +66,22 @@ class ModelSnapshot(Message):
 
     def __post_init__(self) -> None:
         if self.version < 0:
-            raise ValueError("version must be >= 0")
+            raise InvalidValue("version must be >= 0")
         if len(self.sha256) != 32:
-            raise ValueError("sha256 must be 32 bytes")
+            raise InvalidValue("sha256 must be 32 bytes")
 
     def weights_ok(self) -> bool:
         return hashlib.sha256(self.weights).digest() == self.sha256
 
 
 @message("round")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundAnnounce(Message):
     """Opens (or moves) a round; retained on ``fl/<fed>/round``.
 
     ``deadline`` is wall-clock UNIX time; devices use it to set message expiry and to skip rounds they
-    cannot make. ``config`` carries per-round settings (codec, secure aggregation, DP, blocks) as a map
-    of plain values, each validated by its own config class on the device.
+    cannot make. ``plan`` is the round's typed settings (:class:`shared.plan.RoundPlan`: codec, phase
+    windows, staleness rule, DP, blocks, weight cap), decoded and validated field by field.
     """
 
     federation: str
@@ -91,14 +92,16 @@ class RoundAnnounce(Message):
     deadline: float
     min_clients: int
     target_clients: int
-    config: dict[str, Any] = field(default_factory=dict)
+    plan: RoundPlan = field(default_factory=RoundPlan)
     signature: bytes = b""
 
     def __post_init__(self) -> None:
         if self.round_id < 0 or self.base_version < 0:
-            raise ValueError("round_id and base_version must be >= 0")
+            raise InvalidValue("round_id and base_version must be >= 0")
         if self.min_clients < 1 or self.target_clients < self.min_clients:
-            raise ValueError("need 1 <= min_clients <= target_clients")
+            raise InvalidValue("need 1 <= min_clients <= target_clients")
+        if not self.opened_at <= self.deadline:
+            raise InvalidValue("deadline must not precede opened_at")
 
 
 @message("update")
@@ -117,9 +120,9 @@ class ModelUpdate(Message):
 
     def __post_init__(self) -> None:
         if self.num_examples < 1:
-            raise ValueError("num_examples must be >= 1")
+            raise InvalidValue("num_examples must be >= 1")
         if self.dim < 1:
-            raise ValueError("dim must be >= 1")
+            raise InvalidValue("dim must be >= 1")
 
 
 @message("result")
@@ -152,7 +155,7 @@ class Presence(Message):
 
     def __post_init__(self) -> None:
         if self.memory_budget < 0 or any(a < 0 for a in self.activation_profile):
-            raise ValueError("memory_budget and activation_profile must be >= 0")
+            raise InvalidValue("memory_budget and activation_profile must be >= 0")
 
 
 @message("manifest")
@@ -168,11 +171,11 @@ class ChunkManifest(Message):
 
     def __post_init__(self) -> None:
         if len(self.transfer_id) != 16 or len(self.sha256) != 32:
-            raise ValueError("transfer_id must be 16 bytes and sha256 32 bytes")
+            raise InvalidValue("transfer_id must be 16 bytes and sha256 32 bytes")
         if self.total_size < 0 or self.chunk_size < 1:
-            raise ValueError("sizes must be positive")
+            raise InvalidValue("sizes must be positive")
         if self.chunk_count != max(1, -(-self.total_size // self.chunk_size)):
-            raise ValueError("chunk_count does not match total_size / chunk_size")
+            raise InvalidValue("chunk_count does not match total_size / chunk_size")
 
 
 @message("chunk")
@@ -186,4 +189,4 @@ class Chunk(Message):
 
     def __post_init__(self) -> None:
         if len(self.transfer_id) != 16 or self.index < 0:
-            raise ValueError("bad transfer_id or index")
+            raise InvalidValue("bad transfer_id or index")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from shared.errors import InvalidValue
 from shared.wire.base import Message, message
 
 _DOMAIN = "fedmq/secagg/v1"
@@ -28,17 +29,18 @@ _EMPTY_SIG = b"\0" * SIGNATURE_BYTES
 
 
 def _canonical(*fields: object) -> bytes:
-    return msgpack.packb([_DOMAIN, *fields], use_bin_type=True)
+    packed: bytes = msgpack.packb([_DOMAIN, *fields], use_bin_type=True)
+    return packed
 
 
 def _check_round(round_id: int) -> None:
     if round_id < 0:
-        raise ValueError(f"round must be >= 0, got {round_id}")
+        raise InvalidValue(f"round must be >= 0, got {round_id}")
 
 
 def _check_key(name: str, key: bytes, size: int = KEY_BYTES) -> None:
     if len(key) != size:
-        raise ValueError(f"{name} must be {size} bytes, got {len(key)}")
+        raise InvalidValue(f"{name} must be {size} bytes, got {len(key)}")
 
 
 @message("secagg.advertise_keys")
@@ -123,9 +125,9 @@ class Roster(Message):
         _check_key("graph_seed", self.graph_seed)
         _check_key("signature", self.signature, SIGNATURE_BYTES)
         if not 1 <= self.bits <= 32:
-            raise ValueError(f"bits must be in 1..32, got {self.bits}")
+            raise InvalidValue(f"bits must be in 1..32, got {self.bits}")
         if self.length < 0 or self.degree < 1 or not 1 <= self.threshold <= self.degree:
-            raise ValueError(
+            raise InvalidValue(
                 f"bad roster parameters degree={self.degree} threshold={self.threshold} length={self.length}"
             )
 
@@ -184,7 +186,7 @@ class ShareBatch(Message):
     def __post_init__(self) -> None:
         _check_round(self.round)
         if self.device in self.ciphertexts:
-            raise ValueError(f"share batch of {self.device!r} carries a bundle to or from itself")
+            raise InvalidValue(f"share batch of {self.device!r} carries a bundle to or from itself")
 
     @classmethod
     def outgoing(
@@ -228,7 +230,8 @@ class ShareBatch(Message):
 def _owned(bundles: list[EncryptedShares], device: str, role: str) -> list[EncryptedShares]:
     for bundle in bundles:
         if getattr(bundle, role) != device:
-            raise ValueError(f"bundle {bundle.sender}->{bundle.recipient} does not have {device!r} as {role}")
+            link = f"{bundle.sender}->{bundle.recipient}"
+            raise InvalidValue(f"bundle {link} does not have {device!r} as {role}")
     return bundles
 
 
@@ -247,9 +250,9 @@ class SurvivorList(Message):
         _check_round(self.round)
         _check_key("signature", self.signature, SIGNATURE_BYTES)
         if self.phase not in (PHASE_SHARED, PHASE_MASKED):
-            raise ValueError(f"phase must be {PHASE_SHARED!r} or {PHASE_MASKED!r}, got {self.phase!r}")
+            raise InvalidValue(f"phase must be {PHASE_SHARED!r} or {PHASE_MASKED!r}, got {self.phase!r}")
         if len(set(self.devices)) != len(self.devices):
-            raise ValueError("survivor list repeats a device")
+            raise InvalidValue("survivor list repeats a device")
 
     def signed_bytes(self) -> bytes:
         return _canonical(self.TYPE, self.federation, self.round, self.phase, sorted(self.devices))
@@ -272,7 +275,7 @@ class MaskedInput(Message):
         _check_round(self.round)
         _check_key("signature", self.signature, SIGNATURE_BYTES)
         if not 1 <= self.bits <= 32 or self.length < 0:
-            raise ValueError(f"bad bits={self.bits} or length={self.length}")
+            raise InvalidValue(f"bad bits={self.bits} or length={self.length}")
 
     def signed_bytes(self) -> bytes:
         digest = hashlib.blake2b(self.payload, digest_size=32).digest()
@@ -299,7 +302,7 @@ class UnmaskReveal(Message):
         _check_key("signature", self.signature, SIGNATURE_BYTES)
         both = set(self.self_mask_shares) & set(self.mask_key_shares)
         if both:
-            raise ValueError(f"reveal carries both kinds of share for {sorted(both)}")
+            raise InvalidValue(f"reveal carries both kinds of share for {sorted(both)}")
 
     def signed_bytes(self) -> bytes:
         return _canonical(

@@ -61,7 +61,7 @@ async def test_broker_sigkill_in_a_secure_phase_loses_no_contribution(shipped, t
         devices = devices_for(lambda cid: shipped.url, shipped, digits, keys, agg)
         killer = BrokerKiller(shipped, devices, phase)
         ledger = await run_secure(agg, devices, rounds, fault=killer.fault)
-        resent = sum(d.outbox.stats.resent for d in devices)
+        resent = sum(d.deliveries.stats.resent for d in devices)
         assert versions_ok(agg) == []
     assert killer.kills == list(range(rounds))  # the broker really died in that phase of every round
     assert [(status, count) for _, status, count in ledger.rounds] == [("closed", n)] * rounds
@@ -100,7 +100,8 @@ async def test_acknowledged_updates_survive_a_broker_crash_with_the_aggregator_o
                 try:
                     # Every update acknowledged by the broker (and queued there for the aggregator)...
                     def acknowledged() -> bool:
-                        return all(d.stats.rounds_joined == 1 and not d.outbox.stats.failed for d in devices)
+                        joined = all(d.stats.rounds_joined == 1 for d in devices)
+                        return joined and not any(d.deliveries.stats.failed for d in devices)
 
                     await eventually(acknowledged, 60, what="six acknowledged updates")
                     assert len(agg._round.contributors) == 0  # ...none read by the aggregator yet
@@ -112,7 +113,7 @@ async def test_acknowledged_updates_survive_a_broker_crash_with_the_aggregator_o
                     await asyncio.gather(*tasks, return_exceptions=True)
             assert versions_ok(agg) == []
     assert [(r.status, r.contributors) for r in results] == [("closed", n)]
-    assert sum(d.outbox.stats.resent for d in devices) >= n  # each came back by its device's re-send
+    assert sum(d.deliveries.stats.resent for d in devices) >= n  # each came back by its device's re-send
     assert np.linalg.norm(agg.weights - weights) > 0
 
 

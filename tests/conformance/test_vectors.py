@@ -213,8 +213,10 @@ def test_graph():
 def test_bundle_opens_only_under_its_binding():
     v = load("bundles")
     sk = nacl.public.PrivateKey(bytes.fromhex(v["recipient_enc_sk"]))
-    args = (v["federation"], v["round"], v["sender"], v["recipient"])
-    opened = bundles.open_bundle(sk, bytes.fromhex(v["sender_enc_pk"]), bytes.fromhex(v["ciphertext"]), *args)
+    args = (v["federation"], v["round"], v["sender"])
+    opened = bundles.open_bundle(
+        sk, bytes.fromhex(v["sender_enc_pk"]), bytes.fromhex(v["ciphertext"]), *args, recipient=v["recipient"]
+    )
     assert opened.self_mask_share.hex() == v["self_mask_share"]
     assert opened.mask_key_share.hex() == v["mask_key_share"]
     with pytest.raises(SecAggError):
@@ -225,7 +227,7 @@ def test_bundle_opens_only_under_its_binding():
             v["federation"],
             v["wrong_binding_round"],
             v["sender"],
-            v["recipient"],
+            recipient=v["recipient"],
         )
 
 
@@ -353,12 +355,7 @@ def test_recorded_round_device_payloads_are_reproducible():
     roster = decode(by_topic[t.roster][0], Roster)
     u2, u3 = (decode(p, SurvivorList) for p in by_topic[t.notice])
     announce = decode(by_topic[t.round][0], RoundAnnounce)
-    config = CodecConfig(
-        **{
-            **CodecConfig.from_dict(announce.config["codec"]).to_dict(),
-            "expected_clients": len(roster.members),
-        }
-    )
+    config = announce.plan.codec_for(len(roster.members))
     for d in v["devices"]:
         s = v["secrets"][d]
         round_keys = keys.RoundKeys(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edge_client.delivery import Outbox, phase_opened_by
+from edge_client.delivery import Deliveries, phase_opened_by
 from shared.errors import FedmqError
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE
 
@@ -30,7 +30,7 @@ class Link:
 
 
 async def test_failed_send_is_kept_and_goes_out_on_the_next_cue():
-    box, link = Outbox("dev-1"), Link()
+    box, link = Deliveries("dev-1"), Link()
     link.fail = True
     assert await box.deliver(3, MASKED, 100, link.transmit("masked")) is False
     assert box.outstanding() == [(3, MASKED)] and box.stats.failed == 1
@@ -42,7 +42,7 @@ async def test_failed_send_is_kept_and_goes_out_on_the_next_cue():
 
 
 async def test_next_phase_confirms_listed_and_expires_unlisted():
-    box, link = Outbox("dev-1"), Link()
+    box, link = Deliveries("dev-1"), Link()
     await box.deliver(1, KEYS, 10, link.transmit("keys"))
     assert box.opened(1, SHARES, members=["dev-1", "dev-2"]) is None  # roster lists us: keys confirmed
     assert box.stats.confirmed == 1 and len(box) == 0
@@ -52,7 +52,7 @@ async def test_next_phase_confirms_listed_and_expires_unlisted():
 
 
 async def test_round_end_settles_everything_of_that_round_only():
-    box, link = Outbox("dev-1"), Link()
+    box, link = Deliveries("dev-1"), Link()
     await box.deliver(1, UNMASK, 10, link.transmit("reveal"))
     await box.deliver(2, KEYS, 10, link.transmit("keys"))
     box.round_ended(1)
@@ -60,7 +60,7 @@ async def test_round_end_settles_everything_of_that_round_only():
 
 
 async def test_cue_during_a_stranded_send_sends_again_when_it_ends():
-    box, link = Outbox("dev-1"), Link()
+    box, link = Deliveries("dev-1"), Link()
     link.gate = asyncio.Event()
     first = asyncio.create_task(box.deliver(5, UPDATE, 10, link.transmit("update")))
     await asyncio.sleep(0)
@@ -72,7 +72,7 @@ async def test_cue_during_a_stranded_send_sends_again_when_it_ends():
 
 
 async def test_resend_of_a_settled_entry_is_a_no_op():
-    box, link = Outbox("dev-1"), Link()
+    box, link = Deliveries("dev-1"), Link()
     await box.deliver(1, MASKED, 10, link.transmit("masked"))
     entry = box.opened(1, MASKED)
     box.opened(1, UNMASK)  # U3 arrived first

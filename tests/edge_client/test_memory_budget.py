@@ -69,7 +69,7 @@ def test_plan_fits_the_budget_with_the_largest_micro_batch(data):
     lo = measure_training_memory(model, x, y, CONFIG, LOSS, blocks, micro_batch=1).peak
     hi = measure_training_memory(model, x, y, CONFIG, LOSS, blocks).peak
     budget = (lo + hi) // 2
-    plan = plan_training(model, x, y, CONFIG, LOSS, blocks, budget)
+    plan = plan_training(model, x, y, CONFIG, LOSS, blocks, budget=budget)
     micro, step = plan.micro_batch, plan.memory
     assert plan.momentum and 1 < micro < CONFIG.batch_size
     assert step.peak <= budget < hi
@@ -90,7 +90,7 @@ def test_block_choice_counts_activations_and_the_chosen_set_trains_within_the_bu
     chosen = choose_blocks(blocks, budget, 0, profile)
     assert chosen is not None and first.name not in chosen
     assert set_cost(blocks, [b for b in blocks if b.name in chosen], profile) <= budget
-    plan = plan_training(model, x, y, CONFIG, LOSS, chosen, budget)
+    plan = plan_training(model, x, y, CONFIG, LOSS, chosen, budget=budget)
     assert plan.memory.peak <= budget and plan.micro_batch >= 1
     # A profile for another model is ignored rather than trusted.
     assert first.name in choose_blocks(blocks, budget, 0, profile[:-1])
@@ -103,11 +103,11 @@ def test_momentum_goes_only_when_it_does_not_fit(data):
     profile = activation_profile(model, x, y, LOSS)
     big = blocks[1]  # the second convolution: most of the parameters
     tight = set_cost(blocks, [big], profile)  # weights + its gradient + one example's activations
-    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], tight)
+    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], budget=tight)
     assert not plan.momentum and plan.micro_batch == 1 and plan.memory.optimizer_state == 0
     assert plan.memory.peak <= tight
     roomy = tight + 4 * big.size  # room for the momentum buffer too
-    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], roomy)
+    plan = plan_training(model, x, y, CONFIG, LOSS, [big.name], budget=roomy)
     assert plan.momentum and plan.memory.optimizer_state == 4 * big.size and plan.memory.peak <= roomy
     # Without momentum the trainer keeps no optimizer state at all.
     trainer = LocalTrainer(model, x, y, CONFIG)

@@ -50,7 +50,7 @@ def test_measured_training_state_stays_within_the_budget(trainer):
     chosen = choose_blocks(blocks, budget, round_id=0, profile=profile)
     assert chosen is not None and len(chosen) < len(blocks)
     plan = plan_training(
-        model, trainer.features, trainer.labels, trainer.config, trainer.loss_fn, chosen, budget
+        model, trainer.features, trainer.labels, trainer.config, trainer.loss_fn, chosen, budget=budget
     )
     assert plan.memory.peak <= budget < full.state_bytes
     partial = trainer.train(model.get_flat(), chosen, plan.micro_batch, plan.momentum)

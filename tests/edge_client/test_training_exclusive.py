@@ -17,6 +17,7 @@ from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig, TrainingInterrupted
 from shared.codec import CodecConfig
 from shared.mqtt import MqttConfig
+from shared.plan import PhaseWindows, RoundPlan
 from shared.signing import sign
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
@@ -90,16 +91,18 @@ async def test_a_discarded_delta_still_training_never_gets_a_second_training_bes
     )
     device = EdgeClient(config, trainer)
     layout, weights = trainer.model.layout, trainer.model.get_flat()
-    policy = {**StalenessPolicy(max_staleness=1).to_dict()}
+    policy = StalenessPolicy(max_staleness=1)
 
     def announce(round_id: int, base: int) -> RoundAnnounce:
         now = time.time()
-        codec = CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)).to_dict()
-        windows = {"keys": 5, "shares": 5, "masked": 5}
-        secure = {"mode": "secure", "staleness": policy, "windows": windows, "codec": codec}
+        codec = CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32))
+        windows = PhaseWindows(keys=5, shares=5, masked=5)
+        secure = RoundPlan(mode="secure", staleness=policy, windows=windows, codec=codec)
         return sign(
-            RoundAnnounce("fed", round_id, base, PHASE_KEYS, now, now + 60, 1, 2, secure), aggregator
-        )
+            RoundAnnounce(federation="fed", round_id=round_id, base_version=base, phase=PHASE_KEYS,
+                          opened_at=now, deadline=now + 60, min_clients=1, target_clients=2, plan=secure),
+            aggregator,
+        )  # fmt: skip
 
     probe.release.clear()  # the first training blocks inside its first step
     try:

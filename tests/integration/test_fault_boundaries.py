@@ -15,6 +15,7 @@ import pytest
 from aggregator import cli as aggregator_cli
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
+from aggregator.plain import PlainRound
 from aggregator.secure import PhaseWindows
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
@@ -94,19 +95,21 @@ async def test_malformed_topics_and_presence_never_stop_the_aggregator_or_device
         assert device.version == 2
 
 
-async def test_an_exception_in_a_message_handler_is_counted_and_named(broker, tmp_path, digits, caplog):
+async def test_an_exception_in_a_message_handler_is_counted_and_named(
+    broker, tmp_path, digits, caplog, monkeypatch
+):
     agg = Aggregator(plain_config(broker, tmp_path), initial=initial_snapshot())
-    validate = agg._validate
+    validate = PlainRound._validate
 
-    def validate_or_explode(msg, round_id, sender, current):
+    def validate_or_explode(current, msg, sender):
         if sender == "rogue":
             raise RuntimeError("injected handler bug")
-        return validate(msg, round_id, sender, current)
+        return validate(current, msg, sender)
 
     def presence_explodes(presence):
         raise RuntimeError("injected presence bug")
 
-    agg._validate = validate_or_explode  # type: ignore[method-assign]
+    monkeypatch.setattr(PlainRound, "_validate", validate_or_explode)
     agg._record_presence = presence_explodes  # type: ignore[method-assign]
     dim = initial_weights()[1].size
     rogue = ModelUpdate(0, "rogue", 0, 10, "f32", dim, np.zeros(dim, "<f4").tobytes(), {})

@@ -4,7 +4,6 @@ MQTT connection."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import subprocess
@@ -23,6 +22,7 @@ from shared.mqtt import MqttConnection
 from shared.snapshots import make_snapshot
 from shared.topics import UPDATE, Topics
 from shared.wire import ModelUpdate, encode
+from simulator.harness import running
 from simulator.models import accuracy, digits_mlp
 from tests.support import (
     eventually,
@@ -54,20 +54,6 @@ def agg_config(broker, tmp_path, **kw) -> AggregatorConfig:
 def initial_snapshot():
     model, weights = initial_weights()
     return make_snapshot(FED, 0, -1, model.layout, weights)
-
-
-@contextlib.asynccontextmanager
-async def running(devices):
-    stop = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        for device in devices:
-            await stack.enter_async_context(device)
-        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-        try:
-            yield devices
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def test_accuracy(weights, digits) -> float:

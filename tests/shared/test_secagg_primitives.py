@@ -181,23 +181,25 @@ def test_pair_seed_is_symmetric_and_bound_to_round() -> None:
 def test_bundle_forwarding_and_replay_refused() -> None:
     u, v, w = (keys.RoundKeys.generate() for _ in range(3))
     share = b"\1" * shamir.SHARE_BYTES
-    sealed = bundles.seal(u.enc_sk, v.enc_pk, "f", 1, "u", "v", share, share)
-    assert bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "u", "v").self_mask_share == share
+    sealed = bundles.seal(u.enc_sk, v.enc_pk, "f", 1, "u", "v", self_mask_share=share, mask_key_share=share)
+    assert (
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "u", recipient="v").self_mask_share == share
+    )
     assert len(sealed) == bundles.SEALED_BYTES == 2 * 33 + 16  # no nonce, no binding on the wire
     with pytest.raises(SecAggError, match="does not decrypt"):  # forwarded to w
-        bundles.open_bundle(w.enc_sk, u.enc_pk, sealed, "f", 1, "u", "w")
+        bundles.open_bundle(w.enc_sk, u.enc_pk, sealed, "f", 1, "u", recipient="w")
     with pytest.raises(SecAggError, match="does not decrypt"):  # replayed into round 2 under the same keys
-        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 2, "u", "v")
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 2, "u", recipient="v")
     with pytest.raises(SecAggError, match="does not decrypt"):  # into another federation
-        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "g", 1, "u", "v")
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "g", 1, "u", recipient="v")
     # u re-labels a bundle it made for v as coming from "x": the binding names the true sender
     with pytest.raises(SecAggError, match="does not decrypt"):
-        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "x", "v")
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed, "f", 1, "x", recipient="v")
     flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
     with pytest.raises(SecAggError, match="does not decrypt"):
-        bundles.open_bundle(v.enc_sk, u.enc_pk, flipped, "f", 1, "u", "v")
+        bundles.open_bundle(v.enc_sk, u.enc_pk, flipped, "f", 1, "u", recipient="v")
     with pytest.raises(SecAggError, match="expected"):
-        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed + b"\0", "f", 1, "u", "v")
+        bundles.open_bundle(v.enc_sk, u.enc_pk, sealed + b"\0", "f", 1, "u", recipient="v")
 
 
 # -- wire -----------------------------------------------------------------------------------------

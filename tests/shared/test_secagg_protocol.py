@@ -1,4 +1,4 @@
-"""End-to-end SecAgg+ rounds in memory: exact sums under dropouts at every phase (DESIGN §9)."""
+"""End-to-end SecAgg+ rounds in memory: exact sums under dropouts at every phase (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -219,11 +219,11 @@ export class Device {
 
   maybeJoin() {
     const a = this.announce;
-    if (!a || a.config.mode !== 'secure' || a.phase !== 'keys' || this.contributed.has(a.round_id)) return;
+    if (!a || a.plan.mode !== 'secure' || a.phase !== 'keys' || this.contributed.has(a.round_id)) return;
     if (Date.now() / 1000 >= a.deadline || !this.weights || a.base_version !== this.version) return;
     this.contributed.add(a.round_id);
-    if (a.config.dp && a.config.dp.mode === 'distributed') { this.log('distributed DP rounds are not supported by this client; sitting out'); return; }
-    if (a.config.blocks) { this.log('partial-training rounds are not supported by this client; sitting out'); return; }
+    if (a.plan.dp && a.plan.dp.mode === 'distributed') { this.log('distributed DP rounds are not supported by this client; sitting out'); return; }
+    if (a.plan.blocks) { this.log('partial-training rounds are not supported by this client; sitting out'); return; }
     const r = { id: a.round_id, announce: a, started: Date.now(), roster: null, early: [], maskedSent: false, revealed: false,
       closed: false, leftOut: false, result: null, encoded: null, bytesIn: 0, bytesOut: 0 };
     this.round = r;
@@ -281,16 +281,16 @@ export class Device {
 
   async sendMasked(r, shared) {
     const a = r.announce;
-    const w = a.config.windows ?? {};
-    const maskedDeadline = (a.opened_at + (w.keys ?? 0) + (w.shares ?? 0) + (w.masked ?? 0)) * 1000;
+    const w = a.plan.windows;
+    const maskedDeadline = (a.opened_at + w.keys + w.shares + w.masked) * 1000;
     await this.until(() => r.result || r.closed, Math.max(0, maskedDeadline - Date.now()), 'training').catch(() => {});
     if (!r.result || r.closed) { this.log(`device=${this.deviceId} round ${r.id}: not trained before the masked phase closed`); return; }
-    const config = codecConfig(a.config.codec, { expected_clients: r.roster.members.length });
+    const config = codecConfig(a.plan.codec, { expected_clients: r.roster.members.length });
     const encoder = new UpdateEncoder(config, r.result.delta.length);
     if (encoder.encodedLength !== r.roster.length || config.bits !== r.roster.bits) {
       throw new ProtocolError(`roster expects ${r.roster.length} coordinates at ${r.roster.bits} bits, the codec gives ${encoder.encodedLength}`);
     }
-    const cap = a.config.weight_cap ?? 1000;
+    const cap = a.plan.weight_cap;
     const weight = Math.min(r.result.numExamples / cap, 1); // staleness 0: every staleness function gives 1
     const x = encoder.encode(r.result.delta, weight, this.uniform);
     r.encoded = Array.from(x);

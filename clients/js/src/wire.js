@@ -1,7 +1,7 @@
 // fedmq's message schemas (docs/protocol.md §2): strict decoding and canonical encoding.
 //
 // A decoded message is a plain object `{ t, ...fields }`: bin fields are Uint8Array, int and float fields
-// numbers, `any` fields (the announcement's config) plain objects/arrays/numbers. Decoding refuses what the
+// numbers, optional fields (`['opt', type]`) null when absent on the wire as nil. Decoding refuses what the
 // Python decoder refuses (unknown type or key, missing key without default, wrong type) with WireError.
 
 import { WireError } from './errors.js';
@@ -13,6 +13,30 @@ const paramSpec = { record: [['name', 'str'], ['shape', ['list', 'int']]] };
 const rosterMember = {
   record: [['device', 'str'], ['enc_pk', 'bin'], ['mask_pk', 'bin'], ['self_mask_commitment', 'bin'], ['signature', 'bin']],
 };
+const enrolledDevice = { record: [['device', 'str'], ['key', 'bin']] };
+// The announcement's typed round plan (docs/protocol.md §2.1; shared/plan.py): nested records in the
+// Python dataclasses' field order, so that encoding is canonical.
+export const PLAN_VERSION = 1;
+const phaseWindows = { record: [['keys', 'float', () => 5.0], ['shares', 'float', () => 5.0],
+  ['masked', 'float', () => 30.0], ['unmask', 'float', () => 5.0]] };
+const stalenessPolicy = { record: [['function', 'str', () => 'fedbuff'], ['max_staleness', 'int', () => 4],
+  ['reference_norm', 'float', () => 1.0]] };
+const codecConfig = { record: [['bits', 'int'], ['clip_norm', 'float'], ['expected_clients', 'int'], ['seed', 'bin'],
+  ['rotation', 'bool', () => true], ['subsample_rate', 'float', () => 1.0], ['weight_bits', 'int', () => 16],
+  ['wrap_probability', 'float', () => 1e-9], ['scheme', 'str', () => 'int'], ['topk_fraction', 'float', () => 0.01],
+  ['noise_multiplier', 'float', () => 0.0]] };
+const optFloat = ['opt', 'float'];
+const dpConfig = { record: [['mode', 'str', () => 'off'], ['mechanism', 'str', () => 'skellam'],
+  ['noise_multiplier', optFloat, () => null], ['target_epsilon', optFloat, () => null],
+  ['target_rounds', ['opt', 'int'], () => null], ['delta', optFloat, () => null], ['clip_norm', optFloat, () => null],
+  ['sampling_q', optFloat, () => null], ['dropout_margin', 'float', () => 0.1], ['budget_epsilon', optFloat, () => null],
+  ['rounding_beta', 'float', () => Math.exp(-0.5)]] };
+const PLAN_FIELDS = [['version', 'int', () => PLAN_VERSION], ['mode', 'str', () => 'plain'], ['encoding', 'str', () => 'f32'],
+  ['weight_cap', 'int', () => 1000], ['windows', ['opt', phaseWindows], () => null],
+  ['staleness', stalenessPolicy, () => ({ function: 'fedbuff', max_staleness: 4, reference_norm: 1.0 })],
+  ['codec', ['opt', codecConfig], () => null], ['dp', ['opt', dpConfig], () => null], ['blocks', ['opt', ['list', 'str']], () => null]];
+const roundPlan = { record: PLAN_FIELDS };
+const defaultPlan = () => Object.fromEntries(PLAN_FIELDS.map(([name, , dflt]) => [name, dflt()]));
 const EMPTY = () => new Uint8Array(0);
 const SIG0 = () => new Uint8Array(64);
 
@@ -23,7 +47,7 @@ export const SCHEMAS = {
     ['base_version', 'int', () => -1], ['signature', 'bin', EMPTY]],
   round: [['federation', 'str'], ['round_id', 'int'], ['base_version', 'int'], ['phase', 'str'],
     ['opened_at', 'float'], ['deadline', 'float'], ['min_clients', 'int'], ['target_clients', 'int'],
-    ['config', ['map', 'any'], () => ({})], ['signature', 'bin', EMPTY]],
+    ['plan', roundPlan, defaultPlan], ['signature', 'bin', EMPTY]],
   update: [['round_id', 'int'], ['sender', 'str'], ['base_version', 'int'], ['num_examples', 'int'],
     ['encoding', 'str'], ['dim', 'int'], ['data', 'bin'], ['metrics', ['map', 'float'], () => ({})]],
   result: [['round_id', 'int'], ['status', 'str'], ['version', 'int'], ['contributors', 'int'],
@@ -46,6 +70,11 @@ export const SCHEMAS = {
   'secagg.unmask_reveal': [['federation', 'str'], ['round', 'int'], ['device', 'str'],
     ['self_mask_shares', ['map', 'bin'], () => ({})], ['mask_key_shares', ['map', 'bin'], () => ({})],
     ['signature', 'bin', SIG0]],
+  // The enrolled set, signed by the enrolment authority (retained on fl/<fed>/enrolment; docs/protocol.md
+  // 2.5). This client takes its directory from its configuration; it decodes the list but does not follow it.
+  enrolment: [['federation', 'str'], ['epoch', 'bin'], ['serial', 'int'], ['issued_at', 'float'],
+    ['devices', ['list', enrolledDevice], () => []], ['revoked', ['list', 'str'], () => []],
+    ['signature', 'bin', EMPTY]],
 };
 
 /** Plain JS value of a decoded `any`: Maps become objects, Float64 numbers. */
@@ -58,6 +87,7 @@ export function plain(value) {
 
 function check(value, type, where) {
   if (type === 'any') return plain(value);
+  if (Array.isArray(type) && type[0] === 'opt') return value === null ? null : check(value, type[1], where);
   if (type === 'int') {
     if (typeof value !== 'number' && typeof value !== 'bigint') throw new WireError(`${where}: expected int`);
     return value;
@@ -100,6 +130,29 @@ function build(schema, body, where) {
   return out;
 }
 
+/** The bounds shared/plan.py enforces that a device relies on (the rest it never reads). */
+function validatePlan(plan, bad) {
+  if (plan.version !== PLAN_VERSION) bad(`plan.version ${plan.version} is not ${PLAN_VERSION}`);
+  if (plan.mode !== 'secure' && plan.mode !== 'plain') bad(`plan.mode ${plan.mode}`);
+  if (plan.encoding !== 'f32') bad('plan.encoding must be f32');
+  if (!(plan.weight_cap >= 1 && plan.weight_cap <= 2 ** 30)) bad('plan.weight_cap out of range');
+  if (plan.windows) {
+    for (const [k, w] of Object.entries(plan.windows)) if (!(w > 0 && w <= 86400)) bad(`plan.windows.${k} out of range`);
+  }
+  if (plan.staleness.max_staleness < 0) bad('plan.staleness.max_staleness must be >= 0');
+  if (plan.blocks) {
+    if (plan.blocks.length < 1 || plan.blocks.length > 4096) bad('plan.blocks must name 1..4096 blocks');
+    if (new Set(plan.blocks).size !== plan.blocks.length) bad('plan.blocks names a block twice');
+    if (plan.blocks.some((b) => b.length < 1 || b.length > 256)) bad('plan.blocks names must be 1..256 characters');
+  }
+  if (plan.mode === 'plain' && (plan.codec || plan.dp || plan.blocks)) bad('a plain round carries no codec, DP or blocks');
+  if (plan.mode === 'secure') {
+    if (!plan.codec || !plan.windows) bad('a secure round needs a codec and phase windows');
+    if (plan.codec.scheme !== 'int' || plan.codec.bits < 1 || plan.codec.bits > 32 || plan.codec.seed.length !== 32) bad('plan.codec');
+  }
+  if (plan.dp && (plan.dp.mode === 'off' || plan.dp.noise_multiplier === null)) bad('plan.dp must be on and resolved');
+}
+
 function validate(msg) {
   const bad = (why) => { throw new WireError(`${msg.t}: ${why}`); };
   const len = (name, n) => { if (msg[name].length !== n) bad(`${name} must be ${n} bytes`); };
@@ -108,6 +161,8 @@ function validate(msg) {
     case 'round':
       if (msg.round_id < 0 || msg.base_version < 0) bad('round_id and base_version must be >= 0');
       if (msg.min_clients < 1 || msg.target_clients < msg.min_clients) bad('need 1 <= min_clients <= target_clients');
+      if (!(msg.opened_at <= msg.deadline)) bad('deadline must not precede opened_at');
+      validatePlan(msg.plan, bad);
       break;
     case 'update': if (msg.num_examples < 1 || msg.dim < 1) bad('num_examples and dim must be >= 1'); break;
     case 'presence': if (msg.memory_budget < 0 || msg.activation_profile.some((a) => a < 0)) bad('negative budget'); break;
@@ -161,6 +216,7 @@ export function decode(payload, expected = null, { maxBytes, withSpans = false }
 }
 
 function wireValue(value, type) {
+  if (Array.isArray(type) && type[0] === 'opt') return value === null || value === undefined ? null : wireValue(value, type[1]);
   if (type === 'float') return f64(value);
   if (type === 'int' || type === 'str' || type === 'bool' || type === 'bin' || type === 'any') return value;
   if (Array.isArray(type) && type[0] === 'list') return value.map((v) => wireValue(v, type[1]));

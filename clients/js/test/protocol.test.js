@@ -85,7 +85,7 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
   const notices = v.messages.filter((m) => m.topic === t.notice).map((m) => decode(fromHex(m.payload)));
   const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
   const announce = verifyMapSigned(fromHex(v.messages.find((m) => m.topic === t.round).payload), 'round', aggKey);
-  const config = codecConfig(announce.config.codec, { expected_clients: roster.members.length });
+  const config = codecConfig(announce.plan.codec, { expected_clients: roster.members.length });
   let sum = new Uint32Array(roster.length);
   for (const d of v.devices) {
     const s = v.secrets[d];

@@ -1,0 +1,144 @@
+"""The aggregator's intake: every incoming message goes through one fault boundary to its handler.
+
+Presence messages record a device's declared memory budget and activation profile; round messages go to
+the open plain round (:class:`aggregator.plain.PlainRound`) or secure round
+(:class:`aggregator.secure.SecureRound`). Bad input is counted and logged with its rule, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aggregator.config import AggregatorConfig
+from aggregator.plain import PlainRound
+from aggregator.secure import SecureRound
+from aggregator.store import Store
+from shared.errors import FedmqError, ProtocolError, WireError
+from shared.mqtt import MqttConnection
+from shared.supervision import INTERNAL_ERROR, FaultCounter, rule_of
+from shared.topics import UPDATE, RoundTopic, Topics
+from shared.wire import Presence as PresenceMsg
+from shared.wire import decode
+
+log = logging.getLogger("aggregator.engine")
+
+
+class Intake:
+    """Message handling of :class:`aggregator.engine.Aggregator` (which owns the state named here)."""
+
+    config: AggregatorConfig
+    topics: Topics
+    faults: FaultCounter
+    memory_budgets: dict[str, int]
+    activation_profiles: dict[str, list[int]]
+    _conn: MqttConnection | None
+    _accepting: asyncio.Event
+    _round: PlainRound | None
+    _secure: SecureRound | None
+
+    def store_or_fail(self) -> Store:
+        raise NotImplementedError
+
+    @property
+    def intake_hooks(self) -> list[Callable[[str, bytes], None]]:
+        """Called with (topic, payload) of every incoming message (participation ledger, metrics)."""
+        return self.__dict__.setdefault("_intake_hooks", [])
+
+    async def _intake_loop(self) -> None:
+        """Hand every incoming message to its handler; one message's failure never ends the loop."""
+        assert self._conn is not None
+        async for msg in self._conn.messages():
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
+            topic = str(msg.topic)
+            for hook in self.intake_hooks:
+                try:
+                    hook(topic, payload)
+                except Exception:  # an observer's fault never costs a message
+                    log.exception("intake hook failed")
+            if topic.startswith(self.topics.status_all[:-1]):
+                self._on_presence(topic, payload)
+                continue
+            await self._accepting.wait()
+            self._ingest(topic, payload)
+
+    def _on_presence(self, topic: str, payload: bytes) -> None:
+        """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""
+        if not payload:
+            return
+        sender = topic
+        try:
+            sender = self.topics.parse_status(topic)
+            presence = decode(payload, PresenceMsg)
+            if presence.client_id != sender or not self.config.allows(sender):
+                raise ProtocolError("presence for another or unknown device")
+            self._record_presence(presence)
+        except FedmqError as exc:
+            self._drop(sender, str(exc), topic=topic, rule=rule_of(exc))
+        except Exception as exc:  # the per-message fault boundary
+            self._drop(sender, f"{type(exc).__name__}: {exc}", topic=topic, rule=INTERNAL_ERROR, exc=exc)
+
+    def _record_presence(self, presence: PresenceMsg) -> None:
+        if presence.online and presence.memory_budget > 0:
+            self.memory_budgets[presence.client_id] = presence.memory_budget
+            self.activation_profiles[presence.client_id] = list(presence.activation_profile)
+        else:
+            self.memory_budgets.pop(presence.client_id, None)
+            self.activation_profiles.pop(presence.client_id, None)
+
+    def _drop(
+        self,
+        who: str,
+        reason: str,
+        round_id: int | None = None,
+        *,
+        topic: str = "",
+        rule: str = "ProtocolError",
+        exc: BaseException | None = None,
+    ) -> None:
+        """Count and log one refused message (with the traceback when no rule anticipated it)."""
+        self.faults.record(who, topic, rule, reason)
+        log.warning("dropped message round=%s from=%s topic=%s rule=%s: %s", round_id, who, topic, rule,
+                    reason, exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
+
+    def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
+        """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""
+        sender = topic
+        round_id = None
+        try:
+            parsed = self.topics.parse_round(topic)
+            sender, round_id = parsed.sender, parsed.round_id
+            if parsed.kind in SecureRound.KINDS:
+                self._ingest_secure(parsed, payload)
+                return
+            current = self._round
+            if current is None or parsed.round_id != current.round_id:
+                now = "none" if current is None else current.round_id
+                raise ProtocolError(f"update for round {parsed.round_id}, current round is {now}")
+            if parsed.kind != UPDATE:
+                raise ProtocolError(f"unexpected message kind {parsed.kind!r} in plain mode")
+            if not self.config.allows(sender):
+                raise ProtocolError(f"unknown sender {sender!r}")
+            journal = None if replay else (lambda p, frame: self._journal(p, topic, frame))
+            current.ingest(parsed, payload, journal)
+        except FedmqError as exc:
+            self._drop(sender, str(exc), round_id, topic=topic, rule=rule_of(exc))
+        except Exception as exc:  # the per-message fault boundary
+            self._drop(sender, f"{type(exc).__name__}: {exc}", round_id, topic=topic, rule=INTERNAL_ERROR,
+                       exc=exc)  # fmt: skip
+
+    def _journal(self, parsed: RoundTopic, topic: str, payload: bytes) -> bool:
+        part = -1 if parsed.chunk is None else parsed.chunk
+        return self.store_or_fail().journal(parsed.round_id, parsed.sender, UPDATE, part, topic, payload)
+
+    def _ingest_secure(self, parsed: RoundTopic, payload: bytes) -> None:
+        secure = self._secure
+        if secure is None or parsed.round_id != secure.round_id:
+            now = "none" if secure is None else secure.round_id
+            raise ProtocolError(f"{parsed.kind} for round {parsed.round_id}, current round is {now}")
+        if not self.config.allows(parsed.sender):
+            raise ProtocolError(f"unknown sender {parsed.sender!r}")
+        if len(payload) > self.config.max_update_bytes:
+            raise WireError(f"oversized payload: {len(payload)} bytes > {self.config.max_update_bytes}")
+        secure.ingest(parsed, payload)

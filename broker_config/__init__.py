@@ -1,0 +1,1 @@
+"""Mosquitto configuration shipped with fedmq (a package only so that wheels carry these files)."""

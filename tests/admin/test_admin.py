@@ -1,0 +1,142 @@
+"""``fedmq`` admin pieces: enrolment state, Mosquitto password hashes, exports, metrics exposition, and a
+rendered mTLS broker that ties the client certificate to the ACL's account."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from aggregator.metrics import Metrics
+from aggregator.store import Store
+from fedmq_admin import pki
+from fedmq_admin.broker import hash_password, read_passwd
+from fedmq_admin.export import export, read_safetensors
+from fedmq_admin.federation import Federation, init_federation
+from shared.errors import BrokerTlsError, ConfigError
+from shared.layout import ModelLayout
+from shared.mqtt import MqttConfig, MqttConnection
+from shared.signing import load_or_create_key
+from shared.snapshots import make_snapshot
+from shared.wire import RoundResult, encode
+from simulator.broker import _die_with_parent, find_mosquitto, free_port
+
+
+def test_password_hashes_are_mosquittos(tmp_path):
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run([tool, "-b", str(passwd), "alice", "open sesame"], check=True)
+    digest = read_passwd(passwd)["alice"]
+    salt = base64.b64decode(digest.split("$")[3])
+    assert hash_password("open sesame", salt) == digest  # bit-exact with mosquitto_passwd's own hash
+    assert hash_password("open sesame!", salt) != digest
+
+
+def test_enrol_and_revoke_change_the_signed_set_and_the_accounts(tmp_path):
+    fed = init_federation(tmp_path / "fed", "acme", tls=False)
+    assert fed.enrolled().serial == 1 and fed.enrolled().devices == []
+    bundle = fed.enroll("dev-0")
+    fed.enroll("dev-1")
+    listing = Federation(tmp_path / "fed").enrolled()
+    assert listing.serial == 3 and sorted(listing.directory()) == ["dev-0", "dev-1"]
+    assert listing.directory()["dev-0"] == bytes(load_or_create_key(bundle / "identity.key").verify_key)
+    assert set(read_passwd(tmp_path / "fed" / "broker" / "passwd")) == {"aggregator", "dev-0", "dev-1"}
+    assert (bundle / "password").stat().st_mode & 0o077 == 0  # secrets readable by their owner only
+    assert "password =" not in (bundle / "device.toml").read_text()  # only a reference to the file
+    fed.revoke("dev-1")
+    listing = fed.enrolled()
+    assert sorted(listing.directory()) == ["dev-0"] and listing.revoked == ["dev-1"] and listing.serial == 4
+    assert "dev-1" not in read_passwd(tmp_path / "fed" / "broker" / "passwd")
+    with pytest.raises(ConfigError, match="revoked"):
+        fed.enroll("dev-1")
+    with pytest.raises(ConfigError, match="already enrolled"):
+        fed.enroll("dev-0")
+    with pytest.raises(ConfigError, match="aggregator"):
+        fed.enroll("aggregator")
+
+
+def test_export_writes_the_stored_model_bit_exactly(tmp_path):
+    layout = ModelLayout.from_shapes([("0.weight", (3, 4)), ("0.bias", (3,))])
+    weights = np.random.default_rng(0).standard_normal(layout.dim).astype(np.float32)
+    store = Store(tmp_path / "store")
+    store.write_snapshot(7, 6, encode(make_snapshot("acme", 7, 6, layout, weights)), {})
+    store.close()
+    export(tmp_path / "store", tmp_path / "m.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "m.safetensors")
+    assert meta == {"federation": "acme", "version": "7", "round": "6", "format": "pt"}
+    assert np.array_equal(tensors["0.weight"].ravel(), weights[:12]) and tensors["0.weight"].shape == (3, 4)
+    assert np.array_equal(tensors["0.bias"], weights[12:])
+    export(tmp_path / "store", tmp_path / "m.npz")
+    assert np.array_equal(np.load(tmp_path / "m.npz")["0.bias"], weights[12:])
+
+
+def test_metrics_exposition_counts_rounds_by_status_and_reason(tmp_path):
+    config = SimpleNamespace(federation="acme", directory={"dev-0": b"k"}, allows=lambda d: d == "dev-0")
+    agg = SimpleNamespace(config=config, version=3, store=None, last_secure=None, accountant=None, _conn=None)
+    metrics = Metrics(agg)
+    metrics.on_round(RoundResult(0, "closed", 1, 3), np.zeros(1))
+    reason = "1 devices advertised keys < min_clients 2"
+    metrics.on_round(RoundResult(1, "abandoned", 1, 1, reason), np.zeros(1))
+    agg.faults.record("dev-9", "fl/acme/r/1/keys/dev-9", "ProtocolError", "unknown sender")
+    text = metrics.render()
+    assert 'fedmq_rounds_total{status="closed",reason="none"} 1' in text
+    assert 'fedmq_rounds_total{status="abandoned",reason="too_few_devices"} 1' in text
+    assert 'fedmq_rejected_messages_total{rule="ProtocolError",sender="unknown"} 1' in text
+    assert "fedmq_model_version 3" in text and "fedmq_devices_enrolled 1" in text
+    for line in text.splitlines():  # every sample line is `name{labels} value` or `name value`
+        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+    assert metrics.health()[0] == 503  # not connected to a broker
+
+
+@pytest.mark.broker
+async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
+    port = free_port()
+    fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", client_certs=True)
+    fed.enroll("dev-0")
+    conf = (tmp_path / "fed" / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "use_identity_as_username true" in conf
+    broker = subprocess.Popen(
+        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+    )  # fmt: skip
+
+    def cert_config(folder, client_id: str, **overrides) -> MqttConfig:
+        values = {"host": "localhost", "port": port, "client_id": client_id, "tls": True,
+                  "ca_file": str(folder / "ca.crt"), "cert_file": str(folder / "client.crt"),
+                  "key_file": str(folder / "client.key"), "reconnect_min_s": 0.05, **overrides}  # fmt: skip
+        return MqttConfig(**values)
+
+    try:
+        agg_dir, dev_dir = tmp_path / "fed" / "aggregator", tmp_path / "fed" / "devices" / "dev-0"
+        async with (
+            MqttConnection(cert_config(agg_dir, "aggregator"), ["fl/acme/status/+"]) as watcher,
+            MqttConnection(cert_config(dev_dir, "dev-0")) as device,
+        ):
+            await watcher.wait_connected(30)
+            await device.wait_connected(30)
+            # The certificate says dev-0: the ACL lets it write its own presence, not another device's.
+            await device.publish("fl/acme/status/dev-1", b"forged", retain=True)
+            await device.publish("fl/acme/status/dev-0", b"mine", retain=True)
+            seen = []
+            async with asyncio.timeout(30):
+                while b"mine" not in seen:
+                    msg = await watcher.next_message(timeout=1.0)
+                    if msg is not None:
+                        seen.append(bytes(msg.payload))
+            assert b"forged" not in seen
+        # A certificate from another CA is refused, and the connection says so instead of retrying forever.
+        evil_ca = pki.make_ca(tmp_path / "evil", "evil")
+        pki.issue(evil_ca, "dev-0", tmp_path / "evil", "client")
+        evil = cert_config(tmp_path / "evil", "dev-0", ca_file=str(dev_dir / "ca.crt"), fatal_retries=2)
+        async with MqttConnection(evil) as conn:
+            with pytest.raises(BrokerTlsError, match="unknown ca"):
+                await conn.wait_connected(30)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
