@@ -2,10 +2,11 @@
 
 A broker that restarts without having saved them loses the retained roster and notice and every share
 batch queued for a device's inbox; a device that missed one cannot take the next step of the round. So
-the engine publishes each of them through :class:`OpenPhase`, which remembers the latest per key (the
-roster, each device's inbox, the notice -- U3 replaces U2) and, after a reconnect, publishes them again in
-the order devices need them. Devices treat such a repeat as their cue to re-send whatever that phase still
-lacks from them (``edge_client/delivery.py``), so one reconnect of either side restores the round.
+the engine publishes them through :class:`RecordingOutbox`, whose :class:`OpenPhase` remembers the
+latest per key (the roster, each device's inbox, the notice -- U3 replaces U2) and, after a reconnect,
+publishes them again in the order devices need them. Devices treat such a repeat as their cue to re-send
+whatever that phase still lacks from them (``edge_client/delivery.py``), so one reconnect of either side
+restores the round.
 """
 
 from __future__ import annotations
