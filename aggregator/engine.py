@@ -132,7 +132,6 @@ class Aggregator(Intake, Publishing):
         subscriptions = [self.topics.rounds_all, self.topics.status_all]
         self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
         await self._conn.__aenter__()
-        # Remembers the open secure round's roster, inboxes and notice to re-publish after a reconnect.
         self._outbox = RecordingOutbox(self._conn, self.topics, chunk_limit=self.config.chunk_limit)
         self.supervisor.start("intake", self._intake_loop)
         return self
@@ -358,7 +357,6 @@ class Aggregator(Intake, Publishing):
         announce = self._announce(round_id, phase=PHASE_KEYS, opened_at=now, deadline=deadline,
                                   base_version=self.version, plan=plan)  # fmt: skip
         self._secure = self.last_secure = secure
-        self._outbox.open_phase.clear()
         self._accepting.set()
         await self._publish_announce(announce)
         log.info("round=%d opened (secure) on v%d", round_id, self.version)
@@ -370,7 +368,6 @@ class Aggregator(Intake, Publishing):
             return True
         finally:
             self._secure = None
-            self._outbox.open_phase.clear()
         metrics = {"total_weight": outcome.total_weight, "dropped": float(outcome.dropped)}
         if self.accountant is not None and outcome.noise_multiplier is not None:
             self.accountant.record_round(outcome.noise_multiplier)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from shared.errors import FedmqError
 from shared.outbox import Outbox, Publisher
 from shared.topics import Topics
+from shared.wire import RoundAnnounce
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,24 @@ class RecordingOutbox(Outbox):
     def __init__(self, transport: Publisher, topics: Topics, *, chunk_limit: int) -> None:
         super().__init__(transport, topics, chunk_limit=chunk_limit)
         self.open_phase = OpenPhase()
+        self._round = -1
+
+    def _of_round(self, round_id: int) -> None:
+        """A message of another round: the one recorded is over, forget it."""
+        if round_id != self._round:
+            self.open_phase.clear()
+            self._round = round_id
+
+    async def announce(self, announce: RoundAnnounce, *, now: float) -> None:
+        self._of_round(announce.round_id)
+        await super().announce(announce, now=now)
 
     async def roster(self, roster: Roster) -> None:
+        self._of_round(roster.round)
         await self.open_phase.publish("roster", lambda: super(RecordingOutbox, self).roster(roster))
 
     async def notice(self, notice: SurvivorList) -> None:
+        self._of_round(notice.round)
         await self.open_phase.publish("notice", lambda: super(RecordingOutbox, self).notice(notice))
 
     async def inbox(self, device: str, batch: ShareBatch) -> None:

@@ -166,7 +166,7 @@ class Fleet:
         self.downs.append((cid, time.time(), float("inf")))
 
     def _harvest(self, device: EdgeClient) -> None:
-        stats = device.deliveries.stats
+        stats = device.outbox.deliveries.stats
         self.bytes_resent += stats.bytes_resent
         self.resends += stats.resent
         self.failed_sends += stats.failed

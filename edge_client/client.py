@@ -19,7 +19,7 @@ import nacl.signing
 import numpy as np
 
 from edge_client.config import EdgeConfig, EdgeStats
-from edge_client.delivery import Contribution, DeliveringOutbox, phase_opened_by
+from edge_client.delivery import DeliveringOutbox
 from edge_client.local import LocalTraining, Pending
 from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
@@ -80,9 +80,7 @@ class EdgeClient(LocalTraining):
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
-        # Round messages are kept until the aggregator settles them, and re-sent on cue (delivery.py).
         self.outbox = DeliveringOutbox(self.conn, self.topics, cid, chunk_limit=config.chunk_limit)
-        self.deliveries = self.outbox.deliveries
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
             if config.identity is not None and config.aggregator_key is not None and config.directory
@@ -153,6 +151,8 @@ class EdgeClient(LocalTraining):
                 continue
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             self.handle(str(msg.topic), payload)
+            if (resend := self.outbox.cue(str(msg.topic), payload, self.config.secure)) is not None:
+                self._spawn(resend)  # a phase (re)opened: what it still lacks from us goes again
 
     async def wait_for_version(self, version: int, timeout: float) -> None:
         """Wait until the device holds snapshot ``version`` or newer (raises TimeoutError)."""
@@ -173,20 +173,15 @@ class EdgeClient(LocalTraining):
             return  # a retained message being cleared
         try:
             if topic == self.topics.round:
-                announce = decode(payload, RoundAnnounce)
-                self._on_round(announce)
-                self.deliveries.round_ended(announce.round_id - 1)
-                self._redeliver("round", announce.round_id)
+                self._on_round(decode(payload, RoundAnnounce))
             elif topic == self.topics.roster:
                 roster = decode(payload, Roster)
                 if self._secure is not None:
                     self._spawn(self._secure.on_roster(roster))
-                self._redeliver("roster", roster.round, [m.device for m in roster.members])
             elif topic == self.topics.notice:
                 notice = decode(payload, SurvivorList)
                 if self._secure is not None:
                     self._spawn(self._secure.on_notice(notice))
-                self._redeliver("notice", notice.round, notice.devices, notice.phase)
             elif topic.startswith(self.topics.delta):
                 index = self.topics.parse_delta_chunk(topic)
                 update = self._reassembler.feed("delta", index, payload, self.config.max_snapshot_bytes)
@@ -255,7 +250,6 @@ class EdgeClient(LocalTraining):
     def _install(self, weights: np.ndarray, snapshot: ModelSnapshot) -> None:
         self.weights, self.version, self.snapshot = weights, snapshot.version, snapshot
         self.stats.snapshots += 1
-        self.deliveries.round_ended(snapshot.round_id)  # that round's contributions are in (or out) for good
         self._updated.set()
         log.info("device=%s has snapshot v%d", self.client_id, snapshot.version)
         self._maybe_train()
@@ -271,18 +265,6 @@ class EdgeClient(LocalTraining):
             self._secure.close_masked_phase()
         self.announce = announce
         self._maybe_train()
-
-    def _redeliver(
-        self, message: str, round_id: int, members: list[str] | None = None, notice_phase: str | None = None
-    ) -> None:
-        """The aggregator (re)published a phase-opening message: re-send what that phase still lacks."""
-        kind = phase_opened_by(message, self.config.secure, notice_phase)
-        entry = self.deliveries.opened(round_id, kind, members) if kind is not None else None
-        if entry is not None:
-            self._spawn(self._resend(entry))
-
-    async def _resend(self, entry: Contribution) -> None:
-        await self.deliveries.resend(entry)
 
     # -- participation ---------------------------------------------------------------------------
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 
 from shared.errors import FedmqError
 from shared.outbox import Outbox, Publisher
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
-from shared.wire import Message, encode
+from shared.wire import Message, RoundAnnounce, decode, encode
+from shared.wire.secagg import Roster, SurvivorList
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,30 @@ def phase_opened_by(kind_of_message: str, secure: bool, notice_phase: str | None
     return None
 
 
+def cue_of(
+    topics: Topics, topic: str, payload: bytes, secure: bool
+) -> tuple[str, int, list[str] | None] | None:
+    """(kind to re-send, round, members listed) for a phase-opening aggregator message, else None.
+
+    The round announcement opens KEYS (secure) or UPDATE (plain), the roster SHARES, the U2 notice MASKED
+    and the U3 notice UNMASK. Anything unreadable is no cue (the client's own handling reports it).
+    """
+    try:
+        if topic == topics.round:
+            announce = decode(payload, RoundAnnounce)
+            return (KEYS if secure else UPDATE), announce.round_id, None
+        if topic == topics.roster:
+            roster = decode(payload, Roster)
+            return SHARES, roster.round, [m.device for m in roster.members]
+        if topic == topics.notice:
+            notice = decode(payload, SurvivorList)
+            kind = phase_opened_by("notice", secure, notice.phase)
+            return (kind, notice.round, list(notice.devices)) if kind is not None else None
+    except FedmqError:
+        return None
+    return None
+
+
 class DeliveringOutbox(Outbox):
     """The device's outbox: every round message goes through :class:`Deliveries`, so it is kept until
     the aggregator settles it and can be re-sent; a publish that fails is kept, not raised (returns 0)."""
@@ -188,6 +213,21 @@ class DeliveringOutbox(Outbox):
 
         await self.deliveries.deliver(round_id, kind, len(payload), transmit)
         return frames
+
+    def cue(self, topic: str, payload: bytes, secure: bool) -> Coroutine[object, object, None] | None:
+        """An incoming message: when it (re)opens a phase, settle the earlier ones (and earlier rounds on a
+        round announcement) and return the re-send of what this phase still lacks, to run as a task."""
+        found = cue_of(self.topics, topic, payload, secure)
+        if found is None:
+            return None
+        kind, round_id, members = found
+        if kind in (KEYS, UPDATE):
+            self.deliveries.round_ended(round_id - 1)
+        entry = self.deliveries.opened(round_id, kind, members)
+        return self._resend(entry) if entry is not None else None
+
+    async def _resend(self, entry: Contribution) -> None:
+        await self.deliveries.resend(entry)
 
 
 __all__ = ["Deliveries", "DeliveringOutbox", "DeliveryStats", "phase_opened_by"]

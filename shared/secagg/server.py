@@ -219,22 +219,11 @@ class SecAggServer:
         if self.phase != "share":
             raise self._refuse(None, f"cannot close the share phase in phase {self.phase!r}")
         delivered = frozenset(u for u, ns in self.graph.items() if all((u, v) in self._bundles for v in ns))
-        # Only devices with t neighbours in U2 will mask (the rest refuse): keep U2 to that core, so nobody
-        # masks with a device bound to drop out, and abandon now when the core cannot reach the threshold
-        # (e.g. exactly t devices in the complete graph) rather than one unmask window later.
-        core = threshold_core(self.graph, self.threshold, delivered)
+        core = threshold_core(self.graph, self.threshold, delivered)  # the rest would refuse to mask
         if len(core) < self.threshold:
             self.phase = "abandoned"
-            raise self._refuse(
-                None,
-                f"{len(delivered)} devices shared, {len(core)} of them have {self.threshold} neighbours "
-                f"that shared; threshold {self.threshold}",
-                abandon=True,
-            )
-        if core != delivered:
-            left_out = sorted(delivered - core)
-            log.info("secagg round=%s: %d devices shared but lack %d neighbours in U2; left out: %s",
-                     self.round_id, len(left_out), self.threshold, left_out[:5])  # fmt: skip
+            reason = f"{len(delivered)} devices shared, {len(core)} have {self.threshold} sharing neighbours"
+            raise self._refuse(None, f"{reason}; threshold {self.threshold}", abandon=True)
         self.shared = core
         self.phase = "mask"
         return self._notice(PHASE_SHARED, delivered)
@@ -290,11 +279,7 @@ class SecAggServer:
         return self._notice(PHASE_MASKED, survivors)
 
     def unmask_obstacle(self, survivors: frozenset[str] | None = None) -> str | None:
-        """Why these survivors (default: the masked inputs so far) could not be unmasked, or None.
-
-        The graph's real need (:func:`shared.secagg.graph.unmask_obstacle`): each survivor needs t
-        surviving neighbours, each dropped U2 member with a surviving neighbour needs t of them.
-        """
+        """Why these survivors (default: the inputs so far) could not be unmasked (graph.py), or None."""
         alive = frozenset(self._masked_from) if survivors is None else survivors
         return unmask_obstacle(self.graph, self.threshold, self.shared, alive)
 

@@ -54,7 +54,7 @@ async def test_aggregator_crash_in_a_phase_abandons_that_round_and_the_next_clos
                 ledger.record(second, devices)
                 assert versions_ok(second) == []
                 # Nothing of the killed round lingers in a device's outbox (the next round settled it).
-                assert all(r != 0 for d in devices for r, _ in d.deliveries.outstanding())
+                assert all(r != 0 for d in devices for r, _ in d.outbox.deliveries.outstanding())
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
