@@ -3,7 +3,7 @@
 A broker's PUBACK only says the broker took a message; a broker crash before the aggregator read it, or
 a publish stranded on a connection that died, loses it. So a device treats a contribution as delivered
 only when the aggregator moves on: the roster confirms the keys, the U2 notice the share batch, the U3
-notice the masked input, and the round's end (a newer round or a snapshot from this round) the reveal
+notice the masked input, and the next round's announcement the reveal
 or the plain update. Until then the :class:`Deliveries` ledger keeps it.
 
 When to re-send: whenever the aggregator's message that opens a phase arrives *again* -- it does on every
@@ -111,7 +111,7 @@ class Deliveries:
         return entry
 
     def round_ended(self, round_id: int) -> None:
-        """Rounds up to ``round_id`` are over (a newer round, or a snapshot they produced)."""
+        """Rounds up to ``round_id`` are over (a newer round was announced)."""
         for key in [k for k in self._entries if k[0] <= round_id]:
             self._settle(*key, confirmed=True)
 
