@@ -27,7 +27,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(MAKE) js-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not long"
 
 # The JavaScript device client against the committed conformance vectors (spec/vectors), then its browser
 # bundle (clients/js/browser/fedmq-device.js) for the headless-Chromium test that pytest runs.

@@ -32,6 +32,7 @@ from aggregator.model import load_snapshot, restore_accountant
 from aggregator.optimizer import ServerOptimizer
 from aggregator.plain import PlainRound
 from aggregator.publishing import Publishing
+from aggregator.republish import RecordingOutbox
 from aggregator.rounds import Recovery, RoundPlan
 from aggregator.secure import SecureRound
 from aggregator.store import RoundRecord, Store
@@ -39,7 +40,6 @@ from shared.dp import PrivacyAccountant
 from shared.errors import FedmqError, StoreError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConnection, MqttTimeout
-from shared.outbox import Outbox
 from shared.signing import load_or_create_key, sign
 from shared.snapshots import make_delta_snapshot, make_snapshot, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, FaultCounter, SupervisionError, Supervisor
@@ -98,7 +98,7 @@ class Aggregator(Intake, Publishing):
         self.noise_multiplier = dp.resolved_noise_multiplier() if dp.enabled else None
         self.accountant = PrivacyAccountant(dp.delta, dp.sampling_q) if dp.enabled and dp.delta else None
         self._conn: MqttConnection | None = None
-        self._outbox: Outbox | None = None
+        self._outbox: RecordingOutbox | None = None
         #: Owns the long-lived tasks (intake); a task that keeps failing ends :meth:`run` with the cause.
         self.supervisor = Supervisor("aggregator")
         #: Messages refused at the per-message boundary, by rule (bounded; see ``dropped``).
@@ -132,7 +132,7 @@ class Aggregator(Intake, Publishing):
         subscriptions = [self.topics.rounds_all, self.topics.status_all]
         self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
         await self._conn.__aenter__()
-        self._outbox = Outbox(self._conn, self.topics, chunk_limit=self.config.chunk_limit)
+        self._outbox = RecordingOutbox(self._conn, self.topics, chunk_limit=self.config.chunk_limit)
         self.supervisor.start("intake", self._intake_loop)
         return self
 

@@ -131,9 +131,9 @@ class Metrics:
         counts["keys"] = len(getattr(secure, "adverts", {}) or {})
         server = getattr(secure, "server", None)
         if server is not None:
-            counts["shares"] = int(server.bundles_received)
-            counts["masked"] = int(server.masked_received)
-            counts["unmask"] = int(server.reveals_received)
+            counts["shares"] = server.received("share")
+            counts["masked"] = server.received("mask")
+            counts["unmask"] = server.received("unmask")
         return counts
 
     def render(self) -> str:

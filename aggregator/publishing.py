@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable
 
 from aggregator.plain import PlainRound
+from aggregator.republish import RecordingOutbox
 from aggregator.secure import SecureRound
 from shared.errors import FedmqError
 from shared.mqtt import MqttConnection
@@ -54,6 +55,8 @@ class Publishing:
             await self._publish_announce(self._round.announce)
         if self._last_announce is not None and self._secure is not None:
             await self._publish_announce(self._last_announce)
+            if isinstance(self._outbox, RecordingOutbox):  # the open phase's roster, inboxes, notice
+                await self._outbox.open_phase.replay()
 
     async def _publish_snapshot(self) -> None:
         """The full snapshot (retained, for newcomers), then the update for holders of the last version."""

@@ -159,7 +159,7 @@ class SecureRound:
         )  # fmt: skip
         await _logged(outbox.roster(roster), "publishing the roster")
         server = self.server
-        await self._wait(w.shares, lambda: server.bundles_received >= self._expected_bundles(), stop)
+        await self._wait(w.shares, lambda: server.received("share") >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
         # All inboxes in flight at once: one at a time, each waiting for its acknowledgement, cost the
@@ -177,12 +177,15 @@ class SecureRound:
         assert server.params is not None
         tolerance = server.params.tolerated_dropouts
         wanted = max(min(self.target_clients, len(u2.devices)), len(u2.devices) - tolerance)
-        await self._wait(w.masked, lambda: server.masked_received >= wanted, stop)
+        # ...and only close early once the inputs so far can be unmasked (the graph's need, not a count).
+        await self._wait(
+            w.masked, lambda: server.received("mask") >= wanted and server.unmask_obstacle() is None, stop
+        )
         u3 = server.close_masked_phase()
         self.phase = UNMASK
         await _logged(outbox.notice(u3), "publishing the survivor notice")
         log.info("round=%d phase=unmask U3 has %d devices", self.round_id, len(u3.devices))
-        await self._wait(w.unmask, lambda: server.reveals_received >= len(u3.devices), stop)
+        await self._wait(w.unmask, lambda: server.received("unmask") >= len(u3.devices), stop)
         missing = server.missing_shares()
         if missing:
             raise RoundAbandoned(f"too few reveals to unmask: missing shares for {sorted(missing)[:5]}")

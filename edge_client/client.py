@@ -1,9 +1,7 @@
 """The device: keeps the latest global model, trains when a round it can join is open, and publishes
-its update inside the round's window.
-
-The client rides out broker disconnects (the connection helper reconnects and re-subscribes; retained
-snapshot and round messages bring it up to date on every subscribe), and a device that comes online
-late joins the round that is open at that moment.
+its update inside the round's window. It rides out broker disconnects (retained snapshot and round
+messages bring it up to date on every subscribe; contributions the aggregator has not confirmed are
+re-sent, ``edge_client/delivery.py``), and a device that comes online late joins the open round.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import nacl.signing
 import numpy as np
 
 from edge_client.config import EdgeConfig, EdgeStats
+from edge_client.delivery import DeliveringOutbox
 from edge_client.local import LocalTraining, Pending
 from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
@@ -28,7 +27,6 @@ from shared.chunking import Reassembler
 from shared.errors import FedmqError, IncompatibleError, ProtocolError
 from shared.following import RoundFollowing
 from shared.mqtt import MqttConnection, Presence
-from shared.outbox import Outbox
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
@@ -81,7 +79,7 @@ class EdgeClient(LocalTraining):
         if config.use_deltas:
             subscriptions.append(self.topics.delta_all)
         self.conn = MqttConnection(config.mqtt, subscriptions, presence)
-        self.outbox = Outbox(self.conn, self.topics, chunk_limit=config.chunk_limit)
+        self.outbox = DeliveringOutbox(self.conn, self.topics, cid, chunk_limit=config.chunk_limit)
         self._following = RoundFollowing(self.conn, self.topics)
         self._secagg = (
             SecAggClient(config.federation, cid, config.identity, config.aggregator_key, config.directory)
@@ -153,6 +151,8 @@ class EdgeClient(LocalTraining):
                 continue
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
             self.handle(str(msg.topic), payload)
+            if (resend := self.outbox.cue(str(msg.topic), payload, self.config.secure)) is not None:
+                self._spawn(resend)  # a phase (re)opened: what it still lacks from us goes again
 
     async def wait_for_version(self, version: int, timeout: float) -> None:
         """Wait until the device holds snapshot ``version`` or newer (raises TimeoutError)."""
@@ -397,4 +397,3 @@ class EdgeClient(LocalTraining):
             # A newer round or snapshot may have arrived while we trained (unless the device is closing).
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().call_soon(self._maybe_train)
-

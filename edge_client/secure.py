@@ -99,6 +99,7 @@ class SecureParticipation:
         self._lock = asyncio.Lock()
         self._masked_closed = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
+        self._opened: set[frozenset[tuple[str, bytes]]] = set()
 
     async def send(self, kind: str, message: Message) -> None:
         """Publish this device's message of ``kind``; it expires with the round."""
@@ -143,8 +144,12 @@ class SecureParticipation:
 
     def _open(self, batch: ShareBatch) -> None:
         """Open every bundle independently; a bad one costs this device only that sender's shares."""
+        opened = frozenset(batch.ciphertexts.items())
+        if opened in self._opened:
+            return  # the aggregator re-published the inbox after a reconnect: already have these
         for sender, reason in self.secagg.open_all(batch.received_bundles()).items():
             log.warning("round=%s share bundle from %s refused: %s", batch.round, sender, reason)
+        self._opened.add(opened)
 
     def close_masked_phase(self) -> None:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""

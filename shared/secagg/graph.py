@@ -82,13 +82,44 @@ def round_recoverable(
     the end needs ``threshold`` surviving neighbours holding shares of its mask key, if any survivor
     masked with it. The aggregation threshold ``|U3| >= threshold`` is implied.
     """
+    return unmask_obstacle(graph, threshold, shared, survivors) is None
+
+
+def unmask_obstacle(
+    graph: Mapping[str, Sequence[str]], threshold: int, shared: Collection[str], survivors: Collection[str]
+) -> str | None:
+    """Why the round cannot unmask with these survivors (None when it can): the reason
+    :func:`round_recoverable` is false, naming the first device short of surviving neighbours, so an
+    abandoned round's log says what was missing rather than only that something was."""
     alive = set(survivors)
     if len(alive) < threshold:
-        return False
-    for u in shared:
+        return f"{len(alive)} survivors, threshold {threshold}"
+    for u in sorted(shared):
         live = sum(1 for v in graph[u] if v in alive)
         if u in alive and live < threshold:
-            return False
+            return f"survivor {u!r} has {live} surviving neighbours, needs {threshold} to reveal"
         if u not in alive and 0 < live < threshold:
-            return False
-    return True
+            return f"dropped {u!r} has {live} surviving neighbours, needs {threshold} to rebuild its mask key"
+    return None
+
+
+def threshold_core(
+    graph: Mapping[str, Sequence[str]], threshold: int, members: Collection[str]
+) -> frozenset[str]:
+    """The largest subset of ``members`` in which everyone has ``threshold`` neighbours inside it.
+
+    A device refuses to mask when fewer than ``threshold`` of its neighbours are in the shared set U2 (it
+    could never be unmasked), so a U2 wider than this core only adds devices that will drop out and whose
+    mask keys the survivors would then have to reveal. Peeling the devices short of neighbours (repeatedly:
+    each removal can starve another) gives the set that can actually mask together; in the complete graph
+    with exactly ``threshold`` members it is empty, as each has only ``threshold - 1`` others.
+    """
+    core = set(members)
+    changed = True
+    while changed:
+        changed = False
+        for u in sorted(core):
+            if sum(1 for v in graph[u] if v in core) < threshold:
+                core.discard(u)
+                changed = True
+    return frozenset(core)

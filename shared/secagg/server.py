@@ -30,7 +30,7 @@ from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
 from shared.secagg import bundles, keys, prg, shamir
 from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution
-from shared.secagg.graph import graph_seed, neighbour_graph, share_index
+from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
     PHASE_MASKED,
@@ -141,17 +141,9 @@ class SecAggServer:
         unsigned = SurvivorList(self.federation, self.round_id, phase, sorted(devices))
         return replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
 
-    @property
-    def bundles_received(self) -> int:
-        return len(self._bundles)
-
-    @property
-    def masked_received(self) -> int:
-        return len(self._masked_from)
-
-    @property
-    def reveals_received(self) -> int:
-        return len(self._revealed_by)
+    def received(self, phase: str) -> int:
+        """How many share bundles ("share"), masked inputs ("mask") or reveals ("unmask") arrived."""
+        return len({"share": self._bundles, "mask": self._masked_from, "unmask": self._revealed_by}[phase])
 
     @property
     def threshold(self) -> int:
@@ -226,18 +218,19 @@ class SecAggServer:
         return True
 
     def close_share_phase(self) -> SurvivorList:
-        """U2 = devices whose bundles reached every neighbour; signed 'shared' notice."""
+        """U2 = devices whose bundles reached every neighbour, kept to those with t such neighbours (the
+        threshold core); signed 'shared' notice. Abandons when that core is below t."""
         if self.phase != "share":
             raise self._refuse(None, f"cannot close the share phase in phase {self.phase!r}")
         delivered = frozenset(u for u, ns in self.graph.items() if all((u, v) in self._bundles for v in ns))
-        if len(delivered) < self.threshold:
+        core = threshold_core(self.graph, self.threshold, delivered)  # the rest would refuse to mask
+        if len(core) < self.threshold:
             self.phase = "abandoned"
-            raise self._refuse(
-                None, f"{len(delivered)} devices shared, threshold {self.threshold}", abandon=True
-            )
-        self.shared = delivered
+            reason = f"{len(delivered)} devices shared, {len(core)} have {self.threshold} sharing neighbours"
+            raise self._refuse(None, f"{reason}; threshold {self.threshold}", abandon=True)
+        self.shared = core
         self.phase = "mask"
-        return self._notice(PHASE_SHARED, delivered)
+        return self._notice(PHASE_SHARED, core)  # devices mask against exactly the set we unmask
 
     def shares_for(self, recipient: str) -> list[EncryptedShares]:
         """Bundles to forward to ``recipient`` (from U2 senders once the share phase is closed)."""
@@ -274,14 +267,22 @@ class SecAggServer:
         if self.phase != "mask":
             raise self._refuse(None, f"cannot close the mask phase in phase {self.phase!r}")
         survivors = frozenset(self._masked_from)
-        if len(survivors) < self.threshold:
+        obstacle = self.unmask_obstacle(survivors)
+        if obstacle is not None:
+            # Abandon now: every survivor would refuse to reveal (or a dropped key could not be rebuilt),
+            # so waiting out the unmask window could only end the same way.
             self.phase = "abandoned"
             raise self._refuse(
-                None, f"{len(survivors)} masked inputs, threshold {self.threshold}", abandon=True
+                None, f"{len(survivors)} masked inputs cannot be unmasked: {obstacle}", abandon=True
             )
         self.masked = survivors
         self.phase = "unmask"
         return self._notice(PHASE_MASKED, survivors)
+
+    def unmask_obstacle(self, survivors: frozenset[str] | None = None) -> str | None:
+        """Why these survivors (default: the inputs so far) could not be unmasked (graph.py), or None."""
+        alive = frozenset(self._masked_from) if survivors is None else survivors
+        return unmask_obstacle(self.graph, self.threshold, self.shared, alive)
 
     # -- unmask --------------------------------------------------------------------------------
     @property

@@ -1,0 +1,41 @@
+"""The aggregator's open-phase record and the shipped-config broker, without a broker running."""
+
+from __future__ import annotations
+
+from aggregator.republish import OpenPhase
+from simulator.chaos import ShippedMosquitto, check_versions, shipped_persistence
+
+
+async def test_open_phase_replays_latest_per_key_in_first_published_order():
+    sent: list[str] = []
+    phase = OpenPhase()
+
+    def step(label: str):
+        async def go() -> None:
+            sent.append(label)
+
+        return go
+
+    await phase.publish("roster", step("roster"))
+    await phase.publish("inbox/a", step("inbox a"))
+    await phase.publish("notice", step("U2"))
+    await phase.publish("notice", step("U3"))  # replaces U2, keeps its place after the inboxes
+    sent.clear()
+    assert await phase.replay() == 3
+    assert sent == ["roster", "inbox a", "U3"]
+    phase.clear()
+    assert await phase.replay() == 0 and phase.replays == 1
+
+
+def test_shipped_broker_renders_the_shipped_persistence_lines(tmp_path):
+    broker = ShippedMosquitto(tmp_path / "b")
+    text = broker.render().read_text()
+    settings = shipped_persistence()
+    for key, value in settings.items():
+        assert f"\n{key} {value}\n" in f"\n{text}"
+    assert "autosave_interval 1\n" not in text  # the test template's 1 s save is gone
+
+
+def test_version_check():
+    assert check_versions([0, 1, 2]) == []
+    assert check_versions([0, 1, 1]) and check_versions([0, 2])
