@@ -13,6 +13,9 @@ from paho.mqtt.properties import Properties
 
 from shared.mqtt.config import REFUSED_VERSION, BrokerLimits, MqttConfig, Presence
 
+#: In-flight publishes on one connection above which aiomqtt logs a warning (its default is 10).
+PENDING_PUBLISH_WARNING = 10_000
+
 
 class Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK properties (the broker's announced limits)."""
@@ -58,7 +61,7 @@ def make_client(
     tls_params = None
     if cfg.tls:
         tls_params = aiomqtt.TLSParameters(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
-    return Client(
+    client = Client(
         host,
         port,
         identifier=cfg.client_id,
@@ -74,6 +77,10 @@ def make_client(
         logger=logger,
         **session,  # type: ignore[arg-type]
     )
+    # aiomqtt warns on every publish beyond 10 in flight; the aggregator fans share batches out to a whole
+    # cohort at once by design (each publish still has its own deadline), so warn only far beyond that.
+    client.pending_calls_threshold = PENDING_PUBLISH_WARNING
+    return client
 
 
 def read_limits(client: Client, cfg: MqttConfig, endpoint: str, protocol: str) -> BrokerLimits:
