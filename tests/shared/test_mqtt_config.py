@@ -13,7 +13,8 @@ def test_url_with_failover_endpoints_and_options():
         "mqtt://u:p@10.0.0.1:1884,10.0.0.2:1885,mqtt://10.0.0.3?protocol=3.1.1&max_packet_size=131072",
         "dev-1",
     )
-    assert cfg.endpoints == [("10.0.0.1", 1884), ("10.0.0.2", 1885), ("10.0.0.3", 1883)]
+    default_port = MqttConfig().port  # an endpoint without a port gets the plain-MQTT default
+    assert cfg.endpoints == [("10.0.0.1", 1884), ("10.0.0.2", 1885), ("10.0.0.3", default_port)]
     assert (cfg.username, cfg.password) == ("u", "p")
     assert (cfg.protocol, cfg.max_packet_size) == ("3.1.1", 131072)
 
