@@ -25,29 +25,17 @@ from shared.snapshots import make_snapshot, write_initial
 from shared.supervision import INTERNAL_ERROR, SupervisionError
 from shared.topics import UPDATE, Topics
 from shared.wire import ModelUpdate, Presence, encode
+from tests.integration.test_rounds import FED, agg_config, initial_snapshot
 from tests.support import enrol, initial_weights, make_devices, mqtt_config, run_rounds, secure_devices
 
 pytestmark = pytest.mark.broker
-FED = "test"
 
 
 def plain_config(broker, tmp_path, **kw) -> AggregatorConfig:
-    values = dict(
-        federation=FED,
-        mqtt=mqtt_config(broker, "aggregator"),
-        store_dir=tmp_path / "agg",
-        mode="plain",
-        round_window_s=30.0,
-        min_clients=3,
-        target_clients=3,
+    """The round tests' plain aggregator, closing at three devices."""
+    return agg_config(
+        broker, tmp_path, **{"round_window_s": 30.0, "min_clients": 3, "target_clients": 3, **kw}
     )
-    values.update(kw)
-    return AggregatorConfig(**values)
-
-
-def initial_snapshot():
-    model, weights = initial_weights()
-    return make_snapshot(FED, 0, -1, model.layout, weights)
 
 
 async def publish_raw(broker, messages: list[tuple[str, bytes, bool]]) -> None:
