@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,12 +252,13 @@ class Aggregator(Intake, Publishing):
 
     def _plain_round(self, announce: RoundAnnounce) -> PlainRound:
         assert self.layout is not None
-        self._round = PlainRound(announce, WeightedMean(self.layout.dim), self.config.max_update_bytes)
+        self._round = PlainRound(announce, WeightedMean(self.layout.dim), self.config.max_update_bytes,
+                                 clock=self.clock)
         return self._round
 
     def _resume_or_open(self) -> PlainRound:
         store = self.store_or_fail()
-        now = time.time()
+        now = self.clock.time()
         recovery, last = self._recovery()
         if recovery is Recovery.MARK_CLOSED:
             # Crashed after writing the snapshot but before marking the round: it did close.
@@ -344,7 +344,7 @@ class Aggregator(Intake, Publishing):
         elif recovery is Recovery.ABANDON:
             await self._abandon(last.round_id, 0, "aggregator restarted during a secure round")
         round_id = rounds.next_round_id(self.store.last_round())
-        now = time.time()
+        now = self.clock.time()
         deadline = now + self.config.windows.total
         self.store.open_round(round_id, self.version, now, deadline)
         choice = self._round_blocks(round_id)

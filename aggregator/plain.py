@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from aggregator.accumulator import WeightedMean
 from shared.chunking import Reassembler
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import ProtocolError, WireError
 from shared.topics import UPDATE, RoundTopic
 from shared.wire import Message, ModelUpdate, RoundAnnounce
@@ -37,6 +37,14 @@ class PlainRound:
     reassembler: Reassembler = field(default_factory=Reassembler)
     full: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: dict[str, float] = field(default_factory=dict)
+    clock: Clock = SYSTEM_CLOCK
+    #: When the window ends on the monotonic clock: a step of the wall clock mid-round moves nothing.
+    closes_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        window = self.announce.deadline - self.announce.opened_at
+        left = min(window, max(0.0, self.announce.deadline - self.clock.time()))  # resumed: what is left
+        self.closes_at = self.clock.monotonic() + left
 
     @property
     def round_id(self) -> int:
@@ -44,7 +52,7 @@ class PlainRound:
 
     async def wait(self, stop: asyncio.Event | None) -> None:
         """Until the target count or the deadline, whichever is first (never longer), or ``stop``."""
-        remaining = self.announce.deadline - time.time()
+        remaining = self.closes_at - self.clock.monotonic()
         waiters = [asyncio.create_task(self.full.wait())]
         if stop is not None:
             waiters.append(asyncio.create_task(stop.wait()))

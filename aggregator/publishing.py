@@ -8,12 +8,12 @@ the retained copy.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
 
 from aggregator.plain import PlainRound
 from aggregator.republish import RecordingOutbox
 from aggregator.secure import SecureRound
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import FedmqError
 from shared.mqtt import MqttConnection
 from shared.outbox import Outbox
@@ -34,6 +34,8 @@ class Publishing:
     _round: PlainRound | None
     _secure: SecureRound | None
     _last_announce: RoundAnnounce | None
+    #: Wall clock for stamps, monotonic for windows; tests give an aggregator a skewed or jumping one.
+    clock: Clock = SYSTEM_CLOCK
 
     @staticmethod
     async def _logged(publishing: Awaitable[None], what: str) -> None:
@@ -70,6 +72,16 @@ class Publishing:
     async def _publish_announce(self, announce: RoundAnnounce) -> None:
         assert self._outbox is not None
         self._last_announce = announce
-        await self._logged(
-            self._outbox.announce(announce, now=time.time()), f"announcing round {announce.round_id}"
-        )
+        now = self._stamp_now(announce)
+        await self._logged(self._outbox.announce(announce, now=now), f"announcing round {announce.round_id}")
+
+    def _stamp_now(self, announce: RoundAnnounce) -> float:
+        """Now, on the clock that stamped ``announce``: its ``opened_at`` plus the monotonic time since it was
+        first published, so a re-publish after a wall-clock step keeps the retained copy's lifetime."""
+        first: dict[tuple[int, float], float] = self.__dict__.setdefault("_announced_at", {})
+        key = (announce.round_id, announce.opened_at)
+        if key not in first:
+            for old in [k for k in first if k[0] < announce.round_id - 4]:
+                del first[old]
+            first[key] = self.clock.monotonic()
+        return announce.opened_at + (self.clock.monotonic() - first[key])

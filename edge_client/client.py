@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Coroutine
 
 import nacl.signing
@@ -22,8 +21,10 @@ from edge_client.local import LocalTraining, Pending
 from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
 from edge_client.secure import SecureParticipation
+from edge_client.timing import AggregatorTime
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import Reassembler
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import FedmqError, IncompatibleError, ProtocolError
 from shared.following import RoundFollowing
 from shared.mqtt import MqttConnection, Presence
@@ -51,10 +52,11 @@ _SAMPLER = random.SystemRandom()
 
 
 class EdgeClient(LocalTraining):
-    """``async with EdgeClient(cfg, trainer) as device: await device.run(stop)``."""
+    """``async with EdgeClient(cfg, trainer) as device: await device.run(stop)``; ``clock``: tests skew it."""
 
-    def __init__(self, config: EdgeConfig, trainer: LocalTrainer) -> None:
+    def __init__(self, config: EdgeConfig, trainer: LocalTrainer, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self.times = AggregatorTime(clock)  # round deadlines on this device's monotonic clock
         self.trainer = trainer
         self.topics = Topics(config.federation)
         self._verify_key = nacl.signing.VerifyKey(config.aggregator_key) if config.aggregator_key else None
@@ -153,17 +155,6 @@ class EdgeClient(LocalTraining):
             self.handle(str(msg.topic), payload)
             if (resend := self.outbox.cue(str(msg.topic), payload, self.config.secure)) is not None:
                 self._spawn(resend)  # a phase (re)opened: what it still lacks from us goes again
-
-    async def wait_for_version(self, version: int, timeout: float) -> None:
-        """Wait until the device holds snapshot ``version`` or newer (raises TimeoutError)."""
-        deadline = time.monotonic() + timeout
-        while self.version < version:
-            self._updated.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.client_id} still on v{self.version}, wanted v{version}")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._updated.wait(), remaining)
 
     # -- incoming --------------------------------------------------------------------------------
 
@@ -264,6 +255,7 @@ class EdgeClient(LocalTraining):
         if self._secure is not None and announce.round_id > self._secure.round_id:
             self._secure.close_masked_phase()
         self.announce = announce
+        self.times.round(announce)  # anchored on arrival
         self._maybe_train()
         self._spawn(self._following.settle(announce, getattr(self._secure, "round_id", None)))
 
@@ -283,7 +275,7 @@ class EdgeClient(LocalTraining):
     def _joinable(self) -> RoundAnnounce | None:
         a = self.announce
         wanted = PHASE_KEYS if a is not None and a.plan.secure else PHASE_COLLECT
-        if a is None or a.phase != wanted or a.round_id in self.contributed or time.time() >= a.deadline:
+        if a is None or a.phase != wanted or a.round_id in self.contributed or self.times.remaining(a) <= 0:
             return None
         if wanted == PHASE_KEYS:
             # Secure rounds may take a delta trained on an older snapshot (semi-asynchronous).
@@ -350,7 +342,8 @@ class EdgeClient(LocalTraining):
 
         self._secure = SecureParticipation(self._secagg, announce, pending.task, pending.dim,
                                            outbox=self.outbox, on_phase=on_phase, staleness=tau,
-                                           keep_encoded=self.keep_encoded)  # fmt: skip
+                                           keep_encoded=self.keep_encoded,
+                                           times=self.times.round(announce))  # fmt: skip
         self._spawn(self._following.join_then(self._secure.start()))
         log.info("device=%s joined secure round %d (staleness %d)", self.client_id, round_id, tau)
 
@@ -358,18 +351,18 @@ class EdgeClient(LocalTraining):
         """Presence with the memory budget and, if one is set, this model's activation profile."""
         cid, budget = self.config.client_id, self.config.memory_budget
         if not online or budget is None:
-            return PresenceMsg(cid, online, time.time())
+            return PresenceMsg(cid, online, self.times.clock.time())
         t = self.trainer
         profile = activation_profile(t.model, t.features, t.labels, t.loss_fn)
         log.info("device=%s memory budget %d B, activations per example by block %s", cid, budget, profile)
-        return PresenceMsg(cid, True, time.time(), budget, profile)
+        return PresenceMsg(cid, True, self.times.clock.time(), budget, profile)
 
     async def _participate(self, announce: RoundAnnounce) -> None:
         round_id = announce.round_id
         assert self.weights is not None
         try:
             result: TrainResult = await asyncio.to_thread(self._train_within_budget, self.weights, None)
-            remaining = announce.deadline - time.time()
+            remaining = self.times.remaining(announce)
             if remaining <= 0:
                 log.info("device=%s round=%d: trained too late for the window", self.client_id, round_id)
                 return

@@ -202,14 +202,14 @@ class DeliveringOutbox(Outbox):
     async def round_message(
         self, round_id: int, kind: str, sender: str, message: Message, *, expiry_s: float
     ) -> int:
-        until = time.time() + expiry_s
+        until = time.monotonic() + expiry_s
         topic = self.topics.round_msg(round_id, kind, sender)
         payload = encode(message)  # once: a re-send sends these same bytes
         frames = 0
 
         async def transmit() -> None:
             nonlocal frames
-            frames = await self._framed(topic, topic, payload, expiry_s=max(1.0, until - time.time()))
+            frames = await self._framed(topic, topic, payload, expiry_s=max(1.0, until - time.monotonic()))
 
         await self.deliveries.deliver(round_id, kind, len(payload), transmit)
         return frames

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class LocalTraining:
     trainer: LocalTrainer
     stats: EdgeStats
     version: int
+    _updated: asyncio.Event
     weights: np.ndarray | None
     last_train_s: float | None
     _training: asyncio.Task[None] | None
@@ -107,3 +109,14 @@ class LocalTraining:
     async def _await_quietly(task: asyncio.Task[TrainResult]) -> None:
         with contextlib.suppress(Exception):
             await task
+
+    async def wait_for_version(self, version: int, timeout: float) -> None:
+        """Wait until the device holds snapshot ``version`` or newer (raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while self.version < version:
+            self._updated.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.client_id} still on v{self.version}, wanted v{version}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._updated.wait(), remaining)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from edge_client.timing import AggregatorTime, RoundTimes
 from edge_client.trainer import TrainResult
 from shared.codec import UpdateEncoder, pack
 from shared.dp import device_noise_plan, secure_generator, skellam_noise
@@ -69,6 +69,7 @@ class SecureParticipation:
         on_phase: Callable[[str], None] | None = None,
         staleness: int = 0,
         keep_encoded: bool = False,
+        times: RoundTimes | None = None,
     ) -> None:
         plan = announce.plan
         if not plan.secure or plan.codec is None or plan.windows is None:
@@ -86,6 +87,8 @@ class SecureParticipation:
         self.codec = plan.codec
         self.weight_cap = plan.weight_cap
         self.dp = plan.dp
+        #: The round's stamps on this device's monotonic clock (never its wall clock: it may be off).
+        self.times = times if times is not None else AggregatorTime().round(announce)
         #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
         self.masked_deadline = announce.opened_at + plan.windows.until_masked_closes
         self.roster: Roster | None = None
@@ -103,7 +106,7 @@ class SecureParticipation:
 
     async def send(self, kind: str, message: Message) -> None:
         """Publish this device's message of ``kind``; it expires with the round."""
-        remaining = max(1.0, self.announce.deadline - time.time())
+        remaining = max(1.0, self.times.until(self.announce.deadline))
         await self.outbox.round_message(
             self.round_id, kind, self.secagg.device_id, message, expiry_s=remaining
         )
@@ -177,7 +180,7 @@ class SecureParticipation:
             racing: list[asyncio.Future[Any]] = [asyncio.shield(self.training), closed]
             await asyncio.wait(
                 racing,
-                timeout=max(0.0, self.masked_deadline - time.time()),
+                timeout=max(0.0, self.times.until(self.masked_deadline)),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

@@ -13,6 +13,7 @@ import torch
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.mqtt import MqttConfig
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
@@ -103,6 +104,7 @@ def secure_devices(
     seed: int = 0,
     budgets: dict[str, int] | None = None,
     trainer_cls: type[LocalTrainer] = LocalTrainer,
+    clock_for: Callable[[str], Clock] | None = None,
 ) -> list[EdgeClient]:
     """One secure-aggregation device per enrolled identity, on a Dirichlet split of digits (one local
     epoch). Each keeps its pre-mask encodings so tests can compare the unmasked sum with an oracle."""
@@ -124,7 +126,7 @@ def secure_devices(
             directory=directory,
             memory_budget=(budgets or {}).get(cid),
         )
-        device = EdgeClient(config, trainer)
+        device = EdgeClient(config, trainer, clock=clock_for(cid) if clock_for else SYSTEM_CLOCK)
         device.keep_encoded = True
         devices.append(device)
     return devices

@@ -17,6 +17,7 @@ import { codecConfig, UpdateEncoder } from './codec.js';
 import { FedmqError, ProtocolError } from './errors.js';
 import { SecAggClient } from './secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from './snapshot.js';
+import { AggregatorTime, systemClock } from './timing.js';
 import { Topics } from './topics.js';
 import { decode, encode } from './wire.js';
 
@@ -35,10 +36,11 @@ export class Device {
    * @param {{train(layout, weights): object}} o.trainer local training
    */
   constructor({ url, federation, deviceId, identity, aggregatorKey, directory, trainer, username, password,
-    chunkLimit = 256 * 1024, reconnectMs = 300, willDelayS = 10, uniform = Math.random, log = () => {} }) {
+    chunkLimit = 256 * 1024, reconnectMs = 300, willDelayS = 10, uniform = Math.random, log = () => {}, clock = systemClock }) {
     Object.assign(this, { url, federation, deviceId, identity, aggregatorKey, directory, trainer, username, password,
       chunkLimit, reconnectMs, willDelayS, uniform, log });
     this.topics = new Topics(federation);
+    this.times = new AggregatorTime(clock); // round deadlines on the monotonic clock, never the wall clock
     this.reassembler = new Reassembler();
     this.secagg = new SecAggClient({ federation, deviceId, identity, aggregatorKey, directory, log });
     this.version = -1;
@@ -132,7 +134,7 @@ export class Device {
 
   sendRound(kind, msg) {
     const r = this.round;
-    const expiryS = this.announce ? this.announce.deadline - Date.now() / 1000 : undefined;
+    const expiryS = this.announce ? this.times.remaining(this.announce) : undefined;
     return this.publishFramed(this.topics.roundMsg(r.id, kind, this.deviceId),
       (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), encode(msg), { expiryS: Math.max(1, expiryS ?? 1), kind });
   }
@@ -214,13 +216,14 @@ export class Device {
     if (this.announce && announce.round_id < this.announce.round_id) throw new ProtocolError(`replayed announcement of round ${announce.round_id}`);
     if (this.round && announce.round_id > this.round.id) this.round.closed = true;
     this.announce = announce;
+    this.times.shift(announce); // anchored on arrival
     this.maybeJoin();
   }
 
   maybeJoin() {
     const a = this.announce;
     if (!a || a.plan.mode !== 'secure' || a.phase !== 'keys' || this.contributed.has(a.round_id)) return;
-    if (Date.now() / 1000 >= a.deadline || !this.weights || a.base_version !== this.version) return;
+    if (this.times.remaining(a) <= 0 || !this.weights || a.base_version !== this.version) return;
     this.contributed.add(a.round_id);
     if (a.plan.dp && a.plan.dp.mode === 'distributed') { this.log('distributed DP rounds are not supported by this client; sitting out'); return; }
     if (a.plan.blocks) { this.log('partial-training rounds are not supported by this client; sitting out'); return; }
@@ -290,8 +293,8 @@ export class Device {
   async sendMasked(r, shared) {
     const a = r.announce;
     const w = a.plan.windows;
-    const maskedDeadline = (a.opened_at + w.keys + w.shares + w.masked) * 1000;
-    await this.until(() => r.result || r.closed, Math.max(0, maskedDeadline - Date.now()), 'training').catch(() => {});
+    const untilMasked = this.times.until(a, a.opened_at + w.keys + w.shares + w.masked);
+    await this.until(() => r.result || r.closed, Math.max(0, untilMasked * 1000), 'training').catch(() => {});
     if (!r.result || r.closed) { this.log(`device=${this.deviceId} round ${r.id}: not trained before the masked phase closed`); return; }
     const config = codecConfig(a.plan.codec, { expected_clients: r.roster.members.length });
     const encoder = new UpdateEncoder(config, r.result.delta.length);

@@ -8,5 +8,6 @@ export * as msgpack from './msgpack.js';
 export * as pcg64 from './pcg64.js';
 export * as secagg from './secagg.js';
 export * as snapshot from './snapshot.js';
+export * as timing from './timing.js';
 export { Topics, checkId } from './topics.js';
 export * as wire from './wire.js';
