@@ -14,14 +14,17 @@ from collections.abc import Callable
 
 from aggregator.config import AggregatorConfig
 from aggregator.plain import PlainRound
+from aggregator.receipts import Receipts
 from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
+from shared.chunking import Reassembler
 from shared.errors import FedmqError, ProtocolError, WireError
 from shared.mqtt import MqttConnection
 from shared.offences import Offences
+from shared.outbox import Outbox
 from shared.ratelimit import SenderLimits
-from shared.supervision import INTERNAL_ERROR, FaultCounter, rule_of
+from shared.supervision import INTERNAL_ERROR, FaultCounter, guarded, rule_of
 from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import Presence as PresenceMsg
 from shared.wire import decode
@@ -38,6 +41,7 @@ class Intake:
     memory_budgets: dict[str, int]
     activation_profiles: dict[str, list[int]]
     _conn: MqttConnection | None
+    _outbox: Outbox | None
     _accepting: asyncio.Event
     _round: PlainRound | None
     _secure: SecureRound | None
@@ -84,6 +88,29 @@ class Intake:
                 continue
             await self._accepting.wait()
             self._ingest(topic, payload)
+            self._receipt_due()
+
+    @functools.cached_property
+    def receipts(self) -> Receipts:
+        """When a device's chunked upload deserves a receipt (``aggregator.receipts``)."""
+        return Receipts()
+
+    def open_reassembler(self) -> Reassembler | None:
+        """The open round's chunked uploads under way."""
+        if self._round is not None:
+            return self._round.reassembler
+        return self._secure.reassembler if self._secure is not None else None
+
+    def _receipt_due(self) -> None:
+        """Send a receipt for the upload the last frame belonged to, if one is due (never blocks intake)."""
+        reassembler = self.open_reassembler()
+        receipt = self.receipts.after_frame(reassembler) if reassembler is not None else None
+        if receipt is None or self._outbox is None:
+            return
+        task = asyncio.create_task(guarded(self._outbox.receipt(receipt), where="aggregator: chunk receipt"))
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_receipt_tasks", set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _on_presence(self, topic: str, payload: bytes) -> None:
         """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""

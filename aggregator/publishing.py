@@ -11,8 +11,10 @@ import logging
 from collections.abc import Awaitable
 
 from aggregator.plain import PlainRound
+from aggregator.receipts import Receipts
 from aggregator.republish import RecordingOutbox
 from aggregator.secure import SecureRound
+from shared.chunking import Reassembler
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import FedmqError
 from shared.mqtt import MqttConnection
@@ -34,6 +36,13 @@ class Publishing:
     _round: PlainRound | None
     _secure: SecureRound | None
     _last_announce: RoundAnnounce | None
+
+    @property
+    def receipts(self) -> Receipts:
+        raise NotImplementedError
+
+    def open_reassembler(self) -> Reassembler | None:
+        raise NotImplementedError
     #: Wall clock for stamps, monotonic for windows; tests give an aggregator a skewed or jumping one.
     clock: Clock = SYSTEM_CLOCK
 
@@ -59,6 +68,10 @@ class Publishing:
             await self._publish_announce(self._last_announce)
             if isinstance(self._outbox, RecordingOutbox):  # the open phase's roster, inboxes, notice
                 await self._outbox.open_phase.replay()
+        reassembler = self.open_reassembler()
+        if reassembler is not None and self._outbox is not None:  # what it holds of uploads under way
+            for receipt in self.receipts.open_transfers(reassembler):
+                await self._logged(self._outbox.receipt(receipt), f"receipt to {receipt.sender}")
 
     async def _publish_snapshot(self) -> None:
         """The full snapshot (retained, for newcomers), then the update for holders of the last version."""

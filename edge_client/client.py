@@ -36,6 +36,7 @@ from shared.topics import Topics
 from shared.wire import (
     PHASE_COLLECT,
     PHASE_KEYS,
+    ChunkReceipt,
     ModelSnapshot,
     ModelUpdate,
     RoundAnnounce,
@@ -183,7 +184,10 @@ class EdgeClient(LocalTraining):
             elif topic.startswith(self.topics.inbox(self.client_id)):
                 index = self.topics.parse_inbox(self.client_id, topic)
                 batch = self._reassembler.feed("inbox", index, payload, self.config.max_snapshot_bytes)
-                if batch is not None:
+                if isinstance(batch, ChunkReceipt):  # what the aggregator holds of an upload of ours
+                    if (resend := self.outbox.on_receipt(batch)) is not None:
+                        self._spawn(resend)
+                elif batch is not None:
                     if not isinstance(batch, ShareBatch) or batch.device != self.client_id:
                         raise ProtocolError("inbox message is not a share batch for this device")
                     if self._secure is not None:

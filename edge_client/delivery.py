@@ -24,18 +24,23 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 
-from shared.errors import FedmqError
+from shared.chunking import split, transfer_id_for
+from shared.errors import FedmqError, ProtocolError
 from shared.outbox import Outbox, Publisher
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
-from shared.wire import Message, RoundAnnounce, decode, encode
+from shared.wire import ChunkReceipt, Message, RoundAnnounce, decode, encode
 from shared.wire.secagg import Roster, SurvivorList
 
 log = logging.getLogger(__name__)
 
 #: Each phase's contribution, in protocol order; an aggregator message opening phase i confirms i - 1.
 SECURE_ORDER = (KEYS, SHARES, MASKED, UNMASK)
+#: Re-sends of one contribution that the aggregator's receipts may ask for (a gap after the manifest).
+MAX_RECEIPT_RESENDS = 4
 
-Transmit = Callable[[], Awaitable[None]]
+#: Sends a contribution, reporting each publication's size to its argument as it goes (a resumed upload
+#: skips what the aggregator holds, so a re-send may publish less than the whole message).
+Transmit = Callable[[Callable[[int], None]], Awaitable[None]]
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Contribution:
     #: A cue came while a send was under way: that send may be stranded (a dead connection, a broker
     #: that crashed before forwarding), so send once more when it ends.
     cued: bool = False
+    #: Re-sends asked for by the aggregator's receipts (bounded: :data:`MAX_RECEIPT_RESENDS`).
+    by_receipt: int = 0
 
 
 @dataclass
@@ -57,7 +64,10 @@ class DeliveryStats:
 
     sent: int = 0
     resent: int = 0
+    #: Bytes published by re-sends (a chunked re-send skips the chunks a receipt says the aggregator holds).
     bytes_resent: int = 0
+    #: Bytes a re-send did not send again because a receipt said the aggregator held them.
+    bytes_skipped: int = 0
     #: Publishes that failed (deadline) and were kept for a re-send.
     failed: int = 0
     #: Contributions whose phase ended before they were confirmed (the aggregator moved on without them).
@@ -110,6 +120,9 @@ class Deliveries:
             return None
         return entry
 
+    def get(self, round_id: int, kind: str) -> Contribution | None:
+        return self._entries.get((round_id, kind))
+
     def round_ended(self, round_id: int) -> None:
         """Rounds up to ``round_id`` are over (a newer round was announced)."""
         for key in [k for k in self._entries if k[0] <= round_id]:
@@ -120,7 +133,6 @@ class Deliveries:
         if self._entries.get((entry.round_id, entry.kind)) is not entry or entry.sending:
             return False
         self.stats.resent += 1
-        self.stats.bytes_resent += entry.size
         self.stats.by_kind[entry.kind] = self.stats.by_kind.get(entry.kind, 0) + 1
         log.info("device=%s re-sends its %s of round %d (attempt %d)", self.device, entry.kind,
                  entry.round_id, entry.attempts + 1)  # fmt: skip
@@ -130,7 +142,7 @@ class Deliveries:
         entry.sending = True
         entry.attempts += 1
         try:
-            await entry.transmit()
+            await entry.transmit(self._resent_bytes if entry.attempts > 1 else _ignore)
             sent = True
         except FedmqError as exc:
             self.stats.failed += 1
@@ -143,6 +155,9 @@ class Deliveries:
             entry.cued = False
             return await self.resend(entry)
         return sent
+
+    def _resent_bytes(self, size: int) -> None:
+        self.stats.bytes_resent += size
 
     def _settle(self, round_id: int, kind: str, confirmed: bool) -> None:
         if self._entries.pop((round_id, kind), None) is None:
@@ -191,13 +206,24 @@ def cue_of(
     return None
 
 
+def _ignore(size: int) -> None:
+    pass
+
+
 class DeliveringOutbox(Outbox):
     """The device's outbox: every round message goes through :class:`Deliveries`, so it is kept until
-    the aggregator settles it and can be re-sent; a publish that fails is kept, not raised (returns 0)."""
+    the aggregator settles it and can be re-sent; a publish that fails is kept, not raised (returns 0).
+
+    Chunked uploads resume end to end: the aggregator's :class:`ChunkReceipt` says which chunks it holds,
+    and a (re-)send skips those (``aggregator/receipts.py``); a receipt that shows chunks lost after the
+    manifest arrived asks for a re-send of just those."""
 
     def __init__(self, transport: Publisher, topics: Topics, device: str, *, chunk_limit: int) -> None:
         super().__init__(transport, topics, chunk_limit=chunk_limit)
         self.deliveries = Deliveries(device)
+        self.device = device
+        #: The latest receipt per (round, kind).
+        self.receipts: dict[tuple[int, str], ChunkReceipt] = {}
 
     async def round_message(
         self, round_id: int, kind: str, sender: str, message: Message, *, expiry_s: float
@@ -205,14 +231,45 @@ class DeliveringOutbox(Outbox):
         until = time.monotonic() + expiry_s
         topic = self.topics.round_msg(round_id, kind, sender)
         payload = encode(message)  # once: a re-send sends these same bytes
-        frames = 0
+        frames = split(payload, self._frame_limit(topic))
+        transfer = transfer_id_for(payload) if len(frames) > 1 else b""
+        stats = self.deliveries.stats
 
-        async def transmit() -> None:
-            nonlocal frames
-            frames = await self._framed(topic, topic, payload, expiry_s=max(1.0, until - time.monotonic()))
+        async def transmit(published: Callable[[int], None]) -> None:
+            for frame in frames[1:] + frames[:1]:  # chunks first, then the manifest
+                receipt = self.receipts.get((round_id, kind))
+                if receipt is not None and receipt.transfer_id == transfer:
+                    if receipt.complete:
+                        break
+                    if frame.chunk is not None and receipt.holds(frame.chunk):
+                        stats.bytes_skipped += len(frame.payload)
+                        continue
+                target = topic if frame.chunk is None else f"{topic}/c/{frame.chunk}"
+                expiry_s = max(1.0, until - time.monotonic())
+                await self.transport.publish(target, frame.payload, expiry_s=expiry_s)
+                published(len(frame.payload))
 
         await self.deliveries.deliver(round_id, kind, len(payload), transmit)
-        return frames
+        return len(frames)
+
+    def on_receipt(self, receipt: ChunkReceipt) -> Coroutine[object, object, None] | None:
+        """The aggregator's word on a chunked upload of ours: kept for the next (re-)send; when it shows
+        chunks lost after the manifest and the upload is not being sent, the re-send of what is missing."""
+        if receipt.sender != self.device:
+            raise ProtocolError(f"receipt for {receipt.sender!r}")
+        key = (receipt.round_id, receipt.kind)
+        self.receipts[key] = receipt
+        for old in [k for k in self.receipts if k[0] < receipt.round_id - 2]:
+            del self.receipts[old]
+        entry = self.deliveries.get(*key)
+        lost = receipt.manifest and not receipt.complete  # the manifest came, some chunks never did
+        if not lost or entry is None or entry.by_receipt >= MAX_RECEIPT_RESENDS:
+            return None
+        if entry.sending:
+            entry.cued = True
+            return None
+        entry.by_receipt += 1
+        return self._resend(entry)
 
     def cue(self, topic: str, payload: bytes, secure: bool) -> Coroutine[object, object, None] | None:
         """An incoming message: when it (re)opens a phase, settle the earlier ones (and earlier rounds on a

@@ -116,11 +116,15 @@ class Reassembler:
         self._transfers_by_owner: Counter[str] = Counter()
         #: Partial transfers evicted, by owner (an honest owner should never appear here under attack).
         self.evicted: Counter[str] = Counter()
+        #: The transfer the last manifest or chunk fed belonged to (the aggregator's receipts read it).
+        self.last: tuple[str, bytes] | None = None
+        self.last_was_manifest = False
 
     def add_manifest(self, key: str, manifest: ChunkManifest) -> bytes | None:
         if manifest.total_size > self.max_total:
             raise ChunkError(f"chunked payload of {manifest.total_size} bytes exceeds {self.max_total}")
-        ident = (key, manifest.transfer_id)
+        ident = self.last = (key, manifest.transfer_id)
+        self.last_was_manifest = True
         if ident in self._done:
             return None
         transfer = self._transfer(ident)
@@ -133,7 +137,8 @@ class Reassembler:
         return self._complete(ident, transfer)
 
     def add_chunk(self, key: str, chunk: Chunk) -> bytes | None:
-        ident = (key, chunk.transfer_id)
+        ident = self.last = (key, chunk.transfer_id)
+        self.last_was_manifest = False
         if ident in self._done:
             return None
         transfer = self._transfer(ident)
@@ -188,6 +193,20 @@ class Reassembler:
 
     def pending(self) -> int:
         return len(self._open)
+
+    def holding(self, key: str, transfer_id: bytes) -> tuple[frozenset[int], bool, bool] | None:
+        """(chunk indices held, manifest held, complete) of one transfer; None if unknown (or evicted)."""
+        ident = (key, transfer_id)
+        if ident in self._done:
+            return frozenset(), True, True
+        transfer = self._open.get(ident)
+        if transfer is None:
+            return None
+        return frozenset(transfer.parts), transfer.manifest is not None, False
+
+    def partial(self) -> list[tuple[str, bytes]]:
+        """(key, transfer id) of every transfer under way."""
+        return list(self._open)
 
     def buffered_by(self, owner: str) -> int:
         """Bytes (with per-chunk bookkeeping) ``owner``'s partial transfers hold now."""

@@ -14,11 +14,13 @@ from typing import Protocol
 
 from shared.chunking import DEFAULT_CHUNK_LIMIT, split
 from shared.topics import Topics
-from shared.wire import Message, ModelUpdate, RoundAnnounce, RoundResult, encode
+from shared.wire import ChunkReceipt, Message, ModelUpdate, RoundAnnounce, RoundResult, encode
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
 #: Retained announcements outlive their deadline by this long, then the broker drops them.
 ANNOUNCE_GRACE_S = 60.0
+#: A chunk receipt the device has not fetched by then is stale (a newer one or the phase's end supersedes it).
+RECEIPT_EXPIRY_S = 120.0
 
 
 class Publisher(Protocol):
@@ -92,6 +94,11 @@ class Outbox:
         """Shares addressed to one device (not retained: they are for this round only)."""
         inbox = self.topics.inbox(device)
         await self._framed(inbox, inbox, encode(batch))
+
+    async def receipt(self, receipt: ChunkReceipt) -> None:
+        """What the aggregator holds of a device's chunked upload, to that device's inbox (not retained)."""
+        topic = self.topics.inbox(receipt.sender)
+        await self.transport.publish(topic, encode(receipt), expiry_s=RECEIPT_EXPIRY_S)
 
     # -- device -> aggregator ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Field-level documentation for third-party decoders lives in ``docs/wire.md``; ke
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shared.errors import InvalidValue
@@ -25,6 +26,7 @@ __all__ = [
     "PHASE_KEYS",
     "Chunk",
     "ChunkManifest",
+    "ChunkReceipt",
     "ModelSnapshot",
     "ModelUpdate",
     "ParamSpec",
@@ -190,3 +192,41 @@ class Chunk(Message):
     def __post_init__(self) -> None:
         if len(self.transfer_id) != 16 or self.index < 0:
             raise InvalidValue("bad transfer_id or index")
+
+
+@message("receipt")
+@dataclass(frozen=True)
+class ChunkReceipt(Message):
+    """The aggregator's word on what it holds of one device's chunked upload (``fl/<fed>/inbox/<cid>``).
+
+    ``held`` is a bitmap, bit ``i % 8`` of byte ``i // 8`` set when chunk ``i`` is held; ``manifest``
+    says the manifest arrived (so a gap in ``held`` is a loss, not a chunk still on its way);
+    ``complete`` that the message was reassembled. The device re-sends only what is not held.
+    """
+
+    round_id: int
+    kind: str
+    sender: str
+    transfer_id: bytes
+    held: bytes = b""
+    manifest: bool = False
+    complete: bool = False
+
+    def __post_init__(self) -> None:
+        if self.round_id < 0 or len(self.transfer_id) != 16 or not self.kind or not self.sender:
+            raise InvalidValue("bad round_id, kind, sender or transfer_id")
+        if len(self.held) > 125_000:  # one bit per chunk index (shared.topics.MAX_CHUNK_INDEX)
+            raise InvalidValue("held bitmap longer than the chunk index range")
+
+    def holds(self, index: int) -> bool:
+        byte = index // 8
+        return self.complete or (byte < len(self.held) and bool(self.held[byte] >> (index % 8) & 1))
+
+    @staticmethod
+    def bitmap(indices: Iterable[int]) -> bytes:
+        """The ``held`` bitmap of chunk ``indices``."""
+        found = sorted(set(indices))
+        out = bytearray((found[-1] // 8 + 1) if found else 0)
+        for i in found:
+            out[i // 8] |= 1 << (i % 8)
+        return bytes(out)

@@ -83,9 +83,9 @@ async def test_a_plain_round_window_survives_an_aggregator_wall_clock_jump(broke
     model, weights = initial_weights()
     n = 4
     clock = SkewedClock()
-    cfg = AggregatorConfig(federation=FED, mqtt=link_config(broker.url, "aggregator"), store_dir=tmp_path / "agg",
-                           mode="plain", round_window_s=60.0, min_clients=n, target_clients=n,
-                           snapshot_encoding="f32")  # fmt: skip
+    cfg = AggregatorConfig(federation=FED, mqtt=link_config(broker.url, "aggregator"),
+                           store_dir=tmp_path / "agg", mode="plain", round_window_s=60.0,
+                           min_clients=n, target_clients=n, snapshot_encoding="f32")  # fmt: skip
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
         agg.clock = clock
         devices = make_devices(broker, digits, n, agg.verify_key, FED)

@@ -18,13 +18,14 @@ class Link:
         self.fail = False
         self.gate: asyncio.Event | None = None
 
-    def transmit(self, label: str):
-        async def go() -> None:
+    def transmit(self, label: str, size: int = 100):
+        async def go(published) -> None:
             if self.gate is not None:
                 await self.gate.wait()
             if self.fail:
                 raise FedmqError("link down")
             self.sent.append(label)
+            published(size)
 
         return go
 

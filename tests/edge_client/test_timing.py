@@ -26,7 +26,8 @@ class HandClock:
 
 def announce(round_id: int, opened_at: float, window: float = 60.0) -> RoundAnnounce:
     return RoundAnnounce(federation="f", round_id=round_id, base_version=0, phase="collect",
-                         opened_at=opened_at, deadline=opened_at + window, min_clients=1, target_clients=1)  # fmt: skip
+                         opened_at=opened_at, deadline=opened_at + window,
+                         min_clients=1, target_clients=1)  # fmt: skip
 
 
 AGG = 1_800_000_000.0  # the aggregator's wall clock when round 0 opens
