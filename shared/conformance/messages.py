@@ -21,6 +21,7 @@ from shared.topics import KEYS, MASKED, MAX_CHUNK_INDEX, MAX_ROUND_ID, SHARES, U
 from shared.wire import (
     Chunk,
     ChunkManifest,
+    ChunkReceipt,
     ModelSnapshot,
     ModelUpdate,
     ParamSpec,
@@ -111,6 +112,10 @@ def wire_vectors() -> dict[str, Any]:
         message_case("presence offline (last will)", Presence("dev-1", False, 1700000002.0)),
         message_case("chunk manifest", ChunkManifest(b"\x0a" * 16, 1000, 904, 2, b"\x0b" * 32)),
         message_case("chunk", Chunk(b"\x0a" * 16, 1, b"tail")),
+        message_case(
+            "chunk receipt (chunks 0-2 and 9 held, manifest seen)",
+            ChunkReceipt(3, UPDATE, "dev-1", b"\x0a" * 16, ChunkReceipt.bitmap([0, 1, 2, 9]), manifest=True),
+        ),
         message_case(
             "secagg advert, signed",
             dataclasses.replace(advert, signature=keys.sign(dev, advert.signed_bytes())),

@@ -56,6 +56,9 @@ export const SCHEMAS = {
     ['activation_profile', ['list', 'int'], () => []]],
   manifest: [['transfer_id', 'bin'], ['total_size', 'int'], ['chunk_size', 'int'], ['chunk_count', 'int'], ['sha256', 'bin']],
   chunk: [['transfer_id', 'bin'], ['index', 'int'], ['data', 'bin']],
+  // What the aggregator holds of a device's chunked upload (fl/<fed>/inbox/<cid>; docs/protocol.md).
+  receipt: [['round_id', 'int'], ['kind', 'str'], ['sender', 'str'], ['transfer_id', 'bin'], ['held', 'bin', EMPTY],
+    ['manifest', 'bool', () => false], ['complete', 'bool', () => false]],
   'secagg.advertise_keys': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['enc_pk', 'bin'],
     ['mask_pk', 'bin'], ['self_mask_commitment', 'bin'], ['signature', 'bin', SIG0]],
   'secagg.roster': [['federation', 'str'], ['round', 'int'], ['members', ['list', rosterMember]],
@@ -174,6 +177,11 @@ function validate(msg) {
       if (msg.chunk_count !== Math.max(1, Math.ceil(msg.total_size / msg.chunk_size))) bad('chunk_count mismatch');
       break;
     case 'chunk': len('transfer_id', 16); if (msg.index < 0) bad('bad index'); break;
+    case 'receipt':
+      len('transfer_id', 16);
+      if (msg.round_id < 0 || !msg.kind || !msg.sender) bad('bad round_id, kind, sender or transfer_id');
+      if (msg.held.length > 125000) bad('held bitmap longer than the chunk index range');
+      break;
     default:
       if (msg.t.startsWith('secagg.')) {
         if (msg.round < 0) bad('round must be >= 0');
@@ -249,4 +257,10 @@ export function encode(msg) {
   body.v = SCHEMA_VERSION;
   body.t = msg.t;
   return pack(body);
+}
+
+/** Whether a chunk receipt says the aggregator holds chunk `index` (bit index % 8 of byte index / 8). */
+export function receiptHolds(receipt, index) {
+  const byte = Math.floor(index / 8);
+  return receipt.complete || (byte < receipt.held.length && ((receipt.held[byte] >> (index % 8)) & 1) === 1);
 }
