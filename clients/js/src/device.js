@@ -4,7 +4,9 @@
 // session expiry), QoS 1 everywhere, a delayed last will, and automatic reconnection, so a device on a
 // flaky link loses nothing: QoS 1 publications not yet acknowledged are resent after a reconnect
 // (resumable uploads: a chunked masked input resumes from the first unacknowledged frame), and messages
-// for the device that the broker queued while it was offline arrive when it returns. Round-scoped
+// for the device that the broker queued while it was offline arrive when it returns. A broker crash can
+// still lose what it acknowledged, so contributions go through a delivery ledger (src/delivery.js): kept
+// until the aggregator confirms them, re-sent on cue, chunked ones resumed from the aggregator's receipts. Round-scoped
 // messages carry a message expiry of the round's remaining time, so a stale one never reaches a later round.
 // Bad input is logged and dropped, never thrown out of the message handler.
 
@@ -12,8 +14,9 @@ import { Buffer } from 'buffer';
 import mqtt from 'mqtt';
 
 import * as bitpack from './bitpack.js';
-import { Reassembler, split } from './chunking.js';
+import { Reassembler, split, transferId } from './chunking.js';
 import { codecConfig, UpdateEncoder } from './codec.js';
+import { Deliveries } from './delivery.js';
 import { FedmqError, ProtocolError } from './errors.js';
 import { SecAggClient } from './secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from './snapshot.js';
@@ -41,6 +44,7 @@ export class Device {
       chunkLimit, reconnectMs, willDelayS, uniform, log });
     this.topics = new Topics(federation);
     this.times = new AggregatorTime(clock); // round deadlines on the monotonic clock, never the wall clock
+    this.deliveries = new Deliveries(deviceId, log); // contributions kept until the aggregator confirms them
     this.reassembler = new Reassembler();
     this.secagg = new SecAggClient({ federation, deviceId, identity, aggregatorKey, directory, log });
     this.version = -1;
@@ -114,11 +118,15 @@ export class Device {
     });
   }
 
-  async publishFramed(base, chunkTopic, payload, { expiryS, kind = null } = {}) {
+  async publishFramed(base, chunkTopic, payload, { expiryS, kind = null, roundId = null, published = () => {} } = {}) {
     const frames = split(payload, this.chunkLimit);
     const ordered = frames.length > 1 ? [...frames.slice(1), frames[0]] : frames; // chunks first
     const properties = expiryS ? { messageExpiryInterval: Math.max(1, Math.floor(expiryS)) } : undefined;
+    const id = frames.length > 1 && roundId !== null ? transferId(payload) : null;
     for (const [i, f] of ordered.entries()) {
+      const held = id ? this.deliveries.held(roundId, kind, id, f.chunk) : false; // the aggregator's receipt
+      if (held === 'complete') break;
+      if (held) { this.deliveries.stats.bytesSkipped += f.payload.length; continue; }
       if (i === 1 && kind && this.faults.disconnectDuring === kind) {
         // Fault injection: the link dies in the middle of this upload; the rest goes out after the reconnect.
         this.faults.disconnectDuring = null;
@@ -129,14 +137,24 @@ export class Device {
       if (this.round) this.round.bytesOut += f.payload.length;
       // Resolves once acknowledged, possibly after reconnects: MQTT.js resends unacknowledged QoS 1.
       await this.client.publishAsync(topic, toBuffer(f.payload), { qos: 1, properties });
+      published(f.payload.length);
     }
   }
 
+  /** Through the delivery ledger (src/delivery.js): kept until the aggregator confirms it, re-sent on cue. */
   sendRound(kind, msg) {
     const r = this.round;
-    const expiryS = this.announce ? this.times.remaining(this.announce) : undefined;
-    return this.publishFramed(this.topics.roundMsg(r.id, kind, this.deviceId),
-      (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), encode(msg), { expiryS: Math.max(1, expiryS ?? 1), kind });
+    const payload = encode(msg); // once: a re-send sends these same bytes
+    return this.deliveries.deliver(r.id, kind, payload.length, (published) => this.publishFramed(
+      this.topics.roundMsg(r.id, kind, this.deviceId), (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), payload,
+      { expiryS: Math.max(1, this.times.remaining(r.announce)), kind, roundId: r.id, published }));
+  }
+
+  /** An aggregator message (re)opened phase `kind` of `roundId`: settle the earlier ones, re-send what it lacks. */
+  cue(roundId, kind, members = null) {
+    if (kind === 'keys') this.deliveries.roundEnded(roundId - 1);
+    const entry = this.deliveries.opened(roundId, kind, members);
+    if (entry) this.deliveries.resend(entry);
   }
 
   // -- incoming -------------------------------------------------------------------------------------------
@@ -147,12 +165,25 @@ export class Device {
     if (this.round) this.round.bytesIn += payload.length;
     const t = this.topics;
     try {
-      if (topic === t.round) this.onAnnounce(verifyMapSigned(payload, 'round', this.aggregatorKey));
-      else if (topic === t.roster) this.onRoster(decode(payload, 'secagg.roster'));
-      else if (topic === t.notice) this.onNotice(decode(payload, 'secagg.survivor_list'));
-      else if (topic.startsWith(t.inbox(this.deviceId))) {
+      // Each phase-opening message is a delivery cue first (re-sends what an earlier send may have lost), then handled.
+      if (topic === t.round) {
+        const a = verifyMapSigned(payload, 'round', this.aggregatorKey);
+        if (a.federation === this.federation) this.cue(a.round_id, 'keys');
+        this.onAnnounce(a);
+      } else if (topic === t.roster) {
+        const roster = decode(payload, 'secagg.roster');
+        this.cue(roster.round, 'shares', roster.members.map((m) => m.device));
+        this.onRoster(roster);
+      } else if (topic === t.notice) {
+        const notice = decode(payload, 'secagg.survivor_list');
+        this.cue(notice.round, notice.phase === 'shared' ? 'masked' : 'unmask', notice.devices);
+        this.onNotice(notice);
+      } else if (topic.startsWith(t.inbox(this.deviceId))) {
         const msg = this.reassembler.feed('inbox', Topics.chunkOf(t.inbox(this.deviceId), topic), payload);
-        if (msg) this.onInbox(msg);
+        if (msg && msg.t === 'receipt') {
+          const entry = this.deliveries.onReceipt(msg); // what the aggregator holds of an upload of ours
+          if (entry) this.deliveries.resend(entry);
+        } else if (msg) this.onInbox(msg);
       } else if (topic.startsWith(t.delta)) {
         const index = Topics.chunkOf(t.delta, topic);
         const frames = this.reassembler;

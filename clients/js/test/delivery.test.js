@@ -1,0 +1,97 @@
+// The JS device's delivery ledger (src/delivery.js), as tests/edge_client/test_delivery.py and
+// test_upload_resume.py check the Python one: kept until confirmed, re-sent on cue, resumed from receipts.
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+
+import { split, transferId } from '../src/chunking.js';
+import * as c from '../src/crypto.js';
+import { Deliveries, MAX_RECEIPT_RESENDS } from '../src/delivery.js';
+import { FedmqError, ProtocolError } from '../src/errors.js';
+import { decode, encode } from '../src/wire.js';
+
+before(async () => { await c.ready(); });
+
+function link() {
+  const l = { sent: [], fail: false, gate: null };
+  l.transmit = (label, size = 100) => async (published) => {
+    if (l.gate) await l.gate;
+    if (l.fail) throw new FedmqError('link down');
+    l.sent.push(label);
+    published(size);
+  };
+  return l;
+}
+
+test('a failed send is kept and goes out on the next cue', async () => {
+  const box = new Deliveries('dev-1');
+  const l = link();
+  l.fail = true;
+  assert.equal(await box.deliver(3, 'masked', 100, l.transmit('masked')), false);
+  assert.deepEqual(box.outstanding(), [[3, 'masked']]);
+  l.fail = false;
+  const entry = box.opened(3, 'masked'); // the U2 notice arrives again
+  assert.ok(entry && await box.resend(entry));
+  assert.deepEqual(l.sent, ['masked']);
+  assert.equal(box.stats.resent, 1);
+  assert.equal(box.stats.bytesResent, 100);
+  assert.deepEqual(box.outstanding(), [[3, 'masked']]); // unconfirmed until U3
+});
+
+test('the next phase confirms a listed device and expires an unlisted one; a new round ends the old', async () => {
+  const box = new Deliveries('dev-1');
+  const l = link();
+  await box.deliver(1, 'keys', 10, l.transmit('keys'));
+  assert.equal(box.opened(1, 'shares', ['dev-1', 'dev-2']), null);
+  assert.equal(box.stats.confirmed, 1);
+  await box.deliver(1, 'shares', 10, l.transmit('shares'));
+  box.opened(1, 'masked', ['dev-2']);
+  assert.equal(box.stats.expired, 1);
+  await box.deliver(1, 'unmask', 10, l.transmit('reveal'));
+  box.roundEnded(1);
+  assert.deepEqual(box.outstanding(), []);
+});
+
+test('a cue during a send (maybe stranded) sends once more when it ends', async () => {
+  const box = new Deliveries('dev-1');
+  const l = link();
+  let open;
+  l.gate = new Promise((resolve) => { open = resolve; });
+  const first = box.deliver(5, 'masked', 10, l.transmit('masked'));
+  assert.equal(box.opened(5, 'masked'), null); // under way: queued, not doubled
+  l.gate = null;
+  open();
+  assert.ok(await first);
+  assert.deepEqual(l.sent, ['masked', 'masked']);
+});
+
+test('receipts: held chunks are skipped, a gap after the manifest asks for a bounded re-send', async () => {
+  const box = new Deliveries('dev-1');
+  const payload = encode({ t: 'chunk', transfer_id: new Uint8Array(16), index: 0, data: new Uint8Array(12000).fill(7) });
+  const frames = split(payload, 1024);
+  const id = transferId(payload);
+  const bitmap = new Uint8Array([0b11111111]); // chunks 0-7
+  const receipt = decode(encode({ t: 'receipt', round_id: 2, kind: 'masked', sender: 'dev-1', transfer_id: id, held: bitmap, manifest: true, complete: false }));
+  const sends = [];
+  await box.deliver(2, 'masked', payload.length, async (published) => {
+    for (const f of [...frames.slice(1), frames[0]]) {
+      const held = box.held(2, 'masked', id, f.chunk);
+      if (held === 'complete') break;
+      if (held) continue;
+      sends.push(f.chunk);
+      published(f.payload.length);
+    }
+  });
+  assert.equal(sends.length, frames.length);
+  let runs = 0;
+  for (let entry = box.onReceipt(receipt); entry; entry = box.onReceipt(receipt)) { await box.resend(entry); runs += 1; }
+  assert.equal(runs, MAX_RECEIPT_RESENDS);
+  const count = frames.length - 1;
+  assert.ok(count > 8);
+  const firstResend = sends.slice(frames.length, frames.length + count - 8 + 1);
+  assert.deepEqual(firstResend, [...Array.from({ length: count - 8 }, (_, i) => 8 + i), null]); // the gap, then the manifest
+  assert.ok(box.stats.bytesResent < MAX_RECEIPT_RESENDS * payload.length);
+  const done = { ...receipt, complete: true, held: new Uint8Array(0) };
+  assert.equal(box.onReceipt(done), null);
+  assert.equal(box.held(2, 'masked', id, 0), 'complete');
+  assert.throws(() => box.onReceipt({ ...receipt, sender: 'dev-2' }), ProtocolError);
+});
