@@ -11,6 +11,8 @@ JS device reports its own).
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
@@ -25,9 +27,18 @@ from shared.codec import CodecConfig
 from shared.snapshots import make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
+from simulator.faultproxy import FaultProxy
 from simulator.js_devices import RUNNERS, JsDevice, device_config
 from simulator.models import digits_mlp
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
+from tests.support import (
+    directory_of,
+    enrol,
+    eventually,
+    initial_weights,
+    mqtt_config,
+    mqtt_url_config,
+    run_rounds,
+)
 
 pytestmark = pytest.mark.broker
 FED = "mixed"
@@ -127,3 +138,82 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
     assert report["version"] == 2  # the JS device followed both new snapshots
     if runner == "browser":
         assert "HeadlessChrome" in report["user_agent"]
+
+
+async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_path, digits):
+    """The JS delivery ledger (clients/js/src/delivery.js): the aggregator goes offline the moment the JS
+    device's chunked masked input starts arriving, the rest is queued at the broker, and the broker is
+    SIGKILLed before it saves anything. The JS device got its PUBACKs, so only its ledger can bring the
+    input back: the round must still close with all four, bit-exact."""
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
+    keys = enrol(4)
+    js_id = "dev-03"
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, 4, alpha=0.5, seed=0)
+    model, weights = initial_weights()
+    agg_link = FaultProxy(broker.port)
+    await agg_link.start()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_url_config(agg_link.url, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=30, shares=30, masked=60, unmask=30),
+        min_clients=4,
+        target_clients=4,
+    )
+    cut: list[str] = []
+    try:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+
+            def offline_at_the_js_upload(topic: str, _: bytes) -> None:
+                if f"/masked/{js_id}/c/" in topic and not cut:
+                    agg_link.refuse(True)  # the aggregator's link dies under the JS device's upload
+                    agg_link.drop()
+                    cut.append(topic)
+
+            agg.intake_hooks.append(offline_at_the_js_upload)
+            python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
+            config = device_config(
+                ws_url=broker.ws_url, federation=FED, device=js_id, identity=keys[js_id],
+                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[3]],
+                labels=digits.y_train[shards[3]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
+                train={"epochs": 1, "lr": 0.1}, chunk_limit=2048,
+            )  # fmt: skip
+            js = await JsDevice.start("node", config, tmp_path / "js")
+            try:
+                rounds: list[dict] = []
+
+                async def crash_when_acknowledged() -> None:
+                    acked = "masked input acknowledged"
+                    await eventually(lambda: any(acked in line for line in js.stderr), 120, what=acked)
+                    broker.kill()  # before any autosave: the queued rest of the upload is gone
+                    await asyncio.sleep(0.3)
+                    broker.start()
+                    agg_link.refuse(False)
+
+                async def capture() -> None:
+                    secure = agg.last_secure
+                    python = [d.secure_round.encoded.copy() for d in python_devices]
+                    total = None if secure.total is None else secure.total.copy()
+                    rounds.append({"total": total, "bits": secure.config.bits, "python": python})
+
+                crash = asyncio.create_task(crash_when_acknowledged())
+                results = await run_rounds(agg, python_devices, 1, timeout=300, between=capture)
+                await crash
+                code = await js.wait(timeout_s=120)
+            finally:
+                await js.kill()
+    finally:
+        await agg_link.close()
+        broker.stop()
+    assert cut, "the aggregator's link was never cut under the JS upload"
+    assert code == 0, js.log_tail()
+    report = js.report()
+    assert [(r.status, r.contributors) for r in results] == [("closed", 4)], [r.reason for r in results]
+    assert report["deliveries"]["resent"] >= 1  # the JS device's ledger brought the input back
+    js_encoded = np.array(report["rounds"][0]["encoded"], dtype=np.uint64)
+    expected = sum((v.astype(np.uint64) for v in rounds[0]["python"]), js_encoded)
+    expected &= np.uint64((1 << rounds[0]["bits"]) - 1)
+    np.testing.assert_array_equal(rounds[0]["total"], expected.astype(np.uint32))  # bit-exact

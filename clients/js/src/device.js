@@ -340,6 +340,7 @@ export class Device {
     const message = this.secagg.maskedInput(bitpack.pack(y, config.bits));
     r.maskedSent = true;
     await this.sendRound('masked', message);
+    this.log(`device=${this.deviceId} round ${r.id}: masked input acknowledged by the broker`);
     this.emit('masked');
   }
 }

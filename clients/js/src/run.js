@@ -36,7 +36,7 @@ export async function createDevice(config, log = () => {}) {
 export function report(device) {
   return {
     device: device.deviceId, version: device.version, reconnects: (device.connects ?? 1) - 1,
-    bytes_in: device.bytesIn, bytes_out: device.bytesOut, rejected: device.rejected,
+    bytes_in: device.bytesIn, bytes_out: device.bytesOut, rejected: device.rejected, deliveries: device.deliveries.stats,
     rounds: device.rounds.map((r) => ({ round: r.id, encoded: r.encoded, masked_sent: r.maskedSent, revealed: r.revealed,
       seconds: r.seconds ?? null, bytes_in: r.bytesIn, bytes_out: r.bytesOut, train_s: r.result?.seconds ?? null, loss: r.result?.loss ?? null })),
   };
