@@ -24,7 +24,8 @@ from shared.mqtt import MqttConfig, MqttConnection
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult, encode
-from simulator.broker import _die_with_parent, find_mosquitto, free_port
+from simulator.broker import find_mosquitto
+from simulator.process import die_with_parent, free_port
 
 
 def test_password_hashes_are_mosquittos(tmp_path):
@@ -103,7 +104,7 @@ async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
     assert "require_certificate true" in conf and "use_identity_as_username true" in conf
     broker = subprocess.Popen(
         [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 
     def cert_config(folder, client_id: str, **overrides) -> MqttConfig:
