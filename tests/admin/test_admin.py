@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import signal
 import subprocess
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from fedmq_admin import pki
 from fedmq_admin.broker import hash_password, read_passwd
 from fedmq_admin.export import export, read_safetensors
 from fedmq_admin.federation import Federation, init_federation
-from shared.errors import BrokerTlsError, ConfigError
+from shared.errors import BrokerAuthError, BrokerTlsError, ConfigError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConfig, MqttConnection
 from shared.signing import load_or_create_key
@@ -138,6 +139,41 @@ async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
         async with MqttConnection(evil) as conn:
             with pytest.raises(BrokerTlsError, match="unknown ca"):
                 await conn.wait_connected(30)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+@pytest.mark.broker
+async def test_a_revoked_account_loses_its_open_connection_at_the_brokers_reload(tmp_path):
+    """``fedmq revoke`` + SIGHUP is enough even against a device that ignores the signed revocation: the
+    generated Mosquitto config re-checks every live session's credentials on reload, drops the revoked
+    account's connection and refuses its reconnects, while other devices stay connected."""
+    port = free_port()
+    fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", tls=False)
+    for device in ("dev-0", "dev-1"):
+        fed.enroll(device)
+    broker = subprocess.Popen(
+        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+    def account(device: str) -> MqttConfig:
+        password = (tmp_path / "fed" / "devices" / device / "password").read_text().strip()
+        return MqttConfig(host="127.0.0.1", port=port, client_id=device, username=device, password=password,
+                          reconnect_min_s=0.05, reconnect_max_s=0.2, fatal_retries=2)  # fmt: skip
+
+    try:
+        async with MqttConnection(account("dev-0")) as rogue, MqttConnection(account("dev-1")) as honest:
+            await rogue.wait_connected(30)
+            await honest.wait_connected(30)
+            fed.revoke("dev-0")
+            broker.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(30):
+                cause = await rogue.failed()  # dropped at the reload, then refused at every reconnect
+            assert isinstance(cause, BrokerAuthError)
+            assert honest.connected
+            await honest.publish("fl/acme/status/dev-1", b"still here", retain=True)  # its session works
     finally:
         broker.terminate()
         broker.wait(timeout=10)
