@@ -109,6 +109,7 @@ class Fleet:
         self.up_since: dict[str, float] = {}
         self.downs: list[tuple[str, float, float]] = []  # (device, crashed at, revived at)
         self.bytes_resent = 0
+        self.bytes_skipped = 0  # chunks a re-send skipped because the aggregator's receipt held them
         self.resends = 0
         self.failed_sends = 0
 
@@ -168,6 +169,7 @@ class Fleet:
     def _harvest(self, device: EdgeClient) -> None:
         stats = device.outbox.deliveries.stats
         self.bytes_resent += stats.bytes_resent
+        self.bytes_skipped += stats.bytes_skipped
         self.resends += stats.resent
         self.failed_sends += stats.failed
 
@@ -417,6 +419,7 @@ def summarise(
         "contributions_lost": len(lost),
         "lost": lost[:50],
         "bytes_resent": fleet.bytes_resent,
+        "bytes_skipped_by_receipts": fleet.bytes_skipped,
         "resends": fleet.resends,
         "failed_publishes_kept": fleet.failed_sends,
         "aggregator_restarts": restarts,
@@ -477,7 +480,8 @@ def print_table(result: dict) -> None:
     print(f"abandoned by reason: {result['abandoned_by_reason']}")
     print(f"contributions lost: {result['contributions_lost']} of {result['masked_inputs_produced']} masked "
           f"inputs ({result['masked_inputs_in_abandoned_rounds']} in abandoned rounds)")  # fmt: skip
-    print(f"re-sent: {result['resends']} messages, {result['bytes_resent']} B; aggregator restarts "
+    print(f"re-sent: {result['resends']} messages, {result['bytes_resent']} B (receipts saved "
+          f"{result.get('bytes_skipped_by_receipts', 0)} B); aggregator restarts "
           f"{result['aggregator_restarts']}")  # fmt: skip
     for who, rows in result["memory_growth"].items():
         for row in rows:
