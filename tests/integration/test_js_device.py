@@ -99,7 +99,9 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
                 timeout_s=240,
                 report=tmp_path / "js-report.json",
                 train={"epochs": 1, "lr": 0.1},
-                faults={"disconnect_after": "shares", "disconnect_during": "masked", "offline_ms": 2000},
+                # An hour fast, too: its round deadlines live on its monotonic clock (src/timing.js).
+                faults={"disconnect_after": "shares", "disconnect_during": "masked", "offline_ms": 2000,
+                        "clock_skew_s": 3600},
                 chunk_limit=2048,  # the masked input (~9.6 KB) travels as 5 chunks and a manifest
             )
             js = await JsDevice.start(runner, config, tmp_path / "js")
@@ -129,6 +131,7 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
     assert all(r.contributors == 4 for r in results)
     assert report["reconnects"] >= 2, "the forced disconnects did not happen"
     assert stderr.count("forced disconnect") == 2
+    assert "wall clock set 3600 s off" in stderr
     js_rounds = {r["round"]: r for r in report["rounds"]}
     for round_id, captured in enumerate(rounds):
         js_encoded = np.array(js_rounds[round_id]["encoded"], dtype=np.uint64)

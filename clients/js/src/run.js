@@ -4,9 +4,11 @@
 // config: { url, federation, device, identity_seed (hex), aggregator_key (hex), directory {id: hex},
 //           data: { x: [[...]], y: [...] }, train: { epochs, lr, momentum, batch_size, seed },
 //           rounds, timeout_s, chunk_limit, username, password,
-//           faults: { disconnect_after: "shares", disconnect_during: "masked", offline_ms } }
+//           faults: { disconnect_after: "shares", disconnect_during: "masked", offline_ms, clock_skew_s } }
 // Faults are one-shot: `disconnect_after` drops the link once that message kind is acknowledged,
-// `disconnect_during` after the first frame of that kind's (chunked) upload.
+// `disconnect_during` after the first frame of that kind's (chunked) upload. `clock_skew_s` sets this
+// process's wall clock (Date.now) that far off, as a phone with a wrong clock would be; the device's round
+// deadlines must not depend on it (src/timing.js).
 
 import * as c from './crypto.js';
 import { Device } from './device.js';
@@ -14,6 +16,12 @@ import { MlpTrainer } from './trainer.js';
 
 export async function createDevice(config, log = () => {}) {
   await c.ready();
+  const skewS = config.faults?.clock_skew_s ?? 0;
+  if (skewS) {
+    const realNow = Date.now;
+    Date.now = () => realNow() + skewS * 1000; // the whole device process runs on the wrong clock
+    log(`device=${config.device} wall clock set ${skewS} s off`);
+  }
   const trainer = new MlpTrainer({
     x: config.data.x.map((row) => Float32Array.from(row)), y: config.data.y,
     epochs: config.train?.epochs ?? 1, lr: config.train?.lr ?? 0.1, momentum: config.train?.momentum ?? 0.9,
