@@ -216,6 +216,8 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     report = js.report()
     assert [(r.status, r.contributors) for r in results] == [("closed", 4)], [r.reason for r in results]
     assert report["deliveries"]["resent"] >= 1  # the JS device's ledger brought the input back
+    # The aggregator re-published the open phase (inbox batches too) after reconnecting: skipped, not refused.
+    assert not [line for line in js.stderr if "share phase closed" in line], js.log_tail()
     js_encoded = np.array(report["rounds"][0]["encoded"], dtype=np.uint64)
     expected = sum((v.astype(np.uint64) for v in rounds[0]["python"]), js_encoded)
     expected &= np.uint64((1 << rounds[0]["bits"]) - 1)

@@ -298,6 +298,12 @@ export class Device {
 
   /** Open an inbox batch; each refused bundle is logged (one sender's bad bundle never stops the rest). */
   openInbox(batch) {
+    // The aggregator re-publishes inbox batches after its reconnects: one already opened is skipped.
+    const id = Object.entries(batch.ciphertexts).map(([k, v]) => `${k}:${Buffer.from(v).toString('base64')}`).sort().join('|');
+    const r = this.round;
+    r.opened ??= new Set();
+    if (r.opened.has(id)) return;
+    r.opened.add(id);
     for (const [sender, reason] of Object.entries(this.secagg.onInbox(batch))) {
       this.log(`round=${batch.round} share bundle from ${sender} refused: ${reason}`);
     }
