@@ -21,7 +21,6 @@ from edge_client.local import LocalTraining, Pending
 from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
 from edge_client.secure import SecureParticipation
-from edge_client.timing import AggregatorTime
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import Reassembler
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -32,6 +31,7 @@ from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.snapshots import DELTA, apply_delta_snapshot, snapshot_weights
 from shared.supervision import INTERNAL_ERROR, guarded, rule_of
+from shared.timing import AggregatorTime
 from shared.topics import Topics
 from shared.wire import (
     PHASE_COLLECT,

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.timing import AggregatorTime, RoundTimes
 from edge_client.trainer import TrainResult
 from shared.codec import UpdateEncoder, pack
 from shared.dp import device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
 from shared.outbox import Outbox
 from shared.secagg import SecAggClient
+from shared.timing import AggregatorTime, RoundTimes
 from shared.wire import Message, RoundAnnounce
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
 

@@ -3,7 +3,7 @@
 A device's or the aggregator's wall clock may be wrong by hours or jump (NTP steps, a user changing it,
 a phone coming back from airplane mode); neither side ever compares its own wall clock with the other's.
 Windows are measured on the monotonic clock, and a device maps the aggregator's stamps onto its own
-monotonic clock (``edge_client.timing``). Components take a :class:`Clock` so tests can give one process
+monotonic clock (``shared.timing``). Components take a :class:`Clock` so tests can give one process
 a skewed or jumping wall clock without touching ``time`` for the whole process.
 """
 

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from shared.mqtt import MqttConfig, MqttConnection, publish_framed
 from shared.secagg import SecAggClient
 from shared.signing import verify
 from shared.supervision import guarded
+from shared.timing import AggregatorTime
 from shared.topics import Topics
 from shared.wire import PHASE_KEYS, Message, RoundAnnounce, decode, encode
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
@@ -118,6 +118,7 @@ class LightDevice:
         self.keep_encoded = keep_encoded
         self.encoded: dict[int, np.ndarray] = {}
         self._verify_key = nacl.signing.VerifyKey(aggregator_key)
+        self._times = AggregatorTime()  # round deadlines on the monotonic clock, as a device's
         self._secagg = SecAggClient(federation, self.client_id, identity, aggregator_key, directory)
         self._rng = np.random.default_rng(seed)
         self._reassembler = Reassembler(max_total=64 * 1024 * 1024)
@@ -184,7 +185,7 @@ class LightDevice:
             return
         if current is not None and announce.round_id <= current.announce.round_id:
             return
-        if time.time() >= announce.deadline or not self.joins(announce.round_id):
+        if self._times.remaining(announce) <= 0 or not self.joins(announce.round_id):
             self._spawn(self._following.leave())
             return
         self._round = _Round(announce)

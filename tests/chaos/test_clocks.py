@@ -1,5 +1,5 @@
 """Clock faults: devices whose wall clock is an hour off or jumps mid-round, an aggregator whose wall clock
-jumps. Deadlines are measured on monotonic clocks (``edge_client.timing``), so every device still
+jumps. Deadlines are measured on monotonic clocks (``shared.timing``), so every device still
 contributes (exact survivor sums), windows hold and versions stay contiguous."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-// Round deadlines on the device's own monotonic clock, whatever its wall clock says (edge_client/timing.py).
+// Round deadlines on the device's own monotonic clock, whatever its wall clock says (shared/timing.py).
 //
 // An announcement's opened_at and deadline are the aggregator's wall-clock stamps. The device never compares
 // them with its own wall clock (it may be hours off, or jump mid-round): a stamp s received at local monotonic

@@ -1,4 +1,4 @@
-// Round deadlines on the device's monotonic clock (src/timing.js), as edge_client/timing.py.
+// Round deadlines on the device's monotonic clock (src/timing.js), as shared/timing.py.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 

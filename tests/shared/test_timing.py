@@ -1,9 +1,9 @@
-"""Round deadlines on the device's monotonic clock (edge_client/timing.py), with a hand-driven clock."""
+"""Round deadlines on the device's monotonic clock (shared/timing.py), with a hand-driven clock."""
 
 from __future__ import annotations
 
-from edge_client.timing import STEP_SLACK_S, AggregatorTime
 from shared.outbox import ANNOUNCE_GRACE_S
+from shared.timing import STEP_SLACK_S, AggregatorTime
 from shared.wire import RoundAnnounce
 
 
