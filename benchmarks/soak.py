@@ -93,8 +93,9 @@ class Fleet:
     """The devices, each with its fault proxy; crash and revive by id."""
 
     def __init__(self, broker: ShippedMosquitto, keys: dict[str, nacl.signing.SigningKey], agg_key: bytes,
-                 digits, workdir: Path) -> None:  # fmt: skip
+                 digits, workdir: Path, chunk_limit: int | None = None) -> None:  # fmt: skip
         self.broker = broker
+        self.chunk_limit = chunk_limit  # a small one chunks the masked inputs (receipts then resume them)
         self.keys = keys
         self.agg_key = agg_key
         self.digits = digits
@@ -131,7 +132,9 @@ class Fleet:
         mqtt = MqttConfig.from_url(
             self.proxies[cid].url, client_id=cid, reconnect_min_s=0.1, reconnect_max_s=2.0
         )
-        config = EdgeConfig(FED, mqtt, self.agg_key, identity=self.keys[cid], directory=self.directory)
+        extra = {"chunk_limit": self.chunk_limit} if self.chunk_limit else {}
+        config = EdgeConfig(FED, mqtt, self.agg_key, identity=self.keys[cid], directory=self.directory,
+                            **extra)  # fmt: skip
         device = EdgeClient(config, trainer)
 
         def hook(phase: str, device: EdgeClient = device) -> None:
@@ -253,7 +256,7 @@ async def run_soak(args: argparse.Namespace) -> dict:
     agg_key = bytes(load_or_create_key(workdir / "agg" / "aggregator.key").verify_key)
     aggregator = AggregatorProcess(broker.url, workdir, directory, initial, args.devices, args.masked_s)
     aggregator.start()
-    fleet = Fleet(broker, keys, agg_key, load_digits_split(seed=0), workdir)
+    fleet = Fleet(broker, keys, agg_key, load_digits_split(seed=0), workdir, args.chunk_limit)
     await fleet.start()
     seen = Observed()
     stop = asyncio.Event()
@@ -509,6 +512,8 @@ def main() -> int:
     p.add_argument("--sample-every", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-limit", type=int, default=None,
+                   help="devices' chunk limit, bytes (>= 1024; default 256 KiB: a masked input is one frame)")
     args = p.parse_args()
     # The library's own warnings (every fault logs some) would drown the table: errors only, plus ours.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
