@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="module:factory or file.py:factory: write the initial "
                    "snapshot from this nn.Module (needs torch)")  # fmt: skip
     p.add_argument("--snapshot-encoding", default="f32", choices=("f32", "f16"), help="initial snapshot")
+    p.add_argument("--summing-workers", type=int, default=0,
+                   help="aggregator processes summing masked inputs: their accounts and ACL")  # fmt: skip
 
     p = sub.add_parser("enroll", help="enrol devices; writes devices/<id>/ bundles")
     _dir(p)
@@ -102,6 +104,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     fed = init_federation(
         args.dir, args.federation, host=args.host, port=args.port, bind=args.bind, tls=args.tls,
         client_certs=args.client_certs, extra_names=args.san, initial=initial,
+        summing_workers=args.summing_workers,
     )  # fmt: skip
     print(f"federation {args.federation} in {args.dir}")
     print(f"  aggregator key  {fed.aggregator_public.hex()}")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import nacl.signing
 
+from aggregator.summing import worker_account
 from fedmq_admin import pki
 from fedmq_admin.broker import (
     Listener,
@@ -60,6 +61,8 @@ class FederationState:
     tls: bool
     client_certs: bool
     serial: int = 0
+    #: The aggregator's summing worker processes: each needs its own broker account and ACL lines.
+    summing_workers: int = 0
 
 
 class Federation:
@@ -135,8 +138,8 @@ class Federation:
         """Enrol ``device``: identity (unless its own ``public_key`` is given), broker account or client
         certificate, a new signed list; returns its bundle folder."""
         check_id(device, "device")
-        if device == AGGREGATOR:
-            raise ConfigError("device", f"{AGGREGATOR!r} is the aggregator's account")
+        if device == AGGREGATOR or device.startswith(worker_account(AGGREGATOR, 0)[:-1]):
+            raise ConfigError("device", f"{device!r} is an aggregator account")
         current = self.enrolled()
         if device in current.directory():
             raise ConfigError("device", f"{device!r} is already enrolled (revoke it first to re-key)")
@@ -224,7 +227,7 @@ class Federation:
         folder = self.broker_dir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        (folder / "acl").write_text(acl_rules())
+        (folder / "acl").write_text(acl_rules(self.state.summing_workers, AGGREGATOR))
         where = root or folder.resolve()
         listener = Listener(
             port=port or self.state.port,
@@ -250,6 +253,7 @@ def init_federation(
     client_certs: bool = False,
     extra_names: list[str] | None = None,
     initial: Path | None = None,
+    summing_workers: int = 0,
 ) -> Federation:
     """Create the admin folder of a new federation (refuses an existing one)."""
     check_id(federation, "federation")
@@ -258,6 +262,10 @@ def init_federation(
         raise ConfigError("dir", f"{root} already holds a federation; use another folder")
     if client_certs and not tls:
         raise ConfigError("client_certs", "client certificates need TLS")
+    if summing_workers and client_certs:
+        raise ConfigError("summing_workers", "summing workers use password accounts; not with --client-certs")
+    if not 0 <= summing_workers <= 64:
+        raise ConfigError("summing_workers", f"must be in [0, 64], got {summing_workers}")
     root.mkdir(parents=True, exist_ok=True)
     state = FederationState(
         federation=federation,
@@ -267,6 +275,7 @@ def init_federation(
         bind=bind,
         tls=tls,
         client_certs=client_certs,
+        summing_workers=summing_workers,
     )
     (root / STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     fed = Federation(root)
@@ -283,6 +292,12 @@ def init_federation(
         pki.issue(ca, host, broker, "server", server_names=names)
         shutil.copy(ca[0], broker / "ca.crt")
     credentials = fed._account(AGGREGATOR, aggregator_dir)
+    if summing_workers:  # the workers' accounts share the aggregator's password (its own processes)
+        password = (aggregator_dir / "password").read_text().strip()
+        passwd = read_passwd(broker / "passwd")
+        for index in range(summing_workers):
+            passwd[worker_account(AGGREGATOR, index)] = hash_password(password)
+        write_passwd(broker / "passwd", passwd)
     fed._publish_list({}, [])
     if initial is not None:
         shutil.copy(initial, aggregator_dir / "initial.fedmq")
@@ -299,6 +314,7 @@ def init_federation(
         "",
         "[aggregator]",
         "store = \"store\"",
+        f"summing_workers = {summing_workers}   # masked inputs summed in N worker processes (0: in-process)",
         *(["initial = \"initial.fedmq\""] if initial is not None else ["# initial = \"initial.fedmq\""]),
         "",
         "[enrolment]",
