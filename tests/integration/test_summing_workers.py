@@ -26,6 +26,7 @@ from shared.codec import CodecConfig
 from shared.layout import ModelLayout
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot, write_initial
+from shared.supervision import SupervisionError
 from simulator.broker import PRODUCTION_AUTH, MosquittoBroker
 from simulator.light import LightDevice, device_key, device_name
 from tests.support import eventually, mqtt_config
@@ -184,6 +185,20 @@ async def test_a_worker_killed_mid_round_loses_only_its_inputs(acl_broker, accou
     total, survivors, _ = recorder.rounds[second.round_id]
     bits = agg.last_secure.config.bits if agg.last_secure and agg.last_secure.config else 0
     np.testing.assert_array_equal(total, oracle(fleet, second.round_id, survivors, bits))
+
+
+@pytest.mark.parametrize("broker", ["nats"], indirect=True)
+async def test_a_broker_without_shared_subscriptions_is_refused_with_one_line(broker, tmp_path):
+    """NATS speaks MQTT 3.1.1 with no ``$share``: the aggregator ends with the cause, no round runs."""
+    config = AggregatorConfig(
+        federation=FED, mqtt=mqtt_config(broker, "aggregator"), store_dir=tmp_path / "agg",
+        directory=directory(), summing_workers=2,
+    )  # fmt: skip
+    async with Aggregator(config, initial=snapshot()) as agg:
+        with pytest.raises(SupervisionError, match="no MQTT 5 shared subscriptions") as refused:
+            await asyncio.wait_for(agg.run(1), 120)
+        assert agg.results == []
+    assert "\n" not in str(refused.value) and "summing_workers = 0" in str(refused.value)
 
 
 def _children(pid: int) -> set[int]:
