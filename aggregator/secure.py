@@ -134,6 +134,8 @@ class SecureRound:
 
     async def _phases(self, outbox: Outbox, stop: asyncio.Event | None) -> SecureOutcome:
         w = self.windows
+        if self.summing is not None:  # rounds start once the summing workers are connected
+            await self.summing.wait_started()
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
             raise RoundAbandoned(

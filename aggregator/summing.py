@@ -131,6 +131,9 @@ class SummingPool:
         self.lost: list[tuple[int, frozenset[str]]] = []
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor: Supervisor | None = None
+        #: Set once the workers first connected (or the start-up wait ended).
+        self.started = asyncio.Event()
 
     @property
     def pids(self) -> list[int]:
@@ -139,13 +142,13 @@ class SummingPool:
     async def run(self, supervisor: Supervisor) -> None:
         """The supervised task: start the workers, give up the aggregator with the cause if the broker
         cannot carry them (one line, e.g. NATS), stop them when cancelled."""
+        self._supervisor = supervisor
         try:
             await self.start()
             try:
                 await self.ready()
-            except ConfigError as exc:
-                supervisor.fail("summing workers", exc)
-                return
+            except ConfigError:
+                return  # _on_frame told the supervisor
             await asyncio.Event().wait()
         finally:
             await self.close()
@@ -158,15 +161,24 @@ class SummingPool:
     async def ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait until every worker is connected; ConfigError when the broker cannot carry them."""
         waits = [asyncio.ensure_future(slot.ready.wait()) for slot in self.slots]
-        await asyncio.wait(waits, timeout=timeout)
-        for waiter in waits:
-            waiter.cancel()
+        try:
+            await asyncio.wait(waits, timeout=timeout)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+            self.started.set()
         if self.error is not None:
             raise self.error
         late = [s.index for s in self.slots if not s.ready.is_set()]
         if late:
             log.warning("summing workers %s not connected after %.0fs; rounds go on without them",
                         late, timeout)  # fmt: skip
+
+    async def wait_started(self) -> None:
+        """Until the workers first connected (or :data:`READY_TIMEOUT_S` passed): rounds start after."""
+        await self.started.wait()
+        if self.error is not None:
+            raise self.error
 
     # -- supervision -----------------------------------------------------------------------------
 
@@ -261,7 +273,8 @@ class SummingPool:
             slot.ready.set()
         elif kind == "refused":
             self.error = ConfigError("aggregator.summing_workers", message[1])
-            log.error("%s", message[1])
+            if self._supervisor is not None:  # the aggregator ends with this one line
+                self._supervisor.fail("summing workers", self.error)
             for each in self.slots:
                 each.ready.set()  # wake ready(): it raises the error
 

@@ -137,41 +137,53 @@ async def serve(settings: dict[str, Any], reader: asyncio.StreamReader, out: Cal
     worker = Worker(settings, lambda message: out(frame(message)))
     for message in settings.get("backlog", []):  # the open round, when restarted in the middle of one
         worker.on_control(message)
+    stop = asyncio.Event()
+
+    async def control() -> None:  # from the start: the end of stdin ends the worker in every state
+        while (message := await read_frame(reader)) is not None and worker.on_control(message):
+            pass
+        stop.set()
+
+    controller = asyncio.create_task(control())
     conn = MqttConnection(mqtt, [shared_filter(settings["group"], worker.topics.masked_inputs)])
-    async with conn:
-        while True:
-            try:
-                await conn.wait_connected()
-                break
-            except FedmqError as exc:
-                if conn.error is not None:  # refused for good (credentials, TLS)
-                    out(frame(("refused", f"summing worker {mqtt.client_id}: {exc}")))
-                    return
-                log.warning("summing worker %s still waiting for the broker: %s", mqtt.client_id, exc)
-        limits = conn.limits
-        assert limits is not None
-        if not limits.shared_subscriptions:
-            reason = (f"the broker at {limits.endpoint} offers no MQTT 5 shared subscriptions (it speaks "
-                      f"MQTT {limits.protocol}): set summing_workers = 0")  # fmt: skip
-            out(frame(("refused", reason)))
-            return
-        out(frame(("ready", limits.protocol)))
-        stop = asyncio.Event()
-
-        async def control() -> None:
-            while (message := await read_frame(reader)) is not None and worker.on_control(message):
-                pass
-            stop.set()
-
-        controller = asyncio.create_task(control())
-        try:
+    try:
+        async with conn:
+            if not await _connected(conn, stop, out):
+                return
             while not stop.is_set():
                 msg = await conn.next_message(0.2)
                 if msg is not None:
                     payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
                     worker.on_message(str(msg.topic), payload)
-        finally:
-            controller.cancel()
+    finally:
+        controller.cancel()
+
+
+async def _connected(conn: MqttConnection, stop: asyncio.Event, out: Callable[[bytes], None]) -> bool:
+    """Wait for the broker, then say ready, or why this broker cannot carry workers (then False)."""
+    name = conn.config.client_id
+    waited = 0.0
+    while not stop.is_set():
+        try:
+            await conn.wait_connected(2.0)
+            break
+        except FedmqError as exc:
+            if conn.error is not None:  # refused for good (credentials, TLS)
+                out(frame(("refused", f"summing worker {name}: {exc}")))
+                return False
+            waited += 2.0
+            if waited % 30 < 2:
+                log.warning("summing worker %s still waiting for the broker: %s", name, exc)
+    limits = conn.limits
+    if stop.is_set() or limits is None:
+        return False
+    if not limits.shared_subscriptions:
+        reason = (f"the broker at {limits.endpoint} offers no MQTT 5 shared subscriptions (it speaks "
+                  f"MQTT {limits.protocol}): set summing_workers = 0")  # fmt: skip
+        out(frame(("refused", reason)))
+        return False
+    out(frame(("ready", limits.protocol)))
+    return True
 
 
 async def _main() -> None:

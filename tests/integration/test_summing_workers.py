@@ -197,7 +197,7 @@ async def test_a_broker_without_shared_subscriptions_is_refused_with_one_line(br
     async with Aggregator(config, initial=snapshot()) as agg:
         with pytest.raises(SupervisionError, match="no MQTT 5 shared subscriptions") as refused:
             await asyncio.wait_for(agg.run(1), 120)
-        assert agg.results == []
+        assert not [r for r in agg.results if r.status == "closed"]  # rounds wait for the workers
     assert "\n" not in str(refused.value) and "summing_workers = 0" in str(refused.value)
 
 
