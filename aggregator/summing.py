@@ -65,9 +65,14 @@ def worker_account(account: str, index: int) -> str:
 
 def worker_mqtt(mqtt: MqttConfig, index: int) -> MqttConfig:
     """Worker ``index``'s session: account and client id :func:`worker_account` (the broker binds client
-    id to account), with the aggregator's password (``fedmq init --summing-workers`` makes them)."""
+    id to account), with the aggregator's password (``fedmq init --summing-workers`` makes them).
+
+    The session ends with the connection (expiry 0): Mosquitto keeps handing a share of the group's
+    messages to a member whose session outlives it, so a dead or retired worker's persistent session
+    would swallow inputs until it expired; without it the live workers get them all at once."""
     user = worker_account(mqtt.username, index) if mqtt.username else None
-    return replace(mqtt, client_id=worker_account(mqtt.client_id, index), username=user)
+    client_id = worker_account(mqtt.client_id, index)
+    return replace(mqtt, client_id=client_id, username=user, session_expiry_s=0)
 
 
 @dataclass

@@ -74,3 +74,20 @@ def test_the_aggregator_leaves_unchunked_masked_inputs_to_the_workers():
     assert topics.masked_inputs == "f".join(["fl/", "/r/+/masked/+"])
     assert "fl/f/r/+/masked/+/c/+" in filters and topics.rounds_all not in filters
     assert {f.split("/")[4] for f in filters} == {"keys", "shares", "unmask", "update", "masked"}
+
+
+def test_worker_sessions_are_their_own_accounts_and_end_with_the_connection():
+    from aggregator.summing import worker_mqtt
+    from shared.mqtt import MqttConfig
+
+    base = MqttConfig(client_id="aggregator", username="aggregator", password="secret")
+    worker = worker_mqtt(base, 1)
+    assert (worker.client_id, worker.username, worker.password) == (
+        "aggregator-sum1",
+        "aggregator-sum1",
+        "secret",
+    )
+    # A persistent session would keep receiving a share of the group's inputs after its worker died.
+    assert worker.session_expiry_s == 0 and base.session_expiry_s > 0
+    anonymous = worker_mqtt(MqttConfig(client_id="agg"), 0)
+    assert anonymous.client_id == "agg-sum0" and anonymous.username is None
