@@ -235,6 +235,7 @@ class SummingPool:
         for future in (slot.opened, slot.summed):
             if future is not None and not future.done():
                 future.set_exception(RoundAbandoned(f"summing worker {slot.index} exited ({code})"))
+                future.exception()  # whoever waits sees it; nobody waiting is not an error
         current = self.round
         if self._closing:
             return
@@ -302,9 +303,12 @@ class SummingPool:
             *(asyncio.wait_for(asyncio.shield(s.opened), OPEN_TIMEOUT_S) for s in self.slots if s.opened),
             return_exceptions=True,
         )  # fmt: skip
-        failed = [s.index for s, r in zip(self.slots, results) if isinstance(r, BaseException)]
-        for index in failed:  # restart it: a connected worker that does not know the round would drop inputs
-            self._kill(self.slots[index], f"did not acknowledge round {secure.round_id}")
+        failed = [s for s, r in zip(self.slots, results) if isinstance(r, BaseException)]
+        for slot in failed:  # restart it: a connected worker that does not know the round would drop inputs
+            restarted = slot.opened  # a restart sends the open round itself, and acknowledges it again
+            if restarted is not None and restarted.done() and restarted.exception() is None:
+                continue
+            self._kill(slot, f"did not acknowledge round {secure.round_id}")
         if len(failed) == len(self.slots):
             self.round = None
             raise RoundAbandoned(f"round {secure.round_id}: no summing worker acknowledged the round")
