@@ -220,7 +220,7 @@ class SummingPool:
         slot.send(("settings", settings))
         assert process.stdout is not None
         try:
-            while (message := await read_frame(process.stdout)) is not None:
+            while (message := await read_frame(process.stdout, from_worker=True)) is not None:
                 self._on_frame(slot, message)
         finally:
             if process.returncode is None:
@@ -251,7 +251,10 @@ class SummingPool:
             log.warning("summing worker %d ended (%s); restarting it", slot.index, cause)
         slot.granted.clear()
 
-    def _on_frame(self, slot: _Slot, message: tuple[Any, ...]) -> None:
+    def _on_frame(self, slot: _Slot, message: Any) -> None:
+        if not isinstance(message, (list, tuple)) or not message:
+            log.error("summing worker %d sent a malformed frame", slot.index)
+            return
         kind = message[0]
         current = self.round
         if kind == "claim":

@@ -7,8 +7,10 @@ input (:meth:`aggregator.partial_sums.MaskedSum.check`: decode, round, signature
 coordinator alone decides which inputs count (exactly once, and only while its masked phase is open),
 so the partial sums it collects cover exactly the devices of its U3 decision.
 
-Frames on stdin/stdout: a 4-byte big-endian length, then a pickle (both ends are this program, over
-the pipes of a process the coordinator started; nothing from the network is unpickled).
+Frames on stdin/stdout: a 4-byte big-endian length, then the body. Coordinator -> worker bodies are
+pickles (the worker trusts the parent that started it; the settings carry an ``MqttConfig``); worker ->
+coordinator bodies are msgpack, so a worker that parsed hostile input can never hand its coordinator
+code to run.
 
 Coordinator -> worker: ``("settings", dict)`` first, then ``("open", round, federation, {device: key},
 bits, length)``, ``("grant", round, device, ok)``, ``("finish", round)``, ``("stop",)``.
@@ -30,6 +32,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from aggregator.partial_sums import MaskedSum, shared_filter
@@ -47,17 +50,25 @@ _HEADER = struct.Struct(">I")
 
 
 def frame(obj: object) -> bytes:
+    """A coordinator -> worker frame."""
     data = pickle.dumps(obj, protocol=5)
     return _HEADER.pack(len(data)) + data
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    """The next frame, or None at the end of the stream."""
+def report(obj: tuple[Any, ...]) -> bytes:
+    """A worker -> coordinator frame (msgpack: str, int, bytes, lists only)."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader, *, from_worker: bool = False) -> Any:
+    """The next frame, or None at the end of the stream; a worker's frames are msgpack, never pickles."""
     try:
         header = await reader.readexactly(_HEADER.size)
-        return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
+        body = await reader.readexactly(_HEADER.unpack(header)[0])
     except asyncio.IncompleteReadError:
         return None
+    return msgpack.unpackb(body, raw=False) if from_worker else pickle.loads(body)
 
 
 class Worker:
@@ -134,7 +145,7 @@ class Worker:
 async def serve(settings: dict[str, Any], reader: asyncio.StreamReader, out: Callable[[bytes], None]) -> None:
     """Connect, say ready (or why not), then sum until ``stop`` or the end of stdin."""
     mqtt: MqttConfig = settings["mqtt"]
-    worker = Worker(settings, lambda message: out(frame(message)))
+    worker = Worker(settings, lambda message: out(report(message)))
     for message in settings.get("backlog", []):  # the open round, when restarted in the middle of one
         worker.on_control(message)
     stop = asyncio.Event()
@@ -169,7 +180,7 @@ async def _connected(conn: MqttConnection, stop: asyncio.Event, out: Callable[[b
             break
         except FedmqError as exc:
             if conn.error is not None:  # refused for good (credentials, TLS)
-                out(frame(("refused", f"summing worker {name}: {exc}")))
+                out(report(("refused", f"summing worker {name}: {exc}")))
                 return False
             waited += 2.0
             if waited % 30 < 2:
@@ -180,9 +191,9 @@ async def _connected(conn: MqttConnection, stop: asyncio.Event, out: Callable[[b
     if not limits.shared_subscriptions:
         reason = (f"the broker at {limits.endpoint} offers no MQTT 5 shared subscriptions (it speaks "
                   f"MQTT {limits.protocol}): set summing_workers = 0")  # fmt: skip
-        out(frame(("refused", reason)))
+        out(report(("refused", reason)))
         return False
-    out(frame(("ready", limits.protocol)))
+    out(report(("ready", limits.protocol)))
     return True
 
 
