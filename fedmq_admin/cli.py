@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("report.html"))
     p.add_argument("--eval", default=None, help="module:function or file.py:function({name: array}) -> score")
 
+    p = sub.add_parser("summing-workers", help="set the aggregator's summing workers: accounts, ACL, config")
+    _dir(p)
+    p.add_argument("count", type=int, help="worker processes (0: sum in the aggregator's own process)")
+
     p = sub.add_parser("render-broker", help="re-render broker/mosquitto.conf (e.g. for a container)")
     _dir(p)
     p.add_argument("--root", type=Path, default=None, help="where the broker sees broker/ (container path)")
@@ -184,6 +188,13 @@ def cmd_render_broker(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_summing_workers(args: argparse.Namespace) -> None:
+    fed = Federation(args.dir)
+    fed.set_summing_workers(args.count)
+    print(f"summing_workers = {args.count}: accounts and ACL written; reload the broker (SIGHUP) and "
+          "restart the aggregator")  # fmt: skip
+
+
 COMMANDS = {
     "init": cmd_init,
     "enroll": cmd_enroll,
@@ -192,6 +203,7 @@ COMMANDS = {
     "export": cmd_export,
     "report": cmd_report,
     "render-broker": cmd_render_broker,
+    "summing-workers": cmd_summing_workers,
 }
 
 

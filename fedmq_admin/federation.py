@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -227,6 +228,35 @@ class Federation:
 
     # -- broker ----------------------------------------------------------------------------------
 
+    def set_summing_workers(self, count: int) -> None:
+        """Give the aggregator ``count`` summing workers: accounts ``aggregator-sum<i>`` (the aggregator's
+        password; extra ones removed), their ACL lines, ``summing_workers`` in ``aggregator.toml``.
+        The broker must re-read its files (SIGHUP) and the aggregator restart to use them."""
+        if not 0 <= count <= 64:
+            raise ConfigError("summing_workers", f"must be in [0, 64], got {count}")
+        if count and self.state.client_certs:
+            raise ConfigError(
+                "summing_workers", "summing workers use password accounts; not with --client-certs"
+            )
+        passwd = read_passwd(self.broker_dir / "passwd")
+        for user in [u for u in passwd if u.startswith(worker_account(AGGREGATOR, 0)[:-1])]:
+            del passwd[user]
+        if count:
+            password = (self.root / "aggregator" / "password").read_text().strip()
+            for index in range(count):  # its own processes on its machine: the aggregator's password
+                passwd[worker_account(AGGREGATOR, index)] = hash_password(password)
+        write_passwd(self.broker_dir / "passwd", passwd)
+        self.state.summing_workers = count
+        self.save()
+        self._write_acl(self.enrolled().revoked)
+        config = self.root / "aggregator" / "aggregator.toml"
+        if config.exists():
+            line = f"summing_workers = {count}   # masked inputs summed in N worker processes (0: in-process)"
+            text, found = re.subn(r"(?m)^summing_workers = .*$", line, config.read_text())
+            if not found:
+                text = re.sub(r"(?m)^(store = .*)$", lambda m: f"{m.group(1)}\n{line}", text, count=1)
+            config.write_text(text)
+
     def _write_acl(self, revoked: list[str]) -> None:
         rules = acl_rules(self.state.summing_workers, AGGREGATOR)
         (self.broker_dir / "acl").write_text(rules + revoked_acl(revoked))
@@ -305,13 +335,9 @@ def init_federation(
         if client_certs:
             pki.write_crl(ca, broker / "crl.pem")
     credentials = fed._account(AGGREGATOR, aggregator_dir)
-    if summing_workers:  # the workers' accounts share the aggregator's password (its own processes)
-        password = (aggregator_dir / "password").read_text().strip()
-        passwd = read_passwd(broker / "passwd")
-        for index in range(summing_workers):
-            passwd[worker_account(AGGREGATOR, index)] = hash_password(password)
-        write_passwd(broker / "passwd", passwd)
     fed._publish_list({}, [])
+    if summing_workers:
+        fed.set_summing_workers(summing_workers)  # before aggregator.toml exists: it is written below
     if initial is not None:
         shutil.copy(initial, aggregator_dir / "initial.fedmq")
     fed.render_broker(user=getpass.getuser())

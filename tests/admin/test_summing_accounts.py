@@ -91,3 +91,28 @@ def test_worker_sessions_are_their_own_accounts_and_end_with_the_connection():
     assert worker.session_expiry_s == 0 and base.session_expiry_s > 0
     anonymous = worker_mqtt(MqttConfig(client_id="agg"), 0)
     assert anonymous.client_id == "agg-sum0" and anonymous.username is None
+
+
+def test_summing_workers_command_changes_an_existing_federation(tmp_path):
+    from fedmq_admin.cli import main
+
+    fed = init_federation(tmp_path / "fed", "acme", tls=False)
+    fed.enroll("dev-0")
+    assert main(["summing-workers", "--dir", str(tmp_path / "fed"), "3"]) == 0
+    passwd = read_passwd(tmp_path / "fed" / "broker" / "passwd")
+    assert set(passwd) == {"aggregator", "dev-0", "aggregator-sum0", "aggregator-sum1", "aggregator-sum2"}
+    acl = (tmp_path / "fed" / "broker" / "acl").read_text()
+    assert "user aggregator-sum2\ntopic read fl/+/r/+/masked/+" in acl
+    config = tmp_path / "fed" / "aggregator" / "aggregator.toml"
+    values = resolve(OPTIONS, parse_args(["--config", str(config)]), environ={})
+    assert values["aggregator.summing_workers"] == 3
+    assert main(["summing-workers", "--dir", str(tmp_path / "fed"), "1"]) == 0  # fewer: the rest go
+    assert set(read_passwd(tmp_path / "fed" / "broker" / "passwd")) == {
+        "aggregator",
+        "dev-0",
+        "aggregator-sum0",
+    }
+    assert "aggregator-sum1" not in (tmp_path / "fed" / "broker" / "acl").read_text()
+    values = resolve(OPTIONS, parse_args(["--config", str(config)]), environ={})
+    assert values["aggregator.summing_workers"] == 1
+    assert config.read_text().count("summing_workers =") == 1
