@@ -74,13 +74,20 @@ def agg_config(broker, accounts, tmp_path, **kw) -> AggregatorConfig:
 
 
 class Quiet(LightDevice):
-    """A device that does not send its masked input in round ``silent`` (it dropped out after shares)."""
+    """A device that does not send its masked input in round ``silent`` (it dropped out after shares),
+    or sends it ``twice`` (the broker may hand the copies to different workers)."""
 
     silent = -1
+    twice = False
 
     async def _send_masked(self, state, shared) -> None:  # type: ignore[no-untyped-def]
         if shared.round != self.silent:
             await super()._send_masked(state, shared)
+
+    async def _send(self, kind, round_id, message) -> None:  # type: ignore[no-untyped-def]
+        await super()._send(kind, round_id, message)
+        if kind == "masked" and self.twice:
+            await super()._send(kind, round_id, message)
 
 
 def devices(broker, accounts, agg_key: bytes, chunked: int = -1) -> list[Quiet]:
@@ -123,6 +130,7 @@ async def test_two_workers_close_secure_rounds_with_the_exact_sum(acl_broker, ac
     """Both ways -- two workers, and in-process as the reference -- give the devices' exact sum."""
     key = load_or_create_key(tmp_path / "agg" / "aggregator.key")
     fleet = devices(acl_broker, accounts, bytes(key.verify_key), chunked=3)
+    fleet[5].twice = True  # counted once, whichever worker (or both) verified it
     config = agg_config(acl_broker, accounts, tmp_path, summing_workers=workers)
     async with Aggregator(config, initial=snapshot(key)) as agg:
         recorder = Recorder(agg)
