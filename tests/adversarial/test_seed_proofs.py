@@ -1,0 +1,130 @@
+"""Inconsistency proofs and the device's pair-seed rule (shared/secagg/proofs.py, shared/secagg/seeds.py).
+
+A proof against an honest dealer must be impossible to make: honest shares always rebuild the committed
+seed, a changed share no longer matches the dealer's digest, and digests not signed by the dealer are
+refused. A device never reveals the pair seed with a neighbour whose self-mask share it revealed unless
+a valid proof comes with the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import nacl.utils
+import pytest
+
+from shared.errors import SecAggError
+from shared.secagg import keys, proofs, shamir
+from shared.wire import decode, encode
+from shared.wire.secagg import digests_signed_bytes
+from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
+from tests.adversarial.test_secagg_rogue import FED, ROGUE, N, Round, _dealing
+
+HONEST = "dev-3"
+
+
+def _dealt(run: Round, dealer: str) -> tuple[dict[str, bytes], bytes, dict[str, bytes]]:
+    """A dealer's signed digest map and the self-mask shares its neighbours opened."""
+    digests = {h: run.server._bundles[(dealer, h)].digest for h in run.server.graph[dealer]}
+    signature = run.server.exclusion.signed_digests[dealer][1]
+    shares = {h: run.clients[h]._round.received[dealer].self_mask_share for h in run.server.graph[dealer]}
+    return digests, signature, shares
+
+
+def _verify(run: Round, proof: InconsistencyProof) -> None:
+    commitment = run.server.adverts[proof.dealer].self_mask_commitment
+    proofs.verify_proof(proof, federation=FED, round_id=1, identity=run.directory[proof.dealer],
+                        commitment=commitment, threshold=run.server.threshold)  # fmt: skip
+
+
+def _signed_request(run: Round, dealers: list[str], proof_list: list[InconsistencyProof]) -> SeedRequest:
+    unsigned = SeedRequest(FED, 1, dealers, proof_list)
+    return replace(unsigned, signature=keys.sign(run.aggregator, unsigned.signed_bytes()))
+
+
+def test_a_proof_against_an_inconsistent_dealer_verifies_and_survives_the_wire() -> None:
+    run = Round()
+    run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+    assert run.request is not None
+    (proof,) = run.request.proofs
+    _verify(run, proof)
+    assert decode(encode(run.request)) == run.request
+
+
+def test_no_proof_can_be_made_or_forged_against_an_honest_dealer() -> None:
+    run = Round()
+    run.run()
+    t = run.server.threshold
+    digests, signature, shares = _dealt(run, HONEST)
+    commitment = run.server.adverts[HONEST].self_mask_commitment
+    assert proofs.make_proof(HONEST, shares, signed=(digests, signature), federation=FED, round_id=1,
+                             commitment=commitment, threshold=t) is None  # fmt: skip
+    holders = sorted(shares)[:t]
+    honest = InconsistencyProof(HONEST, digests, signature, {h: shares[h] for h in holders})
+    with pytest.raises(SecAggError, match="forged"):
+        _verify(run, honest)
+    changed = replace(honest, shares={**honest.shares, holders[0]: nacl.utils.random(shamir.SHARE_BYTES)})
+    with pytest.raises(SecAggError, match="not the one it dealt"):
+        _verify(run, changed)
+    # Digests re-made for a changed share do not carry the dealer's signature...
+    resigned = replace(changed, digest_signature=keys.sign(run.identities[ROGUE], b"anything"))
+    with pytest.raises(SecAggError, match="bad signature"):
+        _verify(run, resigned)
+    # ...and the aggregator cannot sign them for it either.
+    by_aggregator = keys.sign(run.aggregator, digests_signed_bytes(FED, 1, HONEST, digests))
+    forged = replace(changed, digest_signature=by_aggregator)
+    with pytest.raises(SecAggError, match="bad signature"):
+        _verify(run, forged)
+    with pytest.raises(SecAggError, match="needs"):
+        _verify(run, replace(honest, shares={h: shares[h] for h in holders[:-1]}))
+
+
+def test_devices_refuse_a_survivors_pair_seed_without_a_valid_proof() -> None:
+    """The aggregator asks for the pair seeds with an honest survivor (whose self-mask shares everybody
+    revealed): with no proof, or a forged one, every honest neighbour refuses; nothing is revealed."""
+    run = Round()
+    run.run()
+    digests, signature, shares = _dealt(run, HONEST)
+    holders = sorted(shares)[: run.server.threshold]
+    forged = InconsistencyProof(HONEST, digests, signature, {h: shares[h] for h in holders})
+    for proof_list in ([], [forged]):
+        request = _signed_request(run, [HONEST], proof_list)
+        for device in run.server.graph[HONEST]:
+            with pytest.raises(SecAggError, match="seed request refused"):
+                run.clients[device].on_seed_request(request)
+            assert run.clients[device]._round.seed_reveal is None
+
+
+def test_devices_reveal_pair_seeds_for_a_dropped_dealer_and_refuse_unsigned_requests() -> None:
+    """For a dealer its U3 notice listed as dropped, a device reveals the pair seed on a signed request
+    (no proof needed: it revealed no share of that dealer's self mask); the seed is the one it masked with."""
+    run = Round()
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    for client in run.clients.values():
+        for bundle in client.on_roster(roster):
+            run.server.add_shares(bundle)
+    shared = run.server.close_share_phase()
+    for d in shared.devices:
+        run.clients[d].open_all(run.server.shares_for(d))
+        y = run.clients[d].mask(run.inputs[d], shared)
+        if d != HONEST:
+            run.server.add_masked(run.clients[d].masked_input(y.astype("<u4").tobytes()))
+    survivors = run.server.close_masked_phase()
+    for d in survivors.devices:
+        run.server.add_reveal(run.clients[d].on_survivors(survivors))
+    request = _signed_request(run, [HONEST], [])
+    neighbour = run.server.graph[HONEST][0]
+    with pytest.raises(SecAggError, match="bad signature"):
+        run.clients[neighbour].on_seed_request(replace(request, signature=bytes(64)))
+    reveal = run.clients[neighbour].on_seed_request(request)
+    assert isinstance(reveal, SeedReveal) and list(reveal.seeds) == [HONEST]
+    mine = run.clients[neighbour]._round
+    their_key = run.server.adverts[HONEST].mask_pk
+    expected = keys.pair_seed(mine.keys.mask_sk, their_key, FED, 1, neighbour, HONEST)
+    assert reveal.seeds[HONEST] == expected
+    assert run.clients[neighbour].on_seed_request(request) == reveal  # a duplicate gets the same answer
+    with pytest.raises(SecAggError, match="different seed request"):
+        run.clients[neighbour].on_seed_request(_signed_request(run, [HONEST, ROGUE], []))
+    assert len(run.server.graph[HONEST]) == N - 1
