@@ -71,6 +71,8 @@ def on_request(
     keys.verify(aggregator_key, request.signed_bytes(), request.signature, "seed request")
     if state.reveal is None or state.roster is None or state.shared is None:
         raise SecAggError("seed request before this device revealed")
+    if device in request.dealers:
+        raise SecAggError("this device's own input was excluded: it has no pair seed to reveal")
     if state.seed_reveal is not None:
         if state.seed_request == request:
             return state.seed_reveal  # type: ignore[no-any-return]  # QoS 1 duplicate
