@@ -283,8 +283,8 @@ class SecAggClient:
                 self.on_shares(message)
             except SecAggError as exc:
                 refused[message.sender] = str(exc)
-        if self._round is not None:  # reported with the masked input (shared/secagg/exclusion.py)
-            self._round.refused.update(refused)
+                if seeds.reportable(self._round, message):  # reported with the masked input
+                    self._round.refused.add(message.sender)  # type: ignore[union-attr]
         return refused
 
     def sign_digests(self, round_id: int, digests: dict[str, bytes]) -> bytes:

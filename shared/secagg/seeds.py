@@ -18,7 +18,7 @@ import nacl.signing
 
 from shared.errors import SecAggError
 from shared.secagg import keys, proofs
-from shared.wire.secagg import Roster
+from shared.wire.secagg import EncryptedShares, Roster
 from shared.wire.seeds import SeedRequest, SeedReveal
 
 #: What a device records, per neighbour, once it revealed the pair seed with it.
@@ -71,14 +71,21 @@ def on_request(
     keys.verify(aggregator_key, request.signed_bytes(), request.signature, "seed request")
     if state.reveal is None or state.roster is None or state.shared is None:
         raise SecAggError("seed request before this device revealed")
-    if device in request.dealers:
-        raise SecAggError("this device's own input was excluded: it has no pair seed to reveal")
     if state.seed_reveal is not None:
         if state.seed_request == request:
             return state.seed_reveal  # type: ignore[no-any-return]  # QoS 1 duplicate
         raise SecAggError("a second, different seed request")
+    if device in request.dealers:
+        raise SecAggError("this device's own input was excluded: it has no pair seed to reveal")
     masked_with = {v: state.peers[v][1] for v in state.neighbours if v in state.shared}
     reveal = answer(request, device=device, identity=identity, roster=state.roster, directory=directory,
                     mask_sk=state.keys.mask_sk, masked_with=masked_with, revealed=state.revealed)  # fmt: skip
     state.seed_request, state.seed_reveal = request, reveal
     return reveal
+
+
+def reportable(state: Any, message: EncryptedShares) -> bool:
+    """Whether a refused bundle goes into this device's refusal report: one of this round, from a
+    neighbour, before the device masked (a stale or misaddressed bundle is no complaint about its sender)."""
+    return (state is not None and state.shared is None and message.round == state.round_id
+            and message.sender in state.neighbours)  # fmt: skip
