@@ -18,6 +18,7 @@ import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
+from aggregator.metrics import Metrics
 from aggregator.secure import PhaseWindows
 from shared.codec import CodecConfig
 from shared.secagg import SecAggClient, shamir
@@ -93,6 +94,7 @@ async def test_the_first_attacked_round_closes_with_the_exact_honest_sum(
             results = await run_rounds(agg, devices, 1)
             secure = agg.last_secure
             named = agg.offences.by_sender()
+            exposition = Metrics(agg).render()
     finally:
         broker.stop()
     assert results[0].status == "closed", results[0].reason
@@ -106,5 +108,6 @@ async def test_the_first_attacked_round_closes_with_the_exact_honest_sum(
     expected &= np.uint32((1 << secure.config.bits) - 1)
     np.testing.assert_array_equal(secure.total, expected)  # bit-exact: the honest devices' sum
     assert named.get(ROGUE, {}).get(rule) == 1
+    assert f'fedmq_offences_total{{rule="{rule}"}} 1' in exposition  # and in the aggregator's metrics
     assert not [s for s in named if s != ROGUE], named  # no honest device named
     assert any(f"from={ROGUE}" in r.getMessage() and rule in r.getMessage() for r in caplog.records)
