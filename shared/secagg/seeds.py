@@ -34,11 +34,13 @@ def answer(
     directory: Mapping[str, bytes],
     mask_sk: bytes,
     masked_with: Mapping[str, bytes],
+    survivors: frozenset[str],
     revealed: dict[str, str],
 ) -> SeedReveal:
     """The signed pair seeds for the requested dealers this device masked with (``masked_with``: neighbour
-    -> its mask public key); ``revealed`` (neighbour -> kind of share revealed) is updated. Raises
-    :class:`SecAggError` on a dealer whose self-mask share it revealed, unless a valid proof comes with it.
+    -> its mask public key; ``survivors``: its U3); ``revealed`` (neighbour -> kind of share revealed) is
+    updated. Raises :class:`SecAggError` on a dealer whose self-mask share it revealed, unless a valid proof
+    comes with it, and when it would leave fewer than t neighbours whose pair seeds it never revealed.
     """
     commitments = {m.device: m.self_mask_commitment for m in roster.members}
     seeds: dict[str, bytes] = {}
@@ -52,6 +54,12 @@ def answer(
                                 threshold=roster.threshold)  # fmt: skip
         seeds[dealer] = keys.pair_seed(mask_sk, masked_with[dealer], request.federation, request.round,
                                        device, dealer)  # fmt: skip
+    # Privacy floor: at least t neighbours whose pair seeds this device never reveals (dropped ones count as
+    # revealed), whatever bundles the aggregator kept from it; docs/security.md has the counting argument.
+    kept_secret = {v for v in masked_with if v in survivors} - set(seeds)
+    if len(kept_secret) < roster.threshold:
+        raise SecAggError(f"revealing {len(seeds)} pair seeds would leave {len(kept_secret)} neighbours' "
+                          f"seeds unrevealed, below the threshold {roster.threshold}")  # fmt: skip
     unsigned = SeedReveal(request.federation, request.round, device, seeds)
     for dealer in seeds:
         revealed.setdefault(dealer, PAIR_SEED)
@@ -79,7 +87,8 @@ def on_request(
         raise SecAggError("this device's own input was excluded: it has no pair seed to reveal")
     masked_with = {v: state.peers[v][1] for v in state.neighbours if v in state.shared}
     reveal = answer(request, device=device, identity=identity, roster=state.roster, directory=directory,
-                    mask_sk=state.keys.mask_sk, masked_with=masked_with, revealed=state.revealed)  # fmt: skip
+                    mask_sk=state.keys.mask_sk, masked_with=masked_with, survivors=state.survivors,
+                    revealed=state.revealed)  # fmt: skip
     state.seed_request, state.seed_reveal = request, reveal
     return reveal
 

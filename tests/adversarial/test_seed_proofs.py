@@ -16,7 +16,7 @@ import pytest
 from shared.errors import SecAggError
 from shared.secagg import keys, proofs, shamir
 from shared.wire import decode, encode
-from shared.wire.secagg import digests_signed_bytes
+from shared.wire.secagg import SurvivorList, digests_signed_bytes
 from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
 from tests.adversarial.test_secagg_rogue import FED, ROGUE, N, Round, _dealing
 
@@ -128,3 +128,37 @@ def test_devices_reveal_pair_seeds_for_a_dropped_dealer_and_refuse_unsigned_requ
     with pytest.raises(SecAggError, match="different seed request"):
         run.clients[neighbour].on_seed_request(_signed_request(run, [HONEST, ROGUE], []))
     assert len(run.server.graph[HONEST]) == N - 1
+
+
+def test_a_device_starved_of_bundles_never_reveals_all_its_pair_seeds() -> None:
+    """A malicious aggregator garbles every bundle addressed to one device (so it holds no share and
+    reveals no self-mask share), then asks it for the pair seeds with all its neighbours while the others
+    rebuild its self mask: the device keeps at least t pair seeds unrevealed and refuses; asked for k - t,
+    it answers."""
+    run = Round()
+    victim = "dev-5"
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    for client in run.clients.values():
+        for bundle in client.on_roster(roster):
+            run.server.add_shares(bundle)
+    shared = run.server.close_share_phase()
+    for d in shared.devices:
+        inbox = run.server.shares_for(d)
+        if d == victim:
+            inbox = [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in inbox]
+        run.clients[d].open_all(inbox)
+        y = run.clients[d].mask(run.inputs[d], shared)
+        run.server.add_masked(run.clients[d].masked_input(y.astype("<u4").tobytes()))
+    survivors = SurvivorList(FED, 1, "masked", sorted(shared.devices))  # re-signed: refusal reports ignored
+    survivors = replace(survivors, signature=keys.sign(run.aggregator, survivors.signed_bytes()))
+    run.clients[victim].on_survivors(survivors)
+    assert not run.clients[victim]._round.reveal.self_mask_shares  # it held none
+    neighbours = list(run.server.graph[victim])
+    t = run.server.threshold
+    with pytest.raises(SecAggError, match="below the threshold"):
+        run.clients[victim].on_seed_request(_signed_request(run, neighbours, []))
+    assert run.clients[victim]._round.seed_reveal is None
+    reveal = run.clients[victim].on_seed_request(_signed_request(run, neighbours[: len(neighbours) - t], []))
+    assert len(reveal.seeds) == len(neighbours) - t

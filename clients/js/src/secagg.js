@@ -488,6 +488,13 @@ export class SecAggClient {
       }
       seeds[v] = pairSeed(st.keys.maskSk, st.peers[v].maskPk, this.federation, request.round, this.deviceId, v);
     }
+    // Privacy floor: at least t neighbours whose pair seeds this device never reveals (dropped ones count as
+    // revealed), whatever bundles the aggregator kept from it (docs/security.md).
+    const u3 = new Set(st.survivorsKey.split('\n'));
+    const keptSecret = st.neighbours.filter((v) => st.shared.has(v) && u3.has(v) && !(v in seeds));
+    if (keptSecret.length < st.roster.threshold) {
+      throw this.refuse(request.round, `revealing ${Object.keys(seeds).length} pair seeds would leave ${keptSecret.length} unrevealed, below the threshold`);
+    }
     const reveal = { t: 'secagg.seed_reveal', federation: this.federation, round: request.round, device: this.deviceId, seeds };
     reveal.signature = c.sign(this.identity.secretKey, signedBytes(reveal));
     for (const v of Object.keys(seeds)) st.revealed[v] ??= 'pair_seed';

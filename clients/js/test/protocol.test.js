@@ -162,6 +162,15 @@ test('recorded round: pair seeds only for a dropped dealer, or a survivor with a
   client.onSurvivors(notices[1]);
   const survivor = notices[1].devices.find((x) => x !== d);
   assert.throws(() => client.onSeedRequest(signed([survivor])), SecAggError, 'a survivor needs a proof');
+  // A device the aggregator starved of every bundle holds no share, yet still keeps t pair seeds secret.
+  const starved = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)),
+    aggregatorKey: agg.publicKey, directory });
+  starved.advertise(v.round, keys);
+  starved.onRoster(roster);
+  starved.mask(new Uint32Array(roster.length), notices[0]);
+  assert.deepEqual(starved.onSurvivors(notices[1]).self_mask_shares, {});
+  const live = notices[1].devices.filter((x) => x !== d);
+  assert.throws(() => starved.onSeedRequest(signed([v.dropped, ...live])), /below the threshold/, 'never all its pair seeds');
   const reveal = client.onSeedRequest(signed([v.dropped]));
   const dropped = roster.members.find((m) => m.device === v.dropped);
   assert.deepEqual(Object.keys(reveal.seeds), [v.dropped]);
