@@ -199,6 +199,7 @@ def mask_seeds(server: SecAggServer) -> tuple[list[bytes], list[bytes]]:
     ex = server.exclusion
     if not ex.prepared:
         server.seed_request()
+    ex.kept.clear()  # every exclusion is decided: the kept inputs are no longer needed
     plus: list[bytes] = []
     minus: list[bytes] = []
     for u in sorted(server.masked):
