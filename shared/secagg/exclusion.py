@@ -103,22 +103,28 @@ class Exclusion:
         it: no k - t liars can get an honest dealer named, and fewer than that exclude it only together
         with dropouts that would have cost its self mask anyway.
         """
-        out = set()
-        for dealer in sorted(survivors):
-            refusers = self.refusals.get(dealer, set()) & survivors
-            if not refusers or dealer not in self.kept:
-                continue
+        out: set[str] = set()
+        while True:  # an excluded device neither holds shares nor reveals: repeat until nothing changes
+            alive = survivors - out
+            short = {d for d in alive if self._short(d, graph[d], alive, threshold)}
+            if not short:
+                break
+            out |= short
+        for dealer in sorted(out):
+            refusers = self.refusals[dealer] & (survivors - out)
             neighbours = graph[dealer]
-            holders = [v for v in neighbours if v in survivors and v not in refusers]
-            if len(holders) >= threshold:
-                continue
-            out.add(dealer)
             self.dealers[dealer] = None
             reason = f"{len(refusers)} of {len(neighbours)} neighbours refused its share bundles"
             if len(refusers) > len(neighbours) - threshold:
                 self.offences.record(dealer, BUNDLES_REFUSED, reason, context=self._context)
             log.warning("secagg round=%s: %s excluded from the sum: %s", self.round_id, dealer, reason)
         return frozenset(out)
+
+    def _short(self, dealer: str, neighbours: Collection[str], alive: frozenset[str], threshold: int) -> bool:
+        """Refused by someone alive, and fewer than t alive neighbours hold its shares (input kept)."""
+        refusers = self.refusals.get(dealer, set()) & alive
+        holders = [v for v in neighbours if v in alive and v not in refusers]
+        return bool(refusers) and dealer in self.kept and len(holders) < threshold
 
     def take_out(self, dealer: str, total: np.ndarray, unpack: object) -> None:
         """Subtract a kept input from the running sum (mod 2^32; the caller reduces mod 2^b)."""
