@@ -44,6 +44,7 @@ class Round:
             for d, k in self.identities.items()
         }
         self.server = SecAggServer(FED, 1, self.aggregator, self.directory, BITS, LENGTH, delta=0.2, gamma=0)
+        self.rogues = {ROGUE}
         rng = np.random.default_rng(7)
         self.inputs = {d: rng.integers(0, 1 << BITS, LENGTH).astype(np.uint32) for d in self.clients}
 
@@ -62,13 +63,13 @@ class Round:
         roster = self.server.make_roster()
         for d, client in self.clients.items():
             original = shamir.split
-            if rogue_split is not None and d == ROGUE:  # only the rogue deals with the tampered split
+            if rogue_split is not None and d in self.rogues:  # only a rogue deals with the tampered split
                 shamir.split = rogue_split(original)
             try:
                 bundles = client.on_roster(roster)
             finally:
                 shamir.split = original
-            if tamper_bundles is not None and d == ROGUE:
+            if tamper_bundles is not None and d in self.rogues:
                 bundles = tamper_bundles(bundles)
             for bundle in bundles:
                 self.server.add_shares(bundle)
@@ -290,3 +291,20 @@ def test_a_lying_reporter_does_not_exclude_an_honest_dealer() -> None:
     np.testing.assert_array_equal(total, run.honest_sum(run.clients))
     assert run.request is None
     assert run.server.offences.by_sender() == {}
+
+
+@pytest.mark.parametrize("attack", ["garbage", "inconsistent"])
+def test_two_colluding_rogues_are_both_excluded_and_the_round_closes(attack: str) -> None:
+    """Two rogues (k - t = 3 tolerates them) attack together: both are excluded in the same round, each
+    honest device reveals two pair seeds and still keeps t unrevealed, and the sum is the honest one."""
+    run = Round()
+    run.rogues = {ROGUE, "dev-7"}
+    if attack == "garbage":
+        total, _ = run.run(tamper_bundles=_spoil("garbage", N - 1))
+        rule = BUNDLES_REFUSED
+    else:
+        total, _ = run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+        rule = INCONSISTENT_DEALER
+    np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d not in run.rogues))
+    assert run.request is not None and set(run.request.dealers) == run.rogues
+    assert run.server.offences.by_sender() == {r: {rule: 1} for r in run.rogues}
