@@ -224,7 +224,8 @@ class SecAggServer:
     def add_digest_signature(self, dealer: str, digests: dict[str, bytes], signature: bytes) -> bool:
         """Keep a dealer's signature over its share digests (what an inconsistency proof rests on)."""
         identity = self._directory.get(dealer)
-        return identity is not None and self.exclusion.note_digests(
+        dealt = {h: getattr(self._bundles.get((dealer, h)), "digest", None) for h in digests}  # first wins
+        return identity is not None and dealt == digests and self.exclusion.note_digests(
             dealer, digests, signature, neighbours=self.graph.get(dealer, ()), identity=identity
         )
 
@@ -363,8 +364,7 @@ class SecAggServer:
         self.exclusion.take_out(dealer, self._sum, self._unpack)
 
     def seed_request(self) -> SeedRequest | None:
-        """After the reveals: rebuild what can be, exclude what cannot; the signed pair-seed request to
-        publish, or None when the round can unmask now (``exclusion.prepare``)."""
+        """Rebuild what can be, exclude what cannot; the signed pair-seed request, or None (exclusion.py)."""
         if self.phase != "unmask":
             raise self._refuse(None, f"cannot prepare the unmask in phase {self.phase!r}")
         return exclusion.prepare(self, lambda payload: keys.sign(self._identity, payload))

@@ -162,3 +162,26 @@ def test_a_device_starved_of_bundles_never_reveals_all_its_pair_seeds() -> None:
     assert run.clients[victim]._round.seed_reveal is None
     reveal = run.clients[victim].on_seed_request(_signed_request(run, neighbours[: len(neighbours) - t], []))
     assert len(reveal.seeds) == len(neighbours) - t
+
+
+def test_the_aggregator_keeps_only_signatures_over_the_digests_it_routed() -> None:
+    """A dealer's signed digests must be exactly those of the bundles the aggregator stored for it (first
+    wins), cover every neighbour and verify; otherwise no proof can rest on them."""
+    run = Round()
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    dealer = "dev-2"
+    bundles = run.clients[dealer].on_roster(roster)
+    for bundle in bundles:
+        run.server.add_shares(bundle)
+    digests = {b.recipient: b.digest for b in bundles}
+    sign = run.clients[dealer].sign_digests
+    other = {**digests, bundles[0].recipient: bytes(32)}
+    assert not run.server.add_digest_signature(dealer, other, sign(1, other))  # not what it dealt
+    partial = dict(list(digests.items())[1:])
+    assert not run.server.add_digest_signature(dealer, partial, sign(1, partial))  # not every neighbour
+    assert not run.server.add_digest_signature(dealer, digests, sign(2, digests))  # another round's
+    assert not run.server.add_digest_signature(dealer, digests, keys.sign(run.aggregator, b"x" * 64))
+    assert run.server.add_digest_signature(dealer, digests, sign(1, digests))
+    assert run.server.exclusion.signed_digests[dealer][0] == digests
