@@ -178,9 +178,9 @@ def prepare(server: SecAggServer, sign: Callable[[bytes], bytes]) -> SeedRequest
                                       federation=server.federation, round_id=server.round_id,
                                       commitment=commitment, threshold=t)  # fmt: skip
             if proof is None or u not in ex.kept:
-                server.abandon(u, str(problem))
+                server.abandon(u, f"too few reveals to unmask, and no proof: {problem}")
         elif u not in ex.kept:
-            server.abandon(u, str(problem))
+            server.abandon(u, f"too few reveals to unmask: {problem}")
         ex.dealers[u] = proof
         server.exclude(u)
     for v in server.needed_keys():
