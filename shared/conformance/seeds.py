@@ -2,8 +2,9 @@
 
 Signed canonical lists of the new messages (a masked input with a refusal report, a dealer's signed
 digests, a seed request with a proof, a seed reveal), and inconsistency proofs a device must accept or
-refuse: a dealer that placed one share off its polynomial (valid), and three forgeries against that
-dealer's consistent shares (honest shares, a changed share, digests signed by the aggregator).
+refuse: a dealer that placed one share off its polynomial (valid), and four forgeries against that
+dealer's consistent shares (honest shares, a changed share, digests signed by the aggregator, a
+commitment it never advertised).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shared.conformance.common import FED, _coefficients, drbg, hx, identity
+from shared.conformance.common import FED, _coefficients, drbg, hx, identity, round_keys
 from shared.secagg import bundles, keys, shamir
 from shared.wire import encode
-from shared.wire.secagg import MaskedInput, digests_signed_bytes
+from shared.wire.secagg import AdvertiseKeys, MaskedInput, digests_signed_bytes
 from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
 
 ROUND = 9
@@ -45,12 +46,19 @@ def seed_vectors() -> dict[str, Any]:
     agg, dealer, dev = identity("aggregator"), identity(DEALER), identity("dev-2")
     seed, honest, dealt, digests = _dealing()
     signature = keys.sign(dealer, digests_signed_bytes(FED, ROUND, DEALER, digests))
-    proof = InconsistencyProof(DEALER, digests, signature, {h: dealt[h] for h in ("dev-2", "dev-3", "dev-4")})
+    dealer_keys = round_keys(DEALER, ROUND)
+    commitment = keys.commit_self_mask(seed)
+    advert = AdvertiseKeys(FED, ROUND, DEALER, dealer_keys.enc_pk, dealer_keys.mask_pk, commitment)
+    advert_signature = keys.sign(dealer, advert.signed_bytes())
+    proof = InconsistencyProof(DEALER, digests, signature, {h: dealt[h] for h in ("dev-2", "dev-3", "dev-4")},
+                               advert.self_mask_commitment, advert_signature)  # fmt: skip
     honest_proof = dataclasses.replace(proof, shares={h: honest[h] for h in ("dev-2", "dev-3", "dev-5")})
     changed = dataclasses.replace(proof, shares={**proof.shares, "dev-2": honest["dev-3"]})
     by_aggregator = dataclasses.replace(
         honest_proof, digest_signature=keys.sign(agg, digests_signed_bytes(FED, ROUND, DEALER, digests))
     )
+    # A commitment the dealer never advertised (the aggregator's own), so that honest shares miss it.
+    other_commitment = dataclasses.replace(honest_proof, commitment=keys.commit_self_mask(bytes(32)))
     request = SeedRequest(FED, ROUND, ["dev-6", DEALER], [proof])
     pair_seeds = {DEALER: drbg("seeds/pair", 32), "dev-6": drbg("seeds/pair6", 32)}
     reveal = SeedReveal(FED, ROUND, "dev-2", pair_seeds)
@@ -60,6 +68,7 @@ def seed_vectors() -> dict[str, Any]:
         ("honest shares (rebuild the commitment): forged", honest_proof, False),
         ("a share that differs from its signed digest", changed, False),
         ("digests signed by the aggregator, not the dealer", by_aggregator, False),
+        ("a commitment the dealer did not advertise", other_commitment, False),
     ]
     return {
         "description": "Pair-seed step: signed lists of its messages, and inconsistency proofs to check "
@@ -69,7 +78,9 @@ def seed_vectors() -> dict[str, Any]:
         "threshold": THRESHOLD,
         "dealer": DEALER,
         "dealer_public_key": hx(bytes(dealer.verify_key)),
-        "commitment": hx(keys.commit_self_mask(seed)),
+        "dealer_enc_pk": hx(advert.enc_pk),
+        "dealer_mask_pk": hx(advert.mask_pk),
+        "commitment": hx(advert.self_mask_commitment),
         "digests_signed_bytes": hx(digests_signed_bytes(FED, ROUND, DEALER, digests)),
         "digest_signature": hx(signature),
         "signatures": [

@@ -173,10 +173,8 @@ def prepare(server: SecAggServer, sign: Callable[[bytes], bytes]) -> SeedRequest
         proof = None
         if shares:  # honest holders revealed a share of u: only a proof lets them reveal pair seeds too
             holders = {server.graph[u][x - 1]: s for x, s in shares.items()}
-            commitment = server.adverts[u].self_mask_commitment
-            proof = proofs.make_proof(u, holders, signed=ex.signed_digests.get(u),
-                                      federation=server.federation, round_id=server.round_id,
-                                      commitment=commitment, threshold=t)  # fmt: skip
+            proof = proofs.make_proof(u, holders, signed=ex.signed_digests.get(u), advert=server.adverts[u],
+                                      threshold=t)  # fmt: skip
             if proof is None or u not in ex.kept:
                 server.abandon(u, f"too few reveals to unmask, and no proof: {problem}")
         elif u not in ex.kept:

@@ -8,7 +8,8 @@ self-mask commitment of the dealer's signed advert. An honest dealer's shares al
 of degree t - 1 whose constant is the committed seed, so *any* t of them interpolate to it: a proof
 against an honest dealer needs a second preimage of a digest (BLAKE2b-128) or a forged signature. The
 x-coordinate of a share is its holder's position (plus one) in the sorted signed map, which is where the
-dealer itself placed it, so no graph is needed to check one.
+dealer itself placed it, and the commitment travels with the dealer's advert signature (checked against
+the two keys the verifier already holds for it), so neither the graph nor the roster is needed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import nacl.signing
 
 from shared.errors import SecAggError
 from shared.secagg import bundles, keys, shamir
-from shared.wire.secagg import digests_signed_bytes
+from shared.wire.secagg import AdvertiseKeys, digests_signed_bytes
 from shared.wire.seeds import InconsistencyProof
 
 #: t-subsets of the revealed shares tried when building a proof (any one fails for a bad dealer).
@@ -34,17 +35,15 @@ def sign_digests(
     return keys.sign(identity, digests_signed_bytes(federation, round_id, dealer, digests))
 
 
-def disproves(
-    proof: InconsistencyProof, *, federation: str, round_id: int, commitment: bytes, threshold: int
-) -> bool:
-    """Whether the proof's shares (already digest-checked) fail to rebuild ``commitment``."""
+def disproves(proof: InconsistencyProof, *, threshold: int) -> bool:
+    """Whether the proof's shares (already digest-checked) fail to rebuild its commitment."""
     holders = sorted(proof.digests)
     points = {holders.index(h) + 1: share for h, share in proof.shares.items()}
     try:
         secret = shamir.reconstruct(points, threshold)
     except SecAggError:  # not a field element or not a 32-byte value: no honest dealing gives that
         return True
-    return keys.commit_self_mask(secret) != commitment
+    return keys.commit_self_mask(secret) != proof.commitment
 
 
 def verify_proof(
@@ -53,15 +52,17 @@ def verify_proof(
     federation: str,
     round_id: int,
     identity: bytes,
-    commitment: bytes,
+    dealer_keys: tuple[bytes, bytes],
     threshold: int,
 ) -> None:
     """Raise :class:`SecAggError` unless ``proof`` shows its dealer dealt inconsistently.
 
-    ``identity`` is the dealer's enrolled verify key and ``commitment`` the self-mask commitment of its
-    signed advert (both from the device's own directory and roster, never from the proof).
+    ``identity`` is the dealer's enrolled verify key and ``dealer_keys`` its (enc_pk, mask_pk) in this round,
+    both from the device's own directory and roster, never from the proof.
     """
     dealer = proof.dealer
+    advert = AdvertiseKeys(federation, round_id, dealer, *dealer_keys, proof.commitment)
+    keys.verify(identity, advert.signed_bytes(), proof.advert_signature, f"advert of {dealer!r}")
     signed = digests_signed_bytes(federation, round_id, dealer, proof.digests)
     keys.verify(identity, signed, proof.digest_signature, f"digests of {dealer!r}")
     if len(proof.shares) != threshold:
@@ -71,8 +72,7 @@ def verify_proof(
         digest = bundles.share_digest(federation, round_id, dealer, holder, bundles.SELF_MASK_KIND, share)
         if proof.digests.get(holder, b"")[:half] != digest:
             raise SecAggError(f"proof against {dealer!r}: the share of {holder!r} is not the one it dealt")
-    if not disproves(proof, federation=federation, round_id=round_id, commitment=commitment,
-                     threshold=threshold):  # fmt: skip
+    if not disproves(proof, threshold=threshold):
         raise SecAggError(f"proof against {dealer!r} is forged: its shares rebuild the committed seed")
 
 
@@ -81,9 +81,7 @@ def make_proof(
     shares: Mapping[str, bytes],
     *,
     signed: tuple[dict[str, bytes], bytes] | None,
-    federation: str,
-    round_id: int,
-    commitment: bytes,
+    advert: AdvertiseKeys,
     threshold: int,
 ) -> InconsistencyProof | None:
     """A proof from revealed, digest-checked shares (holder -> share), or None when none can be made
@@ -91,6 +89,7 @@ def make_proof(
     if signed is None:
         return None
     digests, signature = signed
+    federation, round_id = advert.federation, advert.round
     half = bundles.SHARE_DIGEST_BYTES
     attested = {
         h: s
@@ -100,8 +99,8 @@ def make_proof(
         == bundles.share_digest(federation, round_id, dealer, h, bundles.SELF_MASK_KIND, s)
     }
     for subset in itertools.islice(itertools.combinations(sorted(attested), threshold), MAX_PROOF_TRIES):
-        proof = InconsistencyProof(dealer, dict(digests), signature, {h: attested[h] for h in subset})
-        if disproves(proof, federation=federation, round_id=round_id, commitment=commitment,
-                     threshold=threshold):  # fmt: skip
+        proof = InconsistencyProof(dealer, dict(digests), signature, {h: attested[h] for h in subset},
+                                   advert.self_mask_commitment, advert.signature)  # fmt: skip
+        if disproves(proof, threshold=threshold):
             return proof
     return None

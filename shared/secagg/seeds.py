@@ -18,7 +18,7 @@ import nacl.signing
 
 from shared.errors import SecAggError
 from shared.secagg import keys, proofs
-from shared.wire.secagg import EncryptedShares, Roster
+from shared.wire.secagg import EncryptedShares
 from shared.wire.seeds import SeedRequest, SeedReveal
 
 #: What a device records, per neighbour, once it revealed the pair seed with it.
@@ -30,9 +30,10 @@ def answer(
     *,
     device: str,
     identity: nacl.signing.SigningKey,
-    roster: Roster,
+    threshold: int,
     directory: Mapping[str, bytes],
     mask_sk: bytes,
+    peers: Mapping[str, tuple[bytes, bytes]],
     masked_with: Mapping[str, bytes],
     survivors: frozenset[str],
     revealed: dict[str, str],
@@ -42,7 +43,6 @@ def answer(
     updated. Raises :class:`SecAggError` on a dealer whose self-mask share it revealed, unless a valid proof
     comes with it, and when it would leave fewer than t neighbours whose pair seeds it never revealed.
     """
-    commitments = {m.device: m.self_mask_commitment for m in roster.members}
     seeds: dict[str, bytes] = {}
     for dealer in sorted(set(request.dealers) & set(masked_with)):
         if revealed.get(dealer, PAIR_SEED) not in (PAIR_SEED, "mask_key"):
@@ -50,16 +50,16 @@ def answer(
             if proof is None:
                 raise SecAggError(f"pair seed with {dealer!r} asked without proof after its self-mask share")
             proofs.verify_proof(proof, federation=request.federation, round_id=request.round,
-                                identity=directory[dealer], commitment=commitments[dealer],
-                                threshold=roster.threshold)  # fmt: skip
+                                identity=directory[dealer], dealer_keys=peers[dealer],
+                                threshold=threshold)  # fmt: skip
         seeds[dealer] = keys.pair_seed(mask_sk, masked_with[dealer], request.federation, request.round,
                                        device, dealer)  # fmt: skip
     # Privacy floor: at least t neighbours whose pair seeds this device never reveals (dropped ones count as
     # revealed), whatever bundles the aggregator kept from it; docs/security.md has the counting argument.
     kept_secret = {v for v in masked_with if v in survivors} - set(seeds)
-    if len(kept_secret) < roster.threshold:
+    if len(kept_secret) < threshold:
         raise SecAggError(f"revealing {len(seeds)} pair seeds would leave {len(kept_secret)} neighbours' "
-                          f"seeds unrevealed, below the threshold {roster.threshold}")  # fmt: skip
+                          f"seeds unrevealed, below the threshold {threshold}")  # fmt: skip
     unsigned = SeedReveal(request.federation, request.round, device, seeds)
     for dealer in seeds:
         revealed.setdefault(dealer, PAIR_SEED)
@@ -86,9 +86,9 @@ def on_request(
     if device in request.dealers:
         raise SecAggError("this device's own input was excluded: it has no pair seed to reveal")
     masked_with = {v: state.peers[v][1] for v in state.neighbours if v in state.shared}
-    reveal = answer(request, device=device, identity=identity, roster=state.roster, directory=directory,
-                    mask_sk=state.keys.mask_sk, masked_with=masked_with, survivors=state.survivors,
-                    revealed=state.revealed)  # fmt: skip
+    reveal = answer(request, device=device, identity=identity, threshold=state.roster.threshold,
+                    directory=directory, mask_sk=state.keys.mask_sk, peers=state.peers,
+                    masked_with=masked_with, survivors=state.survivors, revealed=state.revealed)  # fmt: skip
     state.seed_request, state.seed_reveal = request, reveal
     return reveal
 

@@ -29,16 +29,22 @@ class InconsistencyProof:
 
     ``digests`` is the dealer's whole signed digest map (holder -> 32-byte bundle digest) and
     ``digest_signature`` its signature over it; a share's x-coordinate is its holder's position (plus one)
-    in the sorted map, exactly where the dealer placed it.
+    in the sorted map, exactly where the dealer placed it. ``commitment`` and ``advert_signature`` are the
+    self-mask commitment and signature of the dealer's advert (whose two keys the verifier holds), so a
+    proof is checked without the roster.
     """
 
     dealer: str
     digests: dict[str, bytes]
     digest_signature: bytes
     shares: dict[str, bytes]
+    commitment: bytes
+    advert_signature: bytes
 
     def __post_init__(self) -> None:
         _check_key("digest_signature", self.digest_signature, SIGNATURE_BYTES)
+        _check_key("advert_signature", self.advert_signature, SIGNATURE_BYTES)
+        _check_key("commitment", self.commitment)
         if any(len(d) != 2 * DIGEST_BYTES for d in self.digests.values()):
             raise InvalidValue(f"proof digests must be {2 * DIGEST_BYTES} bytes")
         if any(len(s) != SHARE_BYTES for s in self.shares.values()):
@@ -72,7 +78,8 @@ class SeedRequest(Message):
 
     def signed_bytes(self) -> bytes:
         proofs = [
-            [p.dealer, sorted(p.digests.items()), p.digest_signature, sorted(p.shares.items())]
+            [p.dealer, sorted(p.digests.items()), p.digest_signature, sorted(p.shares.items()), p.commitment,
+             p.advert_signature]
             for p in sorted(self.proofs, key=lambda p: p.dealer)
         ]
         return _canonical(self.TYPE, self.federation, self.round, sorted(self.dealers), proofs)

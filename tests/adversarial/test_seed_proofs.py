@@ -32,9 +32,17 @@ def _dealt(run: Round, dealer: str) -> tuple[dict[str, bytes], bytes, dict[str, 
 
 
 def _verify(run: Round, proof: InconsistencyProof) -> None:
-    commitment = run.server.adverts[proof.dealer].self_mask_commitment
+    advert = run.server.adverts[proof.dealer]
+    dealer_keys = (advert.enc_pk, advert.mask_pk)
     proofs.verify_proof(proof, federation=FED, round_id=1, identity=run.directory[proof.dealer],
-                        commitment=commitment, threshold=run.server.threshold)  # fmt: skip
+                        dealer_keys=dealer_keys, threshold=run.server.threshold)  # fmt: skip
+
+
+def _proof(run: Round, dealer: str, digests, signature, shares) -> InconsistencyProof:  # type: ignore[no-untyped-def]
+    """A proof made of these shares, with the dealer's real advert signature and commitment."""
+    advert = run.server.adverts[dealer]
+    commitment = advert.self_mask_commitment
+    return InconsistencyProof(dealer, digests, signature, shares, commitment, advert.signature)
 
 
 def _signed_request(run: Round, dealers: list[str], proof_list: list[InconsistencyProof]) -> SeedRequest:
@@ -56,11 +64,10 @@ def test_no_proof_can_be_made_or_forged_against_an_honest_dealer() -> None:
     run.run()
     t = run.server.threshold
     digests, signature, shares = _dealt(run, HONEST)
-    commitment = run.server.adverts[HONEST].self_mask_commitment
-    assert proofs.make_proof(HONEST, shares, signed=(digests, signature), federation=FED, round_id=1,
-                             commitment=commitment, threshold=t) is None  # fmt: skip
+    assert proofs.make_proof(HONEST, shares, signed=(digests, signature), advert=run.server.adverts[HONEST],
+                             threshold=t) is None  # fmt: skip
     holders = sorted(shares)[:t]
-    honest = InconsistencyProof(HONEST, digests, signature, {h: shares[h] for h in holders})
+    honest = _proof(run, HONEST, digests, signature, {h: shares[h] for h in holders})
     with pytest.raises(SecAggError, match="forged"):
         _verify(run, honest)
     changed = replace(honest, shares={**honest.shares, holders[0]: nacl.utils.random(shamir.SHARE_BYTES)})
@@ -77,6 +84,10 @@ def test_no_proof_can_be_made_or_forged_against_an_honest_dealer() -> None:
         _verify(run, forged)
     with pytest.raises(SecAggError, match="needs"):
         _verify(run, replace(honest, shares={h: shares[h] for h in holders[:-1]}))
+    # A commitment the dealer never advertised (its honest shares then "miss" it) is not signed by it.
+    elsewhere = replace(honest, commitment=keys.commit_self_mask(bytes(32)))
+    with pytest.raises(SecAggError, match="bad signature on advert"):
+        _verify(run, elsewhere)
 
 
 def test_devices_refuse_a_survivors_pair_seed_without_a_valid_proof() -> None:
@@ -86,7 +97,7 @@ def test_devices_refuse_a_survivors_pair_seed_without_a_valid_proof() -> None:
     run.run()
     digests, signature, shares = _dealt(run, HONEST)
     holders = sorted(shares)[: run.server.threshold]
-    forged = InconsistencyProof(HONEST, digests, signature, {h: shares[h] for h in holders})
+    forged = _proof(run, HONEST, digests, signature, {h: shares[h] for h in holders})
     for proof_list in ([], [forged]):
         request = _signed_request(run, [HONEST], proof_list)
         for device in run.server.graph[HONEST]:

@@ -47,7 +47,8 @@ export function signedBytes(msg) {
     }
     case 'secagg.seed_request':
       return pack([DOMAIN, f.t, f.federation, f.round, [...f.dealers].sort(byId),
-        [...f.proofs].sort((a, b) => byId(a.dealer, b.dealer)).map((p) => [p.dealer, sortedRows(p.digests), p.digest_signature, sortedRows(p.shares)])]);
+        [...f.proofs].sort((a, b) => byId(a.dealer, b.dealer)).map((p) => [p.dealer, sortedRows(p.digests), p.digest_signature,
+          sortedRows(p.shares), p.commitment, p.advert_signature])]);
     case 'secagg.seed_reveal':
       return pack([DOMAIN, f.t, f.federation, f.round, f.device, sortedRows(f.seeds)]);
     case 'secagg.unmask_reveal': {
@@ -154,11 +155,15 @@ export function shamirReconstruct(shares, threshold) {
 
 /**
  * Throw SecAggError unless `proof` shows that its dealer's self-mask shares (matching the digests it signed)
- * do not rebuild `commitment` (shared/secagg/proofs.py). `identity` and `commitment` come from this device's
- * directory and roster, never from the proof.
+ * do not rebuild the commitment of its signed advert (shared/secagg/proofs.py). `identity` and `dealerKeys`
+ * ({ encPk, maskPk }) come from this device's directory and roster, never from the proof.
  */
-export function verifyProof(proof, { federation, round, identity, commitment, threshold }) {
+export function verifyProof(proof, { federation, round, identity, dealerKeys, threshold }) {
   const dealer = proof.dealer;
+  const advert = { t: 'secagg.advertise_keys', federation, round, device: dealer, enc_pk: dealerKeys.encPk,
+    mask_pk: dealerKeys.maskPk, self_mask_commitment: proof.commitment };
+  if (!c.verify(identity, signedBytes(advert), proof.advert_signature)) throw new SecAggError(`bad signature on advert of ${dealer}`);
+  const commitment = proof.commitment;
   if (!c.verify(identity, digestsSignedBytes(federation, round, dealer, proof.digests), proof.digest_signature)) {
     throw new SecAggError(`bad signature on digests of ${dealer}`);
   }
@@ -474,7 +479,6 @@ export class SecAggClient {
       if (c.equal(signedBytes(request), signedBytes(st.seedRequest))) return st.seedReveal;
       throw this.refuse(request.round, 'a second, different seed request');
     }
-    const commitments = Object.fromEntries(st.roster.members.map((m) => [m.device, m.self_mask_commitment]));
     const seeds = {};
     for (const v of [...request.dealers].sort(byId)) {
       if (!st.neighbours.includes(v) || !st.shared.has(v)) continue;
@@ -483,7 +487,7 @@ export class SecAggClient {
         const proof = request.proofs.find((p) => p.dealer === v);
         if (!proof) throw this.refuse(request.round, `pair seed with ${v} asked without proof after its self-mask share`);
         try {
-          verifyProof(proof, { federation: this.federation, round: request.round, identity: this.directory[v], commitment: commitments[v], threshold: st.roster.threshold });
+          verifyProof(proof, { federation: this.federation, round: request.round, identity: this.directory[v], dealerKeys: st.peers[v], threshold: st.roster.threshold });
         } catch (e) { throw this.refuse(request.round, `seed request refused: ${e.message}`); }
       }
       seeds[v] = pairSeed(st.keys.maskSk, st.peers[v].maskPk, this.federation, request.round, this.deviceId, v);

@@ -16,7 +16,7 @@ const rosterMember = {
 const enrolledDevice = { record: [['device', 'str'], ['key', 'bin']] };
 // t digest-checked self-mask shares of a dealer that do not rebuild its commitment (shared/wire/seeds.py).
 const inconsistencyProof = { record: [['dealer', 'str'], ['digests', ['map', 'bin']], ['digest_signature', 'bin'],
-  ['shares', ['map', 'bin']]] };
+  ['shares', ['map', 'bin']], ['commitment', 'bin'], ['advert_signature', 'bin']] };
 // The announcement's typed round plan (docs/protocol.md §2.1; shared/plan.py): nested records in the
 // Python dataclasses' field order, so that encoding is canonical.
 export const PLAN_VERSION = 1;
@@ -212,7 +212,8 @@ function validate(msg) {
         const proven = msg.proofs.map((p) => p.dealer);
         if (new Set(proven).size !== proven.length || proven.some((d) => !msg.dealers.includes(d))) bad('proofs for distinct requested dealers');
         for (const p of msg.proofs) {
-          if (p.digest_signature.length !== 64) bad('proof digest_signature must be 64 bytes');
+          if (p.digest_signature.length !== 64 || p.advert_signature.length !== 64) bad('proof signatures must be 64 bytes');
+          if (p.commitment.length !== 32) bad('proof commitment must be 32 bytes');
           if (Object.values(p.digests).some((d) => d.length !== 32)) bad('proof digests must be 32 bytes');
           if (Object.values(p.shares).some((x) => x.length !== 33)) bad('proof shares must be 33 bytes');
           if (!Object.keys(p.shares).length || Object.keys(p.shares).some((h) => !(h in p.digests))) bad('proof shares of unsigned holders');

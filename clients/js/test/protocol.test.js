@@ -86,7 +86,7 @@ test('pair-seed step: signed lists of its messages, and inconsistency proofs acc
   const request = decode(fromHex(v.signatures[1].message));
   assert.equal(toHex(sa.digestsSignedBytes(v.federation, v.round, v.dealer, request.proofs[0].digests)), v.digests_signed_bytes);
   const context = { federation: v.federation, round: v.round, identity: fromHex(v.dealer_public_key),
-    commitment: fromHex(v.commitment), threshold: v.threshold };
+    dealerKeys: { encPk: fromHex(v.dealer_enc_pk), maskPk: fromHex(v.dealer_mask_pk) }, threshold: v.threshold };
   for (const kase of v.proofs) {
     const proof = decode(fromHex(kase.request), 'secagg.seed_request').proofs[0];
     if (kase.valid) sa.verifyProof(proof, context);
