@@ -45,6 +45,7 @@ from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.secagg import RoundAbandoned
 from shared.supervision import Supervisor
+from shared.wire.secagg import MaskedInput
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig
@@ -258,11 +259,15 @@ class SummingPool:
         kind = message[0]
         current = self.round
         if kind == "claim":
-            _, round_id, device = message
+            _, round_id, device, payload, refused = message
             ok = False
             if current is not None and not current.closing and round_id == current.secure.round_id:
-                assert current.secure.server is not None
-                ok = current.secure.server.claim_masked(device)
+                server = current.secure.server
+                assert server is not None
+                # Kept as the in-process path keeps it: a dealer excluded later is subtracted from the sum.
+                kept = MaskedInput(current.secure.federation, round_id, device, payload, server.bits,
+                                   server.length, refused=list(refused))  # fmt: skip
+                ok = server.claim_masked(device, kept)
                 if ok:
                     slot.granted.add(device)
                     current.secure.wake()

@@ -15,9 +15,10 @@ code to run.
 Coordinator -> worker: ``("settings", dict)`` first, then ``("open", round, federation, {device: key},
 bits, length)``, ``("grant", round, device, ok)``, ``("finish", round)``, ``("stop",)``.
 Worker -> coordinator: ``("ready", protocol)`` or ``("refused", reason)``, ``("opened", round)``,
-``("claim", round, device)``, ``("refusal", sender, rule, reason, round)``, ``("relay", topic,
-payload)`` (a chunked input's manifest: the coordinator reassembles those itself), ``("sum", round,
-bytes, devices)``. End of stdin (the coordinator died) ends the worker.
+``("claim", round, device, packed payload, refused)`` (the coordinator keeps payload and refusal report
+as its own path does, for dealer exclusion), ``("refusal", sender, rule, reason, round)``,
+``("relay", topic, payload)`` (a chunked input's manifest: the coordinator reassembles those itself),
+``("sum", round, bytes, devices)``. End of stdin (the coordinator died) ends the worker.
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ class Worker:
             if sender in self.pending:
                 return
             checked = total.check_message(message, sender)  # type: ignore[arg-type]
-            if checked is not None:
+            if checked is not None:  # the packed payload and refusal report: the coordinator keeps them
                 self.pending[sender] = checked[1]
-                self.send(("claim", round_id, sender))
+                masked: MaskedInput = message  # type: ignore[assignment]
+                self.send(("claim", round_id, sender, masked.payload, list(masked.refused)))
         except FedmqError as exc:
             self.send(("refusal", sender, rule_of(exc), str(exc), round_id))
         except Exception as exc:  # the per-message fault boundary: one bad input never ends the worker

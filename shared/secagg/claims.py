@@ -7,7 +7,14 @@ only while the masked phase is open, whichever process (or the server itself) sa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from shared.wire.secagg import MaskedInput
+
+if TYPE_CHECKING:
+    from shared.secagg.exclusion import Exclusion
 
 
 class MaskedClaims:
@@ -15,14 +22,19 @@ class MaskedClaims:
 
     phase: str
     shared: frozenset[str]
+    graph: dict[str, tuple[str, ...]]
+    exclusion: Exclusion
     _masked_from: set[str]
     _sum: np.ndarray
 
-    def claim_masked(self, device: str) -> bool:
+    def claim_masked(self, device: str, kept: MaskedInput | None = None) -> bool:
         """Count an input verified and summed elsewhere, once: False when it is a duplicate, from
-        outside U2, or the masked phase is closed."""
+        outside U2, or the masked phase is closed. ``kept`` (its payload and refusal report) is what
+        :meth:`add_masked` would keep, so the dealer exclusion works the same (``exclusion.py``)."""
         if self.phase != "mask" or device not in self.shared or device in self._masked_from:
             return False
+        if kept is not None:
+            self.exclusion.note_masked(kept, self.graph[device])
         self._masked_from.add(device)
         return True
 

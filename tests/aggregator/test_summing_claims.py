@@ -13,9 +13,11 @@ from aggregator.summing import SummingPool, _Round, _Slot
 from aggregator.summing_worker import Worker
 from shared.chunking import split
 from shared.codec import pack
+from shared.offences import Offences
 from shared.secagg import keys
 from shared.secagg.claims import MaskedClaims
-from shared.wire import encode
+from shared.secagg.exclusion import Exclusion
+from shared.wire import decode, encode
 from shared.wire.secagg import MaskedInput
 from simulator.light import device_key, device_name
 
@@ -26,6 +28,9 @@ class Claims(MaskedClaims):
     def __init__(self, shared: set[str]) -> None:
         self.phase = "mask"
         self.shared = frozenset(shared)
+        self.bits, self.length = BITS, LENGTH
+        self.graph = {d: tuple(sorted(shared - {d})) for d in shared}
+        self.exclusion = Exclusion(FED, ROUND, Offences())
         self._masked_from: set[str] = set()
         self._sum = np.zeros(LENGTH, np.uint32)
 
@@ -48,21 +53,23 @@ def test_a_device_counts_once_only_from_u2_and_only_while_the_phase_is_open():
 def test_the_coordinator_grants_each_claim_once_and_none_after_collect_starts():
     claims = Claims({"a", "b"})
     woken: list[int] = []
-    secure = SimpleNamespace(round_id=ROUND, server=claims, wake=lambda: woken.append(1))
+    secure = SimpleNamespace(round_id=ROUND, federation=FED, server=claims, wake=lambda: woken.append(1))
     pool = SummingPool.__new__(SummingPool)
     pool.round = _Round(secure, ("open",))  # type: ignore[arg-type]
     sent: dict[int, list[tuple]] = {0: [], 1: []}
     slots = [_Slot(0), _Slot(1)]
     for slot in slots:
         slot.send = sent[slot.index].append  # type: ignore[method-assign]
-    pool._on_frame(slots[0], ("claim", ROUND, "a"))
-    pool._on_frame(slots[1], ("claim", ROUND, "a"))  # a duplicate the broker gave the other worker
-    pool._on_frame(slots[1], ("claim", ROUND - 1, "b"))  # an old round's
+    pool._on_frame(slots[0], ["claim", ROUND, "a", b"packed-a", ["b"]])
+    pool._on_frame(slots[1], ["claim", ROUND, "a", b"other", []])  # a duplicate the other worker got
+    pool._on_frame(slots[1], ["claim", ROUND - 1, "b", b"", []])  # an old round's
     assert sent[0] == [("grant", ROUND, "a", True)]
     assert sent[1] == [("grant", ROUND, "a", False), ("grant", ROUND - 1, "b", False)]
     assert slots[0].granted == {"a"} and slots[1].granted == set() and woken == [1]
+    # Kept as the in-process path keeps it: the payload (to subtract if "a" is excluded) and its report.
+    assert claims.exclusion.kept["a"].payload == b"packed-a" and claims.exclusion.refusals == {"b": {"a"}}
     pool.round.closing = True  # collect() has asked for the sums
-    pool._on_frame(slots[1], ("claim", ROUND, "b"))
+    pool._on_frame(slots[1], ["claim", ROUND, "b", b"", []])
     assert sent[1][-1] == ("grant", ROUND, "b", False) and claims._masked_from == {"a"}
 
 
@@ -84,7 +91,8 @@ def test_a_worker_adds_only_granted_vectors_and_reports_exactly_them():
     for i, (data, _) in enumerate(inputs):
         worker.on_message(topic + device_name(i), data)
     worker.on_message(topic + device_name(0), inputs[0][0])  # a duplicate while the claim is pending
-    assert out == [("claim", ROUND, device_name(i)) for i in range(3)]
+    assert [m[:3] for m in out] == [("claim", ROUND, device_name(i)) for i in range(3)]
+    assert [m[3] for m in out] == [decode(data, MaskedInput).payload for data, _ in inputs]
     out.clear()
     worker.on_control(("grant", ROUND, device_name(0), True))
     worker.on_control(("grant", ROUND, device_name(1), False))  # counted elsewhere, or too late

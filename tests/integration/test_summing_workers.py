@@ -257,3 +257,55 @@ def test_sigterm_stops_the_aggregator_and_its_workers(acl_broker, accounts, tmp_
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_a_dealer_excluded_with_workers_leaves_the_exact_honest_sum(tmp_path, digits):
+    """Self-healing SecAgg+ with summing workers: the rogue's input, summed by a worker, is taken back out
+    of the sum from the payload the worker handed over with its claim (as the in-process path keeps it)."""
+    from tests.adversarial.test_secagg_self_healing import ROGUE, RogueClient
+    from tests.support import directory_of, enrol, initial_weights, run_rounds, secure_devices
+
+    keys = enrol(7)
+    shared = secrets.token_hex(8)
+    accounts = {user: secrets.token_hex(8) for user in keys}
+    accounts |= {
+        user: shared
+        for user in ["aggregator", worker_account("aggregator", 0), worker_account("aggregator", 1)]
+    }
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker")
+    (broker.workdir / "acl").write_text(acl_rules(summing_workers=2))
+    broker.auth = PRODUCTION_AUTH.format(passwd=broker.workdir / "passwd", acl=broker.workdir / "acl")
+    broker.start()
+    try:
+
+        def creds(user: str):  # type: ignore[no-untyped-def]
+            return mqtt_config(broker, user, username=user, password=accounts[user])
+
+        model, weights = initial_weights()
+        cfg = AggregatorConfig(
+            federation=FED, mqtt=creds("aggregator"), store_dir=tmp_path / "agg",
+            directory=directory_of(keys),
+            codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+            windows=PhaseWindows(keys=15, shares=15, masked=20, unmask=15), min_clients=4, target_clients=7,
+            summing_workers=2,
+        )  # fmt: skip
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+            devices = secure_devices(broker, digits, keys, agg.verify_key, FED, mqtt=creds)
+            rogue = next(d for d in devices if d.client_id == ROGUE)
+            rogue._secagg = RogueClient(FED, ROGUE, keys[ROGUE], agg.verify_key, directory_of(keys))
+            results = await run_rounds(agg, devices, 1)
+            secure = agg.last_secure
+            assert agg.summing is not None
+            summed = sum(agg.summing.summed.values())
+    finally:
+        broker.stop()
+    assert results[0].status == "closed" and results[0].contributors == 6, results[0].reason
+    assert summed == 7  # every input, the rogue's included, went through the workers
+    honest = [d for d in devices if d.client_id != ROGUE]
+    assert secure is not None and secure.server is not None and secure.total is not None
+    assert secure.server.masked == frozenset(d.client_id for d in honest)
+    expected = np.zeros_like(secure.total)
+    for device in honest:
+        np.add(expected, device.secure_round.encoded, out=expected)
+    expected &= np.uint32((1 << secure.config.bits) - 1)
+    np.testing.assert_array_equal(secure.total, expected)
