@@ -42,6 +42,7 @@ from shared.wire import (
     encode,
 )
 from shared.wire import Presence as PresenceMsg
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 
 __all__ = ["EdgeClient", "EdgeConfig", "EdgeStats"]
@@ -175,7 +176,7 @@ class EdgeClient(LocalTraining):
             if topic == self.topics.round:
                 self._on_round(decode(payload, RoundAnnounce))
             elif topic == self.topics.roster:
-                roster = decode(payload, Roster)
+                roster: Roster | CompactRoster = decode(payload, (Roster, CompactRoster))
                 if self._secure is not None:
                     self._spawn(self._secure.on_roster(roster))
             elif topic == self.topics.notice:
@@ -193,10 +194,12 @@ class EdgeClient(LocalTraining):
                 index = self.topics.parse_inbox(self.client_id, topic)
                 batch = self._reassembler.feed("inbox", index, payload, self.config.max_snapshot_bytes)
                 if batch is not None:
-                    if not isinstance(batch, ShareBatch) or batch.device != self.client_id:
-                        raise ProtocolError("inbox message is not a share batch for this device")
-                    if self._secure is not None:
+                    if not isinstance(batch, ShareBatch | NeighbourKeys) or batch.device != self.client_id:
+                        raise ProtocolError("inbox message is not share bundles or keys for this device")
+                    if self._secure is not None and isinstance(batch, ShareBatch):
                         self._spawn(self._secure.on_inbox(batch))
+                    elif self._secure is not None and isinstance(batch, NeighbourKeys):  # compact roster
+                        self._spawn(self._secure.on_roster(batch))
             else:
                 index = self.topics.parse_model_chunk(topic)
                 msg = self._reassembler.feed("model", index, payload, self.config.max_snapshot_bytes)

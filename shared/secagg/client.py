@@ -26,7 +26,9 @@ import numpy as np
 
 from shared.errors import CodecError, SecAggError
 from shared.secagg import bundles, keys, prg, shamir
-from shared.secagg.graph import graph_seed, neighbour_graph
+from shared.secagg.graph import neighbour_graph
+from shared.secagg.roster import check_compact, roster_seed
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import (
     PHASE_MASKED,
     PHASE_SHARED,
@@ -51,7 +53,7 @@ class _Round:
     round_id: int
     keys: keys.RoundKeys
     advert: AdvertiseKeys
-    roster: Roster | None = None
+    roster: Roster | CompactRoster | None = None
     neighbours: tuple[str, ...] = ()
     peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc pk, mask pk)
     outgoing: list[EncryptedShares] = field(default_factory=list)
@@ -121,7 +123,7 @@ class SecAggClient:
             keys.verify(self._aggregator_key, notice.signed_bytes(), notice.signature, f"{phase} notice")
         except SecAggError as exc:
             raise self._refuse(notice.round, str(exc)) from exc
-        members = {m.device for m in state.roster.members}
+        members = set(state.roster.member_ids)
         if not set(notice.devices) <= members:
             raise self._refuse(notice.round, f"{phase} notice names devices outside the roster")
         if self.device_id not in notice.devices:
@@ -186,16 +188,41 @@ class SecAggClient:
         mine = state.advert
         if peers.get(self.device_id) != (mine.enc_pk, mine.mask_pk):
             raise self._refuse(roster.round, "roster does not carry this device's own keys")
-        rows = [(m.device, m.enc_pk, m.mask_pk) for m in roster.members]
-        if roster.graph_seed != graph_seed(roster.federation, roster.round, rows):
+        if roster.graph_seed != roster_seed(roster):
             raise self._refuse(roster.round, "graph seed does not match the roster")
-        if roster.length < 0 or roster.bits < 1:
-            raise self._refuse(roster.round, "bad vector shape in roster")
         try:
             graph = neighbour_graph(list(peers), roster.degree, roster.graph_seed)
         except SecAggError as exc:
             raise self._refuse(roster.round, str(exc)) from exc
-        neighbours = graph[self.device_id]
+        return self._deal(state, roster, graph[self.device_id], peers)
+
+    def on_compact_roster(
+        self, roster: CompactRoster, neighbour_keys: NeighbourKeys
+    ) -> list[EncryptedShares]:
+        """Verify a compact roster and this device's neighbour adverts (``shared.secagg.roster``), then
+        return one sealed share bundle per neighbour, as :meth:`on_roster` does for the full roster."""
+        state = self._current(roster.federation, roster.round, "roster")
+        if state.roster is not None:
+            if roster == state.roster:  # QoS 1 duplicate
+                return list(state.outgoing)
+            raise self._refuse(roster.round, "a second, different roster for the same round")
+        try:
+            neighbours, peers = check_compact(
+                roster, neighbour_keys, device=self.device_id, own=state.advert,
+                aggregator_key=self._aggregator_key, directory=self._directory,
+            )  # fmt: skip
+        except SecAggError as exc:
+            raise self._refuse(roster.round, str(exc)) from exc
+        return self._deal(state, roster, neighbours, peers)
+
+    def _deal(
+        self,
+        state: _Round,
+        roster: Roster | CompactRoster,
+        neighbours: tuple[str, ...],
+        peers: dict[str, tuple[bytes, bytes]],
+    ) -> list[EncryptedShares]:
+        """Shamir-share ``b_u`` and the mask key among the verified neighbours; seal one bundle each."""
         t = roster.threshold
         # Privacy floor (Bonawitz et al. §4, Bell et al. §4): with t <= k/2 an aggregator could collect
         # one kind of share from half the neighbours and the other kind from the rest.

@@ -32,6 +32,7 @@ from shared.secagg import bundles, keys, prg, shamir
 from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
+from shared.secagg.roster import member_digest
 from shared.wire.secagg import (
     PHASE_MASKED,
     PHASE_SHARED,
@@ -187,7 +188,8 @@ class SecAggServer:
             RosterMember(a.device, a.enc_pk, a.mask_pk, a.self_mask_commitment, a.signature)
             for a in sorted(self.adverts.values(), key=lambda a: a.device)
         ]
-        seed = graph_seed(self.federation, self.round_id, [(m.device, m.enc_pk, m.mask_pk) for m in members])
+        digests = [(m.device, member_digest(m, self.federation, self.round_id)) for m in members]
+        seed = graph_seed(self.federation, self.round_id, digests)
         self.graph = neighbour_graph([m.device for m in members], self.params.k, seed)
         self._attribution.graph = self.graph
         unsigned = Roster(
