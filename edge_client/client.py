@@ -196,10 +196,8 @@ class EdgeClient(LocalTraining):
                 if batch is not None:
                     if not isinstance(batch, ShareBatch | NeighbourKeys) or batch.device != self.client_id:
                         raise ProtocolError("inbox message is not share bundles or keys for this device")
-                    if self._secure is not None and isinstance(batch, ShareBatch):
+                    if self._secure is not None:
                         self._spawn(self._secure.on_inbox(batch))
-                    elif self._secure is not None and isinstance(batch, NeighbourKeys):  # compact roster
-                        self._spawn(self._secure.on_roster(batch))
             else:
                 index = self.topics.parse_model_chunk(topic)
                 msg = self._reassembler.feed("model", index, payload, self.config.max_snapshot_bytes)

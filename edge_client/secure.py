@@ -145,7 +145,9 @@ class SecureParticipation:
                 self._open(batch)
             self._early_bundles.clear()
 
-    async def on_inbox(self, batch: ShareBatch) -> None:
+    async def on_inbox(self, batch: ShareBatch | NeighbourKeys) -> None:
+        if isinstance(batch, NeighbourKeys):  # the compact roster's other half
+            return await self.on_roster(batch)
         async with self._lock:
             if batch.round != self.round_id:
                 raise ProtocolError(f"share batch for round {batch.round}, this device is in {self.round_id}")
