@@ -98,7 +98,7 @@ def wire_vectors() -> dict[str, Any]:
     roster = Roster(FED, 5, [member], b"\x05" * 32, 4, 3, 16, 12)
     digests = b"\x0d" * 16 + b"\x0e" * 16
     compact = CompactRoster(FED, 5, ["dev-1", "dev-2"], digests, b"\x05" * 32, 4, 3, 16, 12)
-    slice_ = NeighbourKeys(FED, 5, "dev-2", [member])
+    slice_ = NeighbourKeys.of(FED, 5, "dev-2", [member])
     batch = ShareBatch(FED, 5, "dev-1", {"dev-2": b"\x06" * 82, "dev-3": b"\x07" * 82})
     notice = SurvivorList(FED, 5, "shared", ["dev-3", "dev-1", "dev-2"])
     masked = MaskedInput(FED, 5, "dev-1", bytes(range(24)), 16, 12)

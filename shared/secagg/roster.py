@@ -20,14 +20,14 @@ device proceeds next to it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import nacl.signing
 
 from shared.errors import SecAggError
 from shared.secagg import keys
-from shared.secagg.graph import graph_seed, neighbours_of
+from shared.secagg.graph import graph_seed, neighbour_graph, neighbours_of
 from shared.wire.roster import ADVERT_DIGEST_BYTES, CompactRoster, NeighbourKeys
 from shared.wire.secagg import AdvertiseKeys, Roster, RosterMember
 
@@ -47,13 +47,44 @@ def member_digest(member: RosterMember, federation: str, round_id: int) -> bytes
     return advert_digest(member.advert(federation, round_id))
 
 
-def roster_seed(roster: Roster) -> bytes:
-    """The graph seed of a full roster (over its members' ids and advert digests)."""
-    return graph_seed(
-        roster.federation,
-        roster.round,
-        [(m.device, member_digest(m, roster.federation, roster.round)) for m in roster.members],
-    )
+def members_of(adverts: Iterable[AdvertiseKeys]) -> list[RosterMember]:
+    """Full-roster entries of signed adverts, sorted by device id."""
+    ordered = sorted(adverts, key=lambda a: a.device)
+    return [RosterMember(a.device, a.enc_pk, a.mask_pk, a.self_mask_commitment, a.signature) for a in ordered]
+
+
+def members_seed(federation: str, round_id: int, members: list[RosterMember]) -> bytes:
+    """The graph seed of a full roster's members (over their ids and advert digests)."""
+    pairs = [(m.device, member_digest(m, federation, round_id)) for m in members]
+    return graph_seed(federation, round_id, pairs)
+
+
+def check_full(
+    roster: Roster, *, device: str, own: AdvertiseKeys, aggregator_key: bytes, directory: Mapping[str, bytes]
+) -> tuple[tuple[str, ...], Peers]:
+    """Verify a full roster -- the aggregator's signature and *every* member's advert -- and return
+    (this device's neighbours, their keys). Raises :class:`SecAggError` naming the rule broken."""
+    keys.verify(aggregator_key, roster.signed_bytes(), roster.signature, "roster")
+    peers: Peers = {}
+    for member in roster.members:
+        identity = directory.get(member.device)
+        if identity is None:
+            raise SecAggError(f"roster lists unenrolled device {member.device!r}")
+        if member.device in peers:
+            raise SecAggError(f"roster lists {member.device!r} twice")
+        advert = member.advert(roster.federation, roster.round)
+        keys.verify(identity, advert.signed_bytes(), member.signature,
+                    f"keys of {member.device!r} (swapped or forged key)")  # fmt: skip
+        # a low-order key would make a known pair seed or an unbuildable Box
+        keys.check_public_key(member.enc_pk, f"encryption key of {member.device!r}")
+        keys.check_public_key(member.mask_pk, f"mask key of {member.device!r}")
+        peers[member.device] = (member.enc_pk, member.mask_pk)
+    if peers.get(device) != (own.enc_pk, own.mask_pk):
+        raise SecAggError("roster does not carry this device's own keys")
+    if roster.graph_seed != members_seed(roster.federation, roster.round, roster.members):
+        raise SecAggError("graph seed does not match the roster")
+    graph = neighbour_graph(list(peers), roster.degree, roster.graph_seed)
+    return graph[device], {v: peers[v] for v in graph[device]}
 
 
 def compact(roster: Roster, identity: nacl.signing.SigningKey) -> CompactRoster:
@@ -76,7 +107,7 @@ def compact(roster: Roster, identity: nacl.signing.SigningKey) -> CompactRoster:
 def neighbour_keys(roster: Roster, neighbours: tuple[str, ...], device: str) -> NeighbourKeys:
     """The signed adverts of ``device``'s neighbours, for its inbox."""
     by_id = {m.device: m for m in roster.members}
-    return NeighbourKeys(roster.federation, roster.round, device, [by_id[v] for v in neighbours])
+    return NeighbourKeys.of(roster.federation, roster.round, device, [by_id[v] for v in neighbours])
 
 
 def check_compact(
@@ -105,13 +136,13 @@ def check_compact(
     if roster.graph_seed != graph_seed(roster.federation, roster.round, pairs):
         raise SecAggError("graph seed does not match the roster")
     neighbours = neighbours_of(roster.devices, roster.degree, roster.graph_seed, device)
-    delivered = [m.device for m in slice_.members]
+    delivered = list(slice_.members)
     if sorted(delivered) != list(neighbours) or len(set(delivered)) != len(delivered):
         raise SecAggError(
             f"neighbour keys list {sorted(delivered)[:5]}..., not this device's neighbours in the graph"
         )
     peers: Peers = {}
-    for member in slice_.members:
+    for member in slice_.entries():
         advert = member.advert(roster.federation, roster.round)
         keys.verify(directory[member.device], advert.signed_bytes(), member.signature,
                     f"keys of {member.device!r} (swapped or forged key)")  # fmt: skip
@@ -121,6 +152,33 @@ def check_compact(
         keys.check_public_key(member.mask_pk, f"mask key of {member.device!r}")
         peers[member.device] = (member.enc_pk, member.mask_pk)
     return neighbours, peers
+
+
+@dataclass(frozen=True)
+class RosterCheck:
+    """What a device checks a roster against: its id, its own signed advert, the aggregator's and the
+    enrolled devices' verify keys. Calling it verifies a full roster, or a compact one with this device's
+    neighbour keys, and returns (neighbours, their keys)."""
+
+    device: str
+    own: AdvertiseKeys
+    aggregator_key: bytes
+    directory: Mapping[str, bytes]
+
+    def __call__(
+        self, roster: Roster | CompactRoster, slice_: NeighbourKeys | None
+    ) -> tuple[tuple[str, ...], Peers]:
+        if isinstance(roster, Roster):
+            return check_full(
+                roster, device=self.device, own=self.own, aggregator_key=self.aggregator_key,
+                directory=self.directory,
+            )  # fmt: skip
+        if slice_ is None:
+            raise SecAggError("a compact roster needs this device's neighbour keys")
+        return check_compact(
+            roster, slice_, device=self.device, own=self.own, aggregator_key=self.aggregator_key,
+            directory=self.directory,
+        )  # fmt: skip
 
 
 class RosterJoin:

@@ -103,20 +103,21 @@ def test_compact_round_sums_exactly_and_matches_the_full_roster() -> None:
 
 
 def test_bytes_are_dominated_by_the_neighbours(base: Setup) -> None:
-    """About 25-30 B per member in the compact roster (ids like dev-007) and ~230 B per neighbour."""
+    """About 25-30 B per member in the compact roster (ids like dev-007) and ~170 B per neighbour."""
     device, _ = base.victim()
     full, listed = len(encode(base.roster)), len(encode(base.listed))
     keys_bytes = len(encode(base.slice_of(device)))
     assert listed < 30 * N + 200 < full / 5
-    assert keys_bytes < 240 * base.roster.degree + 100
+    assert keys_bytes < 175 * base.roster.degree + 100
 
 
 def test_refuses_a_neighbour_advert_with_a_swapped_key() -> None:
     run = setup()
     device, client = run.victim()
     slice_ = run.slice_of(device)
-    forged = replace(slice_.members[0], enc_pk=keys.RoundKeys.generate().enc_pk)  # not the owner's signature
-    bad = replace(slice_, members=[forged, *slice_.members[1:]])
+    entries = slice_.entries()
+    forged = replace(entries[0], enc_pk=keys.RoundKeys.generate().enc_pk)  # not the owner's signature
+    bad = NeighbourKeys.of(FED, ROUND, device, [forged, *entries[1:]])
     with pytest.raises(SecAggError, match=r"bad signature on keys of.*swapped or forged"):
         client.on_compact_roster(run.listed, bad)
 
@@ -127,13 +128,15 @@ def test_refuses_a_genuinely_signed_advert_that_is_not_the_one_listed() -> None:
     run = setup()
     device, client = run.victim()
     slice_ = run.slice_of(device)
-    owner = slice_.members[0].device
+    owner = slice_.members[0]
     fresh = keys.RoundKeys.generate()
     unsigned = AdvertiseKeys(FED, ROUND, owner, fresh.enc_pk, fresh.mask_pk, fresh.self_mask_commitment)
     other = replace(unsigned, signature=keys.sign(run.identities[owner], unsigned.signed_bytes()))
     member = RosterMember(owner, other.enc_pk, other.mask_pk, other.self_mask_commitment, other.signature)
     with pytest.raises(SecAggError, match=f"keys of '{owner}' do not match their digest"):
-        client.on_compact_roster(run.listed, replace(slice_, members=[member, *slice_.members[1:]]))
+        client.on_compact_roster(
+            run.listed, NeighbourKeys.of(FED, ROUND, device, [member, *slice_.entries()[1:]])
+        )
 
 
 def test_refuses_a_compact_roster_whose_seed_does_not_match() -> None:
@@ -163,14 +166,15 @@ def test_refuses_a_neighbour_list_that_is_not_the_graphs(change: str) -> None:
     outsider = next(
         m for m in run.roster.members if m.device != device and m.device not in run.server.graph[device]
     )
+    entries = slice_.entries()
     members = {
-        "missing": slice_.members[1:],
-        "extra": [*slice_.members, outsider],
-        "substituted": [outsider, *slice_.members[1:]],
-        "repeated": [slice_.members[0], *slice_.members[:-1]],
+        "missing": entries[1:],
+        "extra": [*entries, outsider],
+        "substituted": [outsider, *entries[1:]],
+        "repeated": [entries[0], *entries[:-1]],
     }[change]
     with pytest.raises(SecAggError, match="not this device's neighbours in the graph"):
-        client.on_compact_roster(run.listed, replace(slice_, members=members))
+        client.on_compact_roster(run.listed, NeighbourKeys.of(FED, ROUND, device, members))
 
 
 def test_refuses_own_digest_unenrolled_members_and_a_forged_signature() -> None:
@@ -210,7 +214,7 @@ def test_a_weak_neighbour_key_is_refused_even_if_signed_and_listed() -> None:
     by_id = {m.device: m for m in run.roster.members}
     by_id[owner] = RosterMember(owner, weak.enc_pk, weak.mask_pk, weak.self_mask_commitment, weak.signature)
     neighbours = neighbours_of(listed.devices, listed.degree, seed, victim)
-    slice_ = NeighbourKeys(FED, ROUND, victim, [by_id[v] for v in neighbours])
+    slice_ = NeighbourKeys.of(FED, ROUND, victim, [by_id[v] for v in neighbours])
     with pytest.raises(SecAggError, match=f"encryption key of '{owner}'.*low-order"):
         run.clients[victim].on_compact_roster(listed, slice_)
 
@@ -235,6 +239,8 @@ def test_wire_round_trip_and_malformed_compact_rosters(base: Setup) -> None:
         replace(base.listed, devices=list(reversed(base.listed.devices)))
     with pytest.raises(ValueError, match="digest bytes"):
         replace(base.listed, digests=base.listed.digests[:-1])
+    with pytest.raises(ValueError, match="key bytes"):
+        replace(base.slice_of(device), keys=base.slice_of(device).keys[:-1])
     body = encode(base.listed).replace(base.listed.devices[0].encode(), b"zzz-000", 1)
     with pytest.raises(WireError):
         decode(body, CompactRoster)

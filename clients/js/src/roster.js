@@ -17,6 +17,23 @@ export function advertDigest(advert) {
   return c.blake2b(whole, { size: ADVERT_DIGEST_BYTES, person: 'fedmq.sa.advd1' });
 }
 
+export const NEIGHBOUR_ENTRY_BYTES = 160;
+
+/** The neighbour keys as roster members: per id, enc_pk | mask_pk | self_mask_commitment | signature. */
+export function neighbourEntries(slice) {
+  return slice.members.map((device, i) => {
+    const row = slice.keys.subarray(i * NEIGHBOUR_ENTRY_BYTES, (i + 1) * NEIGHBOUR_ENTRY_BYTES);
+    return { device, enc_pk: row.subarray(0, 32), mask_pk: row.subarray(32, 64), self_mask_commitment: row.subarray(64, 96), signature: row.subarray(96) };
+  });
+}
+
+/** Neighbour keys for `device` from roster members (the inverse of neighbourEntries). */
+export function packNeighbourKeys(federation, round, device, members) {
+  const keys = new Uint8Array(NEIGHBOUR_ENTRY_BYTES * members.length);
+  members.forEach((m, i) => keys.set([...m.enc_pk, ...m.mask_pk, ...m.self_mask_commitment, ...m.signature], i * NEIGHBOUR_ENTRY_BYTES));
+  return { t: 'secagg.neighbour_keys', federation, round, device, members: members.map((m) => m.device), keys };
+}
+
 export const digestAt = (roster, i) => roster.digests.subarray(i * ADVERT_DIGEST_BYTES, (i + 1) * ADVERT_DIGEST_BYTES);
 
 /** One device's neighbours (sorted) in neighbourGraph(members, k, seed), from its ring positions only. */
@@ -49,12 +66,12 @@ export function checkCompact(roster, slice, { deviceId, own, aggregatorKey, dire
   const pairs = roster.devices.map((d, i) => [d, digestAt(roster, i)]);
   if (!c.equal(roster.graph_seed, graphSeed(roster.federation, roster.round, pairs))) throw new SecAggError('graph seed does not match the roster');
   const neighbours = neighboursOf(roster.devices, roster.degree, roster.graph_seed, deviceId);
-  const delivered = slice.members.map((m) => m.device).sort(byId);
+  const delivered = [...slice.members].sort(byId);
   if (delivered.length !== neighbours.length || delivered.some((d, i) => d !== neighbours[i])) {
     throw new SecAggError("neighbour keys are not this device's neighbours in the graph");
   }
   const peers = {};
-  for (const m of slice.members) {
+  for (const m of neighbourEntries(slice)) {
     const advert = advertOf(m, roster.federation, roster.round);
     if (!c.verify(directory[m.device], signedBytes(advert), m.signature)) throw new SecAggError(`bad signature on keys of ${m.device} (swapped or forged key)`);
     if (!c.equal(advertDigest(advert), digestAt(roster, index.get(m.device)))) throw new SecAggError(`keys of ${m.device} do not match their digest in the roster`);

@@ -64,7 +64,8 @@ export const SCHEMAS = {
   'secagg.compact_roster': [['federation', 'str'], ['round', 'int'], ['devices', ['list', 'str']], ['digests', 'bin'],
     ['graph_seed', 'bin'], ['degree', 'int'], ['threshold', 'int'], ['bits', 'int'], ['length', 'int'],
     ['signature', 'bin', SIG0]],
-  'secagg.neighbour_keys': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['members', ['list', rosterMember], () => []]],
+  'secagg.neighbour_keys': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['members', ['list', 'str'], () => []],
+    ['keys', 'bin', EMPTY]],
   'secagg.encrypted_shares': [['federation', 'str'], ['round', 'int'], ['sender', 'str'], ['recipient', 'str'], ['ciphertext', 'bin'],
     ['digest', 'bin', EMPTY]],
   'secagg.share_batch': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['ciphertexts', ['map', 'bin'], () => ({})],
@@ -188,11 +189,7 @@ function validate(msg) {
         if (msg.digests.length !== 16 * msg.devices.length) bad('compact roster digests do not match its members');
         if (msg.devices.some((d, i) => i > 0 && !(msg.devices[i - 1] < d))) bad('compact roster members must be sorted and unique');
       }
-      if (msg.t === 'secagg.neighbour_keys') {
-        for (const m of msg.members) {
-          if (m.enc_pk.length !== 32 || m.mask_pk.length !== 32 || m.self_mask_commitment.length !== 32 || m.signature.length !== 64) bad('bad key length in neighbour keys');
-        }
-      }
+      if (msg.t === 'secagg.neighbour_keys' && msg.keys.length !== 160 * msg.members.length) bad('neighbour keys do not match their members');
       if (msg.t === 'secagg.roster' || msg.t === 'secagg.compact_roster') {
         len('graph_seed', 32);
         if (msg.bits < 1 || msg.bits > 32) bad('bits must be in 1..32');

@@ -6,6 +6,7 @@ import * as bitpack from '../src/bitpack.js';
 import { codecConfig, UpdateEncoder } from '../src/codec.js';
 import * as c from '../src/crypto.js';
 import { CodecError, ProtocolError, SecAggError } from '../src/errors.js';
+import { neighbourEntries, packNeighbourKeys } from '../src/roster.js';
 import * as sa from '../src/secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from '../src/snapshot.js';
 import { Topics } from '../src/topics.js';
@@ -128,7 +129,7 @@ function neighbourKeysOf(v, t, d) {
 /** The full roster the compact one stands for (every device's own advert is in some neighbour's keys). */
 function fullRosterOf(v, t, roster, aggSeed) {
   const byId = {};
-  for (const d of roster.devices) for (const m of neighbourKeysOf(v, t, d).members) byId[m.device] = m;
+  for (const d of roster.devices) for (const m of neighbourEntries(neighbourKeysOf(v, t, d))) byId[m.device] = m;
   const full = { t: 'secagg.roster', federation: roster.federation, round: roster.round, members: roster.devices.map((d) => byId[d]),
     graph_seed: roster.graph_seed, degree: roster.degree, threshold: roster.threshold, bits: roster.bits, length: roster.length };
   full.signature = c.sign(c.ed25519FromSeed(aggSeed).secretKey, sa.signedBytes(full));
@@ -149,20 +150,22 @@ test('recorded round: a tampered roster or notice is refused', () => {
     return client;
   };
   const slice = neighbourKeysOf(v, t, d);
-  const swapped = structuredClone(slice);
-  swapped.members[1].enc_pk = swapped.members[2].enc_pk;
+  const entries = neighbourEntries(slice);
+  const pack = (members) => packNeighbourKeys(slice.federation, slice.round, slice.device, members);
+  const swapped = pack([entries[0], { ...entries[1], enc_pk: entries[2].enc_pk }, ...entries.slice(2)]);
   assert.throws(() => fresh().onCompactRoster(roster, swapped), /swapped or forged/);
+  assert.deepEqual(pack(entries), slice, 'packing the entries again gives the recorded message');
   assert.throws(() => fresh().onCompactRoster({ ...roster, threshold: 2 }, slice), /bad signature on roster/);
-  assert.throws(() => fresh().onCompactRoster(roster, { ...slice, members: slice.members.slice(1) }), /not this device's neighbours/);
+  assert.throws(() => fresh().onCompactRoster(roster, pack(entries.slice(1))), /not this device's neighbours/);
   const aggSecret = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed)).secretKey;
   const resign = (r) => ({ ...r, signature: c.sign(aggSecret, sa.signedBytes(r)) });
   assert.throws(() => fresh().onCompactRoster(resign({ ...roster, graph_seed: new Uint8Array(32) }), slice), /graph seed does not match/);
   const digests = roster.digests.slice();
-  digests[16 * roster.devices.indexOf(slice.members[0].device)] ^= 1;
+  digests[16 * roster.devices.indexOf(slice.members[0])] ^= 1;
   assert.throws(() => fresh().onCompactRoster(resign({ ...roster, digests }), slice), /graph seed does not match/);
   // the full roster is still accepted, with the same graph (the same seed) and so the same bundles' recipients
   const full = fullRosterOf(v, t, roster, fromHex(v.aggregator_identity_seed));
-  assert.deepEqual(Object.keys(fresh().onRoster(full)).sort(), slice.members.map((m) => m.device).sort());
+  assert.deepEqual(Object.keys(fresh().onRoster(full)).sort(), [...slice.members].sort());
   const client = fresh();
   client.onCompactRoster(roster, slice);
   const u2 = decode(fromHex(v.messages.filter((m) => m.topic === t.notice)[0].payload));
