@@ -34,6 +34,7 @@ from fedmq_admin.broker import (
     hash_password,
     read_passwd,
     render_conf,
+    revoked_acl,
     write_passwd,
     write_private,
 )
@@ -190,6 +191,12 @@ class Federation:
         passwd = read_passwd(self.broker_dir / "passwd")
         if passwd.pop(device, None) is not None:
             write_passwd(self.broker_dir / "passwd", passwd)
+        if self.state.client_certs:
+            cert = self.root / "devices" / device / "client.crt"
+            if cert.exists():  # enrolled with --public-key elsewhere: no certificate was issued here
+                pki.revoke(self._ca, cert)
+            pki.write_crl(self._ca, self.broker_dir / "crl.pem")
+        self._write_acl(msg.revoked)
         log.info("revoked %s (serial %d, %d devices)", device, msg.serial, len(msg.devices))
         return msg
 
@@ -217,6 +224,9 @@ class Federation:
 
     # -- broker ----------------------------------------------------------------------------------
 
+    def _write_acl(self, revoked: list[str]) -> None:
+        (self.broker_dir / "acl").write_text(acl_rules() + revoked_acl(revoked))
+
     def render_broker(self, *, root: Path | None = None, user: str | None = None, port: int | None = None,
                       bind: str | None = None, log_dest: str = "stdout") -> Path:  # fmt: skip
         """(Re)write ``broker/mosquitto.conf`` and ``broker/acl`` for the broker to see its files under
@@ -224,7 +234,7 @@ class Federation:
         folder = self.broker_dir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        (folder / "acl").write_text(acl_rules())
+        self._write_acl(self.enrolled().revoked)
         where = root or folder.resolve()
         listener = Listener(
             port=port or self.state.port,
@@ -282,6 +292,8 @@ def init_federation(
         names = sorted({host, "localhost", "127.0.0.1", *(extra_names or [])})
         pki.issue(ca, host, broker, "server", server_names=names)
         shutil.copy(ca[0], broker / "ca.crt")
+        if client_certs:
+            pki.write_crl(ca, broker / "crl.pem")
     credentials = fed._account(AGGREGATOR, aggregator_dir)
     fed._publish_list({}, [])
     if initial is not None:
