@@ -17,6 +17,7 @@ from shared.topics import Topics
 from shared.wire import Message, ModelUpdate, RoundAnnounce, RoundResult, encode
 from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 #: Retained announcements outlive their deadline by this long, then the broker drops them.
 ANNOUNCE_GRACE_S = 60.0
@@ -80,7 +81,7 @@ class Outbox:
     async def roster(self, roster: Roster | CompactRoster) -> None:
         await self.transport.publish(self.topics.roster, encode(roster), retain=True)
 
-    async def notice(self, notice: SurvivorList) -> None:
+    async def notice(self, notice: SurvivorList | SeedRequest) -> None:
         await self.transport.publish(self.topics.notice, encode(notice), retain=True)
 
     async def clear_round_messages(self) -> None:

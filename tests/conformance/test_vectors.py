@@ -377,6 +377,7 @@ def test_recorded_round_device_payloads_are_reproducible():
         with _coefficients([int(c, 16) for c in s["shamir_coefficients"]]):
             neighbour_keys = decode(by_topic[t.inbox(d)][0], NeighbourKeys)  # then its share batch
             batch = ShareBatch.outgoing(fed, round_id, d, client.on_compact_roster(roster, neighbour_keys))
+        batch = dataclasses.replace(batch, signature=client.sign_digests(round_id, batch.digests))
         assert encode(batch) == sent[(d, t.round_msg(round_id, "shares", d))]
         for bundle in decode(sent[("aggregator", t.inbox(d))], ShareBatch).received_bundles():
             client.on_shares(bundle)
