@@ -50,6 +50,8 @@ OPTIONS: list[Option] = [
         help="static JSON {device id: hex key} (instead of [enrolment])"),
     Opt("aggregator.takeover", type="bool", default=True,
         help="on an empty store, adopt this key's retained model on the broker (or clear another key's)"),
+    Opt("aggregator.summing_workers", type="int", default=0,
+        help="secure: sum masked inputs in N worker processes on a shared subscription (0: in-process)"),
     Opt("aggregator.enrolled", type="path", help="plain mode: file with one device id per line"),
     Opt("enrolment.list", type="path", flag="--enrolment",
         help="signed enrolled set, watched live (fedmq init)"),
@@ -164,6 +166,7 @@ def build_config(v: dict[str, Any], directory: Any = None) -> AggregatorConfig:
         enrolled=enrolled,
         round_gap_s=v["rounds.gap"],
         keep_journal_rounds=v["retention.keep_journal_rounds"],
+        summing_workers=v["aggregator.summing_workers"],
     )
 
 

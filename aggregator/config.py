@@ -82,6 +82,9 @@ class AggregatorConfig:
     #: Rounds in a row that may fail unexpectedly (each is abandoned and logged with its traceback)
     #: before the aggregator gives up and :meth:`Aggregator.run` raises with the cause.
     max_round_failures: int = 5
+    #: Secure mode: sum unchunked masked inputs in this many worker processes, each on a shared MQTT
+    #: subscription (``aggregator/summing.py``); 0 sums them in the aggregator's own process.
+    summing_workers: int = 0
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -99,6 +102,10 @@ class AggregatorConfig:
             raise ConfigError("round_gap_s", "must be >= 0")
         if self.max_round_failures < 1:
             raise ConfigError("max_round_failures", "must be >= 1")
+        if not 0 <= self.summing_workers <= 64:
+            raise ConfigError("summing_workers", f"must be in [0, 64], got {self.summing_workers}")
+        if self.summing_workers and self.mode != "secure":
+            raise ConfigError("summing_workers", "summing workers add masked inputs: they need mode='secure'")
         if self.enrolled is not None:
             for device in self.enrolled:
                 check_id(device, "enrolled")

@@ -128,9 +128,9 @@ class Aggregator(Intake, Publishing):
     async def __aenter__(self) -> Aggregator:
         self.store = Store(Path(self.config.store_dir))
         self._load_model()
-        subscriptions = [self.topics.rounds_all, self.topics.status_all]
-        self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
+        self._conn = MqttConnection(self.config.mqtt, self._subscriptions(), on_connect=[self._republish])
         await self._conn.__aenter__()
+        self._start_summing()
         self._outbox = RecordingOutbox(self._conn, self.topics, chunk_limit=self.config.chunk_limit)
         self.supervisor.start("intake", self._intake_loop)
         return self
@@ -353,7 +353,8 @@ class Aggregator(Intake, Publishing):
         )
         slices = [(b, self.layout.slice_of_block(b)) for b in choice.blocks] if choice.blocks else None
         round_dim = sum(s.stop - s.start for _, s in slices) if slices else self.layout.dim
-        secure = SecureRound(self.config, round_id, self.key, plan, round_dim, offences=self.offences)
+        secure = SecureRound(self.config, round_id, self.key, plan, round_dim, offences=self.offences,
+                             summing=self.summing)  # fmt: skip
         announce = self._announce(round_id, phase=PHASE_KEYS, opened_at=now, deadline=deadline,
                                   base_version=self.version, plan=plan)  # fmt: skip
         self._secure = self.last_secure = secure
@@ -381,9 +382,8 @@ class Aggregator(Intake, Publishing):
                 self.accountant.rounds,
             )  # fmt: skip
         scales = choice.scales if self.config.rotation_step else None
-        expanded = rounds.expand_partial(
-            outcome.mean_delta, dim=self.layout.dim, slices=slices, scales=scales
-        )
+        expanded = rounds.expand_partial(outcome.mean_delta, dim=self.layout.dim, slices=slices,
+                                         scales=scales)  # fmt: skip
         metrics.update(expanded.metrics)
         await self._apply(round_id, expanded.mean, outcome.contributors, metrics)
         return True

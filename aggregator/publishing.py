@@ -37,14 +37,15 @@ class Publishing:
     _secure: SecureRound | None
     _last_announce: RoundAnnounce | None
 
+    #: Wall clock for stamps, monotonic for windows; tests give an aggregator a skewed or jumping one.
+    clock: Clock = SYSTEM_CLOCK
+
     @property
     def receipts(self) -> Receipts:
         raise NotImplementedError
 
     def open_reassembler(self) -> Reassembler | None:
         raise NotImplementedError
-    #: Wall clock for stamps, monotonic for windows; tests give an aggregator a skewed or jumping one.
-    clock: Clock = SYSTEM_CLOCK
 
     @staticmethod
     async def _logged(publishing: Awaitable[None], what: str) -> None:

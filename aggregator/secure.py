@@ -26,11 +26,13 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nacl.signing
 import numpy as np
 
 from aggregator.config import AggregatorConfig
+from aggregator.rosters import publish_compact_roster
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
@@ -45,6 +47,10 @@ from shared.secagg.attribution import QUARANTINE_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
+from shared.wire.seeds import SeedReveal
+
+if TYPE_CHECKING:
+    from aggregator.summing import SummingPool
 
 __all__ = ["PhaseWindows", "SecureOutcome", "SecureRound"]
 
@@ -75,6 +81,7 @@ class SecureRound:
         dim: int,
         *,
         offences: Offences | None = None,
+        summing: SummingPool | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
             raise ConfigError("plan", "a secure round needs a codec and phase windows")
@@ -112,6 +119,8 @@ class SecureRound:
         #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
         self.offences = offences if offences is not None else Offences()
         self._bundles_expected: int | None = None
+        #: Summing workers (``aggregator/summing.py``) take the unchunked masked inputs, if configured.
+        self.summing = summing
 
     # -- the phases ------------------------------------------------------------------------------
 
@@ -127,6 +136,8 @@ class SecureRound:
 
     async def _phases(self, outbox: Outbox, stop: asyncio.Event | None) -> SecureOutcome:
         w = self.windows
+        if self.summing is not None:  # rounds start once the summing workers are connected
+            await self.summing.wait_started()
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
             raise RoundAbandoned(
@@ -157,11 +168,13 @@ class SecureRound:
             "round=%d phase=shares roster of %d devices, k=%d t=%d, %d coordinates at %d bits",
             self.round_id, n, roster.degree, roster.threshold, length, bits,
         )  # fmt: skip
-        await _logged(outbox.roster(roster), "publishing the roster")
+        await publish_compact_roster(outbox, roster, self.server.graph, self.identity)
         server = self.server
         await self._wait(w.shares, lambda: server.received("share") >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
+        if self.summing is not None:  # every worker knows the round before any device can mask
+            await self.summing.open_round(self, u2.devices)
         # All inboxes in flight at once: one at a time, each waiting for its acknowledgement, cost the
         # phase a broker round trip per device (benchmarks/scale.py).
         await asyncio.gather(*(
@@ -181,31 +194,38 @@ class SecureRound:
         await self._wait(
             w.masked, lambda: server.received("mask") >= wanted and server.unmask_obstacle() is None, stop
         )
+        if self.summing is not None:  # their partial sums, for exactly the inputs they were granted
+            await self.summing.collect()
         u3 = server.close_masked_phase()
         self.phase = UNMASK
         await _logged(outbox.notice(u3), "publishing the survivor notice")
         log.info("round=%d phase=unmask U3 has %d devices", self.round_id, len(u3.devices))
         await self._wait(w.unmask, lambda: server.received("unmask") >= len(u3.devices), stop)
-        missing = server.missing_shares()
-        if missing:
-            raise RoundAbandoned(f"too few reveals to unmask: missing shares for {sorted(missing)[:5]}")
+        # A dealer nobody can rebuild is excluded and its neighbours asked for their pair seeds with it
+        # (shared/secagg/exclusion.py); raises RoundAbandoned when neither is possible.
+        request = await asyncio.to_thread(server.seed_request)
+        if request is not None:
+            await _logged(outbox.notice(request), "publishing the pair-seed request")
+            seeds_in = lambda: not server.exclusion.waiting_for(server.graph, server.masked)  # noqa: E731
+            await self._wait(w.unmask, seeds_in, stop)
+        contributors = len(server.masked)  # U3 less any dealer excluded after the reveals
         started = time.perf_counter()
         total = await asyncio.to_thread(server.unmask)
         self.total = total
         decoder = UpdateDecoder(self.config, self.dim)
         try:
-            mean, weight = decoder.decode(total, len(u3.devices))
+            mean, weight = decoder.decode(total, contributors)
         except CodecError as exc:  # e.g. a summed weight above one per contributor: a forged weight
             raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
-        self._check_influence(decoder, mean, weight, len(u3.devices), n)
+        self._check_influence(decoder, mean, weight, contributors, n)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
-            self.round_id, len(u3.devices), time.perf_counter() - started, weight,
+            self.round_id, contributors, time.perf_counter() - started, weight,
         )  # fmt: skip
         present = None
         if self.dp is not None:
-            mean, present = self._privatize(mean, weight, n, len(u3.devices))
-        return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices), present)
+            mean, present = self._privatize(mean, weight, n, contributors)
+        return SecureOutcome(mean, weight, contributors, n - contributors, present)
 
     def _check_influence(
         self, decoder: UpdateDecoder, mean: np.ndarray, weight: float, survivors: int, roster: int
@@ -260,6 +280,10 @@ class SecureRound:
         if self._bundles_expected is None:  # the graph is fixed once the roster is made
             self._bundles_expected = sum(len(neighbours) for neighbours in self.server.graph.values())
         return self._bundles_expected
+
+    def wake(self) -> None:
+        """Re-check the open phase's close condition (an input was counted elsewhere)."""
+        self._progress.set()
 
     async def _wait(self, window: float, done: Callable[[], bool], stop: asyncio.Event | None) -> None:
         deadline = time.monotonic() + window
@@ -330,6 +354,8 @@ class SecureRound:
         assert self.server is not None
         for bundle in msg.sent_bundles():  # the batch's device is the sender of every bundle
             self.server.add_shares(bundle)
+        if msg.signature:  # its signed digests: what an inconsistency proof against it rests on
+            self.server.add_digest_signature(msg.device, msg.digests, msg.signature)
 
     def _on_masked(self, msg: Message) -> None:
         if not isinstance(msg, MaskedInput):
@@ -338,9 +364,12 @@ class SecureRound:
         self.server.add_masked(msg)
 
     def _on_reveal(self, msg: Message) -> None:
+        assert self.server is not None
+        if isinstance(msg, SeedReveal):  # the pair-seed step (shared/secagg/exclusion.py)
+            self.server.add_seed_reveal(msg)
+            return
         if not isinstance(msg, UnmaskReveal):
             raise WireError(f"expected a reveal, got {msg.TYPE}")
-        assert self.server is not None
         self.server.add_reveal(msg)
 
 

@@ -14,7 +14,9 @@ Per configuration (connected devices n, cohort, model dimension d) it reports:
   divided by rounds x cohort) and its peak resident memory (and its resident memory before the rounds);
 * broker CPU seconds per round and peak resident memory (``/proc`` of the Mosquitto process);
 * bytes per participating device per round, up and down, with the *protocol* bytes (everything but the
-  masked model update: announcement, roster, notices, inbox, keys, shares, reveals) separately.
+  masked model update: announcement, roster, neighbour keys, notices, inbox, keys, shares, reveals)
+  separately; "per device round" charges the participants with every announcement the fleet received,
+  "own" is what one participant itself receives in a round it takes part in.
 
 The machine is shared (2 cores, other jobs): compare rows as ratios within one run, not across runs.
 
@@ -53,6 +55,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.partial_sums import MaskedSum, MqttSummer, ShardedMaskedSum
 from aggregator.secure import PhaseWindows
+from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import pack
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConfig, MqttConnection
@@ -118,6 +121,7 @@ async def _devices(spec: dict[str, Any], queue: Any, stop: Any) -> None:
                 dim=spec["dim"],
                 joins=rotation_joins(i, spec["connected"], spec["cohort"]),
                 seed=i,
+                chunk_limit=spec.get("chunk_limit", DEFAULT_CHUNK_LIMIT),
             )
             devices.append(await stack.enter_async_context(device))
         await asyncio.gather(*(d.conn.wait_connected(timeout=300) for d in devices))
@@ -156,6 +160,7 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         min_clients=max(2, cohort // 2),
         over_selection=1.0,
         publish_deltas=False,
+        summing_workers=spec.get("summing_workers", 0),
     )
     spans: list[dict[str, float]] = []
     async with Aggregator(config, initial=initial) as agg:
@@ -166,6 +171,10 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu0 = usage.ru_utime + usage.ru_stime
+        pool = agg.summing
+        if pool is not None:  # summing workers connected (their CPU is counted apart)
+            await pool.ready()
+        workers_cpu0 = sum(_proc_cpu_s(pid) for pid in (pool.pids if pool else []))
         profiler = cProfile.Profile() if spec["profile"] else None
 
         async def watch() -> None:
@@ -197,6 +206,7 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime - cpu0
         peak = usage.ru_maxrss * 1024
+        workers_cpu = sum(_proc_cpu_s(pid) for pid in (pool.pids if pool else [])) - workers_cpu0
     profile_text = ""
     if profiler is not None:
         out = io.StringIO()
@@ -205,7 +215,8 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
     queue.put(("done", {
         "results": [{"round": r.round_id, "phase": r.status, "count": r.contributors, "reason": r.reason}
                     for r in results],
-        "spans": spans, "cpu_s": cpu, "rss_before": rss_before, "rss_peak": peak, "profile": profile_text,
+        "spans": spans, "cpu_s": cpu, "workers_cpu_s": workers_cpu,
+        "rss_before": rss_before, "rss_peak": peak, "profile": profile_text,
     }))  # fmt: skip
 
 
@@ -242,7 +253,10 @@ def _expect(queue: Any, kind: str, count: int, timeout: float) -> list[Any]:
     return got
 
 
-def run_case(case: Case, *, processes: int, profile: bool, timeout: float) -> dict[str, Any]:
+def run_case(
+    case: Case, *, processes: int, profile: bool, timeout: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One configuration; ``extra`` adds to every process's spec (``summing_workers``, ``chunk_limit``)."""
     with (
         tempfile.TemporaryDirectory(prefix="fedmq-scale-") as tmp,
         MosquittoBroker(Path(tmp) / "broker") as broker,
@@ -252,7 +266,7 @@ def run_case(case: Case, *, processes: int, profile: bool, timeout: float) -> di
         aggregator_key = bytes(load_or_create_key(store / "aggregator.key").verify_key)
         base = {"port": broker.port, "connected": case.connected, "cohort": case.cohort, "dim": case.dim,
                 "rounds": case.rounds, "aggregator_key": aggregator_key, "store": str(store),
-                "profile": profile}  # fmt: skip
+                "profile": profile, **(extra or {})}  # fmt: skip
         agg_queue, dev_queue = CTX.Queue(), CTX.Queue()
         go, stop = CTX.Event(), CTX.Event()
         aggregator = CTX.Process(target=_aggregator_main, args=(base, agg_queue, go), daemon=True)
@@ -307,6 +321,10 @@ def summarise(
     idle = [s for s in stats if s["rounds_joined"] == 0]
     protocol_down = sum(v for k, v in bytes_in.items() if k != "other")
     protocol_up = sum(v for k, v in bytes_out.items() if k != "masked")
+    # What one participant itself receives in a round it takes part in: every device gets every
+    # announcement (the same bytes whether it joins or not), the rest only participants.
+    announce_own = sum(s["bytes_in"]["announce"] for s in stats) / (case.connected * case.rounds)
+    own_down = announce_own + sum(v for k, v in bytes_in.items() if k not in ("announce", "other"))
     return {
         **asdict(case),
         "closed": len(closed),
@@ -316,6 +334,7 @@ def summarise(
         "phase_s": phases,
         "agg_cpu_s": done["cpu_s"],
         "agg_cpu_per_device_round_ms": 1000 * done["cpu_s"] / max(1, device_rounds),
+        "workers_cpu_per_device_round_ms": 1000 * done.get("workers_cpu_s", 0.0) / max(1, device_rounds),
         "agg_rss_before_mb": done["rss_before"] / 2**20,
         "agg_rss_peak_mb": done["rss_peak"] / 2**20,
         "broker_cpu_per_round_s": measured["broker_cpu"] / max(1, case.rounds),
@@ -326,6 +345,7 @@ def summarise(
         "bytes_out_per_device_round": bytes_out,
         "protocol_down_per_device_round": protocol_down,
         "protocol_up_per_device_round": protocol_up,
+        "protocol_down_own_per_device_round": own_down,
         "update_up_per_device_round": bytes_out["masked"],
         # The same downlink spread over every connected device and round (non-participants receive the
         # broadcast roster and notices too): what one device's link carries on average.
@@ -504,7 +524,7 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(title="fedmq at scale: real Mosquitto, real aggregator, light devices (secure rounds)")
     for name in ("n", "cohort", "d", "closed", "round s", "keys/shares/masked/unmask s", "agg CPU ms/dev-rnd",
                  "agg RSS MB (before/peak)", "broker CPU s/rnd", "broker RSS MB", "proto KB down/up",
-                 "proto KB down per connected",
+                 "proto KB down own", "proto KB down per connected",
                  "update KB up"):  # fmt: skip
         table.add_column(name, justify="right")
     for r in rows:
@@ -516,7 +536,7 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
             f"{r['agg_rss_before_mb']:.0f}/{r['agg_rss_peak_mb']:.0f}",
             f"{r['broker_cpu_per_round_s']:.2f}", f"{r['broker_rss_peak_mb']:.0f}",
             f"{kb(r['protocol_down_per_device_round'])}/{kb(r['protocol_up_per_device_round'])}",
-            kb(r["protocol_down_per_connected_round"]),
+            kb(r["protocol_down_own_per_device_round"]), kb(r["protocol_down_per_connected_round"]),
             kb(r["update_up_per_device_round"]),
         )  # fmt: skip
     console.print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,20 @@ from shared.dp import device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
 from shared.outbox import Outbox
 from shared.secagg import SecAggClient
+from shared.secagg.roster import RosterJoin
 from shared.timing import AggregatorTime, RoundTimes
 from shared.wire import Message, RoundAnnounce
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 log = logging.getLogger(__name__)
+
+#: What the roster topic carries: the compact roster (or the full one); and a device's inbox: share
+#: bundles, or the neighbour keys that complete a compact roster.
+Listed = Roster | CompactRoster
+ROSTER_TYPES = (Roster, CompactRoster)
+INBOX_TYPES = (ShareBatch, NeighbourKeys)
 
 NOISE_CHUNK = 1 << 16
 
@@ -91,7 +101,8 @@ class SecureParticipation:
         self.times = times if times is not None else AggregatorTime().round(announce)
         #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
         self.masked_deadline = announce.opened_at + plan.windows.until_masked_closes
-        self.roster: Roster | None = None
+        self.roster: Roster | CompactRoster | None = None
+        self._join = RosterJoin()  # a compact roster waits here for this device's neighbour keys
         self.masked_sent = False
         self.left_out = False
         #: With ``keep_encoded``, a copy of the encoded (unmasked) vector this device contributed, for tests
@@ -115,28 +126,40 @@ class SecureParticipation:
         await self.send("keys", self.secagg.advertise(self.round_id))
         self.on_phase("keys")
 
-    async def on_roster(self, roster: Roster) -> None:
+    async def on_roster(self, roster: Roster | CompactRoster | NeighbourKeys) -> None:
+        """The full roster, or a compact one and this device's neighbour keys (from its inbox), which
+        may come in either order: the first waits for the other (``shared.secagg.roster.RosterJoin``)."""
         async with self._lock:
             if roster.round != self.round_id or self.roster is not None or self.left_out:
                 return
-            if all(m.device != self.secagg.device_id for m in roster.members):
+            if not isinstance(roster, NeighbourKeys) and self.secagg.device_id not in roster.member_ids:
                 # Over-selection: the round started without this device; its delta stays for later.
                 self.left_out = True
                 log.info(
                     "device=%s not in round %d's roster; sits it out", self.secagg.device_id, self.round_id
                 )
                 return
-            bundles = self.secagg.on_roster(roster)
-            self.roster = roster
-            await self.send(
-                "shares", ShareBatch.outgoing(roster.federation, roster.round, self.secagg.device_id, bundles)
-            )
+            if isinstance(roster, Roster):
+                listed: Roster | CompactRoster = roster
+                bundles = self.secagg.on_roster(roster)
+            else:
+                joined = self._join.add(roster, self.round_id)
+                if joined is None:
+                    return
+                listed, bundles = joined[0], self.secagg.on_compact_roster(*joined)
+            self.roster = listed
+            batch = ShareBatch.outgoing(listed.federation, listed.round, self.secagg.device_id, bundles)
+            # Its digests signed: an inconsistency proof against this device could then be checked.
+            signature = self.secagg.sign_digests(listed.round, batch.digests)
+            await self.send("shares", replace(batch, signature=signature))
             self.on_phase("shares")
             for batch in self._early_bundles:
                 self._open(batch)
             self._early_bundles.clear()
 
-    async def on_inbox(self, batch: ShareBatch) -> None:
+    async def on_inbox(self, batch: ShareBatch | NeighbourKeys) -> None:
+        if isinstance(batch, NeighbourKeys):  # the compact roster's other half
+            return await self.on_roster(batch)
         async with self._lock:
             if batch.round != self.round_id:
                 raise ProtocolError(f"share batch for round {batch.round}, this device is in {self.round_id}")
@@ -158,7 +181,12 @@ class SecureParticipation:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""
         self._masked_closed.set()
 
-    async def on_notice(self, notice: SurvivorList) -> None:
+    async def on_notice(self, notice: SurvivorList | SeedRequest) -> None:
+        if isinstance(notice, SeedRequest):  # pair seeds with a dealer nobody could rebuild
+            async with self._lock:
+                if notice.round == self.round_id and self.revealed and not self.left_out:
+                    await self.send("unmask", self.secagg.on_seed_request(notice))
+            return
         if notice.round == self.round_id and notice.phase == PHASE_MASKED:
             self._masked_closed.set()  # outside the lock: a pending masked send must see it
         async with self._lock:
@@ -199,7 +227,7 @@ class SecureParticipation:
                      self.secagg.device_id, self.round_id)  # fmt: skip
             return
         result = self.training.result()
-        config = self.plan.codec_for(len(self.roster.members))
+        config = self.plan.codec_for(len(self.roster.member_ids))
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != self.roster.length or config.bits != self.roster.bits:
             raise ProtocolError(
@@ -213,7 +241,7 @@ class SecureParticipation:
         noise_variance = 0.0
         if self.dp is not None and self.dp.mode == "distributed":
             plan = device_noise_plan(
-                self.dp, self.dp.resolved_noise_multiplier(), config, encoder, len(self.roster.members)
+                self.dp, self.dp.resolved_noise_multiplier(), config, encoder, len(self.roster.member_ids)
             )
             noise_variance = plan.per_device_variance
         encoded = await asyncio.to_thread(

@@ -16,19 +16,33 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.summing import worker_account
 from shared.errors import ConfigError
 
 #: Mosquitto 2.x's default PBKDF2 iteration count for ``$7$`` hashes.
 PBKDF2_ITERATIONS = 101
 
 
-def acl_rules() -> str:
-    """The shipped ACL (``broker_config/acl.conf``), found in the source tree or the installed wheel."""
+def acl_rules(summing_workers: int = 0, aggregator: str = "aggregator") -> str:
+    """The shipped ACL (``broker_config/acl.conf``), found in the source tree or the installed wheel, plus
+    one read-only account per summing worker of ``aggregator`` (:func:`summing_worker_acl`)."""
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "broker_config" / "acl.conf",):
         if candidate.exists():
-            return candidate.read_text()
+            return candidate.read_text() + summing_worker_acl(summing_workers, aggregator)
     raise ConfigError("acl", "broker_config/acl.conf is missing from this installation")
+
+
+def summing_worker_acl(workers: int, aggregator: str = "aggregator") -> str:
+    """ACL lines of the aggregator's summing workers (``summing_workers = N``): each its own account
+    (the broker binds client id to account), reading the masked inputs only -- Mosquitto checks a
+    ``$share/<group>/<filter>`` subscription and its deliveries against the plain filter."""
+    if not workers:
+        return ""
+    lines = ["", f"# Summing workers of {aggregator!r}: their shared subscription to the masked inputs."]
+    for index in range(workers):
+        lines += [f"user {worker_account(aggregator, index)}", "topic read fl/+/r/+/masked/+"]
+    return "\n".join(lines) + "\n"
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:

@@ -30,6 +30,7 @@ from shared.wire import (
     RoundResult,
     encode,
 )
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -40,6 +41,7 @@ from shared.wire.secagg import (
     SurvivorList,
     UnmaskReveal,
 )
+from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
 
 # -- sections --------------------------------------------------------------------------------------------
 
@@ -96,6 +98,9 @@ def wire_vectors() -> dict[str, Any]:
     advert = AdvertiseKeys(FED, 5, "dev-1", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
     member = RosterMember("dev-1", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 64)
     roster = Roster(FED, 5, [member], b"\x05" * 32, 4, 3, 16, 12)
+    digests = b"\x0d" * 16 + b"\x0e" * 16
+    compact = CompactRoster(FED, 5, ["dev-1", "dev-2"], digests, b"\x05" * 32, 4, 3, 16, 12)
+    slice_ = NeighbourKeys.of(FED, 5, "dev-2", [member])
     batch = ShareBatch(FED, 5, "dev-1", {"dev-2": b"\x06" * 82, "dev-3": b"\x07" * 82})
     notice = SurvivorList(FED, 5, "shared", ["dev-3", "dev-1", "dev-2"])
     masked = MaskedInput(FED, 5, "dev-1", bytes(range(24)), 16, 12)
@@ -121,6 +126,8 @@ def wire_vectors() -> dict[str, Any]:
             dataclasses.replace(advert, signature=keys.sign(dev, advert.signed_bytes())),
         ),
         message_case("secagg roster (signatures are placeholders)", roster),
+        message_case("secagg compact roster (ids, 16-byte advert digests; signature a placeholder)", compact),
+        message_case("secagg neighbour keys (signatures are placeholders)", slice_),
         message_case("secagg share batch", batch),
         message_case(
             "secagg encrypted shares (registered, in-memory only: bundles travel in share batches)",
@@ -129,6 +136,11 @@ def wire_vectors() -> dict[str, Any]:
         message_case("secagg survivor list", notice),
         message_case("secagg masked input", masked),
         message_case("secagg unmask reveal", reveal),
+        message_case("secagg masked input, refusal report", dataclasses.replace(masked, refused=["dev-3"])),
+        message_case("secagg seed request (signatures are placeholders)", SeedRequest(FED, 5, ["dev-3"], [
+            InconsistencyProof("dev-3", {"dev-1": b"\x0a" * 32, "dev-2": b"\x0b" * 32}, b"\x0c" * 64,
+                               {"dev-1": b"\x0d" * 33}, b"\x0f" * 32, b"\x10" * 64)])),
+        message_case("secagg seed reveal", SeedReveal(FED, 5, "dev-1", {"dev-3": b"\x0e" * 32})),
         message_case("enrolment list, signed by the enrolment authority", enrolment_list()),
     ]
     good = encode(Presence("dev-1", True, 1.0))

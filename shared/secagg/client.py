@@ -6,7 +6,9 @@ the SecAgg+ neighbour graph of Bell et al. CCS 2020 §4:
 0. :meth:`SecAggClient.advertise` - fresh keys, signed advert.
 1. :meth:`SecAggClient.on_roster` - check the aggregator's signature *and every member's own advert
    signature* (a swapped key is refused), recompute the graph seed, Shamir-share ``b_u`` and the mask
-   key among the neighbours, seal one bundle per neighbour. :meth:`on_shares` opens incoming bundles.
+   key among the neighbours, seal one bundle per neighbour. :meth:`on_compact_roster` does the same from
+   the compact roster and the neighbours' adverts only (``shared.secagg.roster``). :meth:`on_shares`
+   opens incoming bundles.
 2. :meth:`SecAggClient.mask` - given the signed U2 notice, ``y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
    - sum_{v<u} PRG(s_uv) mod 2^b`` over neighbours in U2; :meth:`masked_input` signs the packed vector.
 3. :meth:`SecAggClient.on_survivors` - given the signed U3 notice, reveal ``b``-shares of surviving
@@ -25,8 +27,9 @@ import nacl.signing
 import numpy as np
 
 from shared.errors import CodecError, SecAggError
-from shared.secagg import bundles, keys, prg, shamir
-from shared.secagg.graph import graph_seed, neighbour_graph
+from shared.secagg import bundles, keys, prg, proofs, seeds, shamir
+from shared.secagg.roster import RosterCheck
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import (
     PHASE_MASKED,
     PHASE_SHARED,
@@ -37,6 +40,7 @@ from shared.wire.secagg import (
     SurvivorList,
     UnmaskReveal,
 )
+from shared.wire.seeds import SeedRequest, SeedReveal
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class _Round:
     round_id: int
     keys: keys.RoundKeys
     advert: AdvertiseKeys
-    roster: Roster | None = None
+    roster: Roster | CompactRoster | None = None
     neighbours: tuple[str, ...] = ()
     peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc pk, mask pk)
     outgoing: list[EncryptedShares] = field(default_factory=list)
@@ -62,6 +66,9 @@ class _Round:
     revealed: dict[str, str] = field(default_factory=dict)  # neighbour -> kind revealed
     survivors: frozenset[str] | None = None
     reveal: UnmaskReveal | None = None
+    refused: set[str] = field(default_factory=set)  # senders whose bundles were refused (reported)
+    seed_request: SeedRequest | None = None
+    seed_reveal: SeedReveal | None = None
 
 
 class SecAggClient:
@@ -91,13 +98,8 @@ class SecAggClient:
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, round_id: object, reason: str) -> SecAggError:
-        log.warning(
-            "secagg refusal round=%s device=%s: %s",
-            round_id,
-            self.device_id,
-            reason,
-            extra={"round": round_id, "device": self.device_id, "phase": "secagg"},
-        )
+        log.warning("secagg refusal round=%s device=%s: %s", round_id, self.device_id, reason,
+                    extra={"round": round_id, "device": self.device_id, "phase": "secagg"})  # fmt: skip
         return SecAggError(f"device {self.device_id!r} round {round_id}: {reason}")
 
     def _current(self, federation: str, round_id: int, what: str) -> _Round:
@@ -121,7 +123,7 @@ class SecAggClient:
             keys.verify(self._aggregator_key, notice.signed_bytes(), notice.signature, f"{phase} notice")
         except SecAggError as exc:
             raise self._refuse(notice.round, str(exc)) from exc
-        members = {m.device for m in state.roster.members}
+        members = set(state.roster.member_ids)
         if not set(notice.devices) <= members:
             raise self._refuse(notice.round, f"{phase} notice names devices outside the roster")
         if self.device_id not in notice.devices:
@@ -155,47 +157,29 @@ class SecAggClient:
 
     # -- round 1 -------------------------------------------------------------------------------
     def on_roster(self, roster: Roster) -> list[EncryptedShares]:
-        """Verify the roster and return one sealed share bundle per neighbour."""
+        """Verify the full roster (every member's advert) and return one sealed share bundle per neighbour."""
+        return self._listed(roster, None)
+
+    def on_compact_roster(
+        self, roster: CompactRoster, neighbour_keys: NeighbourKeys
+    ) -> list[EncryptedShares]:
+        """Verify a compact roster and this device's neighbour adverts (``shared.secagg.roster``), then
+        return one sealed share bundle per neighbour, as :meth:`on_roster` does for the full roster."""
+        return self._listed(roster, neighbour_keys)
+
+    def _listed(self, roster: Roster | CompactRoster, slice_: NeighbourKeys | None) -> list[EncryptedShares]:
+        """Check the roster (``shared.secagg.roster``), Shamir-share ``b_u`` and the mask key among the
+        verified neighbours and seal one bundle each."""
         state = self._current(roster.federation, roster.round, "roster")
         if state.roster is not None:
             if roster == state.roster:  # QoS 1 duplicate
                 return list(state.outgoing)
             raise self._refuse(roster.round, "a second, different roster for the same round")
+        check = RosterCheck(self.device_id, state.advert, self._aggregator_key, self._directory)
         try:
-            keys.verify(self._aggregator_key, roster.signed_bytes(), roster.signature, "roster")
+            neighbours, peers = check(roster, slice_)
         except SecAggError as exc:
             raise self._refuse(roster.round, str(exc)) from exc
-        peers: dict[str, tuple[bytes, bytes]] = {}
-        for member in roster.members:
-            identity = self._directory.get(member.device)
-            if identity is None:
-                raise self._refuse(roster.round, f"roster lists unenrolled device {member.device!r}")
-            if member.device in peers:
-                raise self._refuse(roster.round, f"roster lists {member.device!r} twice")
-            advert = member.advert(roster.federation, roster.round)
-            try:
-                keys.verify(identity, advert.signed_bytes(), member.signature, f"keys of {member.device!r}")
-            except SecAggError as exc:
-                raise self._refuse(roster.round, f"{exc} (swapped or forged key)") from exc
-            try:  # a low-order key would make a known pair seed or an unbuildable Box below
-                keys.check_public_key(member.enc_pk, f"encryption key of {member.device!r}")
-                keys.check_public_key(member.mask_pk, f"mask key of {member.device!r}")
-            except SecAggError as exc:
-                raise self._refuse(roster.round, str(exc)) from exc
-            peers[member.device] = (member.enc_pk, member.mask_pk)
-        mine = state.advert
-        if peers.get(self.device_id) != (mine.enc_pk, mine.mask_pk):
-            raise self._refuse(roster.round, "roster does not carry this device's own keys")
-        rows = [(m.device, m.enc_pk, m.mask_pk) for m in roster.members]
-        if roster.graph_seed != graph_seed(roster.federation, roster.round, rows):
-            raise self._refuse(roster.round, "graph seed does not match the roster")
-        if roster.length < 0 or roster.bits < 1:
-            raise self._refuse(roster.round, "bad vector shape in roster")
-        try:
-            graph = neighbour_graph(list(peers), roster.degree, roster.graph_seed)
-        except SecAggError as exc:
-            raise self._refuse(roster.round, str(exc)) from exc
-        neighbours = graph[self.device_id]
         t = roster.threshold
         # Privacy floor (Bonawitz et al. §4, Bell et al. §4): with t <= k/2 an aggregator could collect
         # one kind of share from half the neighbours and the other kind from the rest.
@@ -284,7 +268,13 @@ class SecAggClient:
                 self.on_shares(message)
             except SecAggError as exc:
                 refused[message.sender] = str(exc)
+                if seeds.reportable(self._round, message):  # reported with the masked input
+                    self._round.refused.add(message.sender)  # type: ignore[union-attr]
         return refused
+
+    def sign_digests(self, round_id: int, digests: dict[str, bytes]) -> bytes:
+        """This dealer's signature over its share digests (ShareBatch.signature; what a proof rests on)."""
+        return proofs.sign_digests(self._identity, self.federation, round_id, self.device_id, digests)
 
     # -- round 2 -------------------------------------------------------------------------------
     def mask(
@@ -341,14 +331,9 @@ class SecAggClient:
         state = self._round
         if state is None or state.masked is None or state.roster is None:
             raise self._refuse(None if state is None else state.round_id, "nothing masked this round")
-        unsigned = MaskedInput(
-            self.federation,
-            state.round_id,
-            self.device_id,
-            bytes(payload),
-            state.roster.bits,
-            state.roster.length,
-        )
+        unsigned = MaskedInput(self.federation, state.round_id, self.device_id, bytes(payload),
+                               state.roster.bits, state.roster.length,
+                               refused=sorted(state.refused - set(state.received)))  # fmt: skip
         signed = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
         state.masked_message = signed
         return signed
@@ -367,10 +352,8 @@ class SecAggClient:
             return state.reveal  # QoS 1 duplicate
         live = [v for v in state.neighbours if v in u3]
         if len(live) < state.roster.threshold:
-            raise self._refuse(
-                survivors.round,
-                f"only {len(live)} neighbours survived, below the threshold {state.roster.threshold}",
-            )
+            t = state.roster.threshold
+            raise self._refuse(survivors.round, f"only {len(live)} neighbours survived, threshold {t}")
         wanted: dict[str, str] = {}
         for v in state.neighbours:
             if v == self.device_id or v not in state.shared or v not in state.received:
@@ -378,19 +361,25 @@ class SecAggClient:
             wanted[v] = _SELF_MASK if v in u3 else _MASK_KEY
         clash = sorted(v for v, kind in wanted.items() if state.revealed.get(v, kind) != kind)
         if clash:
-            raise self._refuse(
-                survivors.round,
-                f"double reveal: survivor list asks for the other kind of share already revealed for {clash}",
-            )
-        self_mask_shares = {
-            v: state.received[v].self_mask_share for v, k in wanted.items() if k == _SELF_MASK
-        }
-        mask_key_shares = {v: state.received[v].mask_key_share for v, k in wanted.items() if k == _MASK_KEY}
-        unsigned = UnmaskReveal(
-            self.federation, survivors.round, self.device_id, self_mask_shares, mask_key_shares
-        )
+            why = f"double reveal: survivor list asks for the other kind of share already revealed: {clash}"
+            raise self._refuse(survivors.round, why)
+        got = state.received
+        self_mask_shares = {v: got[v].self_mask_share for v, k in wanted.items() if k == _SELF_MASK}
+        mask_key_shares = {v: got[v].mask_key_share for v, k in wanted.items() if k == _MASK_KEY}
+        unsigned = UnmaskReveal(self.federation, survivors.round, self.device_id, self_mask_shares,
+                                mask_key_shares)  # fmt: skip
         reveal = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
         state.revealed.update(wanted)
         state.survivors = u3
         state.reveal = reveal
         return reveal
+
+    def on_seed_request(self, request: SeedRequest) -> SeedReveal:
+        """Reveal the pair seeds asked for after this device's reveal (rules: :mod:`shared.secagg.seeds`)."""
+        state = self._current(request.federation, request.round, "seed request")
+        try:
+            return seeds.on_request(request, state, device=self.device_id, identity=self._identity,
+                                    aggregator_key=self._aggregator_key,
+                                    directory=self._directory)  # fmt: skip
+        except (SecAggError, KeyError) as exc:
+            raise self._refuse(request.round, f"seed request refused: {exc}") from exc

@@ -4,6 +4,7 @@
 import * as c from './crypto.js';
 import { SecAggError } from './errors.js';
 import { pack } from './msgpack.js';
+import { advertDigest, checkCompact } from './roster.js';
 
 export const DOMAIN = 'fedmq/secagg/v1';
 export const SHARES_DOMAIN = 'fedmq/secagg/shares/v2';
@@ -23,6 +24,12 @@ function byBytes(a, b) {
 
 // -- signed bytes (canonical lists) ----------------------------------------------------------------------
 
+const sortedRows = (m) => Object.keys(m).sort(byId).map((k) => [k, m[k]]);
+
+/** What a dealer signs over the digests of the bundles it dealt (ShareBatch.signature). */
+export const digestsSignedBytes = (federation, round, dealer, digests) =>
+  pack([DOMAIN, 'secagg.share_digests', federation, round, dealer, sortedRows(digests)]);
+
 export function signedBytes(msg) {
   const f = msg;
   switch (msg.t) {
@@ -32,10 +39,21 @@ export function signedBytes(msg) {
       return pack([DOMAIN, f.t, f.federation, f.round,
         f.members.map((m) => [m.device, m.enc_pk, m.mask_pk, m.self_mask_commitment, m.signature]),
         f.graph_seed, f.degree, f.threshold, f.bits, f.length]);
+    case 'secagg.compact_roster':
+      return pack([DOMAIN, f.t, f.federation, f.round, f.devices, f.digests, f.graph_seed, f.degree, f.threshold, f.bits, f.length]);
     case 'secagg.survivor_list':
       return pack([DOMAIN, f.t, f.federation, f.round, f.phase, [...f.devices].sort(byId)]);
-    case 'secagg.masked_input':
-      return pack([DOMAIN, f.t, f.federation, f.round, f.device, c.blake2b(f.payload, { size: 32 }), f.bits, f.length]);
+    case 'secagg.masked_input': {
+      // The refusal report is signed only when present, so older signatures still hold.
+      const report = f.refused && f.refused.length ? [[...f.refused].sort(byId)] : [];
+      return pack([DOMAIN, f.t, f.federation, f.round, f.device, c.blake2b(f.payload, { size: 32 }), f.bits, f.length, ...report]);
+    }
+    case 'secagg.seed_request':
+      return pack([DOMAIN, f.t, f.federation, f.round, [...f.dealers].sort(byId),
+        [...f.proofs].sort((a, b) => byId(a.dealer, b.dealer)).map((p) => [p.dealer, sortedRows(p.digests), p.digest_signature,
+          sortedRows(p.shares), p.commitment, p.advert_signature])]);
+    case 'secagg.seed_reveal':
+      return pack([DOMAIN, f.t, f.federation, f.round, f.device, sortedRows(f.seeds)]);
     case 'secagg.unmask_reveal': {
       const rows = (m) => Object.keys(m).sort(byId).map((k) => [k, m[k]]);
       return pack([DOMAIN, f.t, f.federation, f.round, f.device, rows(f.self_mask_shares), rows(f.mask_key_shares)]);
@@ -68,9 +86,16 @@ export function pairSeed(maskSk, peerMaskPk, federation, round, a, b) {
 
 // -- graph -------------------------------------------------------------------------------------------------
 
+/** The graph seed over every member's [id, 16-byte digest of its signed advert] (roster.js advertDigest). */
 export function graphSeed(federation, round, rows) {
-  const sorted = [...rows].sort((x, y) => byId(x[0], y[0]) || byBytes(x[1], y[1]) || byBytes(x[2], y[2]));
-  return c.blake2b(pack(['graph', federation, round, sorted]), { size: 32, person: 'fedmq.sa.gseed1' });
+  const sorted = [...rows].sort((x, y) => byId(x[0], y[0]) || byBytes(x[1], y[1]));
+  return c.blake2b(pack(['graph2', federation, round, sorted]), { size: 32, person: 'fedmq.sa.gseed2' });
+}
+
+/** The devices in ring order: sorted by BLAKE2b(key = seed, id). */
+export function seededRing(ids, seed) {
+  const keyOf = new Map(ids.map((d) => [d, c.blake2b(c.utf8(d), { key: seed, size: 64, person: 'fedmq.sa.graph1' })]));
+  return [...ids].sort((a, b) => byBytes(keyOf.get(a), keyOf.get(b)));
 }
 
 export function neighbourGraph(members, k, seed) {
@@ -80,8 +105,7 @@ export function neighbourGraph(members, k, seed) {
   if (n < 2) throw new SecAggError(`neighbour graph needs at least 2 devices, got ${n}`);
   if (k >= n - 1) return Object.fromEntries(ids.map((u) => [u, ids.filter((v) => v !== u)]));
   if (k < 2 || k % 2) throw new SecAggError(`sparse neighbour graph needs an even degree >= 2, got ${k}`);
-  const keyOf = new Map(ids.map((d) => [d, c.blake2b(c.utf8(d), { key: seed, size: 64, person: 'fedmq.sa.graph1' })]));
-  const ring = [...ids].sort((a, b) => byBytes(keyOf.get(a), keyOf.get(b)));
+  const ring = seededRing(ids, seed);
   const sets = Object.fromEntries(ids.map((u) => [u, new Set()]));
   ring.forEach((u, i) => {
     for (let step = 1; step <= k / 2; step++) {
@@ -136,6 +160,39 @@ export function shamirReconstruct(shares, threshold) {
   xs.forEach((x, i) => { s = (s + ls[i] * leToBig(shares[x])) % PRIME; });
   if (s >> 256n) throw new SecAggError('shares are inconsistent');
   return bigToLe(s, 32);
+}
+
+/**
+ * Throw SecAggError unless `proof` shows that its dealer's self-mask shares (matching the digests it signed)
+ * do not rebuild the commitment of its signed advert (shared/secagg/proofs.py). `identity` and `dealerKeys`
+ * ({ encPk, maskPk }) come from this device's directory and roster, never from the proof.
+ */
+export function verifyProof(proof, { federation, round, identity, dealerKeys, threshold }) {
+  const dealer = proof.dealer;
+  const advert = { t: 'secagg.advertise_keys', federation, round, device: dealer, enc_pk: dealerKeys.encPk,
+    mask_pk: dealerKeys.maskPk, self_mask_commitment: proof.commitment };
+  if (!c.verify(identity, signedBytes(advert), proof.advert_signature)) throw new SecAggError(`bad signature on advert of ${dealer}`);
+  const commitment = proof.commitment;
+  if (!c.verify(identity, digestsSignedBytes(federation, round, dealer, proof.digests), proof.digest_signature)) {
+    throw new SecAggError(`bad signature on digests of ${dealer}`);
+  }
+  const holders = Object.keys(proof.shares);
+  if (holders.length !== threshold) throw new SecAggError(`proof against ${dealer} has ${holders.length} shares, needs ${threshold}`);
+  const order = Object.keys(proof.digests).sort(byId);
+  const points = {};
+  for (const h of holders) {
+    const digest = shareDigest(federation, round, dealer, h, 'self_mask', proof.shares[h]);
+    if (!proof.digests[h] || !c.equal(proof.digests[h].slice(0, DIGEST_BYTES), digest)) {
+      throw new SecAggError(`proof against ${dealer}: the share of ${h} is not the one it dealt`);
+    }
+    points[order.indexOf(h) + 1] = proof.shares[h];
+  }
+  let secret;
+  try {
+    if (Object.values(points).some((y) => leToBig(y) >= PRIME)) return; // not a field element: dealt wrong
+    secret = shamirReconstruct(points, threshold);
+  } catch { return; } // not a 32-byte value: no honest dealing gives that
+  if (c.equal(commitSelfMask(secret), commitment)) throw new SecAggError(`proof against ${dealer} is forged: its shares rebuild the committed seed`);
 }
 
 // -- bundles -----------------------------------------------------------------------------------------------
@@ -248,7 +305,7 @@ export class SecAggClient {
     advert.signature = c.sign(this.identity.secretKey, signedBytes(advert));
     this.lastRound = round;
     this.state = { round, keys, advert, roster: null, neighbours: [], peers: {}, outgoing: null, received: {},
-      shared: null, masked: null, revealed: {}, reveal: null, survivorsKey: null };
+      shared: null, masked: null, revealed: {}, reveal: null, survivorsKey: null, refused: new Set(), seedRequest: null, seedReveal: null };
     return advert;
   }
 
@@ -257,7 +314,7 @@ export class SecAggClient {
     if (!st.roster) throw this.refuse(notice.round, `${phase} notice before the roster`);
     if (notice.phase !== phase) throw this.refuse(notice.round, `expected a ${phase} notice, got ${notice.phase}`);
     if (!c.verify(this.aggregatorKey, signedBytes(notice), notice.signature)) throw this.refuse(notice.round, `bad signature on ${phase} notice`);
-    const members = new Set(st.roster.members.map((m) => m.device));
+    const members = new Set(st.roster.devices ?? st.roster.members.map((m) => m.device));
     if (!notice.devices.every((d) => members.has(d))) throw this.refuse(notice.round, `${phase} notice names devices outside the roster`);
     if (!notice.devices.includes(this.deviceId)) throw this.refuse(notice.round, `${phase} notice does not list this device`);
     if (notice.devices.length < st.roster.threshold) throw this.refuse(notice.round, `${phase} set below the threshold`);
@@ -290,10 +347,28 @@ export class SecAggClient {
     if (!mine || !c.equal(mine.encPk, st.keys.encPk) || !c.equal(mine.maskPk, st.keys.maskPk)) {
       throw this.refuse(roster.round, "roster does not carry this device's own keys");
     }
-    const rows = roster.members.map((m) => [m.device, m.enc_pk, m.mask_pk]);
+    const rows = roster.members.map((m) => [m.device, advertDigest(advertOf(m, roster.federation, roster.round))]);
     if (!c.equal(roster.graph_seed, graphSeed(roster.federation, roster.round, rows))) throw this.refuse(roster.round, 'graph seed does not match the roster');
     const graph = neighbourGraph(Object.keys(peers), roster.degree, roster.graph_seed);
-    const neighbours = graph[this.deviceId];
+    return this.deal(st, roster, graph[this.deviceId], peers, nextCoefficient);
+  }
+
+  /** Round 1, compact roster (roster.js): verify it and this device's neighbour keys; as onRoster returns. */
+  onCompactRoster(roster, slice, nextCoefficient = randomCoefficient) {
+    const st = this.current(roster.federation, roster.round, 'roster');
+    if (st.roster) {
+      if (c.equal(signedBytes(roster), signedBytes(st.roster)) && c.equal(roster.signature, st.roster.signature)) return { ...st.outgoing };
+      throw this.refuse(roster.round, 'a second, different roster for the same round');
+    }
+    let checked;
+    try {
+      checked = checkCompact(roster, slice, { deviceId: this.deviceId, own: st.advert, aggregatorKey: this.aggregatorKey, directory: this.directory });
+    } catch (e) { throw this.refuse(roster.round, e.message); }
+    return this.deal(st, roster, checked.neighbours, checked.peers, nextCoefficient);
+  }
+
+  /** Shamir-share the self-mask seed and the mask key among the verified neighbours; seal one bundle each. */
+  deal(st, roster, neighbours, peers, nextCoefficient) {
     const t = roster.threshold;
     if (2 * t <= neighbours.length || t < this.minThreshold || t > neighbours.length) {
       throw this.refuse(roster.round, `threshold ${t} unsafe for ${neighbours.length} neighbours (need k/2 < t <= k)`);
@@ -342,7 +417,14 @@ export class SecAggClient {
         refused[sender] = this.refuse(batch.round, e.message).message;
       }
     }
+    for (const sender of Object.keys(refused)) st.refused.add(sender); // reported with the masked input
     return refused;
+  }
+
+  /** This dealer's signature over its digests (ShareBatch.signature: what an inconsistency proof rests on). */
+  digestSignature() {
+    const st = this.state;
+    return c.sign(this.identity.secretKey, digestsSignedBytes(this.federation, st.round, this.deviceId, st.digests ?? {}));
   }
 
   /** Round 2: mask `x` (Uint32Array of roster.length values < 2^bits) for the signed U2 notice, in place. */
@@ -373,8 +455,9 @@ export class SecAggClient {
   maskedInput(payload) {
     const st = this.state;
     if (!st || !st.masked) throw this.refuse(st?.round, 'nothing masked this round');
+    const refused = [...st.refused].filter((s) => !st.received[s]).sort(byId);
     const msg = { t: 'secagg.masked_input', federation: this.federation, round: st.round, device: this.deviceId,
-      payload, bits: st.roster.bits, length: st.roster.length };
+      payload, bits: st.roster.bits, length: st.roster.length, refused };
     msg.signature = c.sign(this.identity.secretKey, signedBytes(msg));
     return msg;
   }
@@ -407,6 +490,46 @@ export class SecAggClient {
     Object.assign(st.revealed, wanted);
     st.survivorsKey = key;
     st.reveal = reveal;
+    return reveal;
+  }
+
+  /**
+   * After this device's reveal: the signed pair seeds for the requested dealers it masked with
+   * (shared/secagg/seeds.py). A dealer whose self-mask share it revealed needs a valid inconsistency proof.
+   */
+  onSeedRequest(request) {
+    const st = this.current(request.federation, request.round, 'seed request');
+    if (!c.verify(this.aggregatorKey, signedBytes(request), request.signature)) throw this.refuse(request.round, 'bad signature on seed request');
+    if (!st.reveal || !st.roster || !st.shared) throw this.refuse(request.round, 'seed request before this device revealed');
+    if (request.dealers.includes(this.deviceId)) throw this.refuse(request.round, "this device's own input was excluded");
+    if (st.seedReveal) {
+      if (c.equal(signedBytes(request), signedBytes(st.seedRequest))) return st.seedReveal;
+      throw this.refuse(request.round, 'a second, different seed request');
+    }
+    const seeds = {};
+    for (const v of [...request.dealers].sort(byId)) {
+      if (!st.neighbours.includes(v) || !st.shared.has(v)) continue;
+      const kind = st.revealed[v];
+      if (kind && kind !== 'pair_seed' && kind !== 'mask_key') {
+        const proof = request.proofs.find((p) => p.dealer === v);
+        if (!proof) throw this.refuse(request.round, `pair seed with ${v} asked without proof after its self-mask share`);
+        try {
+          verifyProof(proof, { federation: this.federation, round: request.round, identity: this.directory[v], dealerKeys: st.peers[v], threshold: st.roster.threshold });
+        } catch (e) { throw this.refuse(request.round, `seed request refused: ${e.message}`); }
+      }
+      seeds[v] = pairSeed(st.keys.maskSk, st.peers[v].maskPk, this.federation, request.round, this.deviceId, v);
+    }
+    // Privacy floor: at least t neighbours whose pair seeds this device never reveals (dropped ones count as
+    // revealed), whatever bundles the aggregator kept from it (docs/security.md).
+    const u3 = new Set(st.survivorsKey.split('\n'));
+    const keptSecret = st.neighbours.filter((v) => st.shared.has(v) && u3.has(v) && !(v in seeds));
+    if (keptSecret.length < st.roster.threshold) {
+      throw this.refuse(request.round, `revealing ${Object.keys(seeds).length} pair seeds would leave ${keptSecret.length} unrevealed, below the threshold`);
+    }
+    const reveal = { t: 'secagg.seed_reveal', federation: this.federation, round: request.round, device: this.deviceId, seeds };
+    reveal.signature = c.sign(this.identity.secretKey, signedBytes(reveal));
+    for (const v of Object.keys(seeds)) st.revealed[v] ??= 'pair_seed';
+    Object.assign(st, { seedRequest: request, seedReveal: reveal });
     return reveal;
   }
 }
