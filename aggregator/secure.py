@@ -24,18 +24,19 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nacl.signing
 import numpy as np
 
 from aggregator.config import AggregatorConfig
+from aggregator.hunt import BEYOND_CLIP, Hunt, settle
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
 from shared.errors import CodecError, ConfigError, FedmqError, ProtocolError, SecAggError, WireError
-from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggregate
+from shared.influence import aggregate_bound, check_aggregate
 from shared.offences import Offences
 from shared.outbox import Outbox
 from shared.plan import PhaseWindows, RoundPlan
@@ -75,6 +76,7 @@ class SecureRound:
         dim: int,
         *,
         offences: Offences | None = None,
+        hunt: Hunt | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
             raise ConfigError("plan", "a secure round needs a codec and phase windows")
@@ -112,6 +114,16 @@ class SecureRound:
         #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
         self.offences = offences if offences is not None else Offences()
         self._bundles_expected: int | None = None
+        self.offences.quarantine.watch(QUARANTINE_RULES | {BEYOND_CLIP})
+        self.offences.quarantine.begin_round(round_id, time.time())
+        #: Beyond-clip hunt (``aggregator.hunt``): who sits this round out, who asked to join anyway.
+        self.hunt = hunt
+        self.sat_out = hunt.plan(config.min_clients) if hunt is not None else frozenset()
+        self.turned_away: set[str] = set()
+        if self.sat_out:
+            self.admit = max(1, min(self.admit, len(self.directory) - len(self.sat_out)))
+            log.info("round=%d hunt: %d suspects sit out, %d tested", round_id, len(self.sat_out),
+                     len(hunt.testing) if hunt is not None else 0)  # fmt: skip
 
     # -- the phases ------------------------------------------------------------------------------
 
@@ -195,9 +207,11 @@ class SecureRound:
         decoder = UpdateDecoder(self.config, self.dim)
         try:
             mean, weight = decoder.decode(total, len(u3.devices))
-        except CodecError as exc:  # e.g. a summed weight above one per contributor: a forged weight
+            self._check_influence(decoder, mean, weight, len(u3.devices), n)
+        except CodecError as exc:  # beyond the clip, or a summed weight above one per contributor
+            self._settle(u3.devices, str(exc))
             raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
-        self._check_influence(decoder, mean, weight, len(u3.devices), n)
+        self._settle(u3.devices, None)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
             self.round_id, len(u3.devices), time.perf_counter() - started, weight,
@@ -226,11 +240,14 @@ class SecureRound:
             subsample_rate=self.config.subsample_rate,
             noise_variance=noise_variance,
         )
-        try:
-            norm = check_aggregate(mean, bound, survivors)
-        except AggregateOutOfBounds as exc:
-            raise RoundAbandoned(f"round {self.round_id}: {exc}") from exc
+        norm = check_aggregate(mean, bound, survivors)  # AggregateOutOfBounds: refused
         log.info("round=%d aggregate norm %.4g within its bound %.4g", self.round_id, norm, bound)
+
+    def _settle(self, contributors: Sequence[str], refused: str | None) -> None:
+        if self.hunt is not None:
+            present = set(self.adverts) | self.turned_away
+            settle(self.hunt, self.offences, round_id=self.round_id, contributors=contributors,
+                   present=present, refused=refused)  # fmt: skip
 
     def _privatize(
         self, mean: np.ndarray, weight: float, roster: int, survivors: int
@@ -306,11 +323,14 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
-        if msg.device in self.offences.senders(QUARANTINE_RULES):
-            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a SecAgg+ rule, with evidence")
+        if self.offences.quarantine.blocks(msg.device):
+            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a rule, with evidence")
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
+        if msg.device in self.sat_out:  # a suspect the hunt leaves out: it sits out, as if over-selected
+            self.turned_away.add(msg.device)
+            return
         try:  # checked here, at intake, so one weak key never reaches (and stops) the roster
             secagg_keys.check_public_key(msg.enc_pk, "encryption key")
             secagg_keys.check_public_key(msg.mask_pk, "mask key")
