@@ -2,7 +2,8 @@
 
 Why rendered and not shipped: a secure federation needs per-deployment facts (host names in the server
 certificate, one account per device, the listener address), and hand-editing them is where the first
-operator got stuck. The ACL rules are ``broker_config/acl.conf``'s, as shipped (one place states them);
+operator got stuck. The ACL rules are ``broker_config/acl.conf``'s, rendered for the federation and its
+accounts (``fedmq_admin.acl``: one place states them);
 accounts are Mosquitto's ``$7$`` PBKDF2-SHA512 password hashes, written here so the admin machine does
 not need ``mosquitto_passwd``.
 """
@@ -13,22 +14,19 @@ import base64
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import ConfigError
+from fedmq_admin import acl
 
 #: Mosquitto 2.x's default PBKDF2 iteration count for ``$7$`` hashes.
 PBKDF2_ITERATIONS = 101
 
 
-def acl_rules() -> str:
-    """The shipped ACL (``broker_config/acl.conf``), found in the source tree or the installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "broker_config" / "acl.conf",):
-        if candidate.exists():
-            return candidate.read_text()
-    raise ConfigError("acl", "broker_config/acl.conf is missing from this installation")
+def acl_rules(federation: str = acl.SHIPPED_FEDERATION, devices: Iterable[str] = ()) -> str:
+    """The shipped ACL rendered for ``federation``'s aggregator and ``devices`` (``fedmq_admin.acl``)."""
+    return acl.per_account(federation, devices)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:

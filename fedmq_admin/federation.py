@@ -154,6 +154,7 @@ class Federation:
         credentials = self._account(device, bundle)
         msg = self._publish_list({**current.directory(), device: public_key}, list(current.revoked))
         shutil.copy(self.enrolment_path, bundle / "enrolment.fedmq")
+        self.write_acl()
         lines = [
             f"# fedmq-edge settings for {device}: `fedmq-edge --config device.toml` (paths are relative to",
             "# this file). Give the model and data under [training], e.g. model = \"mypkg.net:build\".",
@@ -190,8 +191,17 @@ class Federation:
         passwd = read_passwd(self.broker_dir / "passwd")
         if passwd.pop(device, None) is not None:
             write_passwd(self.broker_dir / "passwd", passwd)
+        self.write_acl()
         log.info("revoked %s (serial %d, %d devices)", device, msg.serial, len(msg.devices))
         return msg
+
+    def write_acl(self) -> Path:
+        """``broker/acl``: the shipped rules for this federation, one block per enrolled device (reload
+        the broker to apply: ``kill -HUP``, as for accounts)."""
+        path = self.broker_dir / "acl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(acl_rules(self.state.federation, self.enrolled().directory()))
+        return path
 
     def _account(self, user: str, folder: Path) -> list[str]:
         """A broker account for ``user``; its files go to ``folder``; returns its ``[broker]`` lines."""
@@ -224,7 +234,7 @@ class Federation:
         folder = self.broker_dir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        (folder / "acl").write_text(acl_rules())
+        self.write_acl()
         where = root or folder.resolve()
         listener = Listener(
             port=port or self.state.port,

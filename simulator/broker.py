@@ -94,8 +94,12 @@ class MosquittoBroker:
         return f"ws://127.0.0.1:{self.ws_port}"
 
     @classmethod
-    def with_accounts(cls, accounts: dict[str, str], workdir: Path | None = None) -> MosquittoBroker:
-        """A broker that requires these username/password accounts and enforces ``broker_config/acl.conf``.
+    def with_accounts(
+        cls, accounts: dict[str, str], workdir: Path | None = None, *, federation: str | None = None,
+        acl: str | None = None,
+    ) -> MosquittoBroker:
+        """A broker that requires these username/password accounts and enforces ``broker_config/acl.conf``
+        (as shipped, for the federation ``demo``; rendered for ``federation``, or the ``acl`` text given).
 
         The client id is the account (``use_username_as_clientid``): whatever id a client asks for, an
         account can only ever hold its own session, so no device can take over the aggregator's (or
@@ -109,7 +113,13 @@ class MosquittoBroker:
         for user, password in accounts.items():
             subprocess.run([tool, "-b", str(passwd), user, password], check=True, capture_output=True)
         passwd.chmod(0o600)
-        broker.auth = (PRODUCTION_AUTH).format(passwd=passwd, acl=broker_config_dir() / "acl.conf")
+        rules = broker_config_dir() / "acl.conf"  # as shipped: one federation, `demo`
+        if federation is not None or acl is not None:
+            from fedmq_admin.acl import scoped
+
+            rules = broker.workdir / "acl"
+            rules.write_text(acl if acl is not None else scoped(federation or "demo"))
+        broker.auth = (PRODUCTION_AUTH).format(passwd=passwd, acl=rules)
         return broker
 
     def render(self) -> Path:
