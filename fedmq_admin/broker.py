@@ -62,6 +62,19 @@ def write_passwd(path: Path, entries: dict[str, str]) -> None:
     write_private(path, "".join(f"{user}:{digest}\n" for user, digest in sorted(entries.items())))
 
 
+def revoked_acl(revoked: list[str]) -> str:
+    """ACL blocks that deny every topic to revoked accounts (appended after the shipped rules).
+
+    A ``deny`` matching a user's own block wins over the ``pattern`` grants, and Mosquitto re-reads the
+    ACL on SIGHUP and applies it to the next publish or subscription of connections that are already
+    open -- which matters for certificate identities, whose live sessions a reload does not end.
+    """
+    if not revoked:
+        return ""
+    blocks = [f"user {device}\ntopic deny #" for device in sorted(revoked)]
+    return "\n# Revoked accounts (`fedmq revoke`): nothing, on any topic.\n" + "\n\n".join(blocks) + "\n"
+
+
 @dataclass(frozen=True)
 class Listener:
     """How the rendered broker listens and authenticates."""
@@ -92,7 +105,11 @@ def render_conf(
             "tls_version tlsv1.2",
         ]
         if listener.client_certs:
-            lines += ["require_certificate true", "use_identity_as_username true"]
+            lines += [
+                "require_certificate true",
+                "use_identity_as_username true",
+                f"crlfile {root / 'crl.pem'}",  # revoked device certificates (`fedmq revoke`)
+            ]
     lines += ["allow_anonymous false"]
     if not listener.client_certs:
         lines.append(f"password_file {root / 'passwd'}")

@@ -34,6 +34,7 @@ from fedmq_admin.broker import (
     hash_password,
     read_passwd,
     render_conf,
+    revoked_acl,
     write_passwd,
     write_private,
 )
@@ -191,6 +192,11 @@ class Federation:
         passwd = read_passwd(self.broker_dir / "passwd")
         if passwd.pop(device, None) is not None:
             write_passwd(self.broker_dir / "passwd", passwd)
+        if self.state.client_certs:
+            cert = self.root / "devices" / device / "client.crt"
+            if cert.exists():  # enrolled with --public-key elsewhere: no certificate was issued here
+                pki.revoke(self._ca, cert)
+            pki.write_crl(self._ca, self.broker_dir / "crl.pem")
         self.write_acl()
         log.info("revoked %s (serial %d, %d devices)", device, msg.serial, len(msg.devices))
         return msg
@@ -200,7 +206,10 @@ class Federation:
         the broker to apply: ``kill -HUP``, as for accounts)."""
         path = self.broker_dir / "acl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(acl_rules(self.state.federation, self.enrolled().directory()))
+        enrolled = self.enrolled()
+        # revoked accounts have no block (no grant); the deny blocks also silence their open sessions
+        rules = acl_rules(self.state.federation, enrolled.directory())
+        path.write_text(rules + revoked_acl(list(enrolled.revoked)))
         return path
 
     def _account(self, user: str, folder: Path) -> list[str]:
@@ -292,6 +301,8 @@ def init_federation(
         names = sorted({host, "localhost", "127.0.0.1", *(extra_names or [])})
         pki.issue(ca, host, broker, "server", server_names=names)
         shutil.copy(ca[0], broker / "ca.crt")
+        if client_certs:
+            pki.write_crl(ca, broker / "crl.pem")
     credentials = fed._account(AGGREGATOR, aggregator_dir)
     fed._publish_list({}, [])
     if initial is not None:

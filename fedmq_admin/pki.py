@@ -24,13 +24,15 @@ class PkiError(FedmqError):
     """openssl is missing or refused to make a key or certificate."""
 
 
-def _openssl(*args: str) -> None:
+def _openssl(*args: str) -> str:
+    """Run ``openssl args``; its standard output, or PkiError with its last line of errors."""
     tool = shutil.which("openssl")
     if tool is None:
         raise PkiError("openssl not found: run scripts/install_system_deps.sh (apt-get install openssl)")
     done = subprocess.run([tool, *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise PkiError(f"openssl {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
 
 
 def _key(path: Path) -> None:
@@ -89,3 +91,44 @@ def issue(
             "-CAcreateserial", "-out", str(cert), "-days", str(DAYS), "-sha256", "-extfile", str(extfile),
         )  # fmt: skip
     return cert, key
+
+
+# -- revocation --------------------------------------------------------------------------------------
+#
+# ``openssl ca`` keeps the revoked serials in a small text database beside the CA (``ca/db/``) and signs a
+# CRL from it. Mosquitto checks client certificates against the listener's ``crlfile`` and reloads it on
+# SIGHUP, so a revoked device's certificate stops opening connections after ``fedmq revoke`` + reload.
+
+
+def _ca_config(ca: tuple[Path, Path]) -> Path:
+    """The ``openssl ca`` settings for ``ca`` (created on first use; the database starts empty)."""
+    ca_cert, ca_key = ca
+    db = ca_cert.parent / "db"
+    db.mkdir(exist_ok=True)
+    (db / "index.txt").touch()
+    if not (db / "crlnumber").exists():
+        (db / "crlnumber").write_text("1000\n")
+    config = db / "ca.cnf"
+    config.write_text(
+        "[ca]\ndefault_ca = fedmq\n[fedmq]\n"
+        f"database = {db / 'index.txt'}\ncrlnumber = {db / 'crlnumber'}\n"
+        f"certificate = {ca_cert}\nprivate_key = {ca_key}\n"
+        "default_md = sha256\ndefault_crl_days = " + str(DAYS) + "\n"
+    )
+    return config
+
+
+def write_crl(ca: tuple[Path, Path], out: Path) -> Path:
+    """Sign the CA's current revocation list (PEM) to ``out``; an empty one before any revocation."""
+    _openssl("ca", "-config", str(_ca_config(ca)), "-gencrl", "-out", str(out))
+    return out
+
+
+def revoke(ca: tuple[Path, Path], cert: Path) -> None:
+    """Record ``cert`` as revoked in the CA's database (idempotent); ``write_crl`` publishes it."""
+    config = _ca_config(ca)
+    serial = _openssl("x509", "-in", str(cert), "-noout", "-serial").strip().partition("=")[2]
+    index = (config.parent / "index.txt").read_text()
+    if any(line.startswith("R\t") and f"\t{serial}\t" in line for line in index.splitlines()):
+        return
+    _openssl("ca", "-config", str(config), "-revoke", str(cert))

@@ -5,21 +5,18 @@ Never port 1883: a system broker may already sit there.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import getpass
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from shared.errors import FedmqError
+from simulator.process import ServerProcess, die_with_parent, find_binary, free_port
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +27,13 @@ def broker_config_dir() -> Path:
     return Path(os.environ.get("FEDMQ_BROKER_CONFIG", REPO_ROOT / "broker_config"))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FedmqError("mosquitto not found: run scripts/install_system_deps.sh (apt-get install mosquitto)")
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGKILL when the process that started it dies, so a
-    broker never outlives a test run that crashed, was killed or timed out (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return find_binary(
+        "mosquitto",
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        hint="run scripts/install_system_deps.sh (apt-get install mosquitto)",
+    )
 
 
 #: The identity-binding settings a broker with accounts needs (also in broker_config/mosquitto.conf).
@@ -59,11 +42,9 @@ PRODUCTION_AUTH = (
 )
 
 
-class MosquittoBroker:
-    """A private Mosquitto process: ``start()``, ``kill()`` (SIGKILL), ``restart()``, ``stop()``.
-
-    The port and data folder stay the same across restarts, so persistence can be tested.
-    """
+class MosquittoBroker(ServerProcess):
+    """A private Mosquitto process (lifecycle in :class:`~simulator.process.ServerProcess`); SIGTERM makes
+    it save its persistence file before it exits."""
 
     def __init__(
         self,
@@ -72,8 +53,7 @@ class MosquittoBroker:
         auth: str = "allow_anonymous true",
         websockets: bool = False,
     ) -> None:
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-broker-"))
+        super().__init__(workdir, prefix="fedmq-broker-")
         self.port = port or free_port()
         self.auth = auth
         #: Port of an extra MQTT-over-WebSockets listener (JavaScript and browser devices), if asked for.
@@ -81,7 +61,6 @@ class MosquittoBroker:
         self.data_dir = self.workdir / "data"
         self.log_file = self.workdir / "mosquitto.log"
         self.conf_file = self.workdir / "mosquitto.conf"
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -142,9 +121,9 @@ class MosquittoBroker:
             [find_mosquitto(), "-c", str(self.conf_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # only a prctl before exec
+            preexec_fn=die_with_parent,  # only a prctl before exec
         )
-        atexit.register(self.kill)  # also on a normal interpreter exit that skipped close()
+        self._started()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -160,33 +139,5 @@ class MosquittoBroker:
         self.kill()
         raise FedmqError(f"mosquitto did not listen on port {self.port} within {timeout}s")
 
-    def kill(self) -> None:
-        """SIGKILL: what a crash looks like (persistence keeps what was saved)."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        """SIGTERM: mosquitto saves its persistence file and exits."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def restart(self, hard: bool = True) -> None:
-        self.kill() if hard else self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        atexit.unregister(self.kill)
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> MosquittoBroker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+__all__ = ["PRODUCTION_AUTH", "MosquittoBroker", "broker_config_dir", "find_mosquitto", "free_port"]

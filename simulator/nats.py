@@ -9,12 +9,9 @@ each server gets its own folder, config and ports, never 1883 or NATS's 4222.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import logging
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import FedmqError
-from simulator.broker import free_port
+from simulator.process import ServerProcess, die_with_parent, find_binary, free_port
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +29,13 @@ log = logging.getLogger(__name__)
 NATS_MAX_PAYLOAD = 1024 * 1024
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGKILL when the process that started it dies, so a
-    server never outlives a test run that crashed, was killed or timed out (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def find_nats_server() -> str:
-    for candidate in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/local/bin/nats-server"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FedmqError("nats-server not found: run scripts/install_system_deps.sh (apt package nats-server)")
+    return find_binary(
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/local/bin/nats-server",
+        hint="run scripts/install_system_deps.sh (apt package nats-server)",
+    )
 
 
 def mqtt_connack_ok(port: int, timeout: float = 2.0) -> bool:
@@ -68,8 +57,8 @@ def mqtt_connack_ok(port: int, timeout: float = 2.0) -> bool:
     return reply[:2] == b"\x20\x02" and reply[3:4] == b"\x00"
 
 
-class NatsServer:
-    """A private ``nats-server`` with JetStream and MQTT: ``start()``, ``kill()``, ``stop()``, ``restart()``.
+class NatsServer(ServerProcess):
+    """A private ``nats-server`` with JetStream and MQTT (lifecycle: ``simulator.process.ServerProcess``).
 
     Ports and the JetStream folder stay the same across restarts (persistence can be tested). ``url`` is
     the MQTT endpoint, with ``?protocol=3.1.1`` so that clients skip the refused v5 attempt, and the
@@ -88,8 +77,7 @@ class NatsServer:
         cluster_name: str = "fedmq",
         ack_wait: str = "10s",
     ) -> None:
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-nats-"))
+        super().__init__(workdir, prefix="fedmq-nats-")
         self.name = name
         self.mqtt_port = mqtt_port or free_port()
         self.client_port = client_port or free_port()
@@ -100,7 +88,6 @@ class NatsServer:
         self.store_dir = self.workdir / "jetstream"
         self.log_file = self.workdir / "nats.log"
         self.conf_file = self.workdir / "nats.conf"
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def port(self) -> int:
@@ -156,7 +143,7 @@ class NatsServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # only a prctl before exec
         )
-        atexit.register(self.kill)  # also on an interpreter exit that skipped close()
+        self._started()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> NatsServer:
@@ -177,47 +164,6 @@ class NatsServer:
 
     def log_tail(self, chars: int = 1500) -> str:
         return self.log_file.read_text(errors="replace")[-chars:] if self.log_file.exists() else ""
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: what a crashed node looks like."""
-        if self.running:
-            assert self.process is not None
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """SIGTERM (lame-duck-free shutdown); SIGKILL if it lingers."""
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def restart(self, hard: bool = True) -> None:
-        self.kill() if hard else self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        atexit.unregister(self.kill)
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NatsServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class NatsCluster:

@@ -14,51 +14,48 @@ stops the node's process group and that ``epmd``.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from shared.errors import FedmqError
-from simulator.broker import free_port
 from simulator.nats import mqtt_connack_ok
+from simulator.process import ServerProcess, find_binary, free_port
 
 log = logging.getLogger(__name__)
 
 
 def find_rabbitmq_server() -> str:
     """The real start script (``/usr/sbin/rabbitmq-server`` would switch to the ``rabbitmq`` user)."""
-    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FedmqError("rabbitmq-server not found: run scripts/install_system_deps.sh (apt rabbitmq-server)")
+    return find_binary(
+        "rabbitmq-server",
+        "/usr/lib/rabbitmq/bin/rabbitmq-server",
+        hint="run scripts/install_system_deps.sh (apt rabbitmq-server)",
+        path_first=False,
+    )
 
 
 def find_epmd() -> str:
-    for candidate in (shutil.which("epmd"), "/usr/bin/epmd"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FedmqError("epmd not found (it comes with erlang-base, a dependency of rabbitmq-server)")
+    return find_binary("epmd", "/usr/bin/epmd", hint="erlang-base has it (rabbitmq-server needs it)")
 
 
-class RabbitMqBroker:
-    """A private RabbitMQ node with the MQTT plugin: ``start()``, ``stop()``, ``close()``."""
+class RabbitMqBroker(ServerProcess):
+    """A private RabbitMQ node with the MQTT plugin; ``stop()`` and ``kill()`` signal the node's whole
+    process group (the start script, beam and its helpers) and also end its private ``epmd``."""
+
+    stop_grace_s = 30.0
 
     def __init__(self, workdir: Path | None = None) -> None:
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-rabbitmq-"))
+        super().__init__(workdir, prefix="fedmq-rabbitmq-")
         self.port = free_port()
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"fedmq{self.port}@localhost"
-        self.process: subprocess.Popen[bytes] | None = None
         self.epmd: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,7 +111,7 @@ class RabbitMqBroker:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: the script, beam and its helpers
         )
-        atexit.register(self.stop)  # also on an interpreter exit that skipped close()
+        self._started()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -142,10 +139,20 @@ class RabbitMqBroker:
         if self.process is not None and self.process.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=self.stop_grace_s)
             except subprocess.TimeoutExpired:
                 self._signal_group(signal.SIGKILL)
                 self.process.wait(timeout=10)
+        self._end_leftovers()
+
+    def kill(self) -> None:
+        """SIGKILL to the node's process group: what a crashed node looks like."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._end_leftovers()
+
+    def _end_leftovers(self) -> None:
         self._signal_group(signal.SIGKILL)  # helpers (disk monitor) that outlived the script
         if self.epmd is not None and self.epmd.poll() is None:
             self.epmd.terminate()
@@ -153,15 +160,3 @@ class RabbitMqBroker:
                 self.epmd.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.epmd.kill()
-
-    def close(self) -> None:
-        self.stop()
-        atexit.unregister(self.stop)
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RabbitMqBroker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -20,11 +20,10 @@ from edge_client.memory import (
 )
 from edge_client.participation import HeldDelta, LocalState
 from edge_client.trainer import LocalTrainer, TrainResult
-from shared.codec import pack, packed_size, unpack
-from shared.secagg import SecAggClient, SecAggServer, generate_identity
+from shared.codec import pack, packed_size
+from shared.secagg import loopback
 from shared.staleness import StalenessPolicy
-from shared.wire import ModelUpdate, encode
-from shared.wire.secagg import ShareBatch
+from shared.wire import Message, ModelUpdate, encode
 from simulator.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -354,49 +353,25 @@ def float32_update_bytes(dim: int) -> int:
 
 @cache
 def secagg_overhead(n: int) -> dict[str, float]:
-    """Mean bytes one device sends in the non-payload phases of a real SecAgg+ round of ``n`` devices."""
-    federation, round_id, bits, length = "fleet", 0, 16, 8
-    aggregator = generate_identity()
-    identities = {f"dev-{i:03d}": generate_identity() for i in range(n)}
-    directory = {d: bytes(k.verify_key) for d, k in identities.items()}
-    clients = {
-        d: SecAggClient(federation, d, k, bytes(aggregator.verify_key), directory)
-        for d, k in identities.items()
-    }
-    server = SecAggServer(
-        federation,
-        round_id,
-        aggregator,
-        directory,
-        bits,
-        length,
-        unpack=lambda m: unpack(m.payload, bits, length),
-    )
+    """Mean bytes one device sends in the non-payload phases of a real SecAgg+ round of ``n`` devices
+    (the product's in-memory round, :func:`shared.secagg.loopback.share_phase`, then mask and reveal)."""
+    bits, length = 16, 8
     sent: dict[str, list[int]] = {"advertise": [], "shares": [], "masked_header": [], "reveal": []}
-    for client in clients.values():
-        advert = client.advertise(round_id)
-        sent["advertise"].append(len(encode(advert)))
-        server.add_advert(advert)
-    roster = server.make_roster()
-    for device, client in clients.items():
-        bundles = client.on_roster(roster)
-        sent["shares"].append(len(encode(ShareBatch.outgoing(federation, round_id, device, bundles))))
-        for bundle in bundles:
-            server.add_shares(bundle)
-    shared = server.close_share_phase()
-    for device, client in clients.items():
-        for bundle in server.shares_for(device):
-            client.on_shares(bundle)
-    for client in clients.values():
-        masked = client.mask(np.zeros(length, np.uint32), shared, workers=1)
+
+    def record(phase: str, message: Message) -> None:
+        sent[phase].append(len(encode(message)))
+
+    done = loopback.share_phase(n, bits=bits, length=length, federation="fleet", round_id=0, record=record)
+    for client in done.clients.values():
+        masked = client.mask(np.zeros(length, np.uint32), done.shared, workers=1)
         message = client.masked_input(pack(masked, bits))
         sent["masked_header"].append(len(encode(message)) - len(message.payload))
-        server.add_masked(message)
-    survivors = server.close_masked_phase()
-    for client in clients.values():
+        done.server.add_masked(message)
+    survivors = done.server.close_masked_phase()
+    for client in done.clients.values():
         sent["reveal"].append(len(encode(client.on_survivors(survivors))))
     out = {k: float(np.mean(v)) for k, v in sent.items()}
-    out["k"] = float(roster.degree)
+    out["k"] = float(done.roster.degree)
     return out
 
 

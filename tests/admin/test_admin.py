@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import signal
 import subprocess
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from fedmq_admin.broker import hash_password, read_passwd
 from fedmq_admin.cli import main as admin_main
 from fedmq_admin.export import export, read_safetensors
 from fedmq_admin.federation import Federation, init_federation
-from shared.errors import BrokerTlsError, ConfigError
+from shared.errors import BrokerAuthError, BrokerTlsError, ConfigError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConfig, MqttConnection
 from shared.offences import Offences
@@ -28,7 +29,8 @@ from shared.quarantine import Quarantine, QuarantinePolicy
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult, encode
-from simulator.broker import _die_with_parent, find_mosquitto, free_port
+from simulator.broker import find_mosquitto
+from simulator.process import die_with_parent, free_port
 
 
 def test_password_hashes_are_mosquittos(tmp_path):
@@ -136,7 +138,7 @@ async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
     assert "require_certificate true" in conf and "use_identity_as_username true" in conf
     broker = subprocess.Popen(
         [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 
     def cert_config(folder, client_id: str, **overrides) -> MqttConfig:
@@ -170,6 +172,98 @@ async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
         async with MqttConnection(evil) as conn:
             with pytest.raises(BrokerTlsError, match="unknown ca"):
                 await conn.wait_connected(30)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+@pytest.mark.broker
+async def test_a_revoked_account_loses_its_open_connection_at_the_brokers_reload(tmp_path):
+    """``fedmq revoke`` + SIGHUP is enough even against a device that ignores the signed revocation: the
+    generated Mosquitto config re-checks every live session's credentials on reload, drops the revoked
+    account's connection and refuses its reconnects, while other devices stay connected."""
+    port = free_port()
+    fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", tls=False)
+    for device in ("dev-0", "dev-1"):
+        fed.enroll(device)
+    broker = subprocess.Popen(
+        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+    def account(device: str) -> MqttConfig:
+        password = (tmp_path / "fed" / "devices" / device / "password").read_text().strip()
+        return MqttConfig(host="127.0.0.1", port=port, client_id=device, username=device, password=password,
+                          reconnect_min_s=0.05, reconnect_max_s=0.2, fatal_retries=2)  # fmt: skip
+
+    try:
+        async with MqttConnection(account("dev-0")) as rogue, MqttConnection(account("dev-1")) as honest:
+            await rogue.wait_connected(30)
+            await honest.wait_connected(30)
+            fed.revoke("dev-0")
+            broker.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(30):
+                cause = await rogue.failed()  # dropped at the reload, then refused at every reconnect
+            assert isinstance(cause, BrokerAuthError)
+            assert honest.connected
+            await honest.publish("fl/acme/status/dev-1", b"still here", retain=True)  # its session works
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+@pytest.mark.broker
+async def test_a_revoked_certificate_is_refused_and_its_open_session_can_publish_nothing(tmp_path):
+    """With client certificates a reload does not end live sessions, so ``fedmq revoke`` also writes a
+    CRL (new TLS handshakes with the certificate fail) and an ACL block that denies the account every
+    topic (the open session's next publish goes nowhere); other devices are untouched."""
+    port = free_port()
+    fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", client_certs=True)
+    for device in ("dev-0", "dev-1"):
+        fed.enroll(device)
+    broker = subprocess.Popen(
+        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+    def cert_config(name: str, client_id: str) -> MqttConfig:
+        folder = tmp_path / "fed" / name
+        return MqttConfig(host="localhost", port=port, client_id=client_id, tls=True,
+                          ca_file=str(folder / "ca.crt"), cert_file=str(folder / "client.crt"),
+                          key_file=str(folder / "client.key"), reconnect_min_s=0.05, reconnect_max_s=0.2,
+                          fatal_retries=2)  # fmt: skip
+
+    async def seen_until(watcher: MqttConnection, wanted: bytes) -> list[bytes]:
+        seen: list[bytes] = []
+        async with asyncio.timeout(30):
+            while wanted not in seen:
+                msg = await watcher.next_message(timeout=1.0)
+                if msg is not None:
+                    seen.append(bytes(msg.payload))
+        return seen
+
+    try:
+        async with (
+            MqttConnection(cert_config("aggregator", "aggregator"), ["fl/acme/status/+"]) as watcher,
+            MqttConnection(cert_config("devices/dev-0", "dev-0")) as rogue,
+            MqttConnection(cert_config("devices/dev-1", "dev-1")) as honest,
+        ):
+            for conn in (watcher, rogue, honest):
+                await conn.wait_connected(30)
+            await rogue.publish("fl/acme/status/dev-0", b"before", retain=False)
+            assert b"before" in await seen_until(watcher, b"before")
+            fed.revoke("dev-0")
+            assert "crlfile" in (tmp_path / "fed" / "broker" / "mosquitto.conf").read_text()
+            broker.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.0)  # the reload is asynchronous; nothing observable marks its end
+            assert rogue.connected  # a reload keeps certificate sessions ...
+            await rogue.publish("fl/acme/status/dev-0", b"after", retain=False)
+            await honest.publish("fl/acme/status/dev-1", b"honest", retain=False)
+            assert b"after" not in await seen_until(watcher, b"honest")  # ... but the ACL denies them all
+            async with MqttConnection(cert_config("devices/dev-0", "dev-0-again")) as again:
+                with pytest.raises(BrokerTlsError):  # the revoked certificate opens no new session
+                    await again.wait_connected(30)
+            assert honest.connected
     finally:
         broker.terminate()
         broker.wait(timeout=10)

@@ -16,7 +16,8 @@ import pytest
 from fedmq_admin import pki
 from fedmq_admin.federation import init_federation
 from shared.service import EXIT_AUTH, EXIT_CONFIG, EXIT_INCOMPATIBLE, EXIT_OK, EXIT_TLS, EXIT_UNREACHABLE
-from simulator.broker import _die_with_parent, find_mosquitto, free_port
+from simulator.broker import find_mosquitto
+from simulator.process import die_with_parent, free_port
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +55,11 @@ def fed(tmp_path_factory):
     federation.enroll("dev-0")
     broker = subprocess.Popen(
         [find_mosquitto(), "-c", str(root / "a" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
     aggregator = subprocess.Popen(
         [PY, "-m", "aggregator", "--config", str(root / "a" / "aggregator" / "aggregator.toml")],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
     try:
         yield root
@@ -101,7 +102,7 @@ def test_sigterm_stops_an_aggregator_that_cannot_reach_its_broker(fed, tmp_path)
     proc = subprocess.Popen(
         [PY, "-m", "aggregator", "--config", agg_config(fed), "--store", str(tmp_path / "store"),
          "--broker", f"mqtts://localhost:{port}", "--startup-timeout", "0"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), preexec_fn=_die_with_parent,  # noqa: SIM115
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), preexec_fn=die_with_parent,  # noqa: SIM115
     )  # fmt: skip
     deadline = time.monotonic() + DEADLINE_S
     while "lost/failed connection" not in log.read_text() and time.monotonic() < deadline:

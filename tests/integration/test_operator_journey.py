@@ -23,7 +23,8 @@ import pytest
 
 from fedmq_admin.export import read_safetensors
 from fedmq_admin.status import participation, rounds
-from simulator.broker import _die_with_parent, find_mosquitto, free_port
+from simulator.broker import find_mosquitto
+from simulator.process import die_with_parent, free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def fedmq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def spawn(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                            preexec_fn=_die_with_parent)  # fmt: skip
+                            preexec_fn=die_with_parent)  # fmt: skip
 
 
 def wait_for(condition, what: str, timeout: float = DEADLINE_S, procs=()) -> None:
@@ -123,7 +124,7 @@ def test_operator_journey_through_the_clis(tmp_path):
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     broker = subprocess.Popen([find_mosquitto(), "-c", str(fed / "broker" / "mosquitto.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=_die_with_parent)  # fmt: skip
+                              preexec_fn=die_with_parent)  # fmt: skip
     try:
         for i, device in enumerate(devices):
             config = provision(fed, device, device_data(work, i, 4))
@@ -133,7 +134,7 @@ def test_operator_journey_through_the_clis(tmp_path):
         agg = subprocess.Popen(
             [PY, "-m", "aggregator", "--config", str(fed / "aggregator" / "aggregator.toml")],
             cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         procs["aggregator"] = (agg, log)
         store = fed / "aggregator" / "store"
