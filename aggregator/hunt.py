@@ -59,6 +59,9 @@ class Hunt:
     #: passed one probes it: 1/2 names soonest (about log2(n) + 1 refused rounds); smaller shares lose
     #: fewer rounds (about log(n) / log(1 / share) refused) but take more rounds to name.
     test_share: float = 0.5
+    #: Passed rounds in a row after which open evidence is dropped (the rogue stopped, or left the
+    #: fleet): the hunt's cohorts leave honest devices out too, so it must not last forever.
+    patience: int = 50
     rng: random.Random = field(default_factory=random.Random)
     evidence: list[frozenset[str]] = field(default_factory=list)
     #: Candidates that were in a passed round since the last refusal (guidance only, never evidence).
@@ -69,6 +72,8 @@ class Hunt:
     present: frozenset[str] = frozenset()
     #: The test half of the current plan (for logs and tests).
     testing: frozenset[str] = frozenset()
+    #: Passed rounds since the last refusal (while evidence is open).
+    quiet: int = 0
 
     def __post_init__(self) -> None:
         if self.tolerated < 1:
@@ -132,6 +137,12 @@ class Hunt:
         self.present = frozenset(present) or frozenset(contributors)
         if self.evidence:
             self.probed |= set(contributors) & self.candidates()
+            self.quiet += 1
+            if self.quiet >= self.patience:
+                log.warning("hunt: %d rounds passed since the last refused aggregate; evidence dropped",
+                            self.quiet)  # fmt: skip
+                self.evidence.clear()
+                self.probed.clear()
 
     def refused(self, contributors: Collection[str], present: Collection[str] = ()) -> list[str]:
         """A round's sum was refused: add its contributors as evidence; return the devices now named.
@@ -144,6 +155,7 @@ class Hunt:
         self.evidence.append(frozenset(contributors))
         del self.evidence[: -self.max_evidence]
         self.probed.clear()
+        self.quiet = 0
         if not hitting_set_exists(self.evidence, self.tolerated):
             # More culprits than tolerated (or evidence from before a change of fleet): start afresh
             # from this refusal rather than name anyone on inconsistent evidence.

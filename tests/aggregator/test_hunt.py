@@ -92,7 +92,7 @@ def test_two_colluders_with_two_tolerated_never_frame_an_honest_device(n, a, b, 
 
 
 def test_passed_rounds_never_name_anyone_an_adaptive_rogue_just_stops_attacking():
-    hunt = Hunt(rng=random.Random(1))
+    hunt = Hunt(rng=random.Random(1), patience=1000)
     fleet = [f"d{i}" for i in range(10)]
     assert hunt.refused(fleet, fleet) == []
     for _ in range(50):  # the rogue behaves whenever it is tested: rounds pass, nobody is named
@@ -102,6 +102,21 @@ def test_passed_rounds_never_name_anyone_an_adaptive_rogue_just_stops_attacking(
         hunt.passed(cohort, fleet)
     assert hunt.active and hunt.named == {}
     assert "d3" in hunt.candidates()
+
+
+def test_evidence_is_dropped_after_patience_passed_rounds_in_a_row():
+    hunt = Hunt(patience=5)
+    fleet = [f"d{i}" for i in range(8)]
+    hunt.refused(fleet, fleet)
+    for i in range(4):
+        hunt.passed(fleet[:4], fleet)
+        assert hunt.active, i
+    hunt.refused(fleet[:6], fleet)  # a refusal restarts the count
+    for _ in range(4):
+        hunt.passed(fleet[:4], fleet)
+    assert hunt.active
+    hunt.passed(fleet[:4], fleet)
+    assert not hunt.active and hunt.plan(2) == frozenset()
 
 
 def test_two_culprits_framing_pattern_names_nobody_when_two_are_tolerated():
