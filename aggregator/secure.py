@@ -120,8 +120,10 @@ class SecureRound:
         self.hunt = hunt
         self.sat_out = hunt.plan(config.min_clients) if hunt is not None else frozenset()
         self.turned_away: set[str] = set()
+        # the keys phase need not wait for devices that cannot join (left out, or quarantined)
+        away = self.sat_out | {d for d in self.offences.quarantine.blocked() if d in self.directory}
+        self.admit = max(1, min(self.admit, len(self.directory) - len(away)))
         if self.sat_out:
-            self.admit = max(1, min(self.admit, len(self.directory) - len(self.sat_out)))
             log.info("round=%d hunt: %d suspects sit out, %d tested", round_id, len(self.sat_out),
                      len(hunt.testing) if hunt is not None else 0)  # fmt: skip
 
