@@ -329,12 +329,12 @@ class SecureRound:
             return
         if self.offences.quarantine.blocks(msg.device):
             raise ProtocolError(f"{msg.device!r} is quarantined: it broke a rule, with evidence")
-        if len(self.adverts) >= self.admit:
-            raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
-        secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
         if msg.device in self.sat_out:  # a suspect the hunt leaves out: it sits out, as if over-selected
             self.turned_away.add(msg.device)
             return
+        if len(self.adverts) >= self.admit:
+            raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
+        secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")
         try:  # checked here, at intake, so one weak key never reaches (and stops) the roster
             secagg_keys.check_public_key(msg.enc_pk, "encryption key")
             secagg_keys.check_public_key(msg.mask_pk, "mask key")

@@ -339,7 +339,7 @@ async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int)
     await monitor
     cpu = time.process_time() - cpu0
     named = offences.by_sender().get(ROGUE, {})
-    honest_named = sorted(s for s in offences.senders() if s != ROGUE)
+    honest_named = {s: rules for s, rules in offences.by_sender().items() if s != ROGUE}
     weight_shares = [o["rogue_weight_share"] for o in outcomes if "rogue_weight_share" in o]
     return {
         "attack": attack,

@@ -175,3 +175,41 @@ def test_settle_counts_the_named_device_and_quarantines_it():
     assert offences.quarantine.blocks("a") and not offences.quarantine.blocks("b")
     assert settle(hunt, offences, round_id=3, contributors=["b", "c"], present=["b"], refused=None) == []
     assert not hunt.active
+
+
+def test_the_secure_round_turns_left_out_suspects_away_without_an_offence(tmp_path):
+    """SecureRound applies the plan: suspects left out are turned away silently (even once the cohort
+    is full), and the keys phase admits exactly the others."""
+    import os
+
+    from aggregator import rounds
+    from aggregator.config import AggregatorConfig
+    from aggregator.secure import PhaseWindows, SecureRound
+    from shared.codec import CodecConfig
+    from shared.mqtt import MqttConfig
+    from shared.secagg import SecAggClient, generate_identity
+    from shared.topics import KEYS, Topics
+    from shared.wire import encode
+
+    identities = {f"dev-{i}": generate_identity() for i in range(8)}
+    directory = {d: bytes(k.verify_key) for d, k in identities.items()}
+    aggregator = generate_identity()
+    config = AggregatorConfig(
+        federation="fed", mqtt=MqttConfig(client_id="aggregator"), store_dir=tmp_path, directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=1.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=1, shares=1, masked=1, unmask=1), min_clients=3, target_clients=8,
+    )  # fmt: skip
+    hunt = Hunt(rng=random.Random(3))
+    hunt.refused(list(directory), list(directory))  # everyone is a suspect after one refused round
+    offences = Offences()
+    plan = rounds.plan_secure_round(config, seed=os.urandom(32))
+    secure = SecureRound(config, 1, aggregator, plan, 100, offences=offences, hunt=hunt)
+    assert secure.sat_out and secure.admit == 8 - len(secure.sat_out) >= 3
+    topics = Topics("fed")
+    order = sorted(directory, key=lambda d: d not in secure.sat_out, reverse=True)  # the admitted first
+    for device in order:
+        client = SecAggClient("fed", device, identities[device], bytes(aggregator.verify_key), directory)
+        secure.ingest(topics.parse_round(topics.round_msg(1, KEYS, device)), encode(client.advertise(1)))
+    assert set(secure.adverts) == set(directory) - secure.sat_out
+    assert secure.turned_away == set(secure.sat_out)
+    assert offences.total == 0
