@@ -53,10 +53,11 @@ def _simulate(
 
 @pytest.mark.parametrize("n,min_cohort", [(9, 4), (40, 10), (200, 20)])
 @pytest.mark.parametrize("seed", range(6))
-def test_a_persistent_rogue_is_named_within_log2_n_plus_two_refusals(n, min_cohort, seed):
+@pytest.mark.parametrize("share", [0.5, 0.25])
+def test_a_persistent_rogue_is_named_within_log2_n_plus_two_refusals(n, min_cohort, seed, share):
     rogue = f"d{random.Random(seed).randrange(n):03d}"
     hunt, named, refusals = _simulate(n, {rogue}, min_cohort=min_cohort, attack_p=1.0, miss_p=0.0,
-                                      rounds=200, seed=seed)  # fmt: skip
+                                      rounds=200, seed=seed, share=share)  # fmt: skip
     assert [d for _, d in named] == [rogue]
     # every refusal at least halves the candidates (until the minimum cohort forces a larger test)
     assert refusals <= math.ceil(math.log2(n)) + 2
