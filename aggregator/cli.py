@@ -95,7 +95,7 @@ OPTIONS: list[Option] = [
     Opt("partial.enabled", type="bool", default=False, flag="--partial-training",
       help="size each round's blocks to the smallest declared memory budget"),
     Opt("partial.rotation_step", type="bool", default=True, help="scale block steps by the rotation"),
-    Opt("quarantine.rounds", flag="--quarantine-rounds", type="int", default=20,
+    Opt("quarantine.rounds", flag="--quarantine-rounds", type="int", default=100,
         help="rounds a device named for a quarantining rule sits out (first offence)"),
     Opt("quarantine.seconds", flag="--quarantine-seconds", type="float", default=0.0,
         help="... and at least these seconds"),

@@ -39,7 +39,7 @@ LIFT_DIR = "quarantine-lift"
 class QuarantinePolicy:
     """How long a quarantine lasts (see the module docstring)."""
 
-    rounds: int = 20
+    rounds: int = 100
     seconds: float = 0.0
     escalation: float = 4.0
     permanent_after: int = 0
