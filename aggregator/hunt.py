@@ -69,18 +69,36 @@ class Hunt:
     probed: set[str] = field(default_factory=set)
     #: Devices the hunt named so far, by round (tested first should they come back and sums fail again).
     named: dict[str, int] = field(default_factory=dict)
-    #: Devices that joined the last round (the online population the next cohort is sized from).
-    present: frozenset[str] = frozenset()
+    #: Rounds a device counts as present after it last asked to join one (dropouts come back).
+    memory: int = 3
+    #: When each device last asked to join a round (in reports: :meth:`passed`/:meth:`refused` calls).
+    seen: dict[str, int] = field(default_factory=dict)
+    reports: int = 0
     #: The test half of the current plan (for logs and tests).
     testing: frozenset[str] = frozenset()
     #: Passed rounds since the last refusal (while evidence is open).
     quiet: int = 0
+    #: Devices added to the minimum cohort after restricted rounds that fell short of it (:meth:`short`).
+    padding: int = 0
 
     def __post_init__(self) -> None:
         if self.tolerated < 1:
             raise ValueError("tolerated must be >= 1")
         if not 0 < self.test_share <= 0.5:
             raise ValueError("test_share must be in (0, 0.5]")
+
+    @property
+    def present(self) -> frozenset[str]:
+        """Devices that asked to join one of the last ``memory`` rounds (the next cohort is sized from
+        them: one round's roll call undercounts a fleet whose devices miss rounds now and then)."""
+        return frozenset(d for d, r in self.seen.items() if self.reports - r < self.memory)
+
+    def _saw(self, contributors: Collection[str], present: Collection[str]) -> None:
+        self.reports += 1
+        for device in (*present, *contributors):
+            self.seen[device] = self.reports
+        if len(self.seen) > 4 * len(self.present) + 1024:  # forget devices long gone
+            self.seen = {d: r for d, r in self.seen.items() if self.reports - r < self.memory}
 
     @property
     def active(self) -> bool:
@@ -116,7 +134,7 @@ class Hunt:
         others = len(self.present - cand)
         # A candidate named before is tested alone (with the least padding): one refusal names it again.
         share = 0.0 if any(d in self.named for d in cand) else self.test_share
-        size = max(math.ceil(len(pool) * share), min_cohort - others, 1)
+        size = max(math.ceil(len(pool) * share), min_cohort + self.padding - others, 1)
         if size >= len(cand):
             return frozenset()
         rest = [d for d in self._ordered(cand) if d not in pool]
@@ -133,9 +151,15 @@ class Hunt:
 
     # -- outcomes --------------------------------------------------------------------------------
 
+    def short(self) -> None:
+        """A restricted round was abandoned for too few devices: test more of them from now on."""
+        self.padding += 1
+        log.warning("hunt: a restricted round fell short of its minimum; %d more devices per test",
+                    self.padding)  # fmt: skip
+
     def passed(self, contributors: Collection[str], present: Collection[str] = ()) -> None:
         """A round's sum was within its bound: its candidates count as probed (guidance only)."""
-        self.present = frozenset(present) or frozenset(contributors)
+        self._saw(contributors, present)
         if self.evidence:
             self.probed |= set(contributors) & self.candidates()
             self.quiet += 1
@@ -150,7 +174,7 @@ class Hunt:
 
         A named device's refused sets are explained by it and dropped; the rest stay open.
         """
-        self.present = frozenset(present) or frozenset(contributors)
+        self._saw(contributors, present)
         if not contributors:
             return []
         self.evidence.append(frozenset(contributors))
@@ -166,6 +190,7 @@ class Hunt:
             self.named[device] = self.named.get(device, 0) + 1
         if named:
             self.evidence = [s for s in self.evidence if not s & set(named)]
+            self.padding = 0
         return named
 
     def forget(self, device: str) -> None:

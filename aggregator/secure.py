@@ -118,7 +118,9 @@ class SecureRound:
         self.offences.quarantine.begin_round(round_id, time.time())
         #: Beyond-clip hunt (``aggregator.hunt``): who sits this round out, who asked to join anyway.
         self.hunt = hunt
-        self.sat_out = hunt.plan(config.min_clients) if hunt is not None else frozenset()
+        # cohorts sized so the round still reaches min_clients after the dropouts the graph tolerates
+        cohort = math.ceil(config.min_clients / (1 - config.dropout_rate))
+        self.sat_out = hunt.plan(cohort) if hunt is not None else frozenset()
         self.turned_away: set[str] = set()
         # the keys phase need not wait for devices that cannot join (left out, or quarantined)
         away = self.sat_out | {d for d in self.offences.quarantine.blocked() if d in self.directory}
@@ -143,6 +145,8 @@ class SecureRound:
         w = self.windows
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
+            if self.sat_out and self.hunt is not None:
+                self.hunt.short()
             raise RoundAbandoned(
                 f"{len(self.adverts)} devices advertised keys < min_clients {self.min_clients}"
             )

@@ -214,3 +214,19 @@ def test_the_secure_round_turns_left_out_suspects_away_without_an_offence(tmp_pa
     assert set(secure.adverts) == set(directory) - secure.sat_out
     assert secure.turned_away == set(secure.sat_out)
     assert offences.total == 0
+
+
+def test_a_short_restricted_round_grows_the_next_tests_and_absent_devices_still_count():
+    hunt = Hunt(rng=random.Random(2))
+    fleet = [f"d{i}" for i in range(12)]
+    hunt.refused(fleet[:10], fleet)  # d10, d11 absent from the refused round: not candidates
+    hunt.plan(6)
+    before = len(hunt.testing)
+    hunt.short()
+    hunt.plan(6)
+    assert len(hunt.testing) == before + 1
+    hunt.passed(fleet[:3], fleet[:3])  # a round where most devices missed: they stay present a while
+    assert hunt.present == frozenset(fleet)
+    hunt.passed(fleet[:3], fleet[:3])
+    hunt.passed(fleet[:3], fleet[:3])
+    assert hunt.present == frozenset(fleet[:3])
