@@ -188,13 +188,15 @@ class Metrics:
         rejected = [({"rule": r, "sender": c}, n) for (r, c), n in sorted(self.faults.by_class.items())]
         metric("fedmq_rejected_messages_total", "counter", "Refused messages by rule and sender class.",
                rejected)  # fmt: skip
-        offences = getattr(agg, "offences", None)
-        if offences is not None:  # named devices: rule broken and how often (shared.offences)
-            named = [({"device": d, "rule": r}, n) for (d, r), n in sorted(offences.counts.items())]
-            metric("fedmq_offences_total", "counter", "Offences by device and rule (the device is named).",
-                   named)  # fmt: skip
+        named: Counter[str] = Counter()  # by rule only (bounded); per sender: Aggregator.offences
+        for (_, rule), n in getattr(getattr(agg, "offences", None), "counts", {}).items():
+            named[rule] += n
+        metric("fedmq_offences_total", "counter", "Misbehaviour named and counted, by rule.",
+               [({"rule": r}, n) for r, n in sorted(named.items())])  # fmt: skip
+        quarantine = getattr(getattr(agg, "offences", None), "quarantine", None)
+        if quarantine is not None:
             metric("fedmq_devices_quarantined", "gauge", "Devices sitting out rounds (shared.quarantine).",
-                   [({}, len(offences.quarantine.blocked()))])  # fmt: skip
+                   [({}, len(quarantine.blocked()))])  # fmt: skip
         metric("fedmq_broker_connected", "gauge", "1 while connected to the broker.",
                [({}, int(self.connected()))])  # fmt: skip
         metric("fedmq_start_time_seconds", "gauge", "Unix time the aggregator started.", [({}, self.started)])

@@ -19,6 +19,7 @@ from shared.outbox import Outbox, Publisher
 from shared.topics import Topics
 from shared.wire import RoundAnnounce
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class RecordingOutbox(Outbox):
         self._of_round(roster.round)
         await self.open_phase.publish("roster", lambda: super(RecordingOutbox, self).roster(roster))
 
-    async def notice(self, notice: SurvivorList) -> None:
+    async def notice(self, notice: SurvivorList | SeedRequest) -> None:
         self._of_round(notice.round)
         await self.open_phase.publish("notice", lambda: super(RecordingOutbox, self).notice(notice))
 

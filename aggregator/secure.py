@@ -46,6 +46,7 @@ from shared.secagg.attribution import QUARANTINE_RULES, WEAK_KEY
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
+from shared.wire.seeds import SeedReveal
 
 __all__ = ["PhaseWindows", "SecureOutcome", "SecureRound"]
 
@@ -204,28 +205,33 @@ class SecureRound:
         await _logged(outbox.notice(u3), "publishing the survivor notice")
         log.info("round=%d phase=unmask U3 has %d devices", self.round_id, len(u3.devices))
         await self._wait(w.unmask, lambda: server.received("unmask") >= len(u3.devices), stop)
-        missing = server.missing_shares()
-        if missing:
-            raise RoundAbandoned(f"too few reveals to unmask: missing shares for {sorted(missing)[:5]}")
+        # A dealer nobody can rebuild is excluded and its neighbours asked for their pair seeds with it
+        # (shared/secagg/exclusion.py); raises RoundAbandoned when neither is possible.
+        request = await asyncio.to_thread(server.seed_request)
+        if request is not None:
+            await _logged(outbox.notice(request), "publishing the pair-seed request")
+            seeds_in = lambda: not server.exclusion.waiting_for(server.graph, server.masked)  # noqa: E731
+            await self._wait(w.unmask, seeds_in, stop)
+        contributors = len(server.masked)  # U3 less any dealer excluded after the reveals
         started = time.perf_counter()
         total = await asyncio.to_thread(server.unmask)
         self.total = total
         decoder = UpdateDecoder(self.config, self.dim)
         try:
-            mean, weight = decoder.decode(total, len(u3.devices))
-            self._check_influence(decoder, mean, weight, len(u3.devices), n)
+            mean, weight = decoder.decode(total, contributors)
+            self._check_influence(decoder, mean, weight, contributors, n)
         except CodecError as exc:  # beyond the clip, or a summed weight above one per contributor
-            self._settle(u3.devices, str(exc))
+            self._settle(sorted(server.masked), str(exc))
             raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
-        self._settle(u3.devices, None)
+        self._settle(sorted(server.masked), None)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
-            self.round_id, len(u3.devices), time.perf_counter() - started, weight,
+            self.round_id, contributors, time.perf_counter() - started, weight,
         )  # fmt: skip
         present = None
         if self.dp is not None:
-            mean, present = self._privatize(mean, weight, n, len(u3.devices))
-        return SecureOutcome(mean, weight, len(u3.devices), n - len(u3.devices), present)
+            mean, present = self._privatize(mean, weight, n, contributors)
+        return SecureOutcome(mean, weight, contributors, n - contributors, present)
 
     def _check_influence(
         self, decoder: UpdateDecoder, mean: np.ndarray, weight: float, survivors: int, roster: int
@@ -353,6 +359,8 @@ class SecureRound:
         assert self.server is not None
         for bundle in msg.sent_bundles():  # the batch's device is the sender of every bundle
             self.server.add_shares(bundle)
+        if msg.signature:  # its signed digests: what an inconsistency proof against it rests on
+            self.server.add_digest_signature(msg.device, msg.digests, msg.signature)
 
     def _on_masked(self, msg: Message) -> None:
         if not isinstance(msg, MaskedInput):
@@ -361,9 +369,12 @@ class SecureRound:
         self.server.add_masked(msg)
 
     def _on_reveal(self, msg: Message) -> None:
+        assert self.server is not None
+        if isinstance(msg, SeedReveal):  # the pair-seed step (shared/secagg/exclusion.py)
+            self.server.add_seed_reveal(msg)
+            return
         if not isinstance(msg, UnmaskReveal):
             raise WireError(f"expected a reveal, got {msg.TYPE}")
-        assert self.server is not None
         self.server.add_reveal(msg)
 
 

@@ -43,6 +43,7 @@ from shared.wire import (
 )
 from shared.wire import Presence as PresenceMsg
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 __all__ = ["EdgeClient", "EdgeConfig", "EdgeStats"]
 
@@ -179,7 +180,7 @@ class EdgeClient(LocalTraining):
                 if self._secure is not None:
                     self._spawn(self._secure.on_roster(roster))
             elif topic == self.topics.notice:
-                notice = decode(payload, SurvivorList)
+                notice: SurvivorList | SeedRequest = decode(payload, (SurvivorList, SeedRequest))
                 if self._secure is not None:
                     self._spawn(self._secure.on_notice(notice))
             elif topic.startswith(self.topics.delta):

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from shared.outbox import Outbox
 from shared.secagg import SecAggClient
 from shared.wire import Message, RoundAnnounce
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +127,10 @@ class SecureParticipation:
                 return
             bundles = self.secagg.on_roster(roster)
             self.roster = roster
-            await self.send(
-                "shares", ShareBatch.outgoing(roster.federation, roster.round, self.secagg.device_id, bundles)
-            )
+            batch = ShareBatch.outgoing(roster.federation, roster.round, self.secagg.device_id, bundles)
+            # Its digests signed: an inconsistency proof against this device could then be checked.
+            signature = self.secagg.sign_digests(roster.round, batch.digests)
+            await self.send("shares", replace(batch, signature=signature))
             self.on_phase("shares")
             for batch in self._early_bundles:
                 self._open(batch)
@@ -155,7 +158,12 @@ class SecureParticipation:
         """The round moved past the masked phase (a U3 notice or a newer round): never send late."""
         self._masked_closed.set()
 
-    async def on_notice(self, notice: SurvivorList) -> None:
+    async def on_notice(self, notice: SurvivorList | SeedRequest) -> None:
+        if isinstance(notice, SeedRequest):  # pair seeds with a dealer nobody could rebuild
+            async with self._lock:
+                if notice.round == self.round_id and self.revealed and not self.left_out:
+                    await self.send("unmask", self.secagg.on_seed_request(notice))
+            return
         if notice.round == self.round_id and notice.phase == PHASE_MASKED:
             self._masked_closed.set()  # outside the lock: a pending masked send must see it
         async with self._lock:

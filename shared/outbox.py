@@ -16,6 +16,7 @@ from shared.chunking import DEFAULT_CHUNK_LIMIT, split
 from shared.topics import Topics
 from shared.wire import Message, ModelUpdate, RoundAnnounce, RoundResult, encode
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+from shared.wire.seeds import SeedRequest
 
 #: Retained announcements outlive their deadline by this long, then the broker drops them.
 ANNOUNCE_GRACE_S = 60.0
@@ -79,7 +80,7 @@ class Outbox:
     async def roster(self, roster: Roster) -> None:
         await self.transport.publish(self.topics.roster, encode(roster), retain=True)
 
-    async def notice(self, notice: SurvivorList) -> None:
+    async def notice(self, notice: SurvivorList | SeedRequest) -> None:
         await self.transport.publish(self.topics.notice, encode(notice), retain=True)
 
     async def clear_round_messages(self) -> None:

@@ -39,6 +39,7 @@ from shared.wire.secagg import (
     SurvivorList,
     UnmaskReveal,
 )
+from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
 
 # -- sections --------------------------------------------------------------------------------------------
 
@@ -124,6 +125,11 @@ def wire_vectors() -> dict[str, Any]:
         message_case("secagg survivor list", notice),
         message_case("secagg masked input", masked),
         message_case("secagg unmask reveal", reveal),
+        message_case("secagg masked input, refusal report", dataclasses.replace(masked, refused=["dev-3"])),
+        message_case("secagg seed request (signatures are placeholders)", SeedRequest(FED, 5, ["dev-3"], [
+            InconsistencyProof("dev-3", {"dev-1": b"\x0a" * 32, "dev-2": b"\x0b" * 32}, b"\x0c" * 64,
+                               {"dev-1": b"\x0d" * 33}, b"\x0f" * 32, b"\x10" * 64)])),
+        message_case("secagg seed reveal", SeedReveal(FED, 5, "dev-1", {"dev-3": b"\x0e" * 32})),
         message_case("enrolment list, signed by the enrolment authority", enrolment_list()),
     ]
     good = encode(Presence("dev-1", True, 1.0))

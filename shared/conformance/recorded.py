@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from unittest import mock
 
@@ -90,6 +91,7 @@ def round_vectors() -> dict[str, Any]:
         with _coefficients(coefficients[d]):
             sealed = clients[d].on_roster(roster)
         batch = ShareBatch.outgoing(FED, round_id, d, sealed)
+        batch = replace(batch, signature=clients[d].sign_digests(round_id, batch.digests))  # signed digests
         publish(d, topics.round_msg(round_id, SHARES, d), batch)
         for bundle in batch.sent_bundles():
             server.add_shares(bundle)

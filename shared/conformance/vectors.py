@@ -27,6 +27,7 @@ from shared.conformance.crypto import (
 )
 from shared.conformance.messages import chunking_vectors, topic_vectors, wire_vectors
 from shared.conformance.recorded import round_vectors
+from shared.conformance.seeds import seed_vectors
 
 # -- driver ----------------------------------------------------------------------------------------------
 
@@ -44,6 +45,7 @@ SECTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "snapshot": snapshot_vectors,
     "signatures": signature_vectors,
     "round": round_vectors,
+    "seeds": seed_vectors,
 }
 
 

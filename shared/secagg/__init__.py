@@ -4,7 +4,8 @@ Pure protocol core, no MQTT: :class:`SecAggClient` is one device's state machine
 :class:`SecAggServer` one round on the aggregator; they exchange the dataclasses of
 :mod:`shared.wire.secagg`. Split by concern: ``keys`` (identities, key agreement), ``prg`` (mask
 expansion), ``shamir`` (secret sharing), ``graph`` (neighbours), ``params`` (k and t), ``bundles``
-(encrypted shares). The threat model is in ``docs/security.md``.
+(encrypted shares), ``attribution`` (who broke which rule), ``exclusion``/``seeds``/``proofs`` (a dealer
+nobody can rebuild is excluded within the round). The threat model is in ``docs/security.md``.
 """
 
 from shared.secagg.client import SecAggClient

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from shared.errors import SecAggError
 from shared.offences import Offences
-from shared.secagg import bundles, shamir
+from shared.secagg import bundles, keys, shamir
 from shared.wire.secagg import EncryptedShares
 
 WEAK_KEY = "secagg-weak-key"
@@ -122,3 +122,13 @@ class Attribution:
                 reason = f"share of {owner!r} (dealt without digests) is off its polynomial"
                 self.offences.record(holder, DISPUTED_SHARE, reason, context=self._context)
         return secret
+
+
+def opens(commitment: bytes) -> Callable[[bytes], bool]:
+    """Does a recovered self-mask seed open ``commitment``?"""
+    return lambda seed: keys.commit_self_mask(seed) == commitment
+
+
+def derives(mask_pk: bytes) -> Callable[[bytes], bool]:
+    """Does a recovered mask secret key give the advertised public key ``mask_pk``?"""
+    return lambda secret: keys.mask_public_key(secret) == mask_pk

@@ -25,7 +25,7 @@ import nacl.signing
 import numpy as np
 
 from shared.errors import CodecError, SecAggError
-from shared.secagg import bundles, keys, prg, shamir
+from shared.secagg import bundles, keys, prg, proofs, seeds, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph
 from shared.wire.secagg import (
     PHASE_MASKED,
@@ -37,6 +37,7 @@ from shared.wire.secagg import (
     SurvivorList,
     UnmaskReveal,
 )
+from shared.wire.seeds import SeedRequest, SeedReveal
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class _Round:
     revealed: dict[str, str] = field(default_factory=dict)  # neighbour -> kind revealed
     survivors: frozenset[str] | None = None
     reveal: UnmaskReveal | None = None
+    refused: set[str] = field(default_factory=set)  # senders whose bundles were refused (reported)
+    seed_request: SeedRequest | None = None
+    seed_reveal: SeedReveal | None = None
 
 
 class SecAggClient:
@@ -91,13 +95,8 @@ class SecAggClient:
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, round_id: object, reason: str) -> SecAggError:
-        log.warning(
-            "secagg refusal round=%s device=%s: %s",
-            round_id,
-            self.device_id,
-            reason,
-            extra={"round": round_id, "device": self.device_id, "phase": "secagg"},
-        )
+        log.warning("secagg refusal round=%s device=%s: %s", round_id, self.device_id, reason,
+                    extra={"round": round_id, "device": self.device_id, "phase": "secagg"})  # fmt: skip
         return SecAggError(f"device {self.device_id!r} round {round_id}: {reason}")
 
     def _current(self, federation: str, round_id: int, what: str) -> _Round:
@@ -284,7 +283,13 @@ class SecAggClient:
                 self.on_shares(message)
             except SecAggError as exc:
                 refused[message.sender] = str(exc)
+                if seeds.reportable(self._round, message):  # reported with the masked input
+                    self._round.refused.add(message.sender)  # type: ignore[union-attr]
         return refused
+
+    def sign_digests(self, round_id: int, digests: dict[str, bytes]) -> bytes:
+        """This dealer's signature over its share digests (ShareBatch.signature; what a proof rests on)."""
+        return proofs.sign_digests(self._identity, self.federation, round_id, self.device_id, digests)
 
     # -- round 2 -------------------------------------------------------------------------------
     def mask(
@@ -341,14 +346,9 @@ class SecAggClient:
         state = self._round
         if state is None or state.masked is None or state.roster is None:
             raise self._refuse(None if state is None else state.round_id, "nothing masked this round")
-        unsigned = MaskedInput(
-            self.federation,
-            state.round_id,
-            self.device_id,
-            bytes(payload),
-            state.roster.bits,
-            state.roster.length,
-        )
+        unsigned = MaskedInput(self.federation, state.round_id, self.device_id, bytes(payload),
+                               state.roster.bits, state.roster.length,
+                               refused=sorted(state.refused - set(state.received)))  # fmt: skip
         signed = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
         state.masked_message = signed
         return signed
@@ -367,10 +367,8 @@ class SecAggClient:
             return state.reveal  # QoS 1 duplicate
         live = [v for v in state.neighbours if v in u3]
         if len(live) < state.roster.threshold:
-            raise self._refuse(
-                survivors.round,
-                f"only {len(live)} neighbours survived, below the threshold {state.roster.threshold}",
-            )
+            t = state.roster.threshold
+            raise self._refuse(survivors.round, f"only {len(live)} neighbours survived, threshold {t}")
         wanted: dict[str, str] = {}
         for v in state.neighbours:
             if v == self.device_id or v not in state.shared or v not in state.received:
@@ -378,19 +376,25 @@ class SecAggClient:
             wanted[v] = _SELF_MASK if v in u3 else _MASK_KEY
         clash = sorted(v for v, kind in wanted.items() if state.revealed.get(v, kind) != kind)
         if clash:
-            raise self._refuse(
-                survivors.round,
-                f"double reveal: survivor list asks for the other kind of share already revealed for {clash}",
-            )
-        self_mask_shares = {
-            v: state.received[v].self_mask_share for v, k in wanted.items() if k == _SELF_MASK
-        }
-        mask_key_shares = {v: state.received[v].mask_key_share for v, k in wanted.items() if k == _MASK_KEY}
-        unsigned = UnmaskReveal(
-            self.federation, survivors.round, self.device_id, self_mask_shares, mask_key_shares
-        )
+            why = f"double reveal: survivor list asks for the other kind of share already revealed: {clash}"
+            raise self._refuse(survivors.round, why)
+        got = state.received
+        self_mask_shares = {v: got[v].self_mask_share for v, k in wanted.items() if k == _SELF_MASK}
+        mask_key_shares = {v: got[v].mask_key_share for v, k in wanted.items() if k == _MASK_KEY}
+        unsigned = UnmaskReveal(self.federation, survivors.round, self.device_id, self_mask_shares,
+                                mask_key_shares)  # fmt: skip
         reveal = replace(unsigned, signature=keys.sign(self._identity, unsigned.signed_bytes()))
         state.revealed.update(wanted)
         state.survivors = u3
         state.reveal = reveal
         return reveal
+
+    def on_seed_request(self, request: SeedRequest) -> SeedReveal:
+        """Reveal the pair seeds asked for after this device's reveal (rules: :mod:`shared.secagg.seeds`)."""
+        state = self._current(request.federation, request.round, "seed request")
+        try:
+            return seeds.on_request(request, state, device=self.device_id, identity=self._identity,
+                                    aggregator_key=self._aggregator_key,
+                                    directory=self._directory)  # fmt: skip
+        except (SecAggError, KeyError) as exc:
+            raise self._refuse(request.round, f"seed request refused: {exc}") from exc

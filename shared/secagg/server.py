@@ -9,12 +9,13 @@ deadline passes:
                never costs a reconstruction and never kills the round.
 ``mask``       :meth:`add_masked` (running modular sum, O(d) memory) ... :meth:`close_masked_phase`
                -> signed U3.
-``unmask``     :meth:`add_reveal` ... :meth:`unmask` -> exact sum mod 2^b of U3's inputs.
+``unmask``     :meth:`add_reveal` ... [:meth:`seed_request` ... :meth:`add_seed_reveal`, only for a
+               dealer nobody can rebuild: :mod:`shared.secagg.exclusion`] ... :meth:`unmask` -> exact
+               sum mod 2^b of the survivors' inputs.
 
 Below the threshold at any close the round is abandoned with :class:`RoundAbandoned` (no model change).
-Only what is needed is rebuilt: survivors' self-mask seeds and the mask keys of devices that shared but
-did not mask *and* have a surviving neighbour; pair seeds are recomputed only for (dropped, survivor)
-pairs. Mask removal is chunked and may run on a thread or process pool (:mod:`shared.secagg.prg`).
+Only what is needed is rebuilt: survivors' self-mask seeds and the mask keys of dropped devices with a
+surviving neighbour. Mask removal is chunked and may run on a thread or process pool (``prg``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import NoReturn
 
 import nacl.signing
 import numpy as np
 
 from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
-from shared.secagg import bundles, keys, prg, shamir
-from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution
+from shared.secagg import bundles, exclusion, keys, prg, shamir
+from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution, derives, opens
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
 from shared.wire.secagg import (
@@ -43,6 +45,7 @@ from shared.wire.secagg import (
     SurvivorList,
     UnmaskReveal,
 )
+from shared.wire.seeds import SeedRequest, SeedReveal
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +104,14 @@ class SecAggServer:
         self.masked: frozenset[str] = frozenset()
         self._masked_from: set[str] = set()
         self._sum = np.zeros(length, dtype=np.uint32)
-        self._self_mask_shares: dict[str, dict[int, bytes]] = {}
-        self._mask_key_shares: dict[str, dict[int, bytes]] = {}
+        self.self_mask_shares: dict[str, dict[int, bytes]] = {}
+        self.mask_key_shares: dict[str, dict[int, bytes]] = {}
         self._revealed_by: set[str] = set()
         #: Named misbehaviour (device, rule) of this round; the aggregator shares one across rounds.
         self.offences = offences if offences is not None else Offences()
         self._attribution = Attribution(federation, round_id, self.graph, self._bundles, self.offences)
+        #: Refusal reports, kept inputs, excluded dealers and pair seeds (shared/secagg/exclusion.py).
+        self.exclusion = exclusion.Exclusion(federation, round_id, self.offences)
 
     # -- helpers -------------------------------------------------------------------------------
     def _refuse(self, device: str | None, reason: str, abandon: bool = False) -> SecAggError:
@@ -181,8 +186,7 @@ class SecAggServer:
             self.phase = "abandoned"
             raise self._refuse(None, f"{n} adverts: {exc}", abandon=True) from exc
         if self.params.n != n:
-            self.phase = "abandoned"
-            raise self._refuse(None, f"parameters are for {self.params.n} devices, got {n}", abandon=True)
+            self.abandon(None, f"parameters are for {self.params.n} devices, got {n}")
         members = [
             RosterMember(a.device, a.enc_pk, a.mask_pk, a.self_mask_commitment, a.signature)
             for a in sorted(self.adverts.values(), key=lambda a: a.device)
@@ -217,6 +221,14 @@ class SecAggServer:
         self._to.setdefault(bundle.recipient, {})[bundle.sender] = bundle
         return True
 
+    def add_digest_signature(self, dealer: str, digests: dict[str, bytes], signature: bytes) -> bool:
+        """Keep a dealer's signature over its share digests (what an inconsistency proof rests on)."""
+        identity = self._directory.get(dealer)
+        dealt = {h: getattr(self._bundles.get((dealer, h)), "digest", None) for h in digests}  # first wins
+        return identity is not None and dealt == digests and self.exclusion.note_digests(
+            dealer, digests, signature, neighbours=self.graph.get(dealer, ()), identity=identity
+        )
+
     def close_share_phase(self) -> SurvivorList:
         """U2 = devices whose bundles reached every neighbour, kept to those with t such neighbours (the
         threshold core); signed 'shared' notice. Abandons when that core is below t."""
@@ -249,9 +261,7 @@ class SecAggServer:
         if message.device in self._masked_from:
             return False
         if message.bits != self.bits or message.length != self.length:
-            raise self._refuse(
-                message.device, f"masked input has bits={message.bits} length={message.length}"
-            )
+            raise self._refuse(message.device, f"masked input bits={message.bits} length={message.length}")
         self._verify_device(message.device, message.signed_bytes(), message.signature, "masked input")
         values = self._unpack(message) if vector is None else np.asarray(vector)
         if values.shape != (self.length,) or values.dtype.kind not in "ui":
@@ -259,6 +269,7 @@ class SecAggServer:
         if self.length and int(values.max()) >> self.bits:
             raise self._refuse(message.device, f"masked vector has values outside Z_2^{self.bits}")
         np.add(self._sum, values.astype(np.uint32, copy=False), out=self._sum)
+        self.exclusion.note_masked(message, self.graph[message.device])
         self._masked_from.add(message.device)
         return True
 
@@ -266,16 +277,15 @@ class SecAggServer:
         """U3 = devices whose masked input arrived; signed 'masked' notice."""
         if self.phase != "mask":
             raise self._refuse(None, f"cannot close the mask phase in phase {self.phase!r}")
-        survivors = frozenset(self._masked_from)
+        excluded = self.exclusion.refused_dealers(self.graph, frozenset(self._masked_from), self.threshold)
+        survivors = frozenset(self._masked_from) - excluded  # excluded dealers look dropped to devices
         obstacle = self.unmask_obstacle(survivors)
         if obstacle is not None:
-            # Abandon now: every survivor would refuse to reveal (or a dropped key could not be rebuilt),
-            # so waiting out the unmask window could only end the same way.
-            self.phase = "abandoned"
-            raise self._refuse(
-                None, f"{len(survivors)} masked inputs cannot be unmasked: {obstacle}", abandon=True
-            )
+            # Abandon now: survivors would refuse to reveal, or a dropped key could not be rebuilt.
+            self.abandon(None, f"{len(survivors)} masked inputs cannot be unmasked: {obstacle}")
         self.masked = survivors
+        for dealer in excluded:  # its masked input leaves the sum; its pair seeds are asked for later
+            self.exclusion.take_out(dealer, self._sum, self._unpack)
         self.phase = "unmask"
         return self._notice(PHASE_MASKED, survivors)
 
@@ -303,16 +313,14 @@ class SecAggServer:
         bad_b = set(reveal.self_mask_shares) - (neighbours & self.masked)
         bad_key = set(reveal.mask_key_shares) - (neighbours & self.dropped)
         if bad_b or bad_key:
-            raise self._refuse(
-                sender, f"reveal asks for the wrong kind of share for {sorted(bad_b | bad_key)}"
-            )
+            raise self._refuse(sender, f"reveal asks for the wrong kind of share: {sorted(bad_b | bad_key)}")
         for shares in (reveal.self_mask_shares, reveal.mask_key_shares):
             for owner, share in shares.items():
                 if len(share) != shamir.SHARE_BYTES:
                     raise self._refuse(sender, f"malformed share of {owner!r}")
         for store, shares, kind in (
-            (self._self_mask_shares, reveal.self_mask_shares, bundles.SELF_MASK_KIND),
-            (self._mask_key_shares, reveal.mask_key_shares, bundles.MASK_KEY_KIND),
+            (self.self_mask_shares, reveal.self_mask_shares, bundles.SELF_MASK_KIND),
+            (self.mask_key_shares, reveal.mask_key_shares, bundles.MASK_KEY_KIND),
         ):
             for owner, share in shares.items():
                 if not self._attribution.matches_digest(owner, sender, kind, share):  # dropped, named
@@ -323,78 +331,69 @@ class SecAggServer:
         self._revealed_by.add(sender)
         return True
 
-    def _needed_keys(self) -> list[str]:
+    def needed_keys(self) -> list[str]:
+        """Dropped devices with a surviving neighbour: their mask keys (or pair seeds) are needed."""
         return sorted(v for v in self.dropped if any(u in self.masked for u in self.graph[v]))
 
     def missing_shares(self) -> dict[str, int]:
         """Owner -> shares still missing before :meth:`unmask` can run (empty when ready); an owner short
         of shares although t of its neighbours revealed is named (they could not open its bundles)."""
         t = self.threshold
-        missing = {u: t - len(self._self_mask_shares.get(u, {})) for u in self.masked}
-        missing.update({v: t - len(self._mask_key_shares.get(v, {})) for v in self._needed_keys()})
+        missing = {u: t - len(self.self_mask_shares.get(u, {})) for u in self.masked}
+        missing.update({v: t - len(self.mask_key_shares.get(v, {})) for v in self.needed_keys()})
         short = {owner: gap for owner, gap in sorted(missing.items()) if gap > 0}
         for owner in short:
             self._attribution.blame_unrevealed(owner, self._revealed_by, t)
         return short
 
-    def _recover(self, owner: str, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes:
-        """Rebuild ``owner``'s secret, naming whoever lied (:meth:`Attribution.recover`)."""
+    def recover(self, owner: str, shares: dict[int, bytes], *, mask_key: bool = False) -> bytes:
+        """Rebuild ``owner``'s self-mask seed (or mask key), naming whoever lied; raises why not."""
         if len(shares) < self.threshold:
             self._attribution.blame_unrevealed(owner, self._revealed_by, self.threshold)
-        try:
-            return self._attribution.recover(owner, shares, self.threshold, check)
-        except SecAggError as exc:
-            raise self._refuse(owner, str(exc), abandon=True) from exc
+        advert = self.adverts[owner]
+        check = derives(advert.mask_pk) if mask_key else opens(advert.self_mask_commitment)
+        return self._attribution.recover(owner, shares, self.threshold, check)
+
+    def abandon(self, device: str | None, reason: str) -> NoReturn:
+        self.phase = "abandoned"
+        raise self._refuse(device, reason, abandon=True)
+
+    def exclude(self, dealer: str) -> None:
+        """Take a survivor's input back out of the sum (exclusion.py decides who and keeps the input)."""
+        self.masked = self.masked - {dealer}
+        self.exclusion.take_out(dealer, self._sum, self._unpack)
+
+    def seed_request(self) -> SeedRequest | None:
+        """Rebuild what can be, exclude what cannot; the signed pair-seed request, or None (exclusion.py)."""
+        if self.phase != "unmask":
+            raise self._refuse(None, f"cannot prepare the unmask in phase {self.phase!r}")
+        return exclusion.prepare(self, lambda payload: keys.sign(self._identity, payload))
+
+    def add_seed_reveal(self, reveal: SeedReveal) -> bool:
+        """Record a survivor's pair seeds with excluded dealers; returns False for a duplicate."""
+        self._check_round(reveal.federation, reveal.round, reveal.device, "unmask")
+        self._verify_device(reveal.device, reveal.signed_bytes(), reveal.signature, "seed reveal")
+        if reveal.device in self.exclusion.revealed_seeds:
+            return False
+        problem = self.exclusion.add_seeds(reveal, self.graph.get(reveal.device, ()), self.masked)
+        if problem is not None:
+            raise self._refuse(reveal.device, problem)
+        return True
 
     def mask_seeds(self) -> tuple[list[bytes], list[bytes]]:
-        """(plus, minus) seeds whose combined mask is still in the sum (Bonawitz et al. §4 round 4)."""
+        """(plus, minus) seeds whose combined mask is still in the sum (``exclusion.mask_seeds``)."""
         if self.phase != "unmask":
             raise self._refuse(None, f"cannot unmask in phase {self.phase!r}")
-        plus: list[bytes] = []
-        minus: list[bytes] = []
-        for u in sorted(self.masked):
-            commitment = self.adverts[u].self_mask_commitment
-            plus.append(self._recover(u, self._self_mask_shares.get(u, {}), _opens(commitment)))
-        for v in self._needed_keys():
-            mask_pk = self.adverts[v].mask_pk
-            sk = self._recover(v, self._mask_key_shares.get(v, {}), _derives(mask_pk))
-            for u in self.graph[v]:
-                if u in self.masked:
-                    seed = keys.pair_seed(sk, self.adverts[u].mask_pk, self.federation, self.round_id, v, u)
-                    # u added +PRG(s_uv) when u < v and subtracted it otherwise
-                    (plus if u < v else minus).append(seed)
-        return plus, minus
+        return exclusion.mask_seeds(self)
 
     def unmask(self, workers: int | None = None, pool: str = "thread") -> np.ndarray:
         """The exact sum mod 2^b (uint32) of the surviving devices' inputs; ends the round."""
         plus, minus = self.mask_seeds()
-        masks = prg.combined_mask_parallel(
-            plus,
-            minus,
-            self.bits,
-            self.length,
-            workers=workers,
-            pool="process" if pool == "process" else "thread",
-        )
+        masks = prg.combined_mask_parallel(plus, minus, self.bits, self.length, workers=workers,
+                                           pool="process" if pool == "process" else "thread")  # fmt: skip
         total: np.ndarray = self._sum - masks
         np.bitwise_and(total, prg.modulus_mask(self.bits), out=total)
         self.phase = "done"
-        log.info(
-            "secagg unmasked round=%s survivors=%d dropped=%d masks=%d",
-            self.round_id,
-            len(self.masked),
-            len(self.dropped),
-            len(plus) + len(minus),
-            extra={"round": self.round_id, "phase": "unmask"},
-        )
+        log.info("secagg unmasked round=%s survivors=%d dropped=%d masks=%d", self.round_id, len(self.masked),
+                 len(self.dropped), len(plus) + len(minus), extra={"phase": "unmask"})  # fmt: skip
         return total
-
-
-def _opens(commitment: bytes) -> Callable[[bytes], bool]:
-    """Does a recovered self-mask seed open ``commitment``?"""
-    return lambda seed: keys.commit_self_mask(seed) == commitment
-
-
-def _derives(mask_pk: bytes) -> Callable[[bytes], bool]:
-    """Does a recovered mask secret key give the advertised public key ``mask_pk``?"""
-    return lambda secret: keys.mask_public_key(secret) == mask_pk

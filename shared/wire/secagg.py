@@ -194,9 +194,14 @@ class ShareBatch(Message):
     device: str
     ciphertexts: dict[str, bytes] = field(default_factory=dict)
     digests: dict[str, bytes] = field(default_factory=dict)
+    #: Upload only, optional: the dealer's signature over its digests (:func:`digests_signed_bytes`), which
+    #: makes an inconsistency proof against it checkable by any device (shared/secagg/proofs.py).
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_round(self.round)
+        if self.signature:
+            _check_key("signature", self.signature, SIGNATURE_BYTES)
         if self.device in self.ciphertexts:
             raise InvalidValue(f"share batch of {self.device!r} carries a bundle to or from itself")
         if not set(self.digests) <= set(self.ciphertexts):
@@ -247,6 +252,11 @@ class ShareBatch(Message):
         ]
 
 
+def digests_signed_bytes(federation: str, round_id: int, dealer: str, digests: dict[str, bytes]) -> bytes:
+    """What a dealer signs over the digests of the bundles it dealt (every neighbour, sorted by holder)."""
+    return _canonical("secagg.share_digests", federation, round_id, dealer, sorted(digests.items()))
+
+
 def _owned(bundles: list[EncryptedShares], device: str, role: str) -> list[EncryptedShares]:
     for bundle in bundles:
         if getattr(bundle, role) != device:
@@ -290,16 +300,22 @@ class MaskedInput(Message):
     bits: int
     length: int
     signature: bytes = _EMPTY_SIG
+    #: Refusal report, optional: neighbours whose share bundles this device refused (secagg/exclusion.py).
+    refused: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_round(self.round)
         _check_key("signature", self.signature, SIGNATURE_BYTES)
         if not 1 <= self.bits <= 32 or self.length < 0:
             raise InvalidValue(f"bad bits={self.bits} or length={self.length}")
+        if len(set(self.refused)) != len(self.refused) or self.device in self.refused:
+            raise InvalidValue("refusal report repeats a device or names the sender")
 
     def signed_bytes(self) -> bytes:
         digest = hashlib.blake2b(self.payload, digest_size=32).digest()
-        return _canonical(self.TYPE, self.federation, self.round, self.device, digest, self.bits, self.length)
+        report = [sorted(self.refused)] if self.refused else []  # absent when empty: older signatures hold
+        return _canonical(self.TYPE, self.federation, self.round, self.device, digest, self.bits, self.length,
+                          *report)  # fmt: skip
 
 
 @message("secagg.unmask_reveal")
@@ -346,4 +362,5 @@ __all__ = [
     "ShareBatch",
     "SurvivorList",
     "UnmaskReveal",
+    "digests_signed_bytes",
 ]

@@ -1,6 +1,6 @@
-"""One rogue enrolled device against the SecAgg+ core: the round closes with the honest sum and the rogue
-is named, or (where docs/security.md says the attack is still open) the rogue, not an honest device, is
-named in the abandonment.
+"""One rogue enrolled device against the SecAgg+ core: the round closes with the exact sum of the honest
+survivors and the rogue is named (docs/security.md, "Hostile devices"); a dealer nobody can rebuild is
+excluded and its pairwise masks removed with the pair seeds its neighbours reveal (secagg/exclusion.py).
 
 The rogue holds a valid credential, so everything it sends is correctly signed; only its content lies.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shared.errors import SecAggError
-from shared.secagg import RoundAbandoned, SecAggClient, SecAggServer, generate_identity, keys, shamir
+from shared.secagg import SecAggClient, SecAggServer, generate_identity, keys, shamir
 from shared.secagg.attribution import (
     BUNDLES_REFUSED,
     CORRUPT_REVEAL,
@@ -44,6 +44,7 @@ class Round:
             for d, k in self.identities.items()
         }
         self.server = SecAggServer(FED, 1, self.aggregator, self.directory, BITS, LENGTH, delta=0.2, gamma=0)
+        self.rogues = {ROGUE}
         rng = np.random.default_rng(7)
         self.inputs = {d: rng.integers(0, 1 << BITS, LENGTH).astype(np.uint32) for d in self.clients}
 
@@ -54,33 +55,46 @@ class Round:
         total = sum(self.inputs[d].astype(np.uint64) for d in devices)
         return (total % (1 << BITS)).astype(np.uint32)
 
-    def run(self, *, tamper_bundles=None, tamper_reveal=None, rogue_split=None) -> tuple[np.ndarray, dict]:
+    def run(
+        self, *, tamper_bundles=None, tamper_reveal=None, rogue_split=None, tamper_masked=None, reports=True
+    ) -> tuple[np.ndarray, dict]:
         for client in self.clients.values():
             self.server.add_advert(client.advertise(1))
         roster = self.server.make_roster()
         for d, client in self.clients.items():
             original = shamir.split
-            if rogue_split is not None and d == ROGUE:  # only the rogue deals with the tampered split
+            if rogue_split is not None and d in self.rogues:  # only a rogue deals with the tampered split
                 shamir.split = rogue_split(original)
             try:
                 bundles = client.on_roster(roster)
             finally:
                 shamir.split = original
-            if tamper_bundles is not None and d == ROGUE:
+            if tamper_bundles is not None and d in self.rogues:
                 bundles = tamper_bundles(bundles)
             for bundle in bundles:
                 self.server.add_shares(bundle)
+            digests = {b.recipient: b.digest for b in bundles}  # signed, as in its ShareBatch upload
+            assert self.server.add_digest_signature(d, digests, client.sign_digests(1, digests))
         shared = self.server.close_share_phase()
         refused = {d: self.clients[d].open_all(self.server.shares_for(d)) for d in shared.devices}
         for d in shared.devices:
             y = self.clients[d].mask(self.inputs[d], shared)
-            self.server.add_masked(self.clients[d].masked_input(y.astype("<u4").tobytes()))
+            masked = self.clients[d].masked_input(y.astype("<u4").tobytes())
+            if tamper_masked is not None and d == ROGUE:
+                masked = self.sign_as(ROGUE, tamper_masked(masked))
+            if not reports:  # a client that predates refusal reports
+                masked = self.sign_as(d, replace(masked, refused=[]))
+            self.server.add_masked(masked)
         survivors = self.server.close_masked_phase()
         for d in survivors.devices:
             reveal = self.clients[d].on_survivors(survivors)
             if tamper_reveal is not None and d == ROGUE:
                 reveal = self.sign_as(ROGUE, tamper_reveal(reveal))
             self.server.add_reveal(reveal)
+        self.request = self.server.seed_request()
+        if self.request is not None:  # the pair-seed step, only when a dealer could not be rebuilt
+            for d in sorted(self.server.masked):
+                self.server.add_seed_reveal(self.clients[d].on_seed_request(self.request))
         return self.server.unmask(), refused
 
 
@@ -184,12 +198,17 @@ def test_inconsistent_dealer_with_t_good_shares_is_named_and_the_round_closes() 
     assert run.server.offences.by_sender() == {ROGUE: {INCONSISTENT_DEALER: 3}}
 
 
-def test_inconsistent_dealer_without_a_consistent_subset_is_named_not_an_honest_device() -> None:
-    """Shares off any one polynomial: the round is abandoned (no VSS yet, see docs/security.md), and the
-    log and counter name the dealer, not the honest devices whose reveals expose it."""
+def test_inconsistent_dealer_without_a_consistent_subset_is_excluded_with_a_proof() -> None:
+    """Shares off any one polynomial: the aggregator proves it (t digest-matching shares that do not rebuild
+    the commitment), every honest neighbour checks the proof and reveals its pair seed with the dealer, and
+    the round closes with the exact sum of the honest devices; only the dealer is named."""
     run = Round()
-    with pytest.raises(RoundAbandoned, match=ROGUE):
-        run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+    total, refused = run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+    np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d != ROGUE))
+    assert not any(refused.values())
+    assert run.request is not None and run.request.dealers == [ROGUE]
+    assert [p.dealer for p in run.request.proofs] == [ROGUE]
+    assert ROGUE not in run.server.masked
     assert run.server.offences.by_sender() == {ROGUE: {INCONSISTENT_DEALER: 1}}
 
 
@@ -225,19 +244,67 @@ def test_without_digests_a_wrong_share_is_disputed_not_proven() -> None:
     assert run.server.offences.by_sender() == {ROGUE: {DISPUTED_SHARE: N - 1}}
 
 
-@pytest.mark.parametrize("kind", ["garbage", "rewrapped"])
-def test_bundles_refused_by_every_neighbour_name_the_rogue(kind: str) -> None:
-    """Bad bundles to all neighbours: nobody can rebuild the rogue's self mask, so this round cannot
-    close (docs/security.md: a complaint phase would close it); the rogue, and only it, is named, which
-    quarantines it from the next rounds."""
-    run = Round()
+def _spoil(kind: str, first: int):
+    """Spoil the rogue's bundles to its first ``first`` neighbours (garbage, or rotated among them)."""
 
     def tamper(bundles: list[EncryptedShares]) -> list[EncryptedShares]:
+        bad, good = bundles[:first], bundles[first:]
         if kind == "garbage":
-            return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bundles]
-        shifted = bundles[1:] + bundles[:1]
-        return [replace(b, ciphertext=c.ciphertext) for b, c in zip(bundles, shifted)]
+            return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bad] + good
+        shifted = bad[1:] + bad[:1]
+        return [replace(b, ciphertext=c.ciphertext) for b, c in zip(bad, shifted)] + good
 
-    with pytest.raises(RoundAbandoned, match=ROGUE):
-        run.run(tamper_bundles=tamper)
+    return tamper
+
+
+@pytest.mark.parametrize("kind", ["garbage", "rewrapped"])
+@pytest.mark.parametrize("spoiled", [N - 1, 4])  # every neighbour; k - t + 1 (t - 1 still hold shares)
+def test_bundles_refused_by_too_many_neighbours_exclude_the_rogue(kind: str, spoiled: int) -> None:
+    """Fewer than t neighbours can open the rogue's bundles: their refusal reports exclude it at the masked
+    close (its input leaves the sum, U3 lists it as dropped), they reveal their pair seeds with it, and the
+    round closes with the exact sum of the honest devices. Only the rogue is named, which quarantines it."""
+    run = Round()
+    total, refused = run.run(tamper_bundles=_spoil(kind, spoiled))
+    np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d != ROGUE))
+    assert sum(ROGUE in r for r in refused.values()) == spoiled
+    assert run.request is not None and run.request.dealers == [ROGUE] and not run.request.proofs
     assert run.server.offences.by_sender() == {ROGUE: {BUNDLES_REFUSED: 1}}
+
+
+def test_bundles_refused_without_reports_still_exclude_the_rogue() -> None:
+    """Devices that send no refusal report (older clients): the rogue reaches U3, nobody holds a share of
+    its self mask, so nobody revealed one and all may reveal their pair seeds with it without a proof."""
+    run = Round()
+    total, refused = run.run(tamper_bundles=_spoil("garbage", N - 1), reports=False)
+    assert sum(ROGUE in r for r in refused.values()) == N - 1
+    assert run.request is not None and run.request.dealers == [ROGUE] and not run.request.proofs
+    np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d != ROGUE))
+    assert run.server.offences.by_sender() == {ROGUE: {BUNDLES_REFUSED: 1}}
+
+
+def test_a_lying_reporter_does_not_exclude_an_honest_dealer() -> None:
+    """The rogue reports refusing every honest neighbour's bundle: one report is far below what excluding a
+    dealer takes (more than k - t refusals), so every input is summed and nobody is named."""
+    run = Round()
+    everybody = sorted(d for d in run.clients if d != ROGUE)
+    total, _ = run.run(tamper_masked=lambda m: replace(m, refused=everybody))
+    np.testing.assert_array_equal(total, run.honest_sum(run.clients))
+    assert run.request is None
+    assert run.server.offences.by_sender() == {}
+
+
+@pytest.mark.parametrize("attack", ["garbage", "inconsistent"])
+def test_two_colluding_rogues_are_both_excluded_and_the_round_closes(attack: str) -> None:
+    """Two rogues (k - t = 3 tolerates them) attack together: both are excluded in the same round, each
+    honest device reveals two pair seeds and still keeps t unrevealed, and the sum is the honest one."""
+    run = Round()
+    run.rogues = {ROGUE, "dev-7"}
+    if attack == "garbage":
+        total, _ = run.run(tamper_bundles=_spoil("garbage", N - 1))
+        rule = BUNDLES_REFUSED
+    else:
+        total, _ = run.run(rogue_split=_dealing({1, 2, 3, 4, 5, 6}))
+        rule = INCONSISTENT_DEALER
+    np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d not in run.rogues))
+    assert run.request is not None and set(run.request.dealers) == run.rogues
+    assert run.server.offences.by_sender() == {r: {rule: 1} for r in run.rogues}

@@ -371,6 +371,7 @@ def test_recorded_round_device_payloads_are_reproducible():
         assert encode(advert) == sent[(d, t.round_msg(round_id, "keys", d))]
         with _coefficients([int(c, 16) for c in s["shamir_coefficients"]]):
             batch = ShareBatch.outgoing(fed, round_id, d, client.on_roster(roster))
+        batch = dataclasses.replace(batch, signature=client.sign_digests(round_id, batch.digests))
         assert encode(batch) == sent[(d, t.round_msg(round_id, "shares", d))]
         for bundle in decode(sent[("aggregator", t.inbox(d))], ShareBatch).received_bundles():
             client.on_shares(bundle)

@@ -147,7 +147,7 @@ export class Device {
     try {
       if (topic === t.round) this.onAnnounce(verifyMapSigned(payload, 'round', this.aggregatorKey));
       else if (topic === t.roster) this.onRoster(decode(payload, 'secagg.roster'));
-      else if (topic === t.notice) this.onNotice(decode(payload, 'secagg.survivor_list'));
+      else if (topic === t.notice) this.onNotice(decode(payload, ['secagg.survivor_list', 'secagg.seed_request']));
       else if (topic.startsWith(t.inbox(this.deviceId))) {
         const msg = this.reassembler.feed('inbox', Topics.chunkOf(t.inbox(this.deviceId), topic), payload);
         if (msg) this.onInbox(msg);
@@ -247,7 +247,7 @@ export class Device {
     const ciphertexts = this.secagg.onRoster(roster);
     r.roster = roster;
     const batch = { t: 'secagg.share_batch', federation: this.federation, round: r.id, device: this.deviceId, ciphertexts,
-      digests: this.secagg.outgoingDigests() };
+      digests: this.secagg.outgoingDigests(), signature: this.secagg.digestSignature() };
     this.sendRound('shares', batch)
       .then(() => { this.emit('shares'); if (this.faults.disconnectAfter === 'shares') { this.faults.disconnectAfter = null; this.dropConnection(this.faults.offlineMs ?? 1500); } })
       .catch((e) => this.log(`shares publish failed: ${e.message}`));
@@ -272,6 +272,10 @@ export class Device {
   onNotice(notice) {
     const r = this.round;
     if (!r || notice.round !== r.id || r.leftOut || !r.roster) return;
+    if (notice.t === 'secagg.seed_request') { // pair seeds with a dealer nobody could rebuild (docs/protocol.md)
+      if (r.revealed) this.sendRound('unmask', this.secagg.onSeedRequest(notice)).catch((e) => this.log(`seed reveal publish failed: ${e.message}`));
+      return;
+    }
     if (notice.phase === 'shared' && !r.maskedSent && !r.masking) {
       r.masking = true;
       this.sendMasked(r, notice).catch((e) => { r.masking = false; this.rejected.push(e.message); this.log(`masked input failed: ${e.message}`); });

@@ -23,6 +23,12 @@ function byBytes(a, b) {
 
 // -- signed bytes (canonical lists) ----------------------------------------------------------------------
 
+const sortedRows = (m) => Object.keys(m).sort(byId).map((k) => [k, m[k]]);
+
+/** What a dealer signs over the digests of the bundles it dealt (ShareBatch.signature). */
+export const digestsSignedBytes = (federation, round, dealer, digests) =>
+  pack([DOMAIN, 'secagg.share_digests', federation, round, dealer, sortedRows(digests)]);
+
 export function signedBytes(msg) {
   const f = msg;
   switch (msg.t) {
@@ -34,8 +40,17 @@ export function signedBytes(msg) {
         f.graph_seed, f.degree, f.threshold, f.bits, f.length]);
     case 'secagg.survivor_list':
       return pack([DOMAIN, f.t, f.federation, f.round, f.phase, [...f.devices].sort(byId)]);
-    case 'secagg.masked_input':
-      return pack([DOMAIN, f.t, f.federation, f.round, f.device, c.blake2b(f.payload, { size: 32 }), f.bits, f.length]);
+    case 'secagg.masked_input': {
+      // The refusal report is signed only when present, so older signatures still hold.
+      const report = f.refused && f.refused.length ? [[...f.refused].sort(byId)] : [];
+      return pack([DOMAIN, f.t, f.federation, f.round, f.device, c.blake2b(f.payload, { size: 32 }), f.bits, f.length, ...report]);
+    }
+    case 'secagg.seed_request':
+      return pack([DOMAIN, f.t, f.federation, f.round, [...f.dealers].sort(byId),
+        [...f.proofs].sort((a, b) => byId(a.dealer, b.dealer)).map((p) => [p.dealer, sortedRows(p.digests), p.digest_signature,
+          sortedRows(p.shares), p.commitment, p.advert_signature])]);
+    case 'secagg.seed_reveal':
+      return pack([DOMAIN, f.t, f.federation, f.round, f.device, sortedRows(f.seeds)]);
     case 'secagg.unmask_reveal': {
       const rows = (m) => Object.keys(m).sort(byId).map((k) => [k, m[k]]);
       return pack([DOMAIN, f.t, f.federation, f.round, f.device, rows(f.self_mask_shares), rows(f.mask_key_shares)]);
@@ -136,6 +151,39 @@ export function shamirReconstruct(shares, threshold) {
   xs.forEach((x, i) => { s = (s + ls[i] * leToBig(shares[x])) % PRIME; });
   if (s >> 256n) throw new SecAggError('shares are inconsistent');
   return bigToLe(s, 32);
+}
+
+/**
+ * Throw SecAggError unless `proof` shows that its dealer's self-mask shares (matching the digests it signed)
+ * do not rebuild the commitment of its signed advert (shared/secagg/proofs.py). `identity` and `dealerKeys`
+ * ({ encPk, maskPk }) come from this device's directory and roster, never from the proof.
+ */
+export function verifyProof(proof, { federation, round, identity, dealerKeys, threshold }) {
+  const dealer = proof.dealer;
+  const advert = { t: 'secagg.advertise_keys', federation, round, device: dealer, enc_pk: dealerKeys.encPk,
+    mask_pk: dealerKeys.maskPk, self_mask_commitment: proof.commitment };
+  if (!c.verify(identity, signedBytes(advert), proof.advert_signature)) throw new SecAggError(`bad signature on advert of ${dealer}`);
+  const commitment = proof.commitment;
+  if (!c.verify(identity, digestsSignedBytes(federation, round, dealer, proof.digests), proof.digest_signature)) {
+    throw new SecAggError(`bad signature on digests of ${dealer}`);
+  }
+  const holders = Object.keys(proof.shares);
+  if (holders.length !== threshold) throw new SecAggError(`proof against ${dealer} has ${holders.length} shares, needs ${threshold}`);
+  const order = Object.keys(proof.digests).sort(byId);
+  const points = {};
+  for (const h of holders) {
+    const digest = shareDigest(federation, round, dealer, h, 'self_mask', proof.shares[h]);
+    if (!proof.digests[h] || !c.equal(proof.digests[h].slice(0, DIGEST_BYTES), digest)) {
+      throw new SecAggError(`proof against ${dealer}: the share of ${h} is not the one it dealt`);
+    }
+    points[order.indexOf(h) + 1] = proof.shares[h];
+  }
+  let secret;
+  try {
+    if (Object.values(points).some((y) => leToBig(y) >= PRIME)) return; // not a field element: dealt wrong
+    secret = shamirReconstruct(points, threshold);
+  } catch { return; } // not a 32-byte value: no honest dealing gives that
+  if (c.equal(commitSelfMask(secret), commitment)) throw new SecAggError(`proof against ${dealer} is forged: its shares rebuild the committed seed`);
 }
 
 // -- bundles -----------------------------------------------------------------------------------------------
@@ -248,7 +296,7 @@ export class SecAggClient {
     advert.signature = c.sign(this.identity.secretKey, signedBytes(advert));
     this.lastRound = round;
     this.state = { round, keys, advert, roster: null, neighbours: [], peers: {}, outgoing: null, received: {},
-      shared: null, masked: null, revealed: {}, reveal: null, survivorsKey: null };
+      shared: null, masked: null, revealed: {}, reveal: null, survivorsKey: null, refused: new Set(), seedRequest: null, seedReveal: null };
     return advert;
   }
 
@@ -342,7 +390,14 @@ export class SecAggClient {
         refused[sender] = this.refuse(batch.round, e.message).message;
       }
     }
+    for (const sender of Object.keys(refused)) st.refused.add(sender); // reported with the masked input
     return refused;
+  }
+
+  /** This dealer's signature over its digests (ShareBatch.signature: what an inconsistency proof rests on). */
+  digestSignature() {
+    const st = this.state;
+    return c.sign(this.identity.secretKey, digestsSignedBytes(this.federation, st.round, this.deviceId, st.digests ?? {}));
   }
 
   /** Round 2: mask `x` (Uint32Array of roster.length values < 2^bits) for the signed U2 notice, in place. */
@@ -373,8 +428,9 @@ export class SecAggClient {
   maskedInput(payload) {
     const st = this.state;
     if (!st || !st.masked) throw this.refuse(st?.round, 'nothing masked this round');
+    const refused = [...st.refused].filter((s) => !st.received[s]).sort(byId);
     const msg = { t: 'secagg.masked_input', federation: this.federation, round: st.round, device: this.deviceId,
-      payload, bits: st.roster.bits, length: st.roster.length };
+      payload, bits: st.roster.bits, length: st.roster.length, refused };
     msg.signature = c.sign(this.identity.secretKey, signedBytes(msg));
     return msg;
   }
@@ -407,6 +463,46 @@ export class SecAggClient {
     Object.assign(st.revealed, wanted);
     st.survivorsKey = key;
     st.reveal = reveal;
+    return reveal;
+  }
+
+  /**
+   * After this device's reveal: the signed pair seeds for the requested dealers it masked with
+   * (shared/secagg/seeds.py). A dealer whose self-mask share it revealed needs a valid inconsistency proof.
+   */
+  onSeedRequest(request) {
+    const st = this.current(request.federation, request.round, 'seed request');
+    if (!c.verify(this.aggregatorKey, signedBytes(request), request.signature)) throw this.refuse(request.round, 'bad signature on seed request');
+    if (!st.reveal || !st.roster || !st.shared) throw this.refuse(request.round, 'seed request before this device revealed');
+    if (request.dealers.includes(this.deviceId)) throw this.refuse(request.round, "this device's own input was excluded");
+    if (st.seedReveal) {
+      if (c.equal(signedBytes(request), signedBytes(st.seedRequest))) return st.seedReveal;
+      throw this.refuse(request.round, 'a second, different seed request');
+    }
+    const seeds = {};
+    for (const v of [...request.dealers].sort(byId)) {
+      if (!st.neighbours.includes(v) || !st.shared.has(v)) continue;
+      const kind = st.revealed[v];
+      if (kind && kind !== 'pair_seed' && kind !== 'mask_key') {
+        const proof = request.proofs.find((p) => p.dealer === v);
+        if (!proof) throw this.refuse(request.round, `pair seed with ${v} asked without proof after its self-mask share`);
+        try {
+          verifyProof(proof, { federation: this.federation, round: request.round, identity: this.directory[v], dealerKeys: st.peers[v], threshold: st.roster.threshold });
+        } catch (e) { throw this.refuse(request.round, `seed request refused: ${e.message}`); }
+      }
+      seeds[v] = pairSeed(st.keys.maskSk, st.peers[v].maskPk, this.federation, request.round, this.deviceId, v);
+    }
+    // Privacy floor: at least t neighbours whose pair seeds this device never reveals (dropped ones count as
+    // revealed), whatever bundles the aggregator kept from it (docs/security.md).
+    const u3 = new Set(st.survivorsKey.split('\n'));
+    const keptSecret = st.neighbours.filter((v) => st.shared.has(v) && u3.has(v) && !(v in seeds));
+    if (keptSecret.length < st.roster.threshold) {
+      throw this.refuse(request.round, `revealing ${Object.keys(seeds).length} pair seeds would leave ${keptSecret.length} unrevealed, below the threshold`);
+    }
+    const reveal = { t: 'secagg.seed_reveal', federation: this.federation, round: request.round, device: this.deviceId, seeds };
+    reveal.signature = c.sign(this.identity.secretKey, signedBytes(reveal));
+    for (const v of Object.keys(seeds)) st.revealed[v] ??= 'pair_seed';
+    Object.assign(st, { seedRequest: request, seedReveal: reveal });
     return reveal;
   }
 }

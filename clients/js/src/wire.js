@@ -14,6 +14,9 @@ const rosterMember = {
   record: [['device', 'str'], ['enc_pk', 'bin'], ['mask_pk', 'bin'], ['self_mask_commitment', 'bin'], ['signature', 'bin']],
 };
 const enrolledDevice = { record: [['device', 'str'], ['key', 'bin']] };
+// t digest-checked self-mask shares of a dealer that do not rebuild its commitment (shared/wire/seeds.py).
+const inconsistencyProof = { record: [['dealer', 'str'], ['digests', ['map', 'bin']], ['digest_signature', 'bin'],
+  ['shares', ['map', 'bin']], ['commitment', 'bin'], ['advert_signature', 'bin']] };
 // The announcement's typed round plan (docs/protocol.md §2.1; shared/plan.py): nested records in the
 // Python dataclasses' field order, so that encoding is canonical.
 export const PLAN_VERSION = 1;
@@ -64,13 +67,17 @@ export const SCHEMAS = {
   'secagg.encrypted_shares': [['federation', 'str'], ['round', 'int'], ['sender', 'str'], ['recipient', 'str'], ['ciphertext', 'bin'],
     ['digest', 'bin', EMPTY]],
   'secagg.share_batch': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['ciphertexts', ['map', 'bin'], () => ({})],
-    ['digests', ['map', 'bin'], () => ({})]],
+    ['digests', ['map', 'bin'], () => ({})], ['signature', 'bin', EMPTY]],
   'secagg.survivor_list': [['federation', 'str'], ['round', 'int'], ['phase', 'str'], ['devices', ['list', 'str']],
     ['signature', 'bin', SIG0]],
   'secagg.masked_input': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['payload', 'bin'],
-    ['bits', 'int'], ['length', 'int'], ['signature', 'bin', SIG0]],
+    ['bits', 'int'], ['length', 'int'], ['signature', 'bin', SIG0], ['refused', ['list', 'str'], () => []]],
   'secagg.unmask_reveal': [['federation', 'str'], ['round', 'int'], ['device', 'str'],
     ['self_mask_shares', ['map', 'bin'], () => ({})], ['mask_key_shares', ['map', 'bin'], () => ({})],
+    ['signature', 'bin', SIG0]],
+  'secagg.seed_request': [['federation', 'str'], ['round', 'int'], ['dealers', ['list', 'str']],
+    ['proofs', ['list', inconsistencyProof], () => []], ['signature', 'bin', SIG0]],
+  'secagg.seed_reveal': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['seeds', ['map', 'bin'], () => ({})],
     ['signature', 'bin', SIG0]],
   // The enrolled set, signed by the enrolment authority (retained on fl/<fed>/enrolment; docs/protocol.md
   // 2.5). This client takes its directory from its configuration; it decodes the list but does not follow it.
@@ -177,7 +184,8 @@ function validate(msg) {
     default:
       if (msg.t.startsWith('secagg.')) {
         if (msg.round < 0) bad('round must be >= 0');
-        if ('signature' in msg && msg.t !== 'secagg.encrypted_shares') len('signature', 64);
+        const optionalSig = msg.t === 'secagg.share_batch' && !msg.signature.length;
+        if ('signature' in msg && msg.t !== 'secagg.encrypted_shares' && !optionalSig) len('signature', 64);
       }
       if (msg.t === 'secagg.advertise_keys') { len('enc_pk', 32); len('mask_pk', 32); len('self_mask_commitment', 32); }
       if (msg.t === 'secagg.roster') {
@@ -198,6 +206,23 @@ function validate(msg) {
         if (new Set(msg.devices).size !== msg.devices.length) bad('survivor list repeats a device');
       }
       if (msg.t === 'secagg.masked_input' && (msg.bits < 1 || msg.bits > 32 || msg.length < 0)) bad('bad bits or length');
+      if (msg.t === 'secagg.masked_input' && (new Set(msg.refused).size !== msg.refused.length || msg.refused.includes(msg.device))) bad('bad refusal report');
+      if (msg.t === 'secagg.seed_request') {
+        if (!msg.dealers.length || new Set(msg.dealers).size !== msg.dealers.length) bad('seed request must name distinct dealers');
+        const proven = msg.proofs.map((p) => p.dealer);
+        if (new Set(proven).size !== proven.length || proven.some((d) => !msg.dealers.includes(d))) bad('proofs for distinct requested dealers');
+        for (const p of msg.proofs) {
+          if (p.digest_signature.length !== 64 || p.advert_signature.length !== 64) bad('proof signatures must be 64 bytes');
+          if (p.commitment.length !== 32) bad('proof commitment must be 32 bytes');
+          if (Object.values(p.digests).some((d) => d.length !== 32)) bad('proof digests must be 32 bytes');
+          if (Object.values(p.shares).some((x) => x.length !== 33)) bad('proof shares must be 33 bytes');
+          if (!Object.keys(p.shares).length || Object.keys(p.shares).some((h) => !(h in p.digests))) bad('proof shares of unsigned holders');
+        }
+      }
+      if (msg.t === 'secagg.seed_reveal') {
+        if (Object.values(msg.seeds).some((x) => x.length !== 32)) bad('pair seeds must be 32 bytes');
+        if (msg.device in msg.seeds) bad('no pair seed with itself');
+      }
       if (msg.t === 'secagg.unmask_reveal') {
         for (const k of Object.keys(msg.self_mask_shares)) if (k in msg.mask_key_shares) bad('both kinds of share');
       }

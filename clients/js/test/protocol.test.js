@@ -76,6 +76,24 @@ test('signatures: map form on received bytes, canonical lists for secure aggrega
   }
 });
 
+test('pair-seed step: signed lists of its messages, and inconsistency proofs accepted or refused', () => {
+  const v = load('seeds');
+  for (const kase of v.signatures) {
+    const msg = decode(fromHex(kase.message));
+    assert.equal(toHex(sa.signedBytes(msg)), kase.signed_bytes, kase.name);
+    assert.equal(c.verify(fromHex(kase.signer), sa.signedBytes(msg), msg.signature), kase.valid, kase.name);
+  }
+  const request = decode(fromHex(v.signatures[1].message));
+  assert.equal(toHex(sa.digestsSignedBytes(v.federation, v.round, v.dealer, request.proofs[0].digests)), v.digests_signed_bytes);
+  const context = { federation: v.federation, round: v.round, identity: fromHex(v.dealer_public_key),
+    dealerKeys: { encPk: fromHex(v.dealer_enc_pk), maskPk: fromHex(v.dealer_mask_pk) }, threshold: v.threshold };
+  for (const kase of v.proofs) {
+    const proof = decode(fromHex(kase.request), 'secagg.seed_request').proofs[0];
+    if (kase.valid) sa.verifyProof(proof, context);
+    else assert.throws(() => sa.verifyProof(proof, context), SecAggError, kase.name);
+  }
+});
+
 test('recorded round: a JS device fed the same secrets emits every payload byte for byte', () => {
   const v = load('round');
   const t = new Topics(v.federation);
@@ -97,7 +115,7 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
     const coefficients = s.shamir_coefficients.map((h) => BigInt(`0x${h}`));
     const ciphertexts = client.onRoster(roster, () => coefficients.shift());
     const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts,
-      digests: client.outgoingDigests() };
+      digests: client.outgoingDigests(), signature: client.digestSignature() };
     assert.equal(toHex(encode(batch)), sent.get(`${d} ${t.roundMsg(v.round, 'shares', d)}`));
     assert.deepEqual(client.onRoster(roster), ciphertexts, 'a duplicate roster is idempotent');
     client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
@@ -116,6 +134,49 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
     assert.throws(() => client.onSurvivors({ ...notices[1], devices: notices[1].devices.filter((x2) => x2 !== v.devices[0]) }), SecAggError);
   }
   assert.deepEqual([...sum], v.sum, 'the survivors\' encodings sum to the recorded unmasked sum');
+});
+
+test('recorded round: pair seeds only for a dropped dealer, or a survivor with a valid proof', () => {
+  const v = load('round');
+  const t = new Topics(v.federation);
+  const directory = Object.fromEntries(Object.entries(v.directory).map(([d, k]) => [d, fromHex(k)]));
+  const agg = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed));
+  const sent = new Map(v.messages.map((m) => [`${m.from} ${m.topic}`, m.payload]));
+  const notices = v.messages.filter((m) => m.topic === t.notice).map((m) => decode(fromHex(m.payload)));
+  const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
+  const d = v.devices.find((x) => x !== v.dropped);
+  const s = v.secrets[d];
+  const client = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)),
+    aggregatorKey: agg.publicKey, directory });
+  const keys = sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) });
+  client.advertise(v.round, keys);
+  client.onRoster(roster);
+  client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
+  client.mask(new Uint32Array(roster.length), notices[0]);
+  const signed = (dealers) => {
+    const request = { t: 'secagg.seed_request', federation: v.federation, round: v.round, dealers, proofs: [] };
+    request.signature = c.sign(agg.secretKey, sa.signedBytes(request));
+    return request;
+  };
+  assert.throws(() => client.onSeedRequest(signed([v.dropped])), SecAggError, 'not before this device revealed');
+  client.onSurvivors(notices[1]);
+  const survivor = notices[1].devices.find((x) => x !== d);
+  assert.throws(() => client.onSeedRequest(signed([survivor])), SecAggError, 'a survivor needs a proof');
+  // A device the aggregator starved of every bundle holds no share, yet still keeps t pair seeds secret.
+  const starved = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)),
+    aggregatorKey: agg.publicKey, directory });
+  starved.advertise(v.round, keys);
+  starved.onRoster(roster);
+  starved.mask(new Uint32Array(roster.length), notices[0]);
+  assert.deepEqual(starved.onSurvivors(notices[1]).self_mask_shares, {});
+  const live = notices[1].devices.filter((x) => x !== d);
+  assert.throws(() => starved.onSeedRequest(signed([v.dropped, ...live])), /below the threshold/, 'never all its pair seeds');
+  const reveal = client.onSeedRequest(signed([v.dropped]));
+  const dropped = roster.members.find((m) => m.device === v.dropped);
+  assert.deepEqual(Object.keys(reveal.seeds), [v.dropped]);
+  assert.equal(toHex(reveal.seeds[v.dropped]), toHex(sa.pairSeed(keys.maskSk, dropped.mask_pk, v.federation, v.round, d, v.dropped)));
+  assert.ok(c.verify(directory[d], sa.signedBytes(reveal), reveal.signature));
+  assert.equal(decode(encode(reveal)).device, d);
 });
 
 test('recorded round: a tampered roster or notice is refused', () => {

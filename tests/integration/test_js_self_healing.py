@@ -1,0 +1,90 @@
+"""A JavaScript device (Node, over Mosquitto's websockets listener) in a round a rogue Python device
+attacks with garbage share bundles: the JS device reports the refusal in its masked input, answers the
+aggregator's pair-seed request, and the first round closes with the exact sum of the honest devices
+(three Python, one JS); the rogue is excluded and named (shared/secagg/exclusion.py, clients/js)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import nacl.utils
+import numpy as np
+import pytest
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import Aggregator
+from aggregator.secure import PhaseWindows
+from shared.codec import CodecConfig
+from shared.secagg import SecAggClient
+from shared.secagg.attribution import BUNDLES_REFUSED
+from shared.snapshots import make_snapshot
+from simulator.broker import MosquittoBroker
+from simulator.data import dirichlet_partition
+from simulator.js_devices import JsDevice, device_config
+from tests.integration.test_js_device import python_secure_devices
+from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
+
+pytestmark = pytest.mark.broker
+FED = "mixed"
+ROGUE = "dev-00"
+JS_ID = "dev-04"
+
+
+class GarbageDealer(SecAggClient):
+    def on_roster(self, roster):  # type: ignore[no-untyped-def]
+        bundles = super().on_roster(roster)
+        return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bundles]
+
+
+async def test_js_device_answers_the_pair_seed_request_and_the_attacked_round_closes(tmp_path, digits):
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
+    keys = enrol(5)
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=0)
+    model, weights = initial_weights()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_config(broker, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
+        min_clients=4,
+        target_clients=5,
+    )
+    try:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+            python_devices = python_secure_devices(broker, digits, keys, shards, JS_ID, agg.verify_key)
+            rogue = next(d for d in python_devices if d.client_id == ROGUE)
+            rogue._secagg = GarbageDealer(FED, ROGUE, keys[ROGUE], agg.verify_key, directory)
+            config = device_config(
+                ws_url=broker.ws_url, federation=FED, device=JS_ID, identity=keys[JS_ID],
+                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[4]],
+                labels=digits.y_train[shards[4]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
+                train={"epochs": 1, "lr": 0.1},
+            )  # fmt: skip
+            js = await JsDevice.start("node", config, tmp_path / "js")
+            try:
+                results = await run_rounds(agg, python_devices, 1, timeout=300)
+                secure = agg.last_secure
+                named = agg.offences.by_sender()
+                code = await js.wait(timeout_s=120)
+            finally:
+                await js.kill()
+    finally:
+        broker.stop()
+    assert code == 0, js.log_tail()
+    assert results[0].status == "closed", results[0].reason
+    assert results[0].round_id == 0 and results[0].contributors == 4
+    assert secure is not None and secure.server is not None and secure.total is not None
+    assert ROGUE not in secure.server.masked and JS_ID in secure.server.masked
+    assert JS_ID in secure.server.exclusion.seeds[ROGUE]  # the JS device revealed its pair seed
+    assert JS_ID in secure.server.exclusion.refusals[ROGUE]  # and reported the refused bundle
+    js_round = next(r for r in js.report()["rounds"] if r["round"] == 0)
+    expected = np.array(js_round["encoded"], dtype=np.uint64)
+    for device in python_devices:
+        if device.client_id != ROGUE:
+            expected += device.secure_round.encoded.astype(np.uint64)
+    expected &= np.uint64((1 << secure.config.bits) - 1)
+    np.testing.assert_array_equal(secure.total, expected.astype(np.uint32))  # bit-exact
+    assert named == {ROGUE: {BUNDLES_REFUSED: 1}}
