@@ -49,7 +49,7 @@ async def test_a_device_of_federation_a_cannot_write_into_b_on_a_shared_broker(t
         "beta", ["b-dev"], aggregator="agg-beta"
     )
     assert "\npattern " not in rules  # patterns would apply to every account of every federation
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", acl=rules).start()
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path, federation="alpha", acl=rules).start()
     alpha, beta = Topics("alpha"), Topics("beta")
     beta_marker = beta.round_msg(1, KEYS, "b-dev")
     try:
@@ -72,7 +72,7 @@ async def test_the_shipped_acl_confines_devices_to_the_demo_federation(tmp_path)
     accounts = {u: secrets.token_hex(8) for u in ["aggregator", "dev-0", "dev-1", "observer"]}
     # the shipped rules, plus a test-only account that may read everything (to see what gets through)
     rules = shipped() + "\nuser observer\ntopic read fl/#\n"
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", acl=rules).start()
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path, federation="demo", acl=rules).start()
     marker = Topics("demo").round_msg(1, KEYS, "dev-1")
     try:
         for federation in ("other", "demo2"):
