@@ -51,6 +51,8 @@ OPTIONS: list[Option] = [
         help="static JSON {device id: hex key} (instead of [enrolment])"),
     Opt("aggregator.takeover", type="bool", default=True,
         help="on an empty store, adopt this key's retained model on the broker (or clear another key's)"),
+    Opt("aggregator.summing_workers", type="int", default=0,
+        help="secure: sum masked inputs in N worker processes on a shared subscription (0: in-process)"),
     Opt("aggregator.enrolled", type="path", help="plain mode: file with one device id per line"),
     Opt("enrolment.list", type="path", flag="--enrolment",
         help="signed enrolled set, watched live (fedmq init)"),
@@ -182,6 +184,7 @@ def build_config(v: dict[str, Any], directory: Any = None) -> AggregatorConfig:
             v["quarantine.permanent_after"],
         ),
         hunt_tolerated=v["hunt.tolerated"],
+        summing_workers=v["aggregator.summing_workers"],
     )
 
 

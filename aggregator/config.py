@@ -87,6 +87,9 @@ class AggregatorConfig:
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     #: Secure mode: misbehaving devices the beyond-clip hunt assumes at most (aggregator.hunt); 0: off.
     hunt_tolerated: int = 1
+    #: Secure mode: sum unchunked masked inputs in this many worker processes, each on a shared MQTT
+    #: subscription (``aggregator/summing.py``); 0 sums them in the aggregator's own process.
+    summing_workers: int = 0
 
     def __post_init__(self) -> None:
         check_id(self.federation, "federation")
@@ -104,6 +107,10 @@ class AggregatorConfig:
             raise ConfigError("round_gap_s", "must be >= 0")
         if self.max_round_failures < 1:
             raise ConfigError("max_round_failures", "must be >= 1")
+        if not 0 <= self.summing_workers <= 64:
+            raise ConfigError("summing_workers", f"must be in [0, 64], got {self.summing_workers}")
+        if self.summing_workers and self.mode != "secure":
+            raise ConfigError("summing_workers", "summing workers add masked inputs: they need mode='secure'")
         if self.enrolled is not None:
             for device in self.enrolled:
                 check_id(device, "enrolled")

@@ -129,9 +129,9 @@ class Aggregator(Intake, Publishing):
     async def __aenter__(self) -> Aggregator:
         self.store = Store(Path(self.config.store_dir))
         self._load_model()
-        subscriptions = [self.topics.rounds_all, self.topics.status_all]
-        self._conn = MqttConnection(self.config.mqtt, subscriptions, on_connect=[self._republish])
+        self._conn = MqttConnection(self.config.mqtt, self._subscriptions(), on_connect=[self._republish])
         await self._conn.__aenter__()
+        self._start_summing()
         self._outbox = RecordingOutbox(self._conn, self.topics, chunk_limit=self.config.chunk_limit)
         self.supervisor.start("intake", self._intake_loop)
         return self
@@ -381,9 +381,8 @@ class Aggregator(Intake, Publishing):
                 self.accountant.rounds,
             )  # fmt: skip
         scales = choice.scales if self.config.rotation_step else None
-        expanded = rounds.expand_partial(
-            outcome.mean_delta, dim=self.layout.dim, slices=slices, scales=scales
-        )
+        expanded = rounds.expand_partial(outcome.mean_delta, dim=self.layout.dim, slices=slices,
+                                         scales=scales)  # fmt: skip
         metrics.update(expanded.metrics)
         await self._apply(round_id, expanded.mean, outcome.contributors, metrics)
         return True

@@ -20,13 +20,14 @@ from aggregator.plain import PlainRound
 from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
+from aggregator.summing import SummingPool
 from shared.errors import FedmqError, ProtocolError, WireError
 from shared.mqtt import MqttConnection
 from shared.offences import Offences
 from shared.plan import RoundPlan
 from shared.quarantine import Quarantine
 from shared.ratelimit import SenderLimits
-from shared.supervision import INTERNAL_ERROR, FaultCounter, rule_of
+from shared.supervision import INTERNAL_ERROR, FaultCounter, Supervisor, rule_of
 from shared.topics import UPDATE, RoundTopic, Topics
 from shared.wire import Presence as PresenceMsg
 from shared.wire import decode
@@ -47,6 +48,9 @@ class Intake:
     _round: PlainRound | None
     _secure: SecureRound | None
     key: nacl.signing.SigningKey
+    supervisor: Supervisor
+    #: Summing worker processes (``config.summing_workers``, ``aggregator/summing.py``), if any.
+    summing: SummingPool | None = None
 
     @functools.cached_property
     def offences(self) -> Offences:
@@ -64,7 +68,8 @@ class Intake:
     def _open_secure(self, round_id: int, plan: RoundPlan, dim: int) -> SecureRound:
         """A secure round, with the engine's offences and hunt, after a quarantine review."""
         self._review_quarantine()
-        return SecureRound(self.config, round_id, self.key, plan, dim, offences=self.offences, hunt=self.hunt)
+        return SecureRound(self.config, round_id, self.key, plan, dim, offences=self.offences, hunt=self.hunt,
+                           summing=self.summing)  # fmt: skip
 
     def _review_quarantine(self) -> None:
         """Before each secure round: apply operator lift requests (``fedmq quarantine lift``) and write
@@ -92,6 +97,19 @@ class Intake:
 
     def store_or_fail(self) -> Store:
         raise NotImplementedError
+
+    def _subscriptions(self) -> list[str]:
+        """Round messages and presence; summing workers, when configured, take the masked inputs."""
+        workers = self.config.summing_workers
+        rounds = self.topics.rounds_but_masked() if workers else [self.topics.rounds_all]
+        return [*rounds, self.topics.status_all]
+
+    def _start_summing(self) -> None:
+        """Start the summing workers, if configured, as the supervised task ``summing``."""
+        if self.config.summing_workers:
+            pool = SummingPool(self.config, relay=self._ingest, refused=self._worker_refused)
+            self.summing = pool
+            self.supervisor.start("summing", lambda: pool.run(self.supervisor))
 
     @property
     def intake_hooks(self) -> list[Callable[[str, bytes], None]]:
@@ -156,6 +174,10 @@ class Intake:
         self.faults.record(who, topic, rule, reason)
         self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}",
                              exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
+
+    def _worker_refused(self, sender: str, rule: str, reason: str, round_id: int | None) -> None:
+        """A summing worker's refusal, counted and logged as the aggregator's own."""
+        self._drop(sender, reason, round_id, topic=f"summing worker: {sender}", rule=rule)
 
     def _ingest(self, topic: str, payload: bytes, replay: bool = False) -> None:
         """Validate, journal, then count one frame. Never raises: bad input is logged and dropped."""

@@ -65,24 +65,41 @@ class MaskedSum:
         self.devices: set[str] = set()
 
     def add(self, data: bytes) -> bool:
-        message = decode(data, MaskedInput)
+        checked = self.check(data)
+        if checked is None:
+            return False
+        self.add_vector(*checked)
+        return True
+
+    def check(self, data: bytes, sender: str | None = None) -> tuple[str, np.ndarray] | None:
+        """Verify one encoded input (from ``sender``, the topic's device, when given): its device and
+        unpacked vector, None for a duplicate; raises :class:`SecAggError` (or WireError) otherwise."""
+        return self.check_message(decode(data, MaskedInput), sender)
+
+    def check_message(self, message: MaskedInput, sender: str | None = None) -> tuple[str, np.ndarray] | None:
+        """:meth:`check` of a decoded input."""
         if message.federation != self.federation or message.round != self.round_id:
             raise SecAggError(f"masked input for {message.federation!r}/{message.round} (misrouted)")
+        if sender is not None and message.device != sender:
+            raise SecAggError(f"masked input of {message.device!r} on the topic of {sender!r}")
         if message.device in self.devices:
-            return False
+            return None
         if message.bits != self.bits or message.length != self.length:
             raise SecAggError(f"masked input of {message.device!r} has bits={message.bits} "
                               f"length={message.length}")  # fmt: skip
         identity = self.directory.get(message.device)
         if identity is None:
-            raise SecAggError(f"masked input from unenrolled device {message.device!r}")
+            raise SecAggError(f"masked input from {message.device!r}, not in this round's set")
         keys.verify(identity, message.signed_bytes(), message.signature, "masked input")
         values = unpack(message.payload, self.bits, self.length)
         if self.length and int(values.max()) >> self.bits:
             raise SecAggError(f"masked vector of {message.device!r} has values outside Z_2^{self.bits}")
+        return message.device, values
+
+    def add_vector(self, device: str, values: np.ndarray) -> None:
+        """Add a vector :meth:`check` accepted (once per device)."""
         np.add(self.sum, values, out=self.sum)
-        self.devices.add(message.device)
-        return True
+        self.devices.add(device)
 
 
 def _worker(pipe: Connection, settings: dict[str, object]) -> None:

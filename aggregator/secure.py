@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nacl.signing
 import numpy as np
@@ -47,6 +48,9 @@ from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
 from shared.wire.seeds import SeedReveal
+
+if TYPE_CHECKING:
+    from aggregator.summing import SummingPool
 
 __all__ = ["PhaseWindows", "SecureOutcome", "SecureRound"]
 
@@ -78,6 +82,7 @@ class SecureRound:
         *,
         offences: Offences | None = None,
         hunt: Hunt | None = None,
+        summing: SummingPool | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
             raise ConfigError("plan", "a secure round needs a codec and phase windows")
@@ -129,6 +134,8 @@ class SecureRound:
         if self.sat_out:
             log.info("round=%d hunt: %d suspects sit out, %d tested", round_id, len(self.sat_out),
                      len(hunt.testing) if hunt is not None else 0)  # fmt: skip
+        #: Summing workers (``aggregator/summing.py``) take the unchunked masked inputs, if configured.
+        self.summing = summing
 
     # -- the phases ------------------------------------------------------------------------------
 
@@ -144,6 +151,8 @@ class SecureRound:
 
     async def _phases(self, outbox: Outbox, stop: asyncio.Event | None) -> SecureOutcome:
         w = self.windows
+        if self.summing is not None:  # rounds start once the summing workers are connected
+            await self.summing.wait_started()
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
             if self.sat_out and self.hunt is not None:
@@ -181,6 +190,8 @@ class SecureRound:
         await self._wait(w.shares, lambda: server.received("share") >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold
         self.phase = MASKED
+        if self.summing is not None:  # every worker knows the round before any device can mask
+            await self.summing.open_round(self, u2.devices)
         # All inboxes in flight at once: one at a time, each waiting for its acknowledgement, cost the
         # phase a broker round trip per device (benchmarks/scale.py).
         await asyncio.gather(*(
@@ -200,6 +211,8 @@ class SecureRound:
         await self._wait(
             w.masked, lambda: server.received("mask") >= wanted and server.unmask_obstacle() is None, stop
         )
+        if self.summing is not None:  # their partial sums, for exactly the inputs they were granted
+            await self.summing.collect()
         u3 = server.close_masked_phase()
         self.phase = UNMASK
         await _logged(outbox.notice(u3), "publishing the survivor notice")
@@ -289,6 +302,10 @@ class SecureRound:
         if self._bundles_expected is None:  # the graph is fixed once the roster is made
             self._bundles_expected = sum(len(neighbours) for neighbours in self.server.graph.values())
         return self._bundles_expected
+
+    def wake(self) -> None:
+        """Re-check the open phase's close condition (an input was counted elsewhere)."""
+        self._progress.set()
 
     async def _wait(self, window: float, done: Callable[[], bool], stop: asyncio.Event | None) -> None:
         deadline = time.monotonic() + window

@@ -53,6 +53,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.partial_sums import MaskedSum, MqttSummer, ShardedMaskedSum
 from aggregator.secure import PhaseWindows
+from shared.chunking import DEFAULT_CHUNK_LIMIT
 from shared.codec import pack
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConfig, MqttConnection
@@ -118,6 +119,7 @@ async def _devices(spec: dict[str, Any], queue: Any, stop: Any) -> None:
                 dim=spec["dim"],
                 joins=rotation_joins(i, spec["connected"], spec["cohort"]),
                 seed=i,
+                chunk_limit=spec.get("chunk_limit", DEFAULT_CHUNK_LIMIT),
             )
             devices.append(await stack.enter_async_context(device))
         await asyncio.gather(*(d.conn.wait_connected(timeout=300) for d in devices))
@@ -156,6 +158,7 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         min_clients=max(2, cohort // 2),
         over_selection=1.0,
         publish_deltas=False,
+        summing_workers=spec.get("summing_workers", 0),
     )
     spans: list[dict[str, float]] = []
     async with Aggregator(config, initial=initial) as agg:
@@ -166,6 +169,10 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu0 = usage.ru_utime + usage.ru_stime
+        pool = agg.summing
+        if pool is not None:  # summing workers connected (their CPU is counted apart)
+            await pool.ready()
+        workers_cpu0 = sum(_proc_cpu_s(pid) for pid in (pool.pids if pool else []))
         profiler = cProfile.Profile() if spec["profile"] else None
 
         async def watch() -> None:
@@ -197,6 +204,7 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime - cpu0
         peak = usage.ru_maxrss * 1024
+        workers_cpu = sum(_proc_cpu_s(pid) for pid in (pool.pids if pool else [])) - workers_cpu0
     profile_text = ""
     if profiler is not None:
         out = io.StringIO()
@@ -205,7 +213,8 @@ async def _aggregate(spec: dict[str, Any], queue: Any, go: Any) -> None:
     queue.put(("done", {
         "results": [{"round": r.round_id, "phase": r.status, "count": r.contributors, "reason": r.reason}
                     for r in results],
-        "spans": spans, "cpu_s": cpu, "rss_before": rss_before, "rss_peak": peak, "profile": profile_text,
+        "spans": spans, "cpu_s": cpu, "workers_cpu_s": workers_cpu,
+        "rss_before": rss_before, "rss_peak": peak, "profile": profile_text,
     }))  # fmt: skip
 
 
@@ -242,7 +251,10 @@ def _expect(queue: Any, kind: str, count: int, timeout: float) -> list[Any]:
     return got
 
 
-def run_case(case: Case, *, processes: int, profile: bool, timeout: float) -> dict[str, Any]:
+def run_case(
+    case: Case, *, processes: int, profile: bool, timeout: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One configuration; ``extra`` adds to every process's spec (``summing_workers``, ``chunk_limit``)."""
     with (
         tempfile.TemporaryDirectory(prefix="fedmq-scale-") as tmp,
         MosquittoBroker(Path(tmp) / "broker") as broker,
@@ -252,7 +264,7 @@ def run_case(case: Case, *, processes: int, profile: bool, timeout: float) -> di
         aggregator_key = bytes(load_or_create_key(store / "aggregator.key").verify_key)
         base = {"port": broker.port, "connected": case.connected, "cohort": case.cohort, "dim": case.dim,
                 "rounds": case.rounds, "aggregator_key": aggregator_key, "store": str(store),
-                "profile": profile}  # fmt: skip
+                "profile": profile, **(extra or {})}  # fmt: skip
         agg_queue, dev_queue = CTX.Queue(), CTX.Queue()
         go, stop = CTX.Event(), CTX.Event()
         aggregator = CTX.Process(target=_aggregator_main, args=(base, agg_queue, go), daemon=True)
@@ -316,6 +328,7 @@ def summarise(
         "phase_s": phases,
         "agg_cpu_s": done["cpu_s"],
         "agg_cpu_per_device_round_ms": 1000 * done["cpu_s"] / max(1, device_rounds),
+        "workers_cpu_per_device_round_ms": 1000 * done.get("workers_cpu_s", 0.0) / max(1, device_rounds),
         "agg_rss_before_mb": done["rss_before"] / 2**20,
         "agg_rss_peak_mb": done["rss_peak"] / 2**20,
         "broker_cpu_per_round_s": measured["broker_cpu"] / max(1, case.rounds),

@@ -18,15 +18,43 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.summing import worker_account
 from fedmq_admin import acl
 
 #: Mosquitto 2.x's default PBKDF2 iteration count for ``$7$`` hashes.
 PBKDF2_ITERATIONS = 101
 
 
-def acl_rules(federation: str = acl.SHIPPED_FEDERATION, devices: Iterable[str] = ()) -> str:
-    """The shipped ACL rendered for ``federation``'s aggregator and ``devices`` (``fedmq_admin.acl``)."""
-    return acl.per_account(federation, devices)
+def acl_rules(
+    summing_workers: int = 0,
+    aggregator: str = "aggregator",
+    *,
+    federation: str = acl.SHIPPED_FEDERATION,
+    devices: Iterable[str] | None = None,
+) -> str:
+    """The shipped ACL (``broker_config/acl.conf``) for ``federation`` (``fedmq_admin.acl``): its
+    patterns kept (a broker of one federation), or, given the enrolled ``devices``, written out as one
+    block per account (what ``fedmq init``/``enroll`` render); plus one read-only account per summing
+    worker of ``aggregator`` (:func:`summing_worker_acl`)."""
+    if devices is None:
+        rules = acl.scoped(federation, aggregator=aggregator)
+    else:
+        rules = acl.per_account(federation, devices, aggregator=aggregator)
+    return rules + summing_worker_acl(summing_workers, aggregator, federation=federation)
+
+
+def summing_worker_acl(
+    workers: int, aggregator: str = "aggregator", *, federation: str = acl.SHIPPED_FEDERATION
+) -> str:
+    """ACL lines of the aggregator's summing workers (``summing_workers = N``): each its own account
+    (the broker binds client id to account), reading the masked inputs only -- Mosquitto checks a
+    ``$share/<group>/<filter>`` subscription and its deliveries against the plain filter."""
+    if not workers:
+        return ""
+    lines = ["", f"# Summing workers of {aggregator!r}: their shared subscription to the masked inputs."]
+    for index in range(workers):
+        lines += [f"user {worker_account(aggregator, index)}", f"topic read fl/{federation}/r/+/masked/+"]
+    return "\n".join(lines) + "\n"
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="module:factory or file.py:factory: write the initial "
                    "snapshot from this nn.Module (needs torch)")  # fmt: skip
     p.add_argument("--snapshot-encoding", default="f32", choices=("f32", "f16"), help="initial snapshot")
+    p.add_argument("--summing-workers", type=int, default=0,
+                   help="aggregator processes summing masked inputs: their accounts and ACL")  # fmt: skip
 
     p = sub.add_parser("enroll", help="enrol devices; writes devices/<id>/ bundles")
     _dir(p)
@@ -82,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="let this device join again from the aggregator's next round (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("summing-workers", help="set the aggregator's summing workers: accounts, ACL, config")
+    _dir(p)
+    p.add_argument("count", type=int, help="worker processes (0: sum in the aggregator's own process)")
+
     p = sub.add_parser("render-broker", help="re-render broker/mosquitto.conf (e.g. for a container)")
     _dir(p)
     p.add_argument("--root", type=Path, default=None, help="where the broker sees broker/ (container path)")
@@ -110,6 +116,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     fed = init_federation(
         args.dir, args.federation, host=args.host, port=args.port, bind=args.bind, tls=args.tls,
         client_certs=args.client_certs, extra_names=args.san, initial=initial,
+        summing_workers=args.summing_workers,
     )  # fmt: skip
     print(f"federation {args.federation} in {args.dir}")
     print(f"  aggregator key  {fed.aggregator_public.hex()}")
@@ -198,6 +205,13 @@ def cmd_render_broker(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_summing_workers(args: argparse.Namespace) -> None:
+    fed = Federation(args.dir)
+    fed.set_summing_workers(args.count)
+    print(f"summing_workers = {args.count}: accounts and ACL written; reload the broker (SIGHUP) and "
+          "restart the aggregator")  # fmt: skip
+
+
 COMMANDS = {
     "init": cmd_init,
     "enroll": cmd_enroll,
@@ -207,6 +221,7 @@ COMMANDS = {
     "report": cmd_report,
     "render-broker": cmd_render_broker,
     "quarantine": cmd_quarantine,
+    "summing-workers": cmd_summing_workers,
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import nacl.signing
 
+from aggregator.summing import worker_account
 from fedmq_admin import pki
 from fedmq_admin.broker import (
     Listener,
@@ -61,6 +63,8 @@ class FederationState:
     tls: bool
     client_certs: bool
     serial: int = 0
+    #: The aggregator's summing worker processes: each needs its own broker account and ACL lines.
+    summing_workers: int = 0
 
 
 class Federation:
@@ -136,8 +140,8 @@ class Federation:
         """Enrol ``device``: identity (unless its own ``public_key`` is given), broker account or client
         certificate, a new signed list; returns its bundle folder."""
         check_id(device, "device")
-        if device == AGGREGATOR:
-            raise ConfigError("device", f"{AGGREGATOR!r} is the aggregator's account")
+        if device == AGGREGATOR or device.startswith(worker_account(AGGREGATOR, 0)[:-1]):
+            raise ConfigError("device", f"{device!r} is an aggregator account")
         current = self.enrolled()
         if device in current.directory():
             raise ConfigError("device", f"{device!r} is already enrolled (revoke it first to re-key)")
@@ -208,7 +212,8 @@ class Federation:
         path.parent.mkdir(parents=True, exist_ok=True)
         enrolled = self.enrolled()
         # revoked accounts have no block (no grant); the deny blocks also silence their open sessions
-        rules = acl_rules(self.state.federation, enrolled.directory())
+        rules = acl_rules(self.state.summing_workers, AGGREGATOR, federation=self.state.federation,
+                          devices=enrolled.directory())  # fmt: skip
         path.write_text(rules + revoked_acl(list(enrolled.revoked)))
         return path
 
@@ -235,6 +240,35 @@ class Federation:
         return self.root / "ca" / "ca.crt", self.root / "ca" / "ca.key"
 
     # -- broker ----------------------------------------------------------------------------------
+
+    def set_summing_workers(self, count: int) -> None:
+        """Give the aggregator ``count`` summing workers: accounts ``aggregator-sum<i>`` (the aggregator's
+        password; extra ones removed), their ACL lines, ``summing_workers`` in ``aggregator.toml``.
+        The broker must re-read its files (SIGHUP) and the aggregator restart to use them."""
+        if not 0 <= count <= 64:
+            raise ConfigError("summing_workers", f"must be in [0, 64], got {count}")
+        if count and self.state.client_certs:
+            raise ConfigError(
+                "summing_workers", "summing workers use password accounts; not with --client-certs"
+            )
+        passwd = read_passwd(self.broker_dir / "passwd")
+        for user in [u for u in passwd if u.startswith(worker_account(AGGREGATOR, 0)[:-1])]:
+            del passwd[user]
+        if count:
+            password = (self.root / "aggregator" / "password").read_text().strip()
+            for index in range(count):  # its own processes on its machine: the aggregator's password
+                passwd[worker_account(AGGREGATOR, index)] = hash_password(password)
+        write_passwd(self.broker_dir / "passwd", passwd)
+        self.state.summing_workers = count
+        self.save()
+        self.write_acl()
+        config = self.root / "aggregator" / "aggregator.toml"
+        if config.exists():
+            line = f"summing_workers = {count}   # masked inputs summed in N worker processes (0: in-process)"
+            text, found = re.subn(r"(?m)^summing_workers = .*$", line, config.read_text())
+            if not found:
+                text = re.sub(r"(?m)^(store = .*)$", lambda m: f"{m.group(1)}\n{line}", text, count=1)
+            config.write_text(text)
 
     def render_broker(self, *, root: Path | None = None, user: str | None = None, port: int | None = None,
                       bind: str | None = None, log_dest: str = "stdout") -> Path:  # fmt: skip
@@ -269,6 +303,7 @@ def init_federation(
     client_certs: bool = False,
     extra_names: list[str] | None = None,
     initial: Path | None = None,
+    summing_workers: int = 0,
 ) -> Federation:
     """Create the admin folder of a new federation (refuses an existing one)."""
     check_id(federation, "federation")
@@ -277,6 +312,10 @@ def init_federation(
         raise ConfigError("dir", f"{root} already holds a federation; use another folder")
     if client_certs and not tls:
         raise ConfigError("client_certs", "client certificates need TLS")
+    if summing_workers and client_certs:
+        raise ConfigError("summing_workers", "summing workers use password accounts; not with --client-certs")
+    if not 0 <= summing_workers <= 64:
+        raise ConfigError("summing_workers", f"must be in [0, 64], got {summing_workers}")
     root.mkdir(parents=True, exist_ok=True)
     state = FederationState(
         federation=federation,
@@ -286,6 +325,7 @@ def init_federation(
         bind=bind,
         tls=tls,
         client_certs=client_certs,
+        summing_workers=summing_workers,
     )
     (root / STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     fed = Federation(root)
@@ -305,6 +345,8 @@ def init_federation(
             pki.write_crl(ca, broker / "crl.pem")
     credentials = fed._account(AGGREGATOR, aggregator_dir)
     fed._publish_list({}, [])
+    if summing_workers:
+        fed.set_summing_workers(summing_workers)  # before aggregator.toml exists: it is written below
     if initial is not None:
         shutil.copy(initial, aggregator_dir / "initial.fedmq")
     fed.render_broker(user=getpass.getuser())
@@ -320,6 +362,7 @@ def init_federation(
         "",
         "[aggregator]",
         "store = \"store\"",
+        f"summing_workers = {summing_workers}   # masked inputs summed in N worker processes (0: in-process)",
         *(["initial = \"initial.fedmq\""] if initial is not None else ["# initial = \"initial.fedmq\""]),
         "",
         "[enrolment]",

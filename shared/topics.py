@@ -184,6 +184,17 @@ class Topics:
         """Aggregator subscription to every round-scoped device message."""
         return f"{self.prefix}/r/#"
 
+    @property
+    def masked_inputs(self) -> str:
+        """Unchunked masked inputs (and manifests of chunked ones): what summing workers share."""
+        return f"{self.prefix}/r/+/{MASKED}/+"
+
+    def rounds_but_masked(self) -> list[str]:
+        """The aggregator's round subscriptions when summing workers take :attr:`masked_inputs`: every
+        other kind, and the chunks of chunked masked inputs (``aggregator/summing.py``)."""
+        kinds = [f"{self.prefix}/r/+/{kind}/#" for kind in sorted(ROUND_KINDS - {MASKED})]
+        return [*kinds, f"{self.masked_inputs}/c/+"]
+
     def parse_round(self, topic: str) -> RoundTopic:
         """Parse a round-scoped topic; raises WireError on anything else."""
         parts = topic.split("/")

@@ -53,6 +53,9 @@ class BrokerLimits:
     max_packet_size: int | None = None
     retain_available: bool = True
     max_qos: int = 2
+    #: MQTT 5 shared subscriptions (``$share/<group>/...``), unless the CONNACK says otherwise; never
+    #: assumed under 3.1.1 (NATS refuses them), which is what summing workers need.
+    shared_subscriptions: bool = False
 
 
 @dataclass(frozen=True)

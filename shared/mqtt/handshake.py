@@ -94,6 +94,7 @@ def read_limits(client: Client, cfg: MqttConfig, endpoint: str, protocol: str) -
         max_packet_size=min(sizes) if sizes else None,
         retain_available=bool(getattr(props, "RetainAvailable", 1)) if props is not None else True,
         max_qos=int(getattr(props, "MaximumQoS", 2)) if props is not None else 2,
+        shared_subscriptions=protocol == "5" and bool(getattr(props, "SharedSubscriptionAvailable", 1)),
     )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
-from shared.secagg import bundles, exclusion, keys, prg, shamir
+from shared.secagg import bundles, claims, exclusion, keys, prg, shamir
 from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution, derives, opens
 from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
@@ -61,7 +61,7 @@ def unpack_raw(message: MaskedInput) -> np.ndarray:
     return np.frombuffer(message.payload, dtype="<u4").astype(np.uint32, copy=False)
 
 
-class SecAggServer:
+class SecAggServer(claims.MaskedClaims):
     """One round of secure aggregation, as the aggregator sees it."""
 
     def __init__(
