@@ -40,7 +40,9 @@ import random
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from aggregator.config import AggregatorConfig
 from shared.offences import Offences
+from shared.quarantine import Quarantine
 
 log = logging.getLogger("aggregator.engine")
 
@@ -231,6 +233,25 @@ def essential(sets: Sequence[frozenset[str]], k: int) -> list[str]:
         return sorted(common) if len(common) == 1 else []
     smallest = min(sets, key=len)
     return sorted(d for d in smallest if not hitting_set_exists(sets, k, avoid=d))
+
+
+def admission(
+    hunt: Hunt | None,
+    *,
+    quarantine: Quarantine,
+    config: AggregatorConfig,
+    directory: Collection[str],
+    admit: int,
+) -> tuple[frozenset[str], int]:
+    """For a secure round: the suspects that sit it out (:meth:`Hunt.plan`, with cohorts sized so the
+    round still reaches ``min_clients`` after the dropouts the graph tolerates), and how many adverts the
+    keys phase waits for (it need not wait for devices that cannot join: left out, or quarantined)."""
+    cohort = math.ceil(config.min_clients / (1 - config.dropout_rate))
+    sat_out = hunt.plan(cohort) if hunt is not None else frozenset()
+    away = sat_out | {d for d in quarantine.blocked() if d in directory}
+    if sat_out and hunt is not None:
+        log.info("hunt: %d suspects sit this round out, %d tested", len(sat_out), len(hunt.testing))
+    return sat_out, max(1, min(admit, len(directory) - len(away)))
 
 
 def settle(

@@ -32,7 +32,7 @@ import nacl.signing
 import numpy as np
 
 from aggregator.config import AggregatorConfig
-from aggregator.hunt import BEYOND_CLIP, Hunt, settle
+from aggregator.hunt import BEYOND_CLIP, Hunt, admission, settle
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
@@ -124,16 +124,9 @@ class SecureRound:
         self.offences.quarantine.begin_round(round_id, time.time())
         #: Beyond-clip hunt (``aggregator.hunt``): who sits this round out, who asked to join anyway.
         self.hunt = hunt
-        # cohorts sized so the round still reaches min_clients after the dropouts the graph tolerates
-        cohort = math.ceil(config.min_clients / (1 - config.dropout_rate))
-        self.sat_out = hunt.plan(cohort) if hunt is not None else frozenset()
+        self.sat_out, self.admit = admission(hunt, quarantine=self.offences.quarantine, config=config,
+                                             directory=self.directory, admit=self.admit)  # fmt: skip
         self.turned_away: set[str] = set()
-        # the keys phase need not wait for devices that cannot join (left out, or quarantined)
-        away = self.sat_out | {d for d in self.offences.quarantine.blocked() if d in self.directory}
-        self.admit = max(1, min(self.admit, len(self.directory) - len(away)))
-        if self.sat_out:
-            log.info("round=%d hunt: %d suspects sit out, %d tested", round_id, len(self.sat_out),
-                     len(hunt.testing) if hunt is not None else 0)  # fmt: skip
         #: Summing workers (``aggregator/summing.py``) take the unchunked masked inputs, if configured.
         self.summing = summing
 

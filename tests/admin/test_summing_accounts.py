@@ -102,7 +102,7 @@ def test_summing_workers_command_changes_an_existing_federation(tmp_path):
     passwd = read_passwd(tmp_path / "fed" / "broker" / "passwd")
     assert set(passwd) == {"aggregator", "dev-0", "aggregator-sum0", "aggregator-sum1", "aggregator-sum2"}
     acl = (tmp_path / "fed" / "broker" / "acl").read_text()
-    assert "user aggregator-sum2\ntopic read fl/+/r/+/masked/+" in acl
+    assert "user aggregator-sum2\ntopic read fl/acme/r/+/masked/+" in acl
     config = tmp_path / "fed" / "aggregator" / "aggregator.toml"
     values = resolve(OPTIONS, parse_args(["--config", str(config)]), environ={})
     assert values["aggregator.summing_workers"] == 3
