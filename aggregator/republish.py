@@ -18,6 +18,7 @@ from shared.errors import FedmqError
 from shared.outbox import Outbox, Publisher
 from shared.topics import Topics
 from shared.wire import RoundAnnounce
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 from shared.wire.seeds import SeedRequest
 
@@ -79,7 +80,7 @@ class RecordingOutbox(Outbox):
         self._of_round(announce.round_id)
         await super().announce(announce, now=now)
 
-    async def roster(self, roster: Roster) -> None:
+    async def roster(self, roster: Roster | CompactRoster) -> None:
         self._of_round(roster.round)
         await self.open_phase.publish("roster", lambda: super(RecordingOutbox, self).roster(roster))
 
@@ -87,7 +88,8 @@ class RecordingOutbox(Outbox):
         self._of_round(notice.round)
         await self.open_phase.publish("notice", lambda: super(RecordingOutbox, self).notice(notice))
 
-    async def inbox(self, device: str, batch: ShareBatch) -> None:
+    async def inbox(self, device: str, batch: ShareBatch | NeighbourKeys) -> None:
+        kind = "inbox" if isinstance(batch, ShareBatch) else "neighbours"  # the share batch keeps the keys
         await self.open_phase.publish(
-            f"inbox/{device}", lambda: super(RecordingOutbox, self).inbox(device, batch)
+            f"{kind}/{device}", lambda: super(RecordingOutbox, self).inbox(device, batch)
         )

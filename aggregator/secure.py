@@ -33,6 +33,7 @@ import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.hunt import BEYOND_CLIP, Hunt, admission, settle
+from aggregator.rosters import publish_compact_roster
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
@@ -178,7 +179,7 @@ class SecureRound:
             "round=%d phase=shares roster of %d devices, k=%d t=%d, %d coordinates at %d bits",
             self.round_id, n, roster.degree, roster.threshold, length, bits,
         )  # fmt: skip
-        await _logged(outbox.roster(roster), "publishing the roster")
+        await publish_compact_roster(outbox, roster, self.server.graph, self.identity)
         server = self.server
         await self._wait(w.shares, lambda: server.received("share") >= self._expected_bundles(), stop)
         u2 = server.close_share_phase()  # raises RoundAbandoned below threshold

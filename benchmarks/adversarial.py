@@ -91,6 +91,12 @@ class Rogue(SecAggClient):
     around its own roster step)."""
 
     def on_roster(self, roster):  # type: ignore[no-untyped-def]
+        return self._inconsistent(lambda: super(Rogue, self).on_roster(roster))
+
+    def on_compact_roster(self, roster, neighbour_keys):  # type: ignore[no-untyped-def]
+        return self._inconsistent(lambda: super(Rogue, self).on_compact_roster(roster, neighbour_keys))
+
+    def _inconsistent(self, deal):  # type: ignore[no-untyped-def]
         original = shamir.split
 
         def inconsistent(secret: bytes, threshold: int, holders: int) -> list[bytes]:
@@ -99,7 +105,7 @@ class Rogue(SecAggClient):
 
         shamir.split = inconsistent
         try:
-            return super().on_roster(roster)
+            return deal()
         finally:
             shamir.split = original
 

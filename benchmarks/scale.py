@@ -14,7 +14,9 @@ Per configuration (connected devices n, cohort, model dimension d) it reports:
   divided by rounds x cohort) and its peak resident memory (and its resident memory before the rounds);
 * broker CPU seconds per round and peak resident memory (``/proc`` of the Mosquitto process);
 * bytes per participating device per round, up and down, with the *protocol* bytes (everything but the
-  masked model update: announcement, roster, notices, inbox, keys, shares, reveals) separately.
+  masked model update: announcement, roster, neighbour keys, notices, inbox, keys, shares, reveals)
+  separately; "per device round" charges the participants with every announcement the fleet received,
+  "own" is what one participant itself receives in a round it takes part in.
 
 The machine is shared (2 cores, other jobs): compare rows as ratios within one run, not across runs.
 
@@ -319,6 +321,10 @@ def summarise(
     idle = [s for s in stats if s["rounds_joined"] == 0]
     protocol_down = sum(v for k, v in bytes_in.items() if k != "other")
     protocol_up = sum(v for k, v in bytes_out.items() if k != "masked")
+    # What one participant itself receives in a round it takes part in: every device gets every
+    # announcement (the same bytes whether it joins or not), the rest only participants.
+    announce_own = sum(s["bytes_in"]["announce"] for s in stats) / (case.connected * case.rounds)
+    own_down = announce_own + sum(v for k, v in bytes_in.items() if k not in ("announce", "other"))
     return {
         **asdict(case),
         "closed": len(closed),
@@ -339,6 +345,7 @@ def summarise(
         "bytes_out_per_device_round": bytes_out,
         "protocol_down_per_device_round": protocol_down,
         "protocol_up_per_device_round": protocol_up,
+        "protocol_down_own_per_device_round": own_down,
         "update_up_per_device_round": bytes_out["masked"],
         # The same downlink spread over every connected device and round (non-participants receive the
         # broadcast roster and notices too): what one device's link carries on average.
@@ -517,7 +524,7 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(title="fedmq at scale: real Mosquitto, real aggregator, light devices (secure rounds)")
     for name in ("n", "cohort", "d", "closed", "round s", "keys/shares/masked/unmask s", "agg CPU ms/dev-rnd",
                  "agg RSS MB (before/peak)", "broker CPU s/rnd", "broker RSS MB", "proto KB down/up",
-                 "proto KB down per connected",
+                 "proto KB down own", "proto KB down per connected",
                  "update KB up"):  # fmt: skip
         table.add_column(name, justify="right")
     for r in rows:
@@ -529,7 +536,7 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
             f"{r['agg_rss_before_mb']:.0f}/{r['agg_rss_peak_mb']:.0f}",
             f"{r['broker_cpu_per_round_s']:.2f}", f"{r['broker_rss_peak_mb']:.0f}",
             f"{kb(r['protocol_down_per_device_round'])}/{kb(r['protocol_up_per_device_round'])}",
-            kb(r["protocol_down_per_connected_round"]),
+            kb(r["protocol_down_own_per_device_round"]), kb(r["protocol_down_per_connected_round"]),
             kb(r["update_up_per_device_round"]),
         )  # fmt: skip
     console.print(table)

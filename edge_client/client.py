@@ -21,7 +21,7 @@ from edge_client.delivery import DeliveringOutbox
 from edge_client.local import LocalTraining, Pending
 from edge_client.memory import TrainingPlan, activation_profile
 from edge_client.participation import DevicePolicy, HeldDelta, LocalState, decide
-from edge_client.secure import SecureParticipation
+from edge_client.secure import INBOX_TYPES, ROSTER_TYPES, Listed, SecureParticipation
 from edge_client.trainer import LocalTrainer, TrainResult
 from shared.chunking import Reassembler
 from shared.errors import FedmqError, IncompatibleError, ProtocolError
@@ -42,7 +42,7 @@ from shared.wire import (
     encode,
 )
 from shared.wire import Presence as PresenceMsg
-from shared.wire.secagg import Roster, ShareBatch, SurvivorList
+from shared.wire.secagg import SurvivorList
 from shared.wire.seeds import SeedRequest
 
 __all__ = ["EdgeClient", "EdgeConfig", "EdgeStats"]
@@ -176,7 +176,7 @@ class EdgeClient(LocalTraining):
             if topic == self.topics.round:
                 self._on_round(decode(payload, RoundAnnounce))
             elif topic == self.topics.roster:
-                roster = decode(payload, Roster)
+                roster: Listed = decode(payload, ROSTER_TYPES)
                 if self._secure is not None:
                     self._spawn(self._secure.on_roster(roster))
             elif topic == self.topics.notice:
@@ -194,8 +194,8 @@ class EdgeClient(LocalTraining):
                 index = self.topics.parse_inbox(self.client_id, topic)
                 batch = self._reassembler.feed("inbox", index, payload, self.config.max_snapshot_bytes)
                 if batch is not None:
-                    if not isinstance(batch, ShareBatch) or batch.device != self.client_id:
-                        raise ProtocolError("inbox message is not a share batch for this device")
+                    if not isinstance(batch, INBOX_TYPES) or batch.device != self.client_id:
+                        raise ProtocolError("inbox message is not share bundles or keys for this device")
                     if self._secure is not None:
                         self._spawn(self._secure.on_inbox(batch))
             else:

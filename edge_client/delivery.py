@@ -28,6 +28,7 @@ from shared.errors import FedmqError
 from shared.outbox import Outbox, Publisher
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import Message, RoundAnnounce, decode, encode
+from shared.wire.roster import CompactRoster
 from shared.wire.secagg import Roster, SurvivorList
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,8 @@ def cue_of(
             announce = decode(payload, RoundAnnounce)
             return (KEYS if secure else UPDATE), announce.round_id, None
         if topic == topics.roster:
-            roster = decode(payload, Roster)
-            return SHARES, roster.round, [m.device for m in roster.members]
+            roster: Roster | CompactRoster = decode(payload, (Roster, CompactRoster))
+            return SHARES, roster.round, roster.member_ids
         if topic == topics.notice:
             notice = decode(payload, SurvivorList)
             kind = phase_opened_by("notice", secure, notice.phase)

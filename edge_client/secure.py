@@ -23,11 +23,19 @@ from shared.dp import device_noise_plan, secure_generator, skellam_noise
 from shared.errors import ProtocolError
 from shared.outbox import Outbox
 from shared.secagg import SecAggClient
+from shared.secagg.roster import RosterJoin
 from shared.wire import Message, RoundAnnounce
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
 from shared.wire.seeds import SeedRequest
 
 log = logging.getLogger(__name__)
+
+#: What the roster topic carries: the compact roster (or the full one); and a device's inbox: share
+#: bundles, or the neighbour keys that complete a compact roster.
+Listed = Roster | CompactRoster
+ROSTER_TYPES = (Roster, CompactRoster)
+INBOX_TYPES = (ShareBatch, NeighbourKeys)
 
 NOISE_CHUNK = 1 << 16
 
@@ -90,7 +98,8 @@ class SecureParticipation:
         self.dp = plan.dp
         #: The latest moment the masked phase can still be open (phases close at their deadline or earlier).
         self.masked_deadline = announce.opened_at + plan.windows.until_masked_closes
-        self.roster: Roster | None = None
+        self.roster: Roster | CompactRoster | None = None
+        self._join = RosterJoin()  # a compact roster waits here for this device's neighbour keys
         self.masked_sent = False
         self.left_out = False
         #: With ``keep_encoded``, a copy of the encoded (unmasked) vector this device contributed, for tests
@@ -114,29 +123,40 @@ class SecureParticipation:
         await self.send("keys", self.secagg.advertise(self.round_id))
         self.on_phase("keys")
 
-    async def on_roster(self, roster: Roster) -> None:
+    async def on_roster(self, roster: Roster | CompactRoster | NeighbourKeys) -> None:
+        """The full roster, or a compact one and this device's neighbour keys (from its inbox), which
+        may come in either order: the first waits for the other (``shared.secagg.roster.RosterJoin``)."""
         async with self._lock:
             if roster.round != self.round_id or self.roster is not None or self.left_out:
                 return
-            if all(m.device != self.secagg.device_id for m in roster.members):
+            if not isinstance(roster, NeighbourKeys) and self.secagg.device_id not in roster.member_ids:
                 # Over-selection: the round started without this device; its delta stays for later.
                 self.left_out = True
                 log.info(
                     "device=%s not in round %d's roster; sits it out", self.secagg.device_id, self.round_id
                 )
                 return
-            bundles = self.secagg.on_roster(roster)
-            self.roster = roster
-            batch = ShareBatch.outgoing(roster.federation, roster.round, self.secagg.device_id, bundles)
+            if isinstance(roster, Roster):
+                listed: Roster | CompactRoster = roster
+                bundles = self.secagg.on_roster(roster)
+            else:
+                joined = self._join.add(roster, self.round_id)
+                if joined is None:
+                    return
+                listed, bundles = joined[0], self.secagg.on_compact_roster(*joined)
+            self.roster = listed
+            batch = ShareBatch.outgoing(listed.federation, listed.round, self.secagg.device_id, bundles)
             # Its digests signed: an inconsistency proof against this device could then be checked.
-            signature = self.secagg.sign_digests(roster.round, batch.digests)
+            signature = self.secagg.sign_digests(listed.round, batch.digests)
             await self.send("shares", replace(batch, signature=signature))
             self.on_phase("shares")
             for batch in self._early_bundles:
                 self._open(batch)
             self._early_bundles.clear()
 
-    async def on_inbox(self, batch: ShareBatch) -> None:
+    async def on_inbox(self, batch: ShareBatch | NeighbourKeys) -> None:
+        if isinstance(batch, NeighbourKeys):  # the compact roster's other half
+            return await self.on_roster(batch)
         async with self._lock:
             if batch.round != self.round_id:
                 raise ProtocolError(f"share batch for round {batch.round}, this device is in {self.round_id}")
@@ -204,7 +224,7 @@ class SecureParticipation:
                      self.secagg.device_id, self.round_id)  # fmt: skip
             return
         result = self.training.result()
-        config = self.plan.codec_for(len(self.roster.members))
+        config = self.plan.codec_for(len(self.roster.member_ids))
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != self.roster.length or config.bits != self.roster.bits:
             raise ProtocolError(
@@ -218,7 +238,7 @@ class SecureParticipation:
         noise_variance = 0.0
         if self.dp is not None and self.dp.mode == "distributed":
             plan = device_noise_plan(
-                self.dp, self.dp.resolved_noise_multiplier(), config, encoder, len(self.roster.members)
+                self.dp, self.dp.resolved_noise_multiplier(), config, encoder, len(self.roster.member_ids)
             )
             noise_variance = plan.per_device_variance
         encoded = await asyncio.to_thread(

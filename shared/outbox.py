@@ -15,6 +15,7 @@ from typing import Protocol
 from shared.chunking import DEFAULT_CHUNK_LIMIT, split
 from shared.topics import Topics
 from shared.wire import Message, ModelUpdate, RoundAnnounce, RoundResult, encode
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import Roster, ShareBatch, SurvivorList
 from shared.wire.seeds import SeedRequest
 
@@ -77,7 +78,7 @@ class Outbox:
     async def result(self, result: RoundResult) -> None:
         await self.transport.publish(self.topics.result, encode(result), retain=True)
 
-    async def roster(self, roster: Roster) -> None:
+    async def roster(self, roster: Roster | CompactRoster) -> None:
         await self.transport.publish(self.topics.roster, encode(roster), retain=True)
 
     async def notice(self, notice: SurvivorList | SeedRequest) -> None:
@@ -89,8 +90,9 @@ class Outbox:
         await self.transport.publish(self.topics.roster, b"", retain=True)
         await self.transport.publish(self.topics.notice, b"", retain=True)
 
-    async def inbox(self, device: str, batch: ShareBatch) -> None:
-        """Shares addressed to one device (not retained: they are for this round only)."""
+    async def inbox(self, device: str, batch: ShareBatch | NeighbourKeys) -> None:
+        """Shares, or the neighbour keys of a compact roster, addressed to one device (not retained: they
+        are for this round only)."""
         inbox = self.topics.inbox(device)
         await self._framed(inbox, inbox, encode(batch))
 

@@ -35,16 +35,18 @@ from shared.errors import FedmqError, ProtocolError
 from shared.following import RoundFollowing
 from shared.mqtt import MqttConfig, MqttConnection, publish_framed
 from shared.secagg import SecAggClient
+from shared.secagg.roster import RosterJoin
 from shared.signing import verify
 from shared.supervision import guarded
 from shared.topics import Topics
 from shared.wire import PHASE_KEYS, Message, RoundAnnounce, decode, encode
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import PHASE_MASKED, PHASE_SHARED, Roster, ShareBatch, SurvivorList
 
 log = logging.getLogger(__name__)
 
 #: Kinds of bytes a device receives: protocol messages, and the model downlink (not followed here).
-IN_KINDS = ("announce", "roster", "notice", "inbox", "other")
+IN_KINDS = ("announce", "roster", "neighbours", "notice", "inbox", "other")
 #: Kinds of bytes a device sends; ``masked`` carries the model update, the rest is protocol.
 OUT_KINDS = ("keys", "shares", "masked", "unmask")
 
@@ -80,7 +82,8 @@ class LightStats:
 @dataclass
 class _Round:
     announce: RoundAnnounce
-    roster: Roster | None = None
+    roster: Roster | CompactRoster | None = None
+    join: RosterJoin = field(default_factory=RosterJoin)
     early: list[ShareBatch] = field(default_factory=list)
     masked_sent: bool = False
     revealed: bool = False
@@ -159,18 +162,22 @@ class LightDevice:
                 self._on_round(decode(payload, RoundAnnounce))
             elif topic == self.topics.roster:
                 self.stats.bytes_in["roster"] += len(payload)
-                self._spawn(self._on_roster(decode(payload, Roster)))
+                self._spawn(self._on_roster(decode(payload, (Roster, CompactRoster))))
             elif topic == self.topics.notice:
                 self.stats.bytes_in["notice"] += len(payload)
                 self._spawn(self._on_notice(decode(payload, SurvivorList)))
             elif topic.startswith(self.topics.inbox(self.client_id)):
-                self.stats.bytes_in["inbox"] += len(payload)
                 index = self.topics.parse_inbox(self.client_id, topic)
                 batch = self._reassembler.feed("inbox", index, payload, 64 * 1024 * 1024)
+                keys = isinstance(batch, NeighbourKeys) and index is None
+                self.stats.bytes_in["neighbours" if keys else "inbox"] += len(payload)
                 if batch is not None:
-                    if not isinstance(batch, ShareBatch) or batch.device != self.client_id:
-                        raise ProtocolError("inbox message is not a share batch for this device")
-                    self._spawn(self._on_inbox(batch))
+                    if not isinstance(batch, ShareBatch | NeighbourKeys) or batch.device != self.client_id:
+                        raise ProtocolError("inbox message is not share bundles or keys for this device")
+                    if isinstance(batch, ShareBatch):
+                        self._spawn(self._on_inbox(batch))
+                    else:
+                        self._spawn(self._on_roster(batch))
             else:
                 self.stats.bytes_in["other"] += len(payload)
         except FedmqError as exc:
@@ -195,18 +202,25 @@ class LightDevice:
         await self._following.join()
         await self._send("keys", round_id, self._secagg.advertise(round_id))
 
-    async def _on_roster(self, roster: Roster) -> None:
+    async def _on_roster(self, roster: Roster | CompactRoster | NeighbourKeys) -> None:
         async with self._lock:
             state = self._round
             if state is None or roster.round != state.announce.round_id or state.roster is not None:
                 return
-            if all(m.device != self.client_id for m in roster.members):
+            if not isinstance(roster, NeighbourKeys) and self.client_id not in roster.member_ids:
                 state.left_out = True
                 return
-            bundles = self._secagg.on_roster(roster)
-            state.roster = roster
-            batch = ShareBatch.outgoing(roster.federation, roster.round, self.client_id, bundles)
-            await self._send("shares", roster.round, batch)
+            if isinstance(roster, Roster):
+                listed: Roster | CompactRoster = roster
+                bundles = self._secagg.on_roster(roster)
+            else:  # compact: waits for the other half (roster or this device's neighbour keys)
+                joined = state.join.add(roster, state.announce.round_id)
+                if joined is None:
+                    return
+                listed, bundles = joined[0], self._secagg.on_compact_roster(*joined)
+            state.roster = listed
+            batch = ShareBatch.outgoing(listed.federation, listed.round, self.client_id, bundles)
+            await self._send("shares", listed.round, batch)
             for early in state.early:
                 self._open(early)
             state.early.clear()
@@ -244,7 +258,7 @@ class LightDevice:
         plan = state.announce.plan
         if not plan.secure or plan.codec is None:
             raise ProtocolError(f"round {state.announce.round_id} is not a secure round with a codec")
-        config = plan.codec_for(len(state.roster.members))
+        config = plan.codec_for(len(state.roster.member_ids))
         encoder = UpdateEncoder(config, self.dim)
         if encoder.encoded_length != state.roster.length:
             raise ProtocolError(f"roster expects {state.roster.length} coordinates, the codec gives "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -10,7 +11,9 @@ import numpy as np
 
 from shared.conformance.common import FED, _coefficients, drbg, field_element, hx, identity, round_keys
 from shared.secagg import bundles, keys, prg, shamir
-from shared.secagg.graph import graph_seed, neighbour_graph, share_index
+from shared.secagg.graph import graph_seed, neighbour_graph, neighbours_of, share_index
+from shared.secagg.roster import advert_digest
+from shared.wire.secagg import AdvertiseKeys
 
 
 def crypto_vectors() -> dict[str, Any]:
@@ -127,14 +130,20 @@ def graph_vectors() -> dict[str, Any]:
     cases = []
     for n, k in ((5, 4), (12, 4), (12, 6), (3, 10)):
         ids = [f"dev-{i}" for i in range(n)]
-        rows = [(d, round_keys(d, 9).enc_pk, round_keys(d, 9).mask_pk) for d in ids]
+        adverts = [_signed_advert(d, 9) for d in ids]
+        rows = [(a.device, advert_digest(a)) for a in adverts]
         seed = graph_seed(FED, 9, rows)
         graph = neighbour_graph(ids, k, seed)
+        assert all(neighbours_of(ids, k, seed, u) == graph[u] for u in ids)
         cases.append(
             {
                 "federation": FED,
                 "round": 9,
-                "members": [[d, hx(e), hx(m)] for d, e, m in rows],
+                "members": [[d, hx(digest)] for d, digest in rows],
+                "adverts": [
+                    {"signed_bytes": hx(a.signed_bytes()), "signature": hx(a.signature), "digest": hx(g)}
+                    for a, (_, g) in zip(adverts, rows, strict=True)
+                ],
                 "degree": k,
                 "graph_seed": hx(seed),
                 "neighbours": {u: list(vs) for u, vs in graph.items()},
@@ -142,9 +151,18 @@ def graph_vectors() -> dict[str, Any]:
             }
         )
     return {
-        "description": "Graph seeds and SecAgg+ neighbour graphs (Harary over a keyed-hash ring).",
+        "description": (
+            "Advert digests (BLAKE2b-128 of signed bytes + signature), graph seeds over (id, digest) and "
+            "SecAgg+ neighbour graphs (Harary over a keyed-hash ring)."
+        ),
         "cases": cases,
     }
+
+
+def _signed_advert(device: str, round_id: int) -> AdvertiseKeys:
+    k = round_keys(device, round_id)
+    unsigned = AdvertiseKeys(FED, round_id, device, k.enc_pk, k.mask_pk, k.self_mask_commitment)
+    return dataclasses.replace(unsigned, signature=keys.sign(identity(device), unsigned.signed_bytes()))
 
 
 def bundle_vectors() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from shared.wire import (
     RoundResult,
     encode,
 )
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -96,6 +97,9 @@ def wire_vectors() -> dict[str, Any]:
     advert = AdvertiseKeys(FED, 5, "dev-1", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
     member = RosterMember("dev-1", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 64)
     roster = Roster(FED, 5, [member], b"\x05" * 32, 4, 3, 16, 12)
+    digests = b"\x0d" * 16 + b"\x0e" * 16
+    compact = CompactRoster(FED, 5, ["dev-1", "dev-2"], digests, b"\x05" * 32, 4, 3, 16, 12)
+    slice_ = NeighbourKeys.of(FED, 5, "dev-2", [member])
     batch = ShareBatch(FED, 5, "dev-1", {"dev-2": b"\x06" * 82, "dev-3": b"\x07" * 82})
     notice = SurvivorList(FED, 5, "shared", ["dev-3", "dev-1", "dev-2"])
     masked = MaskedInput(FED, 5, "dev-1", bytes(range(24)), 16, 12)
@@ -117,6 +121,8 @@ def wire_vectors() -> dict[str, Any]:
             dataclasses.replace(advert, signature=keys.sign(dev, advert.signed_bytes())),
         ),
         message_case("secagg roster (signatures are placeholders)", roster),
+        message_case("secagg compact roster (ids, 16-byte advert digests; signature a placeholder)", compact),
+        message_case("secagg neighbour keys (signatures are placeholders)", slice_),
         message_case("secagg share batch", batch),
         message_case(
             "secagg encrypted shares (registered, in-memory only: bundles travel in share batches)",

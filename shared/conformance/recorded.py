@@ -25,6 +25,7 @@ from shared.conformance.common import (
 )
 from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import SecAggClient, SecAggServer, keys
+from shared.secagg.roster import compact, neighbour_keys
 from shared.topics import KEYS, MASKED, SHARES, UNMASK, Topics
 from shared.wire import (
     Message,
@@ -84,12 +85,16 @@ def round_vectors() -> dict[str, Any]:
     for entry in log[1:]:
         server.add_advert(_decode(entry["payload"], AdvertiseKeys))
     roster = server.make_roster()
-    publish("aggregator", topics.roster, roster, retain=True)
+    listed = compact(roster, agg)  # the compact roster (retained) and each device's neighbour keys
+    publish("aggregator", topics.roster, listed, retain=True)
+    slices = {d: neighbour_keys(roster, server.graph[d], d) for d in devices}
+    for d in devices:
+        publish("aggregator", topics.inbox(d), slices[d])
     coefficients: dict[str, list[int]] = {}
     for d in devices:
         coefficients[d] = [field_element(f"round/{d}/coef/{i}") for i in range(2 * (roster.threshold - 1))]
         with _coefficients(coefficients[d]):
-            sealed = clients[d].on_roster(roster)
+            sealed = clients[d].on_compact_roster(listed, slices[d])
         batch = ShareBatch.outgoing(FED, round_id, d, sealed)
         batch = replace(batch, signature=clients[d].sign_digests(round_id, batch.digests))  # signed digests
         publish(d, topics.round_msg(round_id, SHARES, d), batch)

@@ -6,7 +6,9 @@ the SecAgg+ neighbour graph of Bell et al. CCS 2020 §4:
 0. :meth:`SecAggClient.advertise` - fresh keys, signed advert.
 1. :meth:`SecAggClient.on_roster` - check the aggregator's signature *and every member's own advert
    signature* (a swapped key is refused), recompute the graph seed, Shamir-share ``b_u`` and the mask
-   key among the neighbours, seal one bundle per neighbour. :meth:`on_shares` opens incoming bundles.
+   key among the neighbours, seal one bundle per neighbour. :meth:`on_compact_roster` does the same from
+   the compact roster and the neighbours' adverts only (``shared.secagg.roster``). :meth:`on_shares`
+   opens incoming bundles.
 2. :meth:`SecAggClient.mask` - given the signed U2 notice, ``y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
    - sum_{v<u} PRG(s_uv) mod 2^b`` over neighbours in U2; :meth:`masked_input` signs the packed vector.
 3. :meth:`SecAggClient.on_survivors` - given the signed U3 notice, reveal ``b``-shares of surviving
@@ -26,7 +28,8 @@ import numpy as np
 
 from shared.errors import CodecError, SecAggError
 from shared.secagg import bundles, keys, prg, proofs, seeds, shamir
-from shared.secagg.graph import graph_seed, neighbour_graph
+from shared.secagg.roster import RosterCheck
+from shared.wire.roster import CompactRoster, NeighbourKeys
 from shared.wire.secagg import (
     PHASE_MASKED,
     PHASE_SHARED,
@@ -52,7 +55,7 @@ class _Round:
     round_id: int
     keys: keys.RoundKeys
     advert: AdvertiseKeys
-    roster: Roster | None = None
+    roster: Roster | CompactRoster | None = None
     neighbours: tuple[str, ...] = ()
     peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc pk, mask pk)
     outgoing: list[EncryptedShares] = field(default_factory=list)
@@ -120,7 +123,7 @@ class SecAggClient:
             keys.verify(self._aggregator_key, notice.signed_bytes(), notice.signature, f"{phase} notice")
         except SecAggError as exc:
             raise self._refuse(notice.round, str(exc)) from exc
-        members = {m.device for m in state.roster.members}
+        members = set(state.roster.member_ids)
         if not set(notice.devices) <= members:
             raise self._refuse(notice.round, f"{phase} notice names devices outside the roster")
         if self.device_id not in notice.devices:
@@ -154,47 +157,29 @@ class SecAggClient:
 
     # -- round 1 -------------------------------------------------------------------------------
     def on_roster(self, roster: Roster) -> list[EncryptedShares]:
-        """Verify the roster and return one sealed share bundle per neighbour."""
+        """Verify the full roster (every member's advert) and return one sealed share bundle per neighbour."""
+        return self._listed(roster, None)
+
+    def on_compact_roster(
+        self, roster: CompactRoster, neighbour_keys: NeighbourKeys
+    ) -> list[EncryptedShares]:
+        """Verify a compact roster and this device's neighbour adverts (``shared.secagg.roster``), then
+        return one sealed share bundle per neighbour, as :meth:`on_roster` does for the full roster."""
+        return self._listed(roster, neighbour_keys)
+
+    def _listed(self, roster: Roster | CompactRoster, slice_: NeighbourKeys | None) -> list[EncryptedShares]:
+        """Check the roster (``shared.secagg.roster``), Shamir-share ``b_u`` and the mask key among the
+        verified neighbours and seal one bundle each."""
         state = self._current(roster.federation, roster.round, "roster")
         if state.roster is not None:
             if roster == state.roster:  # QoS 1 duplicate
                 return list(state.outgoing)
             raise self._refuse(roster.round, "a second, different roster for the same round")
+        check = RosterCheck(self.device_id, state.advert, self._aggregator_key, self._directory)
         try:
-            keys.verify(self._aggregator_key, roster.signed_bytes(), roster.signature, "roster")
+            neighbours, peers = check(roster, slice_)
         except SecAggError as exc:
             raise self._refuse(roster.round, str(exc)) from exc
-        peers: dict[str, tuple[bytes, bytes]] = {}
-        for member in roster.members:
-            identity = self._directory.get(member.device)
-            if identity is None:
-                raise self._refuse(roster.round, f"roster lists unenrolled device {member.device!r}")
-            if member.device in peers:
-                raise self._refuse(roster.round, f"roster lists {member.device!r} twice")
-            advert = member.advert(roster.federation, roster.round)
-            try:
-                keys.verify(identity, advert.signed_bytes(), member.signature, f"keys of {member.device!r}")
-            except SecAggError as exc:
-                raise self._refuse(roster.round, f"{exc} (swapped or forged key)") from exc
-            try:  # a low-order key would make a known pair seed or an unbuildable Box below
-                keys.check_public_key(member.enc_pk, f"encryption key of {member.device!r}")
-                keys.check_public_key(member.mask_pk, f"mask key of {member.device!r}")
-            except SecAggError as exc:
-                raise self._refuse(roster.round, str(exc)) from exc
-            peers[member.device] = (member.enc_pk, member.mask_pk)
-        mine = state.advert
-        if peers.get(self.device_id) != (mine.enc_pk, mine.mask_pk):
-            raise self._refuse(roster.round, "roster does not carry this device's own keys")
-        rows = [(m.device, m.enc_pk, m.mask_pk) for m in roster.members]
-        if roster.graph_seed != graph_seed(roster.federation, roster.round, rows):
-            raise self._refuse(roster.round, "graph seed does not match the roster")
-        if roster.length < 0 or roster.bits < 1:
-            raise self._refuse(roster.round, "bad vector shape in roster")
-        try:
-            graph = neighbour_graph(list(peers), roster.degree, roster.graph_seed)
-        except SecAggError as exc:
-            raise self._refuse(roster.round, str(exc)) from exc
-        neighbours = graph[self.device_id]
         t = roster.threshold
         # Privacy floor (Bonawitz et al. §4, Bell et al. §4): with t <= k/2 an aggregator could collect
         # one kind of share from half the neighbours and the other kind from the rest.

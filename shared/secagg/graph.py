@@ -11,8 +11,9 @@ k-subset in distribution for the purposes of the tail bounds used in :mod:`share
 
 The permutation comes from a public 32-byte seed: devices are sorted by ``BLAKE2b(key=seed, id)``,
 which every party computes identically on any platform (no dependence on a library's RNG stream).
-The seed itself is derived from the roster (:func:`graph_seed`), so devices recompute it and an
-aggregator cannot pick a graph freely (it could only grind by omitting adverts; see docs/security.md).
+The seed itself is derived from the roster (:func:`graph_seed`): every member's id and the digest of its
+signed advert (:func:`shared.secagg.roster.advert_digest`), so devices recompute it from the full or the
+compact roster alike and an aggregator cannot pick a graph freely (docs/security.md, "Compact roster").
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ import msgpack
 from shared.errors import SecAggError
 
 _ORDER_PERSON = b"fedmq.sa.graph1"
-_SEED_PERSON = b"fedmq.sa.gseed1"
+_SEED_PERSON = b"fedmq.sa.gseed2"
 
 
-def graph_seed(federation: str, round_id: int, members: Iterable[tuple[str, bytes, bytes]]) -> bytes:
-    """Public graph seed bound to the round and to every member's advertised (id, enc pk, mask pk)."""
-    rows = sorted((device, enc_pk, mask_pk) for device, enc_pk, mask_pk in members)
-    body = msgpack.packb(["graph", federation, round_id, rows], use_bin_type=True)
+def graph_seed(federation: str, round_id: int, members: Iterable[tuple[str, bytes]]) -> bytes:
+    """Public graph seed bound to the round and to every member's (id, digest of its signed advert).
+
+    The digest binds the member's keys, commitment and signature, so the seed is as bound to the keys as
+    a hash over the keys themselves, yet computable from the compact roster's ~27 B per member.
+    """
+    rows = sorted((device, digest) for device, digest in members)
+    body = msgpack.packb(["graph2", federation, round_id, rows], use_bin_type=True)
     return hashlib.blake2b(body, digest_size=32, person=_SEED_PERSON).digest()
 
 
@@ -53,7 +58,7 @@ def neighbour_graph(members: Sequence[str], k: int, seed: bytes) -> dict[str, tu
         return {u: tuple(v for v in ids if v != u) for u in ids}
     if k < 2 or k % 2:
         raise SecAggError(f"sparse neighbour graph needs an even degree >= 2, got {k}")
-    ring = sorted(ids, key=lambda d: hashlib.blake2b(d.encode(), key=seed, person=_ORDER_PERSON).digest())
+    ring = seeded_ring(ids, seed)
     neighbours: dict[str, set[str]] = {u: set() for u in ids}
     for i, u in enumerate(ring):
         for step in range(1, k // 2 + 1):
@@ -61,6 +66,30 @@ def neighbour_graph(members: Sequence[str], k: int, seed: bytes) -> dict[str, tu
             neighbours[u].add(v)
             neighbours[v].add(u)
     return {u: tuple(sorted(vs)) for u, vs in neighbours.items()}
+
+
+def seeded_ring(ids: Sequence[str], seed: bytes) -> list[str]:
+    """The devices in ring order: sorted by ``BLAKE2b(key=seed, id)``."""
+    return sorted(ids, key=lambda d: hashlib.blake2b(d.encode(), key=seed, person=_ORDER_PERSON).digest())
+
+
+def neighbours_of(members: Sequence[str], k: int, seed: bytes, device: str) -> tuple[str, ...]:
+    """``neighbour_graph(members, k, seed)[device]`` without building the whole graph: a device needs
+    only its own k/2 ring positions on each side (O(n log n) for the ring, O(k) for the rest)."""
+    ids = sorted(set(members))
+    if len(ids) != len(members) or device not in ids:
+        raise SecAggError("neighbours_of: ids must be unique and include the device")
+    if len(ids) < 2 or len(seed) != 32:
+        raise SecAggError("neighbours_of: needs at least 2 devices and a 32-byte seed")
+    n = len(ids)
+    if k >= n - 1:
+        return tuple(v for v in ids if v != device)
+    if k < 2 or k % 2:
+        raise SecAggError(f"sparse neighbour graph needs an even degree >= 2, got {k}")
+    ring = seeded_ring(ids, seed)
+    i = ring.index(device)
+    steps = range(1, k // 2 + 1)
+    return tuple(sorted({ring[(i + s) % n] for s in steps} | {ring[(i - s) % n] for s in steps}))
 
 
 def share_index(graph: dict[str, tuple[str, ...]], owner: str, holder: str) -> int:

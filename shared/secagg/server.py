@@ -32,8 +32,9 @@ from shared.errors import ConfigError, SecAggError
 from shared.offences import Offences
 from shared.secagg import bundles, claims, exclusion, keys, prg, shamir
 from shared.secagg.attribution import CORRUPT_REVEAL, WEAK_KEY, Attribution, derives, opens
-from shared.secagg.graph import graph_seed, neighbour_graph, share_index, threshold_core, unmask_obstacle
+from shared.secagg.graph import neighbour_graph, share_index, threshold_core, unmask_obstacle
 from shared.secagg.params import SecAggParams, choose_params
+from shared.secagg.roster import members_of, members_seed
 from shared.wire.secagg import (
     PHASE_MASKED,
     PHASE_SHARED,
@@ -41,7 +42,6 @@ from shared.wire.secagg import (
     EncryptedShares,
     MaskedInput,
     Roster,
-    RosterMember,
     SurvivorList,
     UnmaskReveal,
 )
@@ -187,11 +187,8 @@ class SecAggServer(claims.MaskedClaims):
             raise self._refuse(None, f"{n} adverts: {exc}", abandon=True) from exc
         if self.params.n != n:
             self.abandon(None, f"parameters are for {self.params.n} devices, got {n}")
-        members = [
-            RosterMember(a.device, a.enc_pk, a.mask_pk, a.self_mask_commitment, a.signature)
-            for a in sorted(self.adverts.values(), key=lambda a: a.device)
-        ]
-        seed = graph_seed(self.federation, self.round_id, [(m.device, m.enc_pk, m.mask_pk) for m in members])
+        members = members_of(self.adverts.values())
+        seed = members_seed(self.federation, self.round_id, members)
         self.graph = neighbour_graph([m.device for m in members], self.params.k, seed)
         self._attribution.graph = self.graph
         unsigned = Roster(

@@ -7,6 +7,7 @@ package registers all of them.
 
 from shared.wire import (
     messages,  # noqa: F401  (registers message types)
+    roster,  # noqa: F401  (registers the compact roster's message types)
     secagg,  # noqa: F401  (registers secure-aggregation message types)
     seeds,  # noqa: F401  (registers the pair-seed step of secure aggregation)
 )

@@ -133,6 +133,11 @@ class Roster(Message):
                 f"bad roster parameters degree={self.degree} threshold={self.threshold} length={self.length}"
             )
 
+    @property
+    def member_ids(self) -> list[str]:
+        """Every member's id (the same accessor as the compact roster's)."""
+        return [m.device for m in self.members]
+
     def signed_bytes(self) -> bytes:
         rows = [[m.device, m.enc_pk, m.mask_pk, m.self_mask_commitment, m.signature] for m in self.members]
         return _canonical(

@@ -120,8 +120,9 @@ def test_device_refuses_a_roster_carrying_a_weak_key() -> None:
         for a in [bad, *adverts[1:]]
     ]
     from shared.secagg.graph import graph_seed
+    from shared.secagg.roster import member_digest
 
-    seed = graph_seed(FED, 1, [(m.device, m.enc_pk, m.mask_pk) for m in members])
+    seed = graph_seed(FED, 1, [(m.device, member_digest(m, FED, 1)) for m in members])
     roster = Roster(FED, 1, members, seed, N - 1, 4, BITS, LENGTH)
     roster = replace(roster, signature=keys.sign(run.aggregator, roster.signed_bytes()))
     with pytest.raises(SecAggError, match=f"mask key of '{ROGUE}'.*low-order"):

@@ -38,6 +38,12 @@ class RogueClient(SecAggClient):
     attack = "garbage"
 
     def on_roster(self, roster):  # type: ignore[no-untyped-def]
+        return self._attacked(lambda: super(RogueClient, self).on_roster(roster))
+
+    def on_compact_roster(self, roster, neighbour_keys):  # type: ignore[no-untyped-def]
+        return self._attacked(lambda: super(RogueClient, self).on_compact_roster(roster, neighbour_keys))
+
+    def _attacked(self, deal):  # type: ignore[no-untyped-def]
         original = shamir.split
         if self.attack == "inconsistent":  # shares off any one polynomial; digests published for them
 
@@ -47,7 +53,7 @@ class RogueClient(SecAggClient):
 
             shamir.split = inconsistent
         try:
-            bundles = super().on_roster(roster)
+            bundles = deal()
         finally:
             shamir.split = original
         if self.attack == "garbage":

@@ -29,9 +29,11 @@ from shared.errors import CodecError, ProtocolError, SecAggError, WireError
 from shared.layout import ModelLayout
 from shared.secagg import SecAggClient, SecAggServer, bundles, keys, prg, shamir
 from shared.secagg.graph import graph_seed, neighbour_graph
+from shared.secagg.roster import compact
 from shared.topics import Topics, check_id
 from shared.wire import ModelSnapshot, RoundAnnounce, decode, encode, registered_types
-from shared.wire.secagg import AdvertiseKeys, MaskedInput, Roster, ShareBatch, SurvivorList, UnmaskReveal
+from shared.wire.roster import CompactRoster, NeighbourKeys
+from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, SurvivorList, UnmaskReveal
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
 
@@ -203,7 +205,10 @@ def test_shamir_reconstructs_and_split_replays():
 
 def test_graph():
     for case in load("graph")["cases"]:
-        rows = [(d, bytes.fromhex(e), bytes.fromhex(m)) for d, e, m in case["members"]]
+        rows = [(d, bytes.fromhex(g)) for d, g in case["members"]]
+        for advert, (_, digest) in zip(case["adverts"], rows, strict=True):
+            body = bytes.fromhex(advert["signed_bytes"]) + bytes.fromhex(advert["signature"])
+            assert hashlib.blake2b(body, digest_size=16, person=b"fedmq.sa.advd1").digest() == digest
         seed = graph_seed(case["federation"], case["round"], list(reversed(rows)))  # order-free
         assert seed.hex() == case["graph_seed"]
         graph = neighbour_graph([r[0] for r in rows], case["degree"], seed)
@@ -302,7 +307,7 @@ def test_recorded_round_replays_into_a_fresh_aggregator():
     directory = {d: bytes.fromhex(k) for d, k in v["directory"].items()}
     t = Topics(v["federation"])
     roster = decode(
-        bytes.fromhex(next(m["payload"] for m in v["messages"] if m["topic"] == t.roster)), Roster
+        bytes.fromhex(next(m["payload"] for m in v["messages"] if m["topic"] == t.roster)), CompactRoster
     )
     server = SecAggServer(
         v["federation"],
@@ -323,7 +328,7 @@ def test_recorded_round_replays_into_a_fresh_aggregator():
             server.add_advert(msg)
         elif isinstance(msg, ShareBatch):
             if server.roster is None:
-                assert server.make_roster() == roster  # the aggregator's output is reproducible
+                assert compact(server.make_roster(), agg) == roster  # the aggregator's output is reproducible
             for bundle in msg.sent_bundles():
                 server.add_shares(bundle)
         elif isinstance(msg, MaskedInput):
@@ -352,10 +357,10 @@ def test_recorded_round_device_payloads_are_reproducible():
     by_topic = {}
     for m in v["messages"]:
         by_topic.setdefault(m["topic"], []).append(bytes.fromhex(m["payload"]))
-    roster = decode(by_topic[t.roster][0], Roster)
+    roster = decode(by_topic[t.roster][0], CompactRoster)
     u2, u3 = (decode(p, SurvivorList) for p in by_topic[t.notice])
     announce = decode(by_topic[t.round][0], RoundAnnounce)
-    config = announce.plan.codec_for(len(roster.members))
+    config = announce.plan.codec_for(len(roster.devices))
     for d in v["devices"]:
         s = v["secrets"][d]
         round_keys = keys.RoundKeys(
@@ -370,7 +375,8 @@ def test_recorded_round_device_payloads_are_reproducible():
             advert = client.advertise(round_id)
         assert encode(advert) == sent[(d, t.round_msg(round_id, "keys", d))]
         with _coefficients([int(c, 16) for c in s["shamir_coefficients"]]):
-            batch = ShareBatch.outgoing(fed, round_id, d, client.on_roster(roster))
+            neighbour_keys = decode(by_topic[t.inbox(d)][0], NeighbourKeys)  # then its share batch
+            batch = ShareBatch.outgoing(fed, round_id, d, client.on_compact_roster(roster, neighbour_keys))
         batch = dataclasses.replace(batch, signature=client.sign_digests(round_id, batch.digests))
         assert encode(batch) == sent[(d, t.round_msg(round_id, "shares", d))]
         for bundle in decode(sent[("aggregator", t.inbox(d))], ShareBatch).received_bundles():

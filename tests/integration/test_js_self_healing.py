@@ -31,8 +31,8 @@ JS_ID = "dev-04"
 
 
 class GarbageDealer(SecAggClient):
-    def on_roster(self, roster):  # type: ignore[no-untyped-def]
-        bundles = super().on_roster(roster)
+    def on_compact_roster(self, roster, neighbour_keys):  # type: ignore[no-untyped-def]
+        bundles = super().on_compact_roster(roster, neighbour_keys)
         return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bundles]
 
 

@@ -77,6 +77,8 @@ async def test_light_devices_close_secure_rounds_with_the_exact_sum(broker, tmp_
         assert device.stats.rounds_joined == device.stats.rounds_revealed == len(device.encoded)
         if device.stats.rounds_joined:
             assert device.stats.bytes_in["roster"] > 0 and device.stats.bytes_in["inbox"] > 0
+            # the compact roster: the neighbours' signed adverts came through the inbox
+            assert device.stats.bytes_in["neighbours"] > 0
             assert device.stats.bytes_out["masked"] >= 2 * dim  # 16-bit coordinates
 
 

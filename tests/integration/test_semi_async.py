@@ -115,7 +115,7 @@ async def test_stale_delta_is_weighted_exactly_as_documented(broker, tmp_path, d
     else:
         assert policy.weight(tau, norm) < 1 / np.sqrt(1 + tau)  # large stale update: damped further
     # Bit-exact: the weight limbs of the device's encoded vector hold round(w * s(tau) * 2^16).
-    config = CodecConfig(**{**part.codec.to_dict(), "expected_clients": len(part.roster.members)})
+    config = CodecConfig(**{**part.codec.to_dict(), "expected_clients": len(part.roster.member_ids)})
     encoder = UpdateEncoder(config, part.dim)
     limbs = part.encoded[encoder.data_length :].astype(np.int64)
     grid = sum(int(v) << (encoder.weights.limb_bits * j) for j, v in enumerate(limbs))

@@ -22,6 +22,8 @@ import { decode, encode } from './wire.js';
 
 const toBuffer = (u8) => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 const toBytes = (b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+/** Member ids of a full or a compact roster. */
+const memberIds = (roster) => roster.devices ?? roster.members.map((m) => m.device);
 
 export class Device {
   /**
@@ -146,7 +148,7 @@ export class Device {
     const t = this.topics;
     try {
       if (topic === t.round) this.onAnnounce(verifyMapSigned(payload, 'round', this.aggregatorKey));
-      else if (topic === t.roster) this.onRoster(decode(payload, 'secagg.roster'));
+      else if (topic === t.roster) this.onRoster(decode(payload, ['secagg.roster', 'secagg.compact_roster']));
       else if (topic === t.notice) this.onNotice(decode(payload, ['secagg.survivor_list', 'secagg.seed_request']));
       else if (topic.startsWith(t.inbox(this.deviceId))) {
         const msg = this.reassembler.feed('inbox', Topics.chunkOf(t.inbox(this.deviceId), topic), payload);
@@ -240,11 +242,22 @@ export class Device {
     }, 0);
   }
 
+  /** The full roster, or a compact one and this device's neighbour keys (inbox), in either order. */
   onRoster(roster) {
     const r = this.round;
+    if (!['secagg.roster', 'secagg.compact_roster', 'secagg.neighbour_keys'].includes(roster.t)) throw new ProtocolError(`${roster.t} is not a roster`);
     if (!r || roster.round !== r.id || r.roster || r.leftOut) return;
-    if (!roster.members.some((m) => m.device === this.deviceId)) { r.leftOut = true; return; }
-    const ciphertexts = this.secagg.onRoster(roster);
+    if (roster.t !== 'secagg.neighbour_keys' && !memberIds(roster).includes(this.deviceId)) { r.leftOut = true; return; }
+    let ciphertexts;
+    if (roster.t === 'secagg.roster') ciphertexts = this.secagg.onRoster(roster);
+    else {
+      r.join = { ...r.join, [roster.t]: roster };
+      const listed = r.join['secagg.compact_roster'];
+      const slice = r.join['secagg.neighbour_keys'];
+      if (!listed || !slice) return;
+      ciphertexts = this.secagg.onCompactRoster(listed, slice);
+      roster = listed;
+    }
     r.roster = roster;
     const batch = { t: 'secagg.share_batch', federation: this.federation, round: r.id, device: this.deviceId, ciphertexts,
       digests: this.secagg.outgoingDigests(), signature: this.secagg.digestSignature() };
@@ -256,6 +269,7 @@ export class Device {
 
   onInbox(batch) {
     const r = this.round;
+    if (batch.t === 'secagg.neighbour_keys' && batch.device === this.deviceId) { this.onRoster(batch); return; }
     if (batch.t !== 'secagg.share_batch' || batch.device !== this.deviceId) throw new ProtocolError('inbox message is not a share batch for this device');
     if (!r || batch.round !== r.id) throw new ProtocolError(`share batch for round ${batch.round}`);
     if (!r.roster) r.early.push(batch);
@@ -297,7 +311,7 @@ export class Device {
     const maskedDeadline = (a.opened_at + w.keys + w.shares + w.masked) * 1000;
     await this.until(() => r.result || r.closed, Math.max(0, maskedDeadline - Date.now()), 'training').catch(() => {});
     if (!r.result || r.closed) { this.log(`device=${this.deviceId} round ${r.id}: not trained before the masked phase closed`); return; }
-    const config = codecConfig(a.plan.codec, { expected_clients: r.roster.members.length });
+    const config = codecConfig(a.plan.codec, { expected_clients: memberIds(r.roster).length });
     const encoder = new UpdateEncoder(config, r.result.delta.length);
     if (encoder.encodedLength !== r.roster.length || config.bits !== r.roster.bits) {
       throw new ProtocolError(`roster expects ${r.roster.length} coordinates at ${r.roster.bits} bits, the codec gives ${encoder.encodedLength}`);

@@ -4,6 +4,7 @@
 import * as c from './crypto.js';
 import { SecAggError } from './errors.js';
 import { pack } from './msgpack.js';
+import { advertDigest, checkCompact } from './roster.js';
 
 export const DOMAIN = 'fedmq/secagg/v1';
 export const SHARES_DOMAIN = 'fedmq/secagg/shares/v2';
@@ -38,6 +39,8 @@ export function signedBytes(msg) {
       return pack([DOMAIN, f.t, f.federation, f.round,
         f.members.map((m) => [m.device, m.enc_pk, m.mask_pk, m.self_mask_commitment, m.signature]),
         f.graph_seed, f.degree, f.threshold, f.bits, f.length]);
+    case 'secagg.compact_roster':
+      return pack([DOMAIN, f.t, f.federation, f.round, f.devices, f.digests, f.graph_seed, f.degree, f.threshold, f.bits, f.length]);
     case 'secagg.survivor_list':
       return pack([DOMAIN, f.t, f.federation, f.round, f.phase, [...f.devices].sort(byId)]);
     case 'secagg.masked_input': {
@@ -83,9 +86,16 @@ export function pairSeed(maskSk, peerMaskPk, federation, round, a, b) {
 
 // -- graph -------------------------------------------------------------------------------------------------
 
+/** The graph seed over every member's [id, 16-byte digest of its signed advert] (roster.js advertDigest). */
 export function graphSeed(federation, round, rows) {
-  const sorted = [...rows].sort((x, y) => byId(x[0], y[0]) || byBytes(x[1], y[1]) || byBytes(x[2], y[2]));
-  return c.blake2b(pack(['graph', federation, round, sorted]), { size: 32, person: 'fedmq.sa.gseed1' });
+  const sorted = [...rows].sort((x, y) => byId(x[0], y[0]) || byBytes(x[1], y[1]));
+  return c.blake2b(pack(['graph2', federation, round, sorted]), { size: 32, person: 'fedmq.sa.gseed2' });
+}
+
+/** The devices in ring order: sorted by BLAKE2b(key = seed, id). */
+export function seededRing(ids, seed) {
+  const keyOf = new Map(ids.map((d) => [d, c.blake2b(c.utf8(d), { key: seed, size: 64, person: 'fedmq.sa.graph1' })]));
+  return [...ids].sort((a, b) => byBytes(keyOf.get(a), keyOf.get(b)));
 }
 
 export function neighbourGraph(members, k, seed) {
@@ -95,8 +105,7 @@ export function neighbourGraph(members, k, seed) {
   if (n < 2) throw new SecAggError(`neighbour graph needs at least 2 devices, got ${n}`);
   if (k >= n - 1) return Object.fromEntries(ids.map((u) => [u, ids.filter((v) => v !== u)]));
   if (k < 2 || k % 2) throw new SecAggError(`sparse neighbour graph needs an even degree >= 2, got ${k}`);
-  const keyOf = new Map(ids.map((d) => [d, c.blake2b(c.utf8(d), { key: seed, size: 64, person: 'fedmq.sa.graph1' })]));
-  const ring = [...ids].sort((a, b) => byBytes(keyOf.get(a), keyOf.get(b)));
+  const ring = seededRing(ids, seed);
   const sets = Object.fromEntries(ids.map((u) => [u, new Set()]));
   ring.forEach((u, i) => {
     for (let step = 1; step <= k / 2; step++) {
@@ -305,7 +314,7 @@ export class SecAggClient {
     if (!st.roster) throw this.refuse(notice.round, `${phase} notice before the roster`);
     if (notice.phase !== phase) throw this.refuse(notice.round, `expected a ${phase} notice, got ${notice.phase}`);
     if (!c.verify(this.aggregatorKey, signedBytes(notice), notice.signature)) throw this.refuse(notice.round, `bad signature on ${phase} notice`);
-    const members = new Set(st.roster.members.map((m) => m.device));
+    const members = new Set(st.roster.devices ?? st.roster.members.map((m) => m.device));
     if (!notice.devices.every((d) => members.has(d))) throw this.refuse(notice.round, `${phase} notice names devices outside the roster`);
     if (!notice.devices.includes(this.deviceId)) throw this.refuse(notice.round, `${phase} notice does not list this device`);
     if (notice.devices.length < st.roster.threshold) throw this.refuse(notice.round, `${phase} set below the threshold`);
@@ -338,10 +347,28 @@ export class SecAggClient {
     if (!mine || !c.equal(mine.encPk, st.keys.encPk) || !c.equal(mine.maskPk, st.keys.maskPk)) {
       throw this.refuse(roster.round, "roster does not carry this device's own keys");
     }
-    const rows = roster.members.map((m) => [m.device, m.enc_pk, m.mask_pk]);
+    const rows = roster.members.map((m) => [m.device, advertDigest(advertOf(m, roster.federation, roster.round))]);
     if (!c.equal(roster.graph_seed, graphSeed(roster.federation, roster.round, rows))) throw this.refuse(roster.round, 'graph seed does not match the roster');
     const graph = neighbourGraph(Object.keys(peers), roster.degree, roster.graph_seed);
-    const neighbours = graph[this.deviceId];
+    return this.deal(st, roster, graph[this.deviceId], peers, nextCoefficient);
+  }
+
+  /** Round 1, compact roster (roster.js): verify it and this device's neighbour keys; as onRoster returns. */
+  onCompactRoster(roster, slice, nextCoefficient = randomCoefficient) {
+    const st = this.current(roster.federation, roster.round, 'roster');
+    if (st.roster) {
+      if (c.equal(signedBytes(roster), signedBytes(st.roster)) && c.equal(roster.signature, st.roster.signature)) return { ...st.outgoing };
+      throw this.refuse(roster.round, 'a second, different roster for the same round');
+    }
+    let checked;
+    try {
+      checked = checkCompact(roster, slice, { deviceId: this.deviceId, own: st.advert, aggregatorKey: this.aggregatorKey, directory: this.directory });
+    } catch (e) { throw this.refuse(roster.round, e.message); }
+    return this.deal(st, roster, checked.neighbours, checked.peers, nextCoefficient);
+  }
+
+  /** Shamir-share the self-mask seed and the mask key among the verified neighbours; seal one bundle each. */
+  deal(st, roster, neighbours, peers, nextCoefficient) {
     const t = roster.threshold;
     if (2 * t <= neighbours.length || t < this.minThreshold || t > neighbours.length) {
       throw this.refuse(roster.round, `threshold ${t} unsafe for ${neighbours.length} neighbours (need k/2 < t <= k)`);

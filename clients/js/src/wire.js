@@ -64,6 +64,11 @@ export const SCHEMAS = {
   'secagg.roster': [['federation', 'str'], ['round', 'int'], ['members', ['list', rosterMember]],
     ['graph_seed', 'bin'], ['degree', 'int'], ['threshold', 'int'], ['bits', 'int'], ['length', 'int'],
     ['signature', 'bin', SIG0]],
+  'secagg.compact_roster': [['federation', 'str'], ['round', 'int'], ['devices', ['list', 'str']], ['digests', 'bin'],
+    ['graph_seed', 'bin'], ['degree', 'int'], ['threshold', 'int'], ['bits', 'int'], ['length', 'int'],
+    ['signature', 'bin', SIG0]],
+  'secagg.neighbour_keys': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['members', ['list', 'str'], () => []],
+    ['keys', 'bin', EMPTY]],
   'secagg.encrypted_shares': [['federation', 'str'], ['round', 'int'], ['sender', 'str'], ['recipient', 'str'], ['ciphertext', 'bin'],
     ['digest', 'bin', EMPTY]],
   'secagg.share_batch': [['federation', 'str'], ['round', 'int'], ['device', 'str'], ['ciphertexts', ['map', 'bin'], () => ({})],
@@ -188,7 +193,12 @@ function validate(msg) {
         if ('signature' in msg && msg.t !== 'secagg.encrypted_shares' && !optionalSig) len('signature', 64);
       }
       if (msg.t === 'secagg.advertise_keys') { len('enc_pk', 32); len('mask_pk', 32); len('self_mask_commitment', 32); }
-      if (msg.t === 'secagg.roster') {
+      if (msg.t === 'secagg.compact_roster') {
+        if (msg.digests.length !== 16 * msg.devices.length) bad('compact roster digests do not match its members');
+        if (msg.devices.some((d, i) => i > 0 && !(msg.devices[i - 1] < d))) bad('compact roster members must be sorted and unique');
+      }
+      if (msg.t === 'secagg.neighbour_keys' && msg.keys.length !== 160 * msg.members.length) bad('neighbour keys do not match their members');
+      if (msg.t === 'secagg.roster' || msg.t === 'secagg.compact_roster') {
         len('graph_seed', 32);
         if (msg.bits < 1 || msg.bits > 32) bad('bits must be in 1..32');
         if (msg.length < 0 || msg.degree < 1 || msg.threshold < 1 || msg.threshold > msg.degree) bad('bad roster parameters');

@@ -7,6 +7,7 @@ import * as chunking from '../src/chunking.js';
 import * as c from '../src/crypto.js';
 import { SecAggError, WireError } from '../src/errors.js';
 import { pack } from '../src/msgpack.js';
+import { neighboursOf } from '../src/roster.js';
 import * as sa from '../src/secagg.js';
 import { checkId, Topics } from '../src/topics.js';
 import { decode, encode, SCHEMAS } from '../src/wire.js';
@@ -118,11 +119,17 @@ test('shamir: split with recorded coefficients, reconstruct, lagrange', () => {
 
 test('graph: seeds, neighbour lists, share indices', () => {
   for (const kase of load('graph').cases) {
-    const rows = kase.members.map(([d, e, m]) => [d, fromHex(e), fromHex(m)]);
+    const rows = kase.members.map(([d, g]) => [d, fromHex(g)]);
+    kase.adverts.forEach((a, i) => {
+      const body = new Uint8Array([...fromHex(a.signed_bytes), ...fromHex(a.signature)]);
+      assert.equal(toHex(c.blake2b(body, { size: 16, person: 'fedmq.sa.advd1' })), a.digest);
+      assert.equal(a.digest, toHex(rows[i][1]));
+    });
     const seed = sa.graphSeed(kase.federation, kase.round, [...rows].reverse());
     assert.equal(toHex(seed), kase.graph_seed);
     const graph = sa.neighbourGraph(rows.map((r) => r[0]), kase.degree, seed);
     assert.deepEqual(graph, kase.neighbours);
+    for (const [u, vs] of Object.entries(graph)) assert.deepEqual(neighboursOf(rows.map((r) => r[0]), kase.degree, seed, u), vs);
     for (const [u, holders] of Object.entries(kase.share_index)) {
       for (const [h, x] of Object.entries(holders)) assert.equal(graph[u].indexOf(h) + 1, x);
     }

@@ -6,6 +6,7 @@ import * as bitpack from '../src/bitpack.js';
 import { codecConfig, UpdateEncoder } from '../src/codec.js';
 import * as c from '../src/crypto.js';
 import { CodecError, ProtocolError, SecAggError } from '../src/errors.js';
+import { neighbourEntries, packNeighbourKeys } from '../src/roster.js';
 import * as sa from '../src/secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from '../src/snapshot.js';
 import { Topics } from '../src/topics.js';
@@ -102,8 +103,9 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
   const sent = new Map(v.messages.map((m) => [`${m.from} ${m.topic}`, m.payload]));
   const notices = v.messages.filter((m) => m.topic === t.notice).map((m) => decode(fromHex(m.payload)));
   const roster = decode(fromHex(v.messages.find((m) => m.topic === t.roster).payload));
+  assert.equal(roster.t, 'secagg.compact_roster');
   const announce = verifyMapSigned(fromHex(v.messages.find((m) => m.topic === t.round).payload), 'round', aggKey);
-  const config = codecConfig(announce.plan.codec, { expected_clients: roster.members.length });
+  const config = codecConfig(announce.plan.codec, { expected_clients: roster.devices.length });
   let sum = new Uint32Array(roster.length);
   for (const d of v.devices) {
     const s = v.secrets[d];
@@ -113,11 +115,12 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
     const advert = client.advertise(v.round, keys);
     assert.equal(toHex(encode(advert)), sent.get(`${d} ${t.roundMsg(v.round, 'keys', d)}`));
     const coefficients = s.shamir_coefficients.map((h) => BigInt(`0x${h}`));
-    const ciphertexts = client.onRoster(roster, () => coefficients.shift());
+    const slice = neighbourKeysOf(v, t, d);
+    const ciphertexts = client.onCompactRoster(roster, slice, () => coefficients.shift());
     const batch = { t: 'secagg.share_batch', federation: v.federation, round: v.round, device: d, ciphertexts,
       digests: client.outgoingDigests(), signature: client.digestSignature() };
     assert.equal(toHex(encode(batch)), sent.get(`${d} ${t.roundMsg(v.round, 'shares', d)}`));
-    assert.deepEqual(client.onRoster(roster), ciphertexts, 'a duplicate roster is idempotent');
+    assert.deepEqual(client.onCompactRoster(roster, slice), ciphertexts, 'a duplicate roster is idempotent');
     client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
     const inputs = v.inputs[d];
     const encoder = new UpdateEncoder(config, v.dim);
@@ -136,6 +139,21 @@ test('recorded round: a JS device fed the same secrets emits every payload byte 
   assert.deepEqual([...sum], v.sum, 'the survivors\' encodings sum to the recorded unmasked sum');
 });
 
+/** The neighbour keys the aggregator sent to `d`'s inbox (the first inbox message; the share batch follows). */
+function neighbourKeysOf(v, t, d) {
+  return decode(fromHex(v.messages.find((m) => m.topic === t.inbox(d)).payload));
+}
+
+/** The full roster the compact one stands for (every device's own advert is in some neighbour's keys). */
+function fullRosterOf(v, t, roster, aggSeed) {
+  const byId = {};
+  for (const d of roster.devices) for (const m of neighbourEntries(neighbourKeysOf(v, t, d))) byId[m.device] = m;
+  const full = { t: 'secagg.roster', federation: roster.federation, round: roster.round, members: roster.devices.map((d) => byId[d]),
+    graph_seed: roster.graph_seed, degree: roster.degree, threshold: roster.threshold, bits: roster.bits, length: roster.length };
+  full.signature = c.sign(c.ed25519FromSeed(aggSeed).secretKey, sa.signedBytes(full));
+  return full;
+}
+
 test('recorded round: pair seeds only for a dropped dealer, or a survivor with a valid proof', () => {
   const v = load('round');
   const t = new Topics(v.federation);
@@ -150,7 +168,7 @@ test('recorded round: pair seeds only for a dropped dealer, or a survivor with a
     aggregatorKey: agg.publicKey, directory });
   const keys = sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) });
   client.advertise(v.round, keys);
-  client.onRoster(roster);
+  client.onCompactRoster(roster, neighbourKeysOf(v, t, d));
   client.onInbox(decode(fromHex(sent.get(`aggregator ${t.inbox(d)}`))));
   client.mask(new Uint32Array(roster.length), notices[0]);
   const signed = (dealers) => {
@@ -166,13 +184,13 @@ test('recorded round: pair seeds only for a dropped dealer, or a survivor with a
   const starved = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)),
     aggregatorKey: agg.publicKey, directory });
   starved.advertise(v.round, keys);
-  starved.onRoster(roster);
+  starved.onCompactRoster(roster, neighbourKeysOf(v, t, d));
   starved.mask(new Uint32Array(roster.length), notices[0]);
   assert.deepEqual(starved.onSurvivors(notices[1]).self_mask_shares, {});
   const live = notices[1].devices.filter((x) => x !== d);
   assert.throws(() => starved.onSeedRequest(signed([v.dropped, ...live])), /below the threshold/, 'never all its pair seeds');
   const reveal = client.onSeedRequest(signed([v.dropped]));
-  const dropped = roster.members.find((m) => m.device === v.dropped);
+  const dropped = neighbourEntries(neighbourKeysOf(v, t, d)).find((m) => m.device === v.dropped);
   assert.deepEqual(Object.keys(reveal.seeds), [v.dropped]);
   assert.equal(toHex(reveal.seeds[v.dropped]), toHex(sa.pairSeed(keys.maskSk, dropped.mask_pk, v.federation, v.round, d, v.dropped)));
   assert.ok(c.verify(directory[d], sa.signedBytes(reveal), reveal.signature));
@@ -192,12 +210,25 @@ test('recorded round: a tampered roster or notice is refused', () => {
     client.advertise(v.round, sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) }));
     return client;
   };
-  const swapped = structuredClone(roster);
-  swapped.members[1].enc_pk = swapped.members[2].enc_pk;
-  assert.throws(() => fresh().onRoster(swapped), SecAggError);
-  assert.throws(() => fresh().onRoster({ ...roster, threshold: 2 }), SecAggError);
+  const slice = neighbourKeysOf(v, t, d);
+  const entries = neighbourEntries(slice);
+  const pack = (members) => packNeighbourKeys(slice.federation, slice.round, slice.device, members);
+  const swapped = pack([entries[0], { ...entries[1], enc_pk: entries[2].enc_pk }, ...entries.slice(2)]);
+  assert.throws(() => fresh().onCompactRoster(roster, swapped), /swapped or forged/);
+  assert.deepEqual(pack(entries), slice, 'packing the entries again gives the recorded message');
+  assert.throws(() => fresh().onCompactRoster({ ...roster, threshold: 2 }, slice), /bad signature on roster/);
+  assert.throws(() => fresh().onCompactRoster(roster, pack(entries.slice(1))), /not this device's neighbours/);
+  const aggSecret = c.ed25519FromSeed(fromHex(v.aggregator_identity_seed)).secretKey;
+  const resign = (r) => ({ ...r, signature: c.sign(aggSecret, sa.signedBytes(r)) });
+  assert.throws(() => fresh().onCompactRoster(resign({ ...roster, graph_seed: new Uint8Array(32) }), slice), /graph seed does not match/);
+  const digests = roster.digests.slice();
+  digests[16 * roster.devices.indexOf(slice.members[0])] ^= 1;
+  assert.throws(() => fresh().onCompactRoster(resign({ ...roster, digests }), slice), /graph seed does not match/);
+  // the full roster is still accepted, with the same graph (the same seed) and so the same bundles' recipients
+  const full = fullRosterOf(v, t, roster, fromHex(v.aggregator_identity_seed));
+  assert.deepEqual(Object.keys(fresh().onRoster(full)).sort(), [...slice.members].sort());
   const client = fresh();
-  client.onRoster(roster);
+  client.onCompactRoster(roster, slice);
   const u2 = decode(fromHex(v.messages.filter((m) => m.topic === t.notice)[0].payload));
   assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, round: v.round + 1 }), SecAggError);
   assert.throws(() => client.mask(new Uint32Array(roster.length), { ...u2, signature: new Uint8Array(64) }), SecAggError);
@@ -213,8 +244,8 @@ test('recorded round: every inbox bundle is opened on its own; bad ones are retu
   const s = v.secrets[d];
   const client = new sa.SecAggClient({ federation: v.federation, deviceId: d, identity: c.ed25519FromSeed(fromHex(s.identity_seed)), aggregatorKey: aggKey, directory });
   client.advertise(v.round, sa.roundKeys({ encSk: fromHex(s.enc_sk), maskSk: fromHex(s.mask_sk), selfMask: fromHex(s.self_mask) }));
-  client.onRoster(roster);
-  const inbox = decode(fromHex(v.messages.find((m) => m.topic === t.inbox(d)).payload));
+  client.onCompactRoster(roster, neighbourKeysOf(v, t, d));
+  const inbox = decode(fromHex(v.messages.filter((m) => m.topic === t.inbox(d))[1].payload));
   const senders = Object.keys(inbox.ciphertexts).sort();
   assert.ok(senders.length >= 2 && Object.keys(inbox.digests).length === senders.length, 'the recorded inbox carries digests');
   const first = senders[0];
