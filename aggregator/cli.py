@@ -29,6 +29,7 @@ from shared.codec import CodecConfig
 from shared.dp import DPConfig
 from shared.errors import BrokerUnreachable, ConfigError
 from shared.mqtt import MqttTimeout
+from shared.quarantine import QuarantinePolicy
 from shared.service import EXIT_OK, LOG_OPTIONS, broker_options, mqtt_config, report_fatal, setup_logging
 from shared.settings import Option, add_arguments, resolve
 from shared.signing import load_or_create_key, read_directory
@@ -96,6 +97,16 @@ OPTIONS: list[Option] = [
     Opt("partial.enabled", type="bool", default=False, flag="--partial-training",
       help="size each round's blocks to the smallest declared memory budget"),
     Opt("partial.rotation_step", type="bool", default=True, help="scale block steps by the rotation"),
+    Opt("quarantine.rounds", flag="--quarantine-rounds", type="int", default=100,
+        help="rounds a device named for a quarantining rule sits out (first offence)"),
+    Opt("quarantine.seconds", flag="--quarantine-seconds", type="float", default=0.0,
+        help="... and at least these seconds"),
+    Opt("quarantine.escalation", flag="--quarantine-escalation", type="float", default=4.0,
+        help="a repeat offence's quarantine is this many times longer"),
+    Opt("quarantine.permanent_after", flag="--quarantine-permanent-after", type="int", default=0,
+        help="offences that make a quarantine permanent (0: never)"),
+    Opt("hunt.tolerated", flag="--hunt-tolerated", type="int", default=1,
+        help="beyond-clip hunt: misbehaving devices assumed at most (0: no hunt)"),
     Opt("retention.keep_snapshots", type="int", default=10, help="snapshot files kept in the store"),
     Opt("retention.keep_journal_rounds", type="int", default=5, help="rounds of journal kept"),
     Opt("metrics.listen", flag="--metrics", help="host:port for Prometheus /metrics and /healthz"),
@@ -166,6 +177,13 @@ def build_config(v: dict[str, Any], directory: Any = None) -> AggregatorConfig:
         enrolled=enrolled,
         round_gap_s=v["rounds.gap"],
         keep_journal_rounds=v["retention.keep_journal_rounds"],
+        quarantine=QuarantinePolicy(
+            v["quarantine.rounds"],
+            v["quarantine.seconds"],
+            v["quarantine.escalation"],
+            v["quarantine.permanent_after"],
+        ),
+        hunt_tolerated=v["hunt.tolerated"],
         summing_workers=v["aggregator.summing_workers"],
     )
 

@@ -13,6 +13,7 @@ from shared.dp import DPConfig
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.plan import DEFAULT_WEIGHT_CAP, PhaseWindows
+from shared.quarantine import QuarantinePolicy
 from shared.snapshots import TENSOR_ENCODINGS
 from shared.staleness import StalenessPolicy
 from shared.topics import check_id
@@ -82,6 +83,10 @@ class AggregatorConfig:
     #: Rounds in a row that may fail unexpectedly (each is abandoned and logged with its traceback)
     #: before the aggregator gives up and :meth:`Aggregator.run` raises with the cause.
     max_round_failures: int = 5
+    #: How long a device named for a quarantining rule sits out, escalating on repeats (shared.quarantine).
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    #: Secure mode: misbehaving devices the beyond-clip hunt assumes at most (aggregator.hunt); 0: off.
+    hunt_tolerated: int = 1
     #: Secure mode: sum unchunked masked inputs in this many worker processes, each on a shared MQTT
     #: subscription (``aggregator/summing.py``); 0 sums them in the aggregator's own process.
     summing_workers: int = 0
@@ -137,6 +142,8 @@ class AggregatorConfig:
             raise ConfigError("over_selection", "must be >= 1")
         if self.weight_cap < 1:
             raise ConfigError("weight_cap", "must be >= 1")
+        if not 0 <= self.hunt_tolerated <= 3:
+            raise ConfigError("hunt_tolerated", "must be in [0, 3]")
 
     def allows(self, device: str) -> bool:
         """Is ``device`` enrolled? (No list at all accepts any id: development only.)"""

@@ -353,8 +353,7 @@ class Aggregator(Intake, Publishing):
         )
         slices = [(b, self.layout.slice_of_block(b)) for b in choice.blocks] if choice.blocks else None
         round_dim = sum(s.stop - s.start for _, s in slices) if slices else self.layout.dim
-        secure = SecureRound(self.config, round_id, self.key, plan, round_dim, offences=self.offences,
-                             summing=self.summing)  # fmt: skip
+        secure = self._open_secure(round_id, plan, round_dim)
         announce = self._announce(round_id, phase=PHASE_KEYS, opened_at=now, deadline=deadline,
                                   base_version=self.version, plan=plan)  # fmt: skip
         self._secure = self.last_secure = secure

@@ -12,7 +12,10 @@ import functools
 import logging
 from collections.abc import Callable
 
+import nacl.signing
+
 from aggregator.config import AggregatorConfig
+from aggregator.hunt import Hunt
 from aggregator.plain import PlainRound
 from aggregator.receipts import Receipts
 from aggregator.retained import RetainedGuard
@@ -24,6 +27,8 @@ from shared.errors import FedmqError, ProtocolError, WireError
 from shared.mqtt import MqttConnection
 from shared.offences import Offences
 from shared.outbox import Outbox
+from shared.plan import RoundPlan
+from shared.quarantine import Quarantine
 from shared.ratelimit import SenderLimits
 from shared.supervision import INTERNAL_ERROR, FaultCounter, Supervisor, guarded, rule_of
 from shared.topics import UPDATE, RoundTopic, Topics
@@ -46,14 +51,42 @@ class Intake:
     _accepting: asyncio.Event
     _round: PlainRound | None
     _secure: SecureRound | None
+    key: nacl.signing.SigningKey
     supervisor: Supervisor
     #: Summing worker processes (``config.summing_workers``, ``aggregator/summing.py``), if any.
     summing: SummingPool | None = None
 
     @functools.cached_property
     def offences(self) -> Offences:
-        """Who broke which rule, counted per sender; one log line per sender and rule per interval."""
-        return Offences(logger=log)
+        """Who broke which rule, counted per sender; one log line per sender and rule per interval.
+        Quarantines (``shared.quarantine``) survive restarts in the store."""
+        quarantine = Quarantine(policy=self.config.quarantine)
+        quarantine.load(self.config.store_dir)
+        return Offences(logger=log, quarantine=quarantine)
+
+    @functools.cached_property
+    def hunt(self) -> Hunt | None:
+        """Finds the device behind refused aggregates across rounds (``aggregator.hunt``)."""
+        return Hunt(tolerated=self.config.hunt_tolerated) if self.config.hunt_tolerated else None
+
+    def _open_secure(self, round_id: int, plan: RoundPlan, dim: int) -> SecureRound:
+        """A secure round, with the engine's offences and hunt, after a quarantine review."""
+        self._review_quarantine()
+        return SecureRound(self.config, round_id, self.key, plan, dim, offences=self.offences, hunt=self.hunt,
+                           summing=self.summing)  # fmt: skip
+
+    def _review_quarantine(self) -> None:
+        """Before each secure round: apply operator lift requests (``fedmq quarantine lift``) and write
+        the state (as of the last round) where ``fedmq quarantine`` reads it. A full disk costs the file,
+        not the round."""
+        quarantine = self.offences.quarantine
+        try:
+            for device in quarantine.apply_lift_requests(self.config.store_dir):
+                if self.hunt is not None:
+                    self.hunt.forget(device)
+            quarantine.save(self.config.store_dir)
+        except OSError as exc:
+            log.error("quarantine state in %s not updated: %s", self.config.store_dir, exc)
 
     @functools.cached_property
     def retained(self) -> RetainedGuard:

@@ -193,6 +193,10 @@ class Metrics:
             named[rule] += n
         metric("fedmq_offences_total", "counter", "Misbehaviour named and counted, by rule.",
                [({"rule": r}, n) for r, n in sorted(named.items())])  # fmt: skip
+        quarantine = getattr(getattr(agg, "offences", None), "quarantine", None)
+        if quarantine is not None:
+            metric("fedmq_devices_quarantined", "gauge", "Devices sitting out rounds (shared.quarantine).",
+                   [({}, len(quarantine.blocked()))])  # fmt: skip
         metric("fedmq_broker_connected", "gauge", "1 while connected to the broker.",
                [({}, int(self.connected()))])  # fmt: skip
         metric("fedmq_start_time_seconds", "gauge", "Unix time the aggregator started.", [({}, self.started)])

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,12 +32,13 @@ import nacl.signing
 import numpy as np
 
 from aggregator.config import AggregatorConfig
+from aggregator.hunt import BEYOND_CLIP, Hunt, admission, settle
 from aggregator.rosters import publish_compact_roster
 from shared.chunking import Reassembler
 from shared.codec import CodecConfig, UpdateDecoder, UpdateEncoder, unpack
 from shared.dp import central_noise_std, device_noise_plan, gaussian_noise
 from shared.errors import CodecError, ConfigError, FedmqError, ProtocolError, SecAggError, WireError
-from shared.influence import AggregateOutOfBounds, aggregate_bound, check_aggregate
+from shared.influence import aggregate_bound, check_aggregate
 from shared.offences import Offences
 from shared.outbox import Outbox
 from shared.plan import PhaseWindows, RoundPlan
@@ -81,6 +82,7 @@ class SecureRound:
         dim: int,
         *,
         offences: Offences | None = None,
+        hunt: Hunt | None = None,
         summing: SummingPool | None = None,
     ) -> None:
         if plan.codec is None or plan.windows is None:
@@ -119,6 +121,13 @@ class SecureRound:
         #: Named misbehaviour; the engine passes its own, so offences (and quarantine) span rounds.
         self.offences = offences if offences is not None else Offences()
         self._bundles_expected: int | None = None
+        self.offences.quarantine.watch(QUARANTINE_RULES | {BEYOND_CLIP})
+        self.offences.quarantine.begin_round(round_id, time.time())
+        #: Beyond-clip hunt (``aggregator.hunt``): who sits this round out, who asked to join anyway.
+        self.hunt = hunt
+        self.sat_out, self.admit = admission(hunt, quarantine=self.offences.quarantine, config=config,
+                                             directory=self.directory, admit=self.admit)  # fmt: skip
+        self.turned_away: set[str] = set()
         #: Summing workers (``aggregator/summing.py``) take the unchunked masked inputs, if configured.
         self.summing = summing
 
@@ -140,6 +149,8 @@ class SecureRound:
             await self.summing.wait_started()
         await self._wait(w.keys, lambda: len(self.adverts) >= self.admit, stop)
         if len(self.adverts) < self.min_clients:
+            if self.sat_out and self.hunt is not None:
+                self.hunt.short()
             raise RoundAbandoned(
                 f"{len(self.adverts)} devices advertised keys < min_clients {self.min_clients}"
             )
@@ -215,9 +226,11 @@ class SecureRound:
         decoder = UpdateDecoder(self.config, self.dim)
         try:
             mean, weight = decoder.decode(total, contributors)
-        except CodecError as exc:  # e.g. a summed weight above one per contributor: a forged weight
+            self._check_influence(decoder, mean, weight, contributors, n)
+        except CodecError as exc:  # beyond the clip, or a summed weight above one per contributor
+            self._settle(sorted(server.masked), str(exc))
             raise RoundAbandoned(f"round {self.round_id}: aggregate refused: {exc}") from exc
-        self._check_influence(decoder, mean, weight, contributors, n)
+        self._settle(sorted(server.masked), None)
         log.info(
             "round=%d unmasked the sum of %d inputs in %.3fs (summed weight %.3f)",
             self.round_id, contributors, time.perf_counter() - started, weight,
@@ -246,11 +259,14 @@ class SecureRound:
             subsample_rate=self.config.subsample_rate,
             noise_variance=noise_variance,
         )
-        try:
-            norm = check_aggregate(mean, bound, survivors)
-        except AggregateOutOfBounds as exc:
-            raise RoundAbandoned(f"round {self.round_id}: {exc}") from exc
+        norm = check_aggregate(mean, bound, survivors)  # AggregateOutOfBounds: refused
         log.info("round=%d aggregate norm %.4g within its bound %.4g", self.round_id, norm, bound)
+
+    def _settle(self, contributors: Sequence[str], refused: str | None) -> None:
+        if self.hunt is not None:
+            present = set(self.adverts) | self.turned_away
+            settle(self.hunt, self.offences, round_id=self.round_id, contributors=contributors,
+                   present=present, refused=refused)  # fmt: skip
 
     def _privatize(
         self, mean: np.ndarray, weight: float, roster: int, survivors: int
@@ -305,6 +321,8 @@ class SecureRound:
     def ingest(self, parsed: RoundTopic, payload: bytes) -> None:
         """Feed one device frame; raises FedmqError (logged and dropped by the engine) on bad input."""
         if parsed.kind != self.phase:
+            if parsed.kind == KEYS and parsed.sender in self.sat_out:
+                return  # a suspect the hunt left out, late: it sits out all the same
             raise ProtocolError(f"{parsed.kind} message in phase {self.phase}")
         key = f"{parsed.round_id}/{parsed.kind}/{parsed.sender}"
         msg = self._reassembler.feed(key, parsed.chunk, payload, self.max_bytes)
@@ -335,8 +353,11 @@ class SecureRound:
             raise ProtocolError(f"unknown sender {msg.device!r}")
         if msg.device in self.adverts:
             return
-        if msg.device in self.offences.senders(QUARANTINE_RULES):
-            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a SecAgg+ rule, with evidence")
+        if self.offences.quarantine.blocks(msg.device):
+            raise ProtocolError(f"{msg.device!r} is quarantined: it broke a rule, with evidence")
+        if msg.device in self.sat_out:  # a suspect the hunt leaves out: it sits out, as if over-selected
+            self.turned_away.add(msg.device)
+            return
         if len(self.adverts) >= self.admit:
             raise ProtocolError(f"round already has {self.admit} devices (over-selection limit)")
         secagg_keys.verify(self.directory[msg.device], msg.signed_bytes(), msg.signature, "keys")

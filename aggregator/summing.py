@@ -228,6 +228,8 @@ class SummingPool:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             code = await process.wait()
+            if process.stdin is not None:  # the transport closes once every pipe is: no leak at exit
+                process.stdin.close()
             self._lost(slot, code)
 
     def _lost(self, slot: _Slot, code: int) -> None:

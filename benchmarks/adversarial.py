@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -39,6 +40,8 @@ import numpy as np
 
 from aggregator import rounds
 from aggregator.config import AggregatorConfig
+from aggregator.hunt import BEYOND_CLIP as BEYOND_CLIP_RULE
+from aggregator.hunt import Hunt
 from aggregator.secure import PhaseWindows, SecureRound
 from edge_client.secure import SecureParticipation
 from edge_client.trainer import TrainResult
@@ -68,6 +71,14 @@ CLASSES = {
     "message-flood": "10,000 malformed messages",
     "weight-lie": "claims weight 1 (10^6 examples) against honest 0.13",
     "beyond-clip": "its encoding multiplied by 40 before masking (an update far beyond the clip)",
+    "beyond-clip-sometimes": "beyond-clip in 30% of the rounds it joins (adaptive), honest otherwise",
+    "beyond-clip-dropouts": "beyond-clip while each honest device misses 15% of the rounds",
+}
+#: Beyond-clip variants: the rogue's chance to attack in a round it joins, honest devices' chance to miss it.
+BEYOND_CLIP = {
+    "beyond-clip": (1.0, 0.0),
+    "beyond-clip-sometimes": (0.3, 0.0),
+    "beyond-clip-dropouts": (1.0, 0.15),
 }
 
 
@@ -160,6 +171,7 @@ async def _one_round(
     offences: Offences,
     limits: SenderLimits,
     rng: np.random.Generator,
+    hunt: Hunt,
 ) -> dict:
     directory = {d: bytes(k.verify_key) for d, k in identities.items()}
     topics = Topics(FED)
@@ -175,7 +187,7 @@ async def _one_round(
         max_update_bytes=MAX_BYTES,
     )
     plan = rounds.plan_secure_round(config, seed=os.urandom(32))
-    secure = SecureRound(config, round_id, aggregator, plan, dim, offences=offences)
+    secure = SecureRound(config, round_id, aggregator, plan, dim, offences=offences, hunt=hunt)
 
     def feed(topic: str, payload: bytes) -> None:
         """The engine's per-message boundary (rate limit, then intake): a refused frame is counted."""
@@ -200,7 +212,10 @@ async def _one_round(
         target_clients=config.target_clients,
         plan=plan,
     )
+    attack_p, miss_p = BEYOND_CLIP.get(attack, (0.0, 0.0))
     for device, identity in identities.items():
+        if device != ROGUE and rng.random() < miss_p:
+            continue  # an honest device that misses this round
         client_cls = Rogue if device == ROGUE and attack == "inconsistent-shares" else SecAggClient
         client = client_cls(FED, device, identity, bytes(aggregator.verify_key), directory)
         examples = 10**6 if device == ROGUE and attack == "weight-lie" else 130
@@ -208,7 +223,7 @@ async def _one_round(
         training.set_result(_result(dim, examples, rng))
         outbox = _Rogue(loopback, topics, attack, identity) if device == ROGUE else Outbox(loopback, topics)
         part = SecureParticipation(client, announce, training, dim, outbox=outbox, keep_encoded=True)
-        if device == ROGUE and attack == "beyond-clip":
+        if device == ROGUE and attack in BEYOND_CLIP and rng.random() < attack_p:
             original_mask = client.mask
 
             def amplified(x, shared, workers=1, in_place=False, _mask=original_mask):  # type: ignore[no-untyped-def]
@@ -223,7 +238,7 @@ async def _one_round(
         loopback.spawn(_flood(attack, round_id, topics, feed))
     for part in loopback.parts.values():
         loopback.spawn(part.start())
-    outcome: dict = {"closed": False, "exact": False, "reason": ""}
+    outcome: dict = {"closed": False, "exact": False, "reason": "", "rogue_sat_out": ROGUE in secure.sat_out}
     try:
         await secure.run(Outbox(loopback, topics))
         survivors = set(secure.server.masked) if secure.server else set()
@@ -313,20 +328,24 @@ async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int)
     offences = Offences(interval_s=3600.0)
     limits = SenderLimits(burst_bytes=2 * MAX_BYTES + 1024 * 1024, bytes_per_s=MAX_BYTES / 4)
     rng = np.random.default_rng(seed)
+    hunt = Hunt(rng=random.Random(seed))
     stop = asyncio.Event()
     worst = [0.0]
     monitor = asyncio.create_task(_lag_monitor(stop, worst))
     cpu0 = time.process_time()
     outcomes = []
+    named_at: list[int] = []
     for r in range(rounds):
         outcomes.append(await _one_round(attack, r + 1, devices=devices, dim=dim, identities=identities,
                                          aggregator=aggregator, offences=offences, limits=limits,
-                                         rng=rng))  # fmt: skip
+                                         rng=rng, hunt=hunt))  # fmt: skip
+        if offences.counts[(ROGUE, BEYOND_CLIP_RULE)] > len(named_at):
+            named_at.append(r + 1)
     stop.set()
     await monitor
     cpu = time.process_time() - cpu0
     named = offences.by_sender().get(ROGUE, {})
-    honest_named = sorted(s for s in offences.senders() if s != ROGUE)
+    honest_named = {s: rules for s, rules in offences.by_sender().items() if s != ROGUE}
     weight_shares = [o["rogue_weight_share"] for o in outcomes if "rogue_weight_share" in o]
     return {
         "attack": attack,
@@ -344,6 +363,8 @@ async def run_class(attack: str, rounds: int, devices: int, dim: int, seed: int)
         "max_loop_lag_s": worst[0],
         "abandon_reasons": sorted({o["reason"] for o in outcomes if o["reason"]})[:3],
         "rogue_weight_share_max": max(weight_shares) if weight_shares else None,
+        "rogue_named_at_rounds": named_at,
+        "rounds_with_rogue_excluded": sum(bool(o.get("rogue_sat_out")) for o in outcomes),
     }
 
 
@@ -398,6 +419,7 @@ def _line(row: dict, baseline: dict) -> str:
         f"lag {row['max_loop_lag_s']:.3f}s  rss {row['peak_rss_mb']:.0f} MB  "
         f"cpu {row['cpu_s_per_round']:.3f}s/round  named {row['rogue_named']}  "
         f"honest named {row['honest_named']}"
+        + (f"  named at rounds {row['rogue_named_at_rounds']}" if row.get("rogue_named_at_rounds") else "")
     )
 
 

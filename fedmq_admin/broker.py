@@ -2,7 +2,8 @@
 
 Why rendered and not shipped: a secure federation needs per-deployment facts (host names in the server
 certificate, one account per device, the listener address), and hand-editing them is where the first
-operator got stuck. The ACL rules are ``broker_config/acl.conf``'s, as shipped (one place states them);
+operator got stuck. The ACL rules are ``broker_config/acl.conf``'s, rendered for the federation and its
+accounts (``fedmq_admin.acl``: one place states them);
 accounts are Mosquitto's ``$7$`` PBKDF2-SHA512 password hashes, written here so the admin machine does
 not need ``mosquitto_passwd``.
 """
@@ -13,27 +14,38 @@ import base64
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.summing import worker_account
-from shared.errors import ConfigError
+from fedmq_admin import acl
 
 #: Mosquitto 2.x's default PBKDF2 iteration count for ``$7$`` hashes.
 PBKDF2_ITERATIONS = 101
 
 
-def acl_rules(summing_workers: int = 0, aggregator: str = "aggregator") -> str:
-    """The shipped ACL (``broker_config/acl.conf``), found in the source tree or the installed wheel, plus
-    one read-only account per summing worker of ``aggregator`` (:func:`summing_worker_acl`)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "broker_config" / "acl.conf",):
-        if candidate.exists():
-            return candidate.read_text() + summing_worker_acl(summing_workers, aggregator)
-    raise ConfigError("acl", "broker_config/acl.conf is missing from this installation")
+def acl_rules(
+    summing_workers: int = 0,
+    aggregator: str = "aggregator",
+    *,
+    federation: str = acl.SHIPPED_FEDERATION,
+    devices: Iterable[str] | None = None,
+) -> str:
+    """The shipped ACL (``broker_config/acl.conf``) for ``federation`` (``fedmq_admin.acl``): its
+    patterns kept (a broker of one federation), or, given the enrolled ``devices``, written out as one
+    block per account (what ``fedmq init``/``enroll`` render); plus one read-only account per summing
+    worker of ``aggregator`` (:func:`summing_worker_acl`)."""
+    if devices is None:
+        rules = acl.scoped(federation, aggregator=aggregator)
+    else:
+        rules = acl.per_account(federation, devices, aggregator=aggregator)
+    return rules + summing_worker_acl(summing_workers, aggregator, federation=federation)
 
 
-def summing_worker_acl(workers: int, aggregator: str = "aggregator") -> str:
+def summing_worker_acl(
+    workers: int, aggregator: str = "aggregator", *, federation: str = acl.SHIPPED_FEDERATION
+) -> str:
     """ACL lines of the aggregator's summing workers (``summing_workers = N``): each its own account
     (the broker binds client id to account), reading the masked inputs only -- Mosquitto checks a
     ``$share/<group>/<filter>`` subscription and its deliveries against the plain filter."""
@@ -41,7 +53,7 @@ def summing_worker_acl(workers: int, aggregator: str = "aggregator") -> str:
         return ""
     lines = ["", f"# Summing workers of {aggregator!r}: their shared subscription to the masked inputs."]
     for index in range(workers):
-        lines += [f"user {worker_account(aggregator, index)}", "topic read fl/+/r/+/masked/+"]
+        lines += [f"user {worker_account(aggregator, index)}", f"topic read fl/{federation}/r/+/masked/+"]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@
     fedmq export  --dir fed --out model.safetensors
     fedmq report  --dir fed --out report.html [--eval mynet.py:evaluate]
     fedmq render-broker --dir fed [--root /mosquitto/config]
+    fedmq quarantine --dir fed [--lift dev-2]      who sits out rounds, until when; lift one early
 
 Exit codes: 0 done, 2 a fedmq error (one line on stderr), 3 bad settings, 1 a bug.
 """
@@ -75,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", type=Path, default=None, help="aggregator store (DIR/aggregator/store)")
     p.add_argument("--out", type=Path, default=Path("report.html"))
     p.add_argument("--eval", default=None, help="module:function or file.py:function({name: array}) -> score")
+
+    p = sub.add_parser("quarantine", help="devices sitting out rounds for a broken rule; --lift one early")
+    _dir(p)
+    p.add_argument("--store", type=Path, default=None, help="aggregator store (DIR/aggregator/store)")
+    p.add_argument("--lift", action="append", default=[], metavar="DEVICE",
+                   help="let this device join again from the aggregator's next round (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("summing-workers", help="set the aggregator's summing workers: accounts, ACL, config")
     _dir(p)
@@ -182,6 +190,15 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(store, fed.state.federation, args.out, evaluate))
 
 
+def cmd_quarantine(args: argparse.Namespace) -> None:
+    from fedmq_admin.sanctions import lift, render
+
+    store = args.store or args.dir / "aggregator" / "store"
+    for device in args.lift:
+        print(lift(Path(store), device))
+    print(render(Path(store), as_json=args.json))
+
+
 def cmd_render_broker(args: argparse.Namespace) -> None:
     fed = Federation(args.dir)
     path = fed.render_broker(root=args.root, port=args.port, bind=args.bind)
@@ -203,6 +220,7 @@ COMMANDS = {
     "export": cmd_export,
     "report": cmd_report,
     "render-broker": cmd_render_broker,
+    "quarantine": cmd_quarantine,
     "summing-workers": cmd_summing_workers,
 }
 

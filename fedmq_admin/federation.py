@@ -159,6 +159,7 @@ class Federation:
         credentials = self._account(device, bundle)
         msg = self._publish_list({**current.directory(), device: public_key}, list(current.revoked))
         shutil.copy(self.enrolment_path, bundle / "enrolment.fedmq")
+        self.write_acl()
         lines = [
             f"# fedmq-edge settings for {device}: `fedmq-edge --config device.toml` (paths are relative to",
             "# this file). Give the model and data under [training], e.g. model = \"mypkg.net:build\".",
@@ -200,9 +201,21 @@ class Federation:
             if cert.exists():  # enrolled with --public-key elsewhere: no certificate was issued here
                 pki.revoke(self._ca, cert)
             pki.write_crl(self._ca, self.broker_dir / "crl.pem")
-        self._write_acl(msg.revoked)
+        self.write_acl()
         log.info("revoked %s (serial %d, %d devices)", device, msg.serial, len(msg.devices))
         return msg
+
+    def write_acl(self) -> Path:
+        """``broker/acl``: the shipped rules for this federation, one block per enrolled device (reload
+        the broker to apply: ``kill -HUP``, as for accounts)."""
+        path = self.broker_dir / "acl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        enrolled = self.enrolled()
+        # revoked accounts have no block (no grant); the deny blocks also silence their open sessions
+        rules = acl_rules(self.state.summing_workers, AGGREGATOR, federation=self.state.federation,
+                          devices=enrolled.directory())  # fmt: skip
+        path.write_text(rules + revoked_acl(list(enrolled.revoked)))
+        return path
 
     def _account(self, user: str, folder: Path) -> list[str]:
         """A broker account for ``user``; its files go to ``folder``; returns its ``[broker]`` lines."""
@@ -248,7 +261,7 @@ class Federation:
         write_passwd(self.broker_dir / "passwd", passwd)
         self.state.summing_workers = count
         self.save()
-        self._write_acl(self.enrolled().revoked)
+        self.write_acl()
         config = self.root / "aggregator" / "aggregator.toml"
         if config.exists():
             line = f"summing_workers = {count}   # masked inputs summed in N worker processes (0: in-process)"
@@ -257,10 +270,6 @@ class Federation:
                 text = re.sub(r"(?m)^(store = .*)$", lambda m: f"{m.group(1)}\n{line}", text, count=1)
             config.write_text(text)
 
-    def _write_acl(self, revoked: list[str]) -> None:
-        rules = acl_rules(self.state.summing_workers, AGGREGATOR)
-        (self.broker_dir / "acl").write_text(rules + revoked_acl(revoked))
-
     def render_broker(self, *, root: Path | None = None, user: str | None = None, port: int | None = None,
                       bind: str | None = None, log_dest: str = "stdout") -> Path:  # fmt: skip
         """(Re)write ``broker/mosquitto.conf`` and ``broker/acl`` for the broker to see its files under
@@ -268,7 +277,7 @@ class Federation:
         folder = self.broker_dir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        self._write_acl(self.enrolled().revoked)
+        self.write_acl()
         where = root or folder.resolve()
         listener = Listener(
             port=port or self.state.port,

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.quarantine import Quarantine
+
 log = logging.getLogger(__name__)
 
 #: The sender name offences are counted under once ``max_senders`` distinct senders are known.
@@ -38,6 +40,7 @@ class Offences:
         max_senders: int = 10_000,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.max_senders = max_senders
@@ -47,6 +50,8 @@ class Offences:
         self._log = logger or log
         self._clock = clock
         self.lines_logged = 0
+        #: Who sits out rounds for which rules (``shared.quarantine``); every offence is reported to it.
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
 
     def record(
         self,
@@ -69,6 +74,8 @@ class Offences:
                 self._senders.add(sender)
         key = (sender, rule)
         self.counts[key] += 1
+        if sender != OTHER:
+            self.quarantine.offence(sender, rule)
         now = self._clock()
         line = self._lines.get(key)
         if line is not None and now - line.last_logged < self.interval_s:

@@ -16,8 +16,8 @@ devices", has the rules and their proof sketches):
 An excluded dealer's pairwise masks are still inside its surviving neighbours' inputs: they are removed
 with the pair seeds those neighbours reveal on a signed :class:`~shared.wire.seeds.SeedRequest`. To
 subtract an input after the fact the aggregator keeps each summed masked input's packed payload (up to
-:data:`KEEP_BYTES` per round); an input it could not keep is never excluded (the round is then abandoned
-as before, naming the dealer).
+:data:`KEEP_BYTES` per round; beyond 16 MiB on disk, :mod:`shared.secagg.kept`); an input it could not
+keep is never excluded (the round is then abandoned as before, naming the dealer).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from shared.errors import SecAggError
 from shared.offences import Offences
 from shared.secagg import keys, proofs
 from shared.secagg.attribution import BUNDLES_REFUSED
+from shared.secagg.kept import KeptInputs
 from shared.wire.secagg import MaskedInput, digests_signed_bytes
 from shared.wire.seeds import InconsistencyProof, SeedRequest, SeedReveal
 
@@ -53,7 +54,7 @@ class Exclusion:
         self.round_id = round_id
         self.offences = offences
         self.refusals: dict[str, set[str]] = {}
-        self.kept: dict[str, MaskedInput] = {}
+        self.kept = KeptInputs()
         self._kept_bytes = 0
         self.signed_digests: dict[str, tuple[dict[str, bytes], bytes]] = {}
         #: Dealers whose pair seeds are needed (a proof where neighbours revealed its self-mask shares).
@@ -87,7 +88,7 @@ class Exclusion:
             if dealer in neighbours:
                 self.refusals.setdefault(dealer, set()).add(message.device)
         if self._kept_bytes + len(message.payload) <= KEEP_BYTES:
-            self.kept[message.device] = message
+            self.kept.add(message)
             self._kept_bytes += len(message.payload)
         elif not self._kept_bytes > KEEP_BYTES:
             self._kept_bytes = KEEP_BYTES + 1  # log once per round

@@ -13,15 +13,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from aggregator.hunt import BEYOND_CLIP
 from aggregator.metrics import Metrics
 from aggregator.store import Store
 from fedmq_admin import pki
 from fedmq_admin.broker import hash_password, read_passwd
+from fedmq_admin.cli import main as admin_main
 from fedmq_admin.export import export, read_safetensors
 from fedmq_admin.federation import Federation, init_federation
 from shared.errors import BrokerAuthError, BrokerTlsError, ConfigError
 from shared.layout import ModelLayout
 from shared.mqtt import MqttConfig, MqttConnection
+from shared.offences import Offences
+from shared.quarantine import Quarantine, QuarantinePolicy
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot
 from shared.wire import RoundResult, encode
@@ -94,6 +98,35 @@ def test_metrics_exposition_counts_rounds_by_status_and_reason(tmp_path):
     for line in text.splitlines():  # every sample line is `name{labels} value` or `name value`
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
     assert metrics.health()[0] == 503  # not connected to a broker
+
+
+def test_metrics_count_named_devices_and_quarantines():
+    config = SimpleNamespace(federation="acme", directory={"dev-0": b"k"}, allows=lambda d: d == "dev-0")
+    offences = Offences()
+    offences.quarantine.watch({BEYOND_CLIP})
+    agg = SimpleNamespace(config=config, version=3, store=None, last_secure=None, accountant=None, _conn=None,
+                          offences=offences)  # fmt: skip
+    metrics = Metrics(agg)
+    offences.record("dev-0", BEYOND_CLIP, "in every refused aggregate")
+    text = metrics.render()
+    assert 'fedmq_offences_total{rule="influence-beyond-clip"} 1' in text
+    assert "fedmq_devices_quarantined 1" in text
+
+
+def test_fedmq_quarantine_lists_and_lifts(tmp_path, capsys):
+    store = tmp_path / "aggregator" / "store"
+    store.mkdir(parents=True)
+    quarantine = Quarantine(policy=QuarantinePolicy(rounds=5))
+    quarantine.watch({BEYOND_CLIP})
+    quarantine.begin_round(7, 0.0)
+    quarantine.offence("dev-3", BEYOND_CLIP)
+    quarantine.save(store)
+    assert admin_main(["quarantine", "--dir", str(tmp_path)]) == 0
+    assert "dev-3" in capsys.readouterr().out
+    assert admin_main(["quarantine", "--dir", str(tmp_path), "--lift", "dev-9"]) == 2  # never quarantined
+    assert admin_main(["quarantine", "--dir", str(tmp_path), "--lift", "dev-3"]) == 0
+    # the aggregator's next round applies it
+    assert quarantine.apply_lift_requests(store) == ["dev-3"] and not quarantine.blocks("dev-3")
 
 
 @pytest.mark.broker

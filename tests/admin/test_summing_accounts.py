@@ -24,10 +24,10 @@ def test_init_makes_an_account_and_an_acl_block_per_worker(tmp_path):
         salt = base64.b64decode(passwd[user].split("$")[3])
         assert hash_password(password, salt) == passwd[user]
     acl = (tmp_path / "fed" / "broker" / "acl").read_text()
-    assert acl == acl_rules(2)
+    assert acl == acl_rules(2, federation="acme", devices=[])
     for user in ("aggregator-sum0", "aggregator-sum1"):
         block = acl.split(f"user {user}\n", 1)[1].split("\n", 1)[0]
-        assert block == "topic read fl/+/r/+/masked/+"  # read-only, masked inputs only
+        assert block == "topic read fl/acme/r/+/masked/+"  # read-only, its federation's masked inputs only
     assert "aggregator-sum2" not in acl
     fed.render_broker()  # re-rendering keeps them
     assert (tmp_path / "fed" / "broker" / "acl").read_text() == acl
@@ -41,8 +41,8 @@ def test_init_makes_an_account_and_an_acl_block_per_worker(tmp_path):
 
 def test_init_without_workers_keeps_the_shipped_acl(tmp_path):
     init_federation(tmp_path / "fed", "acme", tls=False)
-    assert (tmp_path / "fed" / "broker" / "acl").read_text() == acl_rules()
-    assert "user aggregator-sum" not in acl_rules()
+    assert (tmp_path / "fed" / "broker" / "acl").read_text() == acl_rules(federation="acme", devices=[])
+    assert "user aggregator-sum" not in acl_rules(federation="acme", devices=[])
     assert set(read_passwd(tmp_path / "fed" / "broker" / "passwd")) == {"aggregator"}
 
 
@@ -102,7 +102,7 @@ def test_summing_workers_command_changes_an_existing_federation(tmp_path):
     passwd = read_passwd(tmp_path / "fed" / "broker" / "passwd")
     assert set(passwd) == {"aggregator", "dev-0", "aggregator-sum0", "aggregator-sum1", "aggregator-sum2"}
     acl = (tmp_path / "fed" / "broker" / "acl").read_text()
-    assert "user aggregator-sum2\ntopic read fl/+/r/+/masked/+" in acl
+    assert "user aggregator-sum2\ntopic read fl/acme/r/+/masked/+" in acl
     config = tmp_path / "fed" / "aggregator" / "aggregator.toml"
     values = resolve(OPTIONS, parse_args(["--config", str(config)]), environ={})
     assert values["aggregator.summing_workers"] == 3

@@ -31,7 +31,7 @@ def accounts() -> dict[str, str]:
 
 
 def _broker(tmp_path, accounts, *, bind_identity: bool) -> MosquittoBroker:
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker")
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED)
     if not bind_identity:  # the control: the same broker as shipped before identity binding
         broker.auth = broker.auth.replace("\nuse_username_as_clientid true", "")
     return broker.start()

@@ -73,7 +73,7 @@ async def test_the_first_attacked_round_closes_with_the_exact_honest_sum(
 ) -> None:
     keys = enrol(7)
     accounts = {user: secrets.token_hex(8) for user in [*keys, "aggregator"]}
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker").start()
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED).start()
     try:
 
         def creds(user: str):  # type: ignore[no-untyped-def]

@@ -47,7 +47,7 @@ async def _wait_online(url: str, devices: set[str], timeout: float) -> None:
 def test_clis_run_secure_rounds_under_the_shipped_acl(tmp_path):
     ids = [f"dev-{i}" for i in range(3)]
     accounts = {user: secrets.token_hex(8) for user in [*ids, "aggregator"]}
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker").start()
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation="demo").start()
 
     def url(user: str) -> str:
         return f"mqtt://{user}:{accounts[user]}@127.0.0.1:{broker.port}"

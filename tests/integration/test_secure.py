@@ -39,7 +39,7 @@ def accounts():
 
 @pytest.fixture
 def acl_broker(tmp_path, accounts):
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker").start()
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED).start()
     yield broker
     broker.stop()
 

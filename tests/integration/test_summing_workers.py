@@ -49,9 +49,9 @@ def accounts():
 @pytest.fixture
 def acl_broker(tmp_path, accounts):
     """The shipped ACL plus the worker lines, as ``fedmq init --summing-workers 2`` writes it."""
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker")
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED)
     acl = broker.workdir / "acl"
-    acl.write_text(acl_rules(summing_workers=2))
+    acl.write_text(acl_rules(summing_workers=2, federation=FED))
     broker.auth = PRODUCTION_AUTH.format(passwd=broker.workdir / "passwd", acl=acl)
     broker.start()
     yield broker
@@ -272,8 +272,8 @@ async def test_a_dealer_excluded_with_workers_leaves_the_exact_honest_sum(tmp_pa
         user: shared
         for user in ["aggregator", worker_account("aggregator", 0), worker_account("aggregator", 1)]
     }
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker")
-    (broker.workdir / "acl").write_text(acl_rules(summing_workers=2))
+    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED)
+    (broker.workdir / "acl").write_text(acl_rules(summing_workers=2, federation=FED))
     broker.auth = PRODUCTION_AUTH.format(passwd=broker.workdir / "passwd", acl=broker.workdir / "acl")
     broker.start()
     try:
