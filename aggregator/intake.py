@@ -149,7 +149,8 @@ class Intake:
         """The open round's chunked uploads under way."""
         if self._round is not None:
             return self._round.reassembler
-        return self._secure.reassembler if self._secure is not None else None
+        # SecureRound's own reassembler (read here rather than grow that module past its size limit).
+        return self._secure._reassembler if self._secure is not None else None
 
     def _receipt_due(self) -> None:
         """Send a receipt for the upload the last frame belonged to, if one is due (never blocks intake)."""

@@ -311,11 +311,6 @@ class SecureRound:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
 
-    @property
-    def reassembler(self) -> Reassembler:
-        """Chunked uploads under way (``aggregator.receipts`` confirms what it holds of each)."""
-        return self._reassembler
-
     # -- intake ----------------------------------------------------------------------------------
 
     def ingest(self, parsed: RoundTopic, payload: bytes) -> None:
