@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import FedmqError
-from simulator.process import ServerProcess, die_with_parent, find_binary, free_port
+from simulator.process import Lifecycle, ServerProcess, die_with_parent, find_binary, free_port
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class NatsServer(ServerProcess):
         return self.log_file.read_text(errors="replace")[-chars:] if self.log_file.exists() else ""
 
 
-class NatsCluster:
+class NatsCluster(Lifecycle):
     """``size`` NATS servers routed into one JetStream cluster, each with its own MQTT listener.
 
     MQTT sessions, retained messages and QoS 1 queues live in JetStream streams replicated on up to three
@@ -214,13 +214,3 @@ class NatsCluster:
             node.close()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NatsCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

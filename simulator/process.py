@@ -21,7 +21,7 @@ from typing import TypeVar
 from shared.errors import FedmqError
 
 _PR_SET_PDEATHSIG = 1
-_S = TypeVar("_S", bound="ServerProcess")
+_L = TypeVar("_L", bound="Lifecycle")
 
 
 def free_port() -> int:
@@ -48,7 +48,28 @@ def find_binary(name: str, *fallbacks: str, hint: str, path_first: bool = True) 
     raise FedmqError(f"{name} not found: {hint}")
 
 
-class ServerProcess:
+class Lifecycle:
+    """A context manager over ``start()`` and ``close()`` that also closes when ``start()`` fails (a half
+    started server or cluster must not outlive the test that wanted it)."""
+
+    def start(self: _L) -> _L:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _L) -> _L:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ServerProcess(Lifecycle):
     """One private server process in its own folder: ``kill()`` (SIGKILL, what a crash looks like),
     ``stop()`` (SIGTERM, then SIGKILL if it lingers), ``restart()``, ``close()`` (stop and remove the
     folder if this object made it); a context manager that closes even when ``start()`` fails.
@@ -64,9 +85,6 @@ class ServerProcess:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
         self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self: _S) -> _S:
-        raise NotImplementedError
 
     def _started(self) -> None:
         """Call right after Popen: an interpreter exit that skipped ``close()`` still kills the server."""
@@ -99,15 +117,5 @@ class ServerProcess:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self: _S) -> _S:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-__all__ = ["ServerProcess", "die_with_parent", "find_binary", "free_port"]
+__all__ = ["Lifecycle", "ServerProcess", "die_with_parent", "find_binary", "free_port"]

@@ -33,6 +33,14 @@ from simulator.broker import find_mosquitto
 from simulator.process import die_with_parent, free_port
 
 
+def start_generated_broker(root) -> subprocess.Popen:
+    """Mosquitto on the config ``fedmq init`` rendered under ``root`` (as an operator would start it)."""
+    return subprocess.Popen(
+        [find_mosquitto(), "-c", str(root / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
 def test_password_hashes_are_mosquittos(tmp_path):
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     passwd = tmp_path / "passwd"
@@ -136,10 +144,7 @@ async def test_mtls_ties_the_certificate_to_the_account(tmp_path):
     fed.enroll("dev-0")
     conf = (tmp_path / "fed" / "broker" / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "use_identity_as_username true" in conf
-    broker = subprocess.Popen(
-        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
-    )  # fmt: skip
+    broker = start_generated_broker(tmp_path / "fed")
 
     def cert_config(folder, client_id: str, **overrides) -> MqttConfig:
         values = {"host": "localhost", "port": port, "client_id": client_id, "tls": True,
@@ -186,10 +191,7 @@ async def test_a_revoked_account_loses_its_open_connection_at_the_brokers_reload
     fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", tls=False)
     for device in ("dev-0", "dev-1"):
         fed.enroll(device)
-    broker = subprocess.Popen(
-        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
-    )  # fmt: skip
+    broker = start_generated_broker(tmp_path / "fed")
 
     def account(device: str) -> MqttConfig:
         password = (tmp_path / "fed" / "devices" / device / "password").read_text().strip()
@@ -221,10 +223,7 @@ async def test_a_revoked_certificate_is_refused_and_its_open_session_can_publish
     fed = init_federation(tmp_path / "fed", "acme", port=port, bind="127.0.0.1", client_certs=True)
     for device in ("dev-0", "dev-1"):
         fed.enroll(device)
-    broker = subprocess.Popen(
-        [find_mosquitto(), "-c", str(tmp_path / "fed" / "broker" / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
-    )  # fmt: skip
+    broker = start_generated_broker(tmp_path / "fed")
 
     def cert_config(name: str, client_id: str) -> MqttConfig:
         folder = tmp_path / "fed" / name
