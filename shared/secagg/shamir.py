@@ -66,22 +66,10 @@ def split(secret: bytes, threshold: int, holders: int) -> list[bytes]:
 
 
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Coefficients ``l_i`` with f(0) = sum l_i f(x_i), via one batched inversion (Montgomery's trick)."""
+    """Coefficients ``l_i`` with f(0) = sum l_i f(x_i) (the cached rows of :func:`_lagrange_rows`)."""
     if len(set(xs)) != len(xs) or any(x <= 0 or x >= PRIME for x in xs):
         raise SecAggError(f"share x-coordinates must be distinct and in 1..p-1, got {list(xs)}")
-    numerators = []
-    denominators = []
-    for i, xi in enumerate(xs):
-        num = 1
-        den = 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * xj % PRIME
-                den = den * (xj - xi) % PRIME
-        numerators.append(num)
-        denominators.append(den)
-    inverses = _batch_inverse(denominators)
-    return [n * inv % PRIME for n, inv in zip(numerators, inverses)]
+    return list(_lagrange_rows(tuple(xs), (0,))[0])
 
 
 def _batch_inverse(values: Sequence[int]) -> list[int]:
