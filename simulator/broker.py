@@ -52,12 +52,16 @@ class MosquittoBroker(ServerProcess):
         port: int | None = None,
         auth: str = "allow_anonymous true",
         websockets: bool = False,
+        autosave_interval_s: int = 1,
     ) -> None:
         super().__init__(workdir, prefix="fedmq-broker-")
         self.port = port or free_port()
         self.auth = auth
         #: Port of an extra MQTT-over-WebSockets listener (JavaScript and browser devices), if asked for.
         self.ws_port = free_port() if websockets else None
+        #: Seconds between saves of the in-memory database; 0 saves only on SIGTERM, so a SIGKILL loses
+        #: everything since the start (a deterministic crash for tests of what devices must re-send).
+        self.autosave_interval_s = autosave_interval_s
         self.data_dir = self.workdir / "data"
         self.log_file = self.workdir / "mosquitto.log"
         self.conf_file = self.workdir / "mosquitto.conf"
@@ -112,6 +116,7 @@ class MosquittoBroker(ServerProcess):
             log_file=self.log_file,
             user=getpass.getuser(),
             auth=self.auth,
+            autosave_interval=self.autosave_interval_s,
             websockets=f"listener {self.ws_port} 127.0.0.1\nprotocol websockets" if self.ws_port else "",
         )
         self.conf_file.write_text(text)

@@ -110,7 +110,9 @@ async def test_an_exception_in_a_message_handler_is_counted_and_named(
     rogue = ModelUpdate(0, "rogue", 0, 10, "f32", dim, np.zeros(dim, "<f4").tobytes(), {})
     caplog.set_level(logging.WARNING, logger="aggregator.engine")
     async with agg:
-        # Held by the intake until round 0 opens, then handled first.
+        # Published once the aggregator has subscribed (else the broker drops it: nobody follows the topic);
+        # held by the intake until round 0 opens, then handled first.
+        await agg._conn.wait_connected()
         await publish_raw(broker, [(Topics(FED).round_msg(0, UPDATE, "rogue"), encode(rogue), False)])
         devices = make_devices(broker, digits, 3, agg.verify_key, FED)
         results = await run_rounds(agg, devices, 2)

@@ -148,7 +148,9 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     device's chunked masked input starts arriving, the rest is queued at the broker, and the broker is
     SIGKILLed before it saves anything. The JS device got its PUBACKs, so only its ledger can bring the
     input back: the round must still close with all four, bit-exact."""
-    broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
+    # No autosave: the SIGKILL loses every queued chunk, whenever it comes (a save between the PUBACKs and
+    # the kill would keep them, and the round would close without the ledger).
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True, autosave_interval_s=0).start()
     keys = enrol(4)
     js_id = "dev-03"
     directory = directory_of(keys)
@@ -191,7 +193,7 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
                 async def crash_when_acknowledged() -> None:
                     acked = "masked input acknowledged"
                     await eventually(lambda: any(acked in line for line in js.stderr), 120, what=acked)
-                    broker.kill()  # before any autosave: the queued rest of the upload is gone
+                    broker.kill()  # the queued rest of the upload is gone
                     await asyncio.sleep(0.3)
                     broker.start()
                     agg_link.refuse(False)
