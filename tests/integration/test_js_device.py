@@ -25,6 +25,7 @@ from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.codec import CodecConfig
 from shared.snapshots import make_snapshot
+from shared.wire.secagg import PHASE_SHARED, SurvivorList
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
 from simulator.faultproxy import FaultProxy
@@ -144,10 +145,13 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
 
 
 async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_path, digits):
-    """The JS delivery ledger (clients/js/src/delivery.js): the aggregator goes offline the moment the JS
-    device's chunked masked input starts arriving, the rest is queued at the broker, and the broker is
-    SIGKILLed before it saves anything. The JS device got its PUBACKs, so only its ledger can bring the
-    input back: the round must still close with all four, bit-exact."""
+    """The JS delivery ledger (clients/js/src/delivery.js): the aggregator goes offline the moment it has
+    opened the masked phase, so every masked input (the JS device's chunked one too) is queued at the
+    broker, and the broker is SIGKILLed before it saves anything. The JS device got its PUBACKs, so only its
+    ledger can bring the input back: the round must still close with all four, bit-exact.
+
+    The link is cut when the U2 notice is out, not when the JS device's first chunk reaches the intake: by
+    then the aggregator's MQTT client may already hold the whole upload, and no re-send would be needed."""
     # No autosave: the SIGKILL loses every queued chunk, whenever it comes (a save between the PUBACKs and
     # the kill would keep them, and the round would close without the ledger).
     broker = MosquittoBroker(tmp_path / "broker", websockets=True, autosave_interval_s=0).start()
@@ -172,13 +176,20 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     try:
         async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
 
-            def offline_at_the_js_upload(topic: str, _: bytes) -> None:
-                if f"/masked/{js_id}/c/" in topic and not cut:
-                    agg_link.refuse(True)  # the aggregator's link dies under the JS device's upload
-                    agg_link.drop()
-                    cut.append(topic)
+            publish_notice = agg._outbox.notice
+            early: list[str] = []
 
-            agg.intake_hooks.append(offline_at_the_js_upload)
+            async def offline_once_the_masked_phase_opens(notice) -> None:
+                await publish_notice(notice)
+                if isinstance(notice, SurvivorList) and notice.phase == PHASE_SHARED and not cut:
+                    agg_link.refuse(True)  # the aggregator's link dies before any masked input can reach it
+                    agg_link.drop()
+                    cut.append(notice.phase)
+
+            agg._outbox.notice = offline_once_the_masked_phase_opens  # type: ignore[method-assign]
+            agg.intake_hooks.append(
+                lambda topic, _: early.append(topic) if f"/masked/{js_id}" in topic and not cut else None
+            )
             python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
             config = device_config(
                 ws_url=broker.ws_url, federation=FED, device=js_id, identity=keys[js_id],
@@ -213,7 +224,8 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     finally:
         await agg_link.close()
         broker.stop()
-    assert cut, "the aggregator's link was never cut under the JS upload"
+    assert cut, "the aggregator's link was never cut in the masked phase"
+    assert not early, early  # nothing of the JS upload got through before the cut
     assert code == 0, js.log_tail()
     report = js.report()
     assert [(r.status, r.contributors) for r in results] == [("closed", 4)], [r.reason for r in results]
