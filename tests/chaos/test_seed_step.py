@@ -74,6 +74,7 @@ async def test_seed_reveals_lost_in_a_broker_crash_are_re_sent(tmp_path, digits)
     cut = asyncio.Event()
     broker = MosquittoBroker(tmp_path / "broker", autosave_interval_s=0).start()
     crashed: list[list[str]] = []
+    held: set[str] = set()
     try:
         async with FaultProxy(broker.port) as link:
             values = secure_values(N, min_clients=4)
@@ -94,6 +95,7 @@ async def test_seed_reveals_lost_in_a_broker_crash_are_re_sent(tmp_path, digits)
                     waiting = [d for d in honest if d.client_id in asked]
                     await eventually(lambda: all(answered(d) for d in waiting), 30, what="seed reveals acked")
                     crashed.append(sorted(asked))
+                    held.update(server.exclusion.revealed_seeds)  # what reached the aggregator: none
                     broker.kill()  # nothing saved: the queued reveals and the retained request are lost
                     broker.start()
                     link.refuse(False)  # the aggregator reconnects and re-publishes the open phase
@@ -107,6 +109,7 @@ async def test_seed_reveals_lost_in_a_broker_crash_are_re_sent(tmp_path, digits)
     assert crashed, "the broker never crashed in the seed step"
     asked = crashed[0]
     assert asked and ROGUE not in asked
+    assert held == set()  # every seed reveal was still queued at the broker when it died
     assert ledger.rounds == [(0, "closed", N - 1)]
     assert ledger.summed == [frozenset(d.client_id for d in honest)]  # the rogue is out of the sum
     assert ledger.exact == [True]  # bit-exact: the honest devices' encodings, nothing lost

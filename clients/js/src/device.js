@@ -335,7 +335,9 @@ export class Device {
       if (r.revealed && !r.seedsAnswered) {
         const reveal = this.secagg.onSeedRequest(notice);
         r.seedsAnswered = true;
-        this.sendRound('unmask', reveal).catch((e) => this.log(`seed reveal publish failed: ${e.message}`));
+        this.sendRound('unmask', reveal)
+          .then(() => this.log(`device=${this.deviceId} round ${r.id}: seed reveal acknowledged by the broker`))
+          .catch((e) => this.log(`seed reveal publish failed: ${e.message}`));
       }
       return;
     }
