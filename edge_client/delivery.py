@@ -6,6 +6,13 @@ only when the aggregator moves on: the roster confirms the keys, the U2 notice t
 notice the masked input, and the next round's announcement the reveal
 or the plain update. Until then the :class:`Deliveries` ledger keeps it.
 
+The pair-seed step is a contribution of its own: a device answers the aggregator's signed
+:class:`~shared.wire.seeds.SeedRequest` with a :class:`~shared.wire.seeds.SeedReveal` on the unmask topic
+(the aggregator tells the two apart by message type), but the ledger keeps it under the kind
+:data:`SEEDS`, beside the unmask reveal rather than in its place: the request is its cue and the next
+round's announcement confirms both. The request settles nothing: it lists no devices, and the unmask
+reveal it follows is confirmed like any other, by the next announcement.
+
 When to re-send: whenever the aggregator's message that opens a phase arrives *again* -- it does on every
 reconnect of the device (the broker re-delivers the retained round, roster and notice on re-subscribe)
 and after every reconnect of the aggregator (it re-publishes the open phase's messages) -- the device
@@ -31,11 +38,15 @@ from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import ChunkReceipt, Message, RoundAnnounce, decode, encode
 from shared.wire.roster import CompactRoster
 from shared.wire.secagg import Roster, SurvivorList
+from shared.wire.seeds import SeedRequest, SeedReveal
 
 log = logging.getLogger(__name__)
 
 #: Each phase's contribution, in protocol order; an aggregator message opening phase i confirms i - 1.
 SECURE_ORDER = (KEYS, SHARES, MASKED, UNMASK)
+#: The ledger kind of a seed reveal (the answer to a ``SeedRequest``). Not a topic kind: it travels on the
+#: unmask topic. Outside :data:`SECURE_ORDER`, so its request settles no earlier phase.
+SEEDS = "seeds"
 #: Re-sends of one contribution that the aggregator's receipts may ask for (a gap after the manifest).
 MAX_RECEIPT_RESENDS = 4
 
@@ -173,14 +184,23 @@ class Deliveries:
 
 def phase_opened_by(kind_of_message: str, secure: bool, notice_phase: str | None = None) -> str | None:
     """Which device contribution an aggregator message asks for: the round announcement opens KEYS
-    (secure) or UPDATE (plain), the roster SHARES, the U2 notice MASKED, the U3 notice UNMASK."""
+    (secure) or UPDATE (plain), the roster SHARES, the U2 notice MASKED, the U3 notice UNMASK and the
+    pair-seed request (``kind_of_message`` "seed_request") SEEDS."""
     if kind_of_message == "round":
         return KEYS if secure else UPDATE
     if kind_of_message == "roster":
         return SHARES
     if kind_of_message == "notice":
         return {"shared": MASKED, "masked": UNMASK}.get(notice_phase or "")
+    if kind_of_message == "seed_request":
+        return SEEDS if secure else None
     return None
+
+
+def ledger_kind(kind: str, message: Message) -> str:
+    """The ledger kind of a contribution sent on topic kind ``kind``: :data:`SEEDS` for a seed reveal (it
+    shares the unmask topic with the unmask reveal, which it must not replace), else ``kind``."""
+    return SEEDS if isinstance(message, SeedReveal) else kind
 
 
 def cue_of(
@@ -188,8 +208,10 @@ def cue_of(
 ) -> tuple[str, int, list[str] | None] | None:
     """(kind to re-send, round, members listed) for a phase-opening aggregator message, else None.
 
-    The round announcement opens KEYS (secure) or UPDATE (plain), the roster SHARES, the U2 notice MASKED
-    and the U3 notice UNMASK. Anything unreadable is no cue (the client's own handling reports it).
+    The round announcement opens KEYS (secure) or UPDATE (plain), the roster SHARES, the U2 notice MASKED,
+    the U3 notice UNMASK and a pair-seed request on the notice topic SEEDS (members None: it lists no
+    devices). Anything unreadable is no cue (the client's own handling reports it, and checks the
+    request's signature before answering it; a cue only ever re-sends this device's own bytes).
     """
     try:
         if topic == topics.round:
@@ -199,7 +221,10 @@ def cue_of(
             roster: Roster | CompactRoster = decode(payload, (Roster, CompactRoster))
             return SHARES, roster.round, roster.member_ids
         if topic == topics.notice:
-            notice = decode(payload, SurvivorList)
+            notice: SurvivorList | SeedRequest = decode(payload, (SurvivorList, SeedRequest))
+            if isinstance(notice, SeedRequest):
+                kind = phase_opened_by("seed_request", secure)
+                return (kind, notice.round, None) if kind is not None else None
             kind = phase_opened_by("notice", secure, notice.phase)
             return (kind, notice.round, list(notice.devices)) if kind is not None else None
     except FedmqError:
@@ -250,7 +275,7 @@ class DeliveringOutbox(Outbox):
                 await self.transport.publish(target, frame.payload, expiry_s=expiry_s)
                 published(len(frame.payload))
 
-        await self.deliveries.deliver(round_id, kind, len(payload), transmit)
+        await self.deliveries.deliver(round_id, ledger_kind(kind, message), len(payload), transmit)
         return len(frames)
 
     def on_receipt(self, receipt: ChunkReceipt) -> Coroutine[object, object, None] | None:
@@ -288,4 +313,4 @@ class DeliveringOutbox(Outbox):
         await self.deliveries.resend(entry)
 
 
-__all__ = ["Deliveries", "DeliveringOutbox", "DeliveryStats", "phase_opened_by"]
+__all__ = ["SEEDS", "Deliveries", "DeliveringOutbox", "DeliveryStats", "ledger_kind", "phase_opened_by"]

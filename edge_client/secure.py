@@ -110,6 +110,9 @@ class SecureParticipation:
         self.keep_encoded = keep_encoded
         self.encoded: np.ndarray | None = None
         self.revealed = False
+        #: This device answered the round's seed request. It answers once: a repeated request (a reconnect,
+        #: the aggregator re-publishing) is the delivery ledger's cue to re-send that same answer.
+        self.seeds_answered = False
         self._lock = asyncio.Lock()
         self._masked_closed = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
@@ -184,8 +187,11 @@ class SecureParticipation:
     async def on_notice(self, notice: SurvivorList | SeedRequest) -> None:
         if isinstance(notice, SeedRequest):  # pair seeds with a dealer nobody could rebuild
             async with self._lock:
-                if notice.round == self.round_id and self.revealed and not self.left_out:
-                    await self.send("unmask", self.secagg.on_seed_request(notice))
+                if notice.round != self.round_id or not self.revealed or self.left_out or self.seeds_answered:
+                    return
+                # On the unmask topic; the outbox's ledger keeps it as its own kind (delivery.SEEDS).
+                await self.send("unmask", self.secagg.on_seed_request(notice))
+                self.seeds_answered = True
             return
         if notice.round == self.round_id and notice.phase == PHASE_MASKED:
             self._masked_closed.set()  # outside the lock: a pending masked send must see it

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from edge_client.delivery import Deliveries, phase_opened_by
+from edge_client.delivery import SEEDS, Deliveries, DeliveringOutbox, cue_of, ledger_kind, phase_opened_by
 from shared.errors import FedmqError
-from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE
+from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
+from shared.wire import RoundAnnounce, encode
+from shared.wire.secagg import SurvivorList, UnmaskReveal
+from shared.wire.seeds import SeedRequest, SeedReveal
+
+TOPICS = Topics("f")
 
 
 class Link:
@@ -88,3 +93,80 @@ def test_phase_mapping():
     assert phase_opened_by("notice", secure=True, notice_phase="shared") == MASKED
     assert phase_opened_by("notice", secure=True, notice_phase="masked") == UNMASK
     assert phase_opened_by("notice", secure=True, notice_phase="bogus") is None
+    assert phase_opened_by("seed_request", secure=True) == SEEDS
+    assert phase_opened_by("seed_request", secure=False) is None
+
+
+class Wire:
+    """The broker as a list of (topic, payload); ``down`` makes every publish fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.down = False
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False, expiry_s=None) -> None:
+        if self.down:
+            raise FedmqError("link down")
+        self.sent.append((topic, payload))
+
+
+def _announce(round_id: int) -> bytes:
+    announce = RoundAnnounce(
+        federation="f",
+        round_id=round_id,
+        base_version=0,
+        phase="keys",
+        opened_at=0.0,
+        deadline=60.0,
+        min_clients=2,
+        target_clients=2,
+    )
+    return encode(announce)
+
+
+REVEAL = UnmaskReveal("f", 4, "dev-1", {"dev-2": b"\x01" * 33})
+SEED_REVEAL = SeedReveal("f", 4, "dev-1", {"dev-3": b"\x02" * 32})
+REQUEST = encode(SeedRequest("f", 4, ["dev-3"]))
+
+
+def test_a_seed_reveal_has_a_ledger_kind_of_its_own():
+    assert ledger_kind(UNMASK, SEED_REVEAL) == SEEDS
+    assert ledger_kind(UNMASK, REVEAL) == UNMASK
+
+
+def test_a_seed_request_cues_the_seed_reveal_and_lists_no_one():
+    assert cue_of(TOPICS, TOPICS.notice, REQUEST, secure=True) == (SEEDS, 4, None)
+    assert cue_of(TOPICS, TOPICS.notice, REQUEST, secure=False) is None
+    u3 = encode(SurvivorList("f", 4, "masked", ["dev-1"]))
+    assert cue_of(TOPICS, TOPICS.notice, u3, secure=True) == (UNMASK, 4, ["dev-1"])
+    assert cue_of(TOPICS, TOPICS.notice, b"\xc1 not msgpack", secure=True) is None
+
+
+async def test_the_seed_reveal_rides_the_unmask_topic_beside_the_unmask_reveal():
+    wire = Wire()
+    outbox = DeliveringOutbox(wire, TOPICS, "dev-1", chunk_limit=4096)
+    await outbox.round_message(4, UNMASK, "dev-1", REVEAL, expiry_s=30)
+    await outbox.round_message(4, UNMASK, "dev-1", SEED_REVEAL, expiry_s=30)
+    topic = TOPICS.round_msg(4, UNMASK, "dev-1")
+    assert [t for t, _ in wire.sent] == [topic, topic]  # the wire is as before: both on the unmask topic
+    assert outbox.deliveries.outstanding() == [(4, SEEDS), (4, UNMASK)]  # neither replaced the other
+
+
+async def test_a_repeated_seed_request_re_sends_only_the_seed_reveal_until_the_next_round():
+    wire = Wire()
+    outbox = DeliveringOutbox(wire, TOPICS, "dev-1", chunk_limit=4096)
+    await outbox.round_message(4, UNMASK, "dev-1", REVEAL, expiry_s=30)
+    wire.down = True  # the seed reveal's publish fails (a long outage): kept, not raised
+    await outbox.round_message(4, UNMASK, "dev-1", SEED_REVEAL, expiry_s=30)
+    assert outbox.deliveries.stats.failed == 1 and len(wire.sent) == 1
+    wire.down = False
+    resend = outbox.cue(TOPICS.notice, REQUEST, secure=True)  # the request arrives again
+    assert resend is not None
+    await resend
+    assert wire.sent[-1] == (TOPICS.round_msg(4, UNMASK, "dev-1"), encode(SEED_REVEAL))
+    stats = outbox.deliveries.stats
+    assert stats.resent == 1 and stats.by_kind == {SEEDS: 1}  # the unmask reveal was not re-sent
+    assert outbox.deliveries.outstanding() == [(4, SEEDS), (4, UNMASK)]  # the request confirms nothing
+    assert outbox.cue(TOPICS.notice, encode(SeedRequest("f", 3, ["dev-3"])), secure=True) is None  # old round
+    assert outbox.cue(TOPICS.round, _announce(5), secure=True) is None  # the next round...
+    assert outbox.deliveries.outstanding() == [] and stats.confirmed == 2  # ...confirms both

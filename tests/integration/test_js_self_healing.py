@@ -1,10 +1,12 @@
 """A JavaScript device (Node, over Mosquitto's websockets listener) in a round a rogue Python device
 attacks with garbage share bundles: the JS device reports the refusal in its masked input, answers the
 aggregator's pair-seed request, and the first round closes with the exact sum of the honest devices
-(three Python, one JS); the rogue is excluded and named (shared/secagg/exclusion.py, clients/js)."""
+(three Python, one JS); the rogue is excluded and named (shared/secagg/exclusion.py, clients/js). And the
+same round when a broker crash loses the acknowledged seed reveals: the JS ledger re-sends its own."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import nacl.utils
@@ -20,9 +22,19 @@ from shared.secagg.attribution import BUNDLES_REFUSED
 from shared.snapshots import make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
+from simulator.faultproxy import FaultProxy
 from simulator.js_devices import JsDevice, device_config
+from tests.chaos.test_seed_step import answered, cut_on_seed_request
 from tests.integration.test_js_device import python_secure_devices
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds
+from tests.support import (
+    directory_of,
+    enrol,
+    eventually,
+    initial_weights,
+    mqtt_config,
+    mqtt_url_config,
+    run_rounds,
+)
 
 pytestmark = pytest.mark.broker
 FED = "mixed"
@@ -88,3 +100,92 @@ async def test_js_device_answers_the_pair_seed_request_and_the_attacked_round_cl
     expected &= np.uint64((1 << secure.config.bits) - 1)
     np.testing.assert_array_equal(secure.total, expected.astype(np.uint32))  # bit-exact
     assert named == {ROGUE: {BUNDLES_REFUSED: 1}}
+
+
+async def test_js_device_re_sends_a_seed_reveal_the_broker_lost_in_a_crash(tmp_path, digits):
+    """As tests/chaos/test_seed_step.py with a JS neighbour: the aggregator's link goes down the moment a
+    Python device sees the seed request, every seed reveal (the JS device's too) is acknowledged and queued
+    at the broker, the broker is SIGKILLed with nothing saved, and the link comes back. Only the devices'
+    ledgers can bring the pair seeds back; the JS device's must re-send its own (kind "seeds")."""
+    broker = MosquittoBroker(tmp_path / "broker", websockets=True, autosave_interval_s=0).start()
+    keys = enrol(5)
+    directory = directory_of(keys)
+    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=0)
+    model, weights = initial_weights()
+    agg_link = FaultProxy(broker.port)
+    await agg_link.start()
+    cfg = AggregatorConfig(
+        federation=FED,
+        mqtt=mqtt_url_config(agg_link.url, "aggregator"),
+        store_dir=tmp_path / "agg",
+        directory=directory,
+        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
+        min_clients=4,
+        target_clients=5,
+    )
+    cut = asyncio.Event()
+    crashed: list[bool] = []
+    held: set[str] = set()  # seed reveals the aggregator had read when the broker died
+    try:
+        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+            python_devices = python_secure_devices(broker, digits, keys, shards, JS_ID, agg.verify_key)
+            rogue = next(d for d in python_devices if d.client_id == ROGUE)
+            rogue._secagg = GarbageDealer(FED, ROGUE, keys[ROGUE], agg.verify_key, directory)
+            honest = [d for d in python_devices if d.client_id != ROGUE]
+            for device in python_devices:
+                cut_on_seed_request(device, agg_link, cut)
+            config = device_config(
+                ws_url=broker.ws_url, federation=FED, device=JS_ID, identity=keys[JS_ID],
+                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[4]],
+                labels=digits.y_train[shards[4]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
+                train={"epochs": 1, "lr": 0.1},
+            )  # fmt: skip
+            js = await JsDevice.start("node", config, tmp_path / "js")
+            try:
+
+                async def crash_in_the_seed_step() -> None:
+                    await cut.wait()
+                    acked = "seed reveal acknowledged"
+                    await eventually(lambda: any(acked in line for line in js.stderr), 60, what=acked)
+                    await eventually(lambda: all(answered(d) for d in honest), 60, what="seed reveals acked")
+                    assert agg._secure is not None and agg._secure.server is not None
+                    held.update(agg._secure.server.exclusion.revealed_seeds)
+                    broker.kill()  # nothing saved: the queued seed reveals and the retained request are gone
+                    broker.start()
+                    agg_link.refuse(False)
+                    crashed.append(True)
+
+                crash = asyncio.create_task(crash_in_the_seed_step())
+                try:
+                    results = await run_rounds(agg, python_devices, 1, timeout=300)
+                finally:
+                    crash.cancel()
+                secure = agg.last_secure
+                code = await js.wait(timeout_s=120)
+            finally:
+                await js.kill()
+    finally:
+        await agg_link.close()
+        broker.stop()
+    assert crashed, "the broker never crashed in the seed step"
+    # The link was cut before any Python device answered; the JS device answers from another process, so
+    # its reveal could in principle beat the cut (it never did in our runs); what follows holds either way.
+    assert held <= {JS_ID}, held
+    assert code == 0, js.log_tail()
+    assert results[0].status == "closed", results[0].reason
+    assert results[0].round_id == 0 and results[0].contributors == 4
+    assert secure is not None and secure.server is not None and secure.total is not None
+    assert ROGUE not in secure.server.masked and JS_ID in secure.server.masked
+    assert JS_ID in secure.server.exclusion.seeds[ROGUE]  # the JS device's pair seed arrived
+    report = js.report()
+    seeds_resent = report["deliveries"]["byKind"].get("seeds", 0)
+    assert seeds_resent >= 1, report["deliveries"]  # it came back by the JS ledger's re-send
+    for device in honest:
+        assert device.outbox.deliveries.stats.by_kind.get("seeds", 0) >= 1, device.client_id
+    js_round = next(r for r in report["rounds"] if r["round"] == 0)
+    expected = np.array(js_round["encoded"], dtype=np.uint64)
+    for device in honest:
+        expected += device.secure_round.encoded.astype(np.uint64)
+    expected &= np.uint64((1 << secure.config.bits) - 1)
+    np.testing.assert_array_equal(secure.total, expected.astype(np.uint32))  # bit-exact

@@ -11,6 +11,11 @@
 // way (then once more when that send ends: it may have gone to a broker that died). The aggregator deduplicates
 // by device, round and phase, so a re-send is always safe.
 //
+// The pair-seed step is a contribution of its own: the seed reveal answering the aggregator's signed seed request
+// travels on the unmask topic (the aggregator tells it from the unmask reveal by message type), but the ledger
+// keeps it as kind SEEDS, beside the unmask reveal rather than in its place. The request is its cue (it settles
+// nothing: it lists no devices); the next round's announcement confirms both.
+//
 // Chunked uploads resume from what the aggregator confirms it holds (a `receipt` on the device's inbox,
 // aggregator/receipts.py): a (re-)send skips those chunks, and a receipt that shows chunks lost after the
 // manifest arrived asks for a re-send of just those (at most MAX_RECEIPT_RESENDS times per contribution).
@@ -21,6 +26,11 @@ import { receiptHolds } from './wire.js';
 /** Each secure phase's contribution, in protocol order: an aggregator message opening phase i confirms i - 1. */
 export const SECURE_ORDER = ['keys', 'shares', 'masked', 'unmask'];
 export const MAX_RECEIPT_RESENDS = 4;
+/** The ledger kind of a seed reveal: not a topic kind (it rides the unmask topic), outside SECURE_ORDER. */
+export const SEEDS = 'seeds';
+
+/** The ledger kind of a message sent on topic kind `kind`: SEEDS for a seed reveal, else `kind`. */
+export const ledgerKind = (kind, msg) => (msg?.t === 'secagg.seed_reveal' ? SEEDS : kind);
 
 const keyOf = (roundId, kind) => `${roundId}/${kind}`;
 const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -31,7 +41,7 @@ export class Deliveries {
     this.log = log;
     this.entries = new Map();
     this.receipts = new Map();
-    this.stats = { sent: 0, resent: 0, bytesResent: 0, bytesSkipped: 0, failed: 0, expired: 0, confirmed: 0 };
+    this.stats = { sent: 0, resent: 0, bytesResent: 0, bytesSkipped: 0, failed: 0, expired: 0, confirmed: 0, byKind: {} };
   }
 
   /** [round, kind] of every contribution not yet confirmed, oldest round first. */
@@ -76,6 +86,7 @@ export class Deliveries {
   async resend(entry) {
     if (this.entries.get(keyOf(entry.roundId, entry.kind)) !== entry || entry.sending) return false;
     this.stats.resent += 1;
+    this.stats.byKind[entry.kind] = (this.stats.byKind[entry.kind] ?? 0) + 1;
     this.log(`device=${this.deviceId} re-sends its ${entry.kind} of round ${entry.roundId} (attempt ${entry.attempts + 1})`);
     return this.send(entry);
   }

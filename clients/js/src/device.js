@@ -16,7 +16,7 @@ import mqtt from 'mqtt';
 import * as bitpack from './bitpack.js';
 import { Reassembler, split, transferId } from './chunking.js';
 import { codecConfig, UpdateEncoder } from './codec.js';
-import { Deliveries } from './delivery.js';
+import { Deliveries, ledgerKind, SEEDS } from './delivery.js';
 import { FedmqError, ProtocolError } from './errors.js';
 import { SecAggClient } from './secagg.js';
 import { applyDelta, snapshotWeights, verifyMapSigned } from './snapshot.js';
@@ -143,11 +143,14 @@ export class Device {
     }
   }
 
-  /** Through the delivery ledger (src/delivery.js): kept until the aggregator confirms it, re-sent on cue. */
+  /**
+   * Through the delivery ledger (src/delivery.js): kept until the aggregator confirms it, re-sent on cue. `kind`
+   * is the topic's; the ledger's is the same except for a seed reveal (SEEDS: it must not replace the unmask reveal).
+   */
   sendRound(kind, msg) {
     const r = this.round;
     const payload = encode(msg); // once: a re-send sends these same bytes
-    return this.deliveries.deliver(r.id, kind, payload.length, (published) => this.publishFramed(
+    return this.deliveries.deliver(r.id, ledgerKind(kind, msg), payload.length, (published) => this.publishFramed(
       this.topics.roundMsg(r.id, kind, this.deviceId), (i) => this.topics.roundChunk(r.id, kind, this.deviceId, i), payload,
       { expiryS: Math.max(1, this.times.remaining(r.announce)), kind, roundId: r.id, published }));
   }
@@ -179,6 +182,7 @@ export class Device {
       } else if (topic === t.notice) {
         const notice = decode(payload, ['secagg.survivor_list', 'secagg.seed_request']);
         if (notice.t === 'secagg.survivor_list') this.cue(notice.round, notice.phase === 'shared' ? 'masked' : 'unmask', notice.devices);
+        else this.cue(notice.round, SEEDS); // a repeated seed request re-sends the seed reveal (it lists no one)
         this.onNotice(notice);
       } else if (topic.startsWith(t.inbox(this.deviceId))) {
         const msg = this.reassembler.feed('inbox', Topics.chunkOf(t.inbox(this.deviceId), topic), payload);
@@ -261,7 +265,7 @@ export class Device {
     if (a.plan.dp && a.plan.dp.mode === 'distributed') { this.log('distributed DP rounds are not supported by this client; sitting out'); return; }
     if (a.plan.blocks) { this.log('partial-training rounds are not supported by this client; sitting out'); return; }
     const r = { id: a.round_id, announce: a, started: Date.now(), roster: null, early: [], maskedSent: false, revealed: false,
-      closed: false, leftOut: false, result: null, encoded: null, bytesIn: 0, bytesOut: 0 };
+      closed: false, leftOut: false, seedsAnswered: false, result: null, encoded: null, bytesIn: 0, bytesOut: 0 };
     this.round = r;
     this.rounds.push(r);
     const advert = this.secagg.advertise(r.id);
@@ -327,7 +331,14 @@ export class Device {
     const r = this.round;
     if (!r || notice.round !== r.id || r.leftOut || !r.roster) return;
     if (notice.t === 'secagg.seed_request') { // pair seeds with a dealer nobody could rebuild (docs/protocol.md)
-      if (r.revealed) this.sendRound('unmask', this.secagg.onSeedRequest(notice)).catch((e) => this.log(`seed reveal publish failed: ${e.message}`));
+      // Answered once; a repeated request (a reconnect, the aggregator re-publishing) is the ledger's cue instead.
+      if (r.revealed && !r.seedsAnswered) {
+        const reveal = this.secagg.onSeedRequest(notice);
+        r.seedsAnswered = true;
+        this.sendRound('unmask', reveal)
+          .then(() => this.log(`device=${this.deviceId} round ${r.id}: seed reveal acknowledged by the broker`))
+          .catch((e) => this.log(`seed reveal publish failed: ${e.message}`));
+      }
       return;
     }
     if (notice.phase === 'shared' && !r.maskedSent && !r.masking) {

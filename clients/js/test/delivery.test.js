@@ -5,7 +5,8 @@ import { before, test } from 'node:test';
 
 import { split, transferId } from '../src/chunking.js';
 import * as c from '../src/crypto.js';
-import { Deliveries, MAX_RECEIPT_RESENDS } from '../src/delivery.js';
+import { Deliveries, ledgerKind, MAX_RECEIPT_RESENDS, SEEDS } from '../src/delivery.js';
+import { Device } from '../src/device.js';
 import { FedmqError, ProtocolError } from '../src/errors.js';
 import { decode, encode } from '../src/wire.js';
 
@@ -94,4 +95,53 @@ test('receipts: held chunks are skipped, a gap after the manifest asks for a bou
   assert.equal(box.onReceipt(done), null);
   assert.equal(box.held(2, 'masked', id, 0), 'complete');
   assert.throws(() => box.onReceipt({ ...receipt, sender: 'dev-2' }), ProtocolError);
+});
+
+test('a seed reveal is kept as a kind of its own; its request settles nothing', async () => {
+  assert.equal(ledgerKind('unmask', { t: 'secagg.seed_reveal' }), SEEDS);
+  assert.equal(ledgerKind('unmask', { t: 'secagg.unmask_reveal' }), 'unmask');
+  const box = new Deliveries('dev-1');
+  const l = link();
+  await box.deliver(4, 'unmask', 10, l.transmit('reveal'));
+  await box.deliver(4, SEEDS, 10, l.transmit('seeds'));
+  assert.deepEqual(box.outstanding(), [[4, SEEDS], [4, 'unmask']]); // beside, not in place of, the unmask reveal
+  const entry = box.opened(4, SEEDS); // the seed request again: the seed reveal to re-send, nothing settled
+  assert.ok(entry && await box.resend(entry));
+  assert.deepEqual(l.sent, ['reveal', 'seeds', 'seeds']);
+  assert.deepEqual(box.stats.byKind, { [SEEDS]: 1 });
+  assert.equal(box.stats.confirmed, 0);
+  box.roundEnded(4); // the next round's announcement confirms both
+  assert.deepEqual(box.outstanding(), []);
+  assert.equal(box.stats.confirmed, 2);
+});
+
+test('the device answers a seed request once, on the unmask topic, and re-sends it from its ledger when repeated', async () => {
+  const device = new Device({ url: 'mqtt://127.0.0.1:1', federation: 'f', deviceId: 'dev-1', identity: c.ed25519FromSeed(new Uint8Array(32)),
+    aggregatorKey: new Uint8Array(32), directory: {}, trainer: null });
+  const published = [];
+  let fail = false;
+  device.client = { publishAsync: async (topic, payload) => { if (fail) throw new FedmqError('link down'); published.push([topic, payload]); } };
+  device.times.remaining = () => 30;
+  device.round = { id: 4, announce: {}, roster: {}, revealed: true, leftOut: false, seedsAnswered: false, bytesIn: 0, bytesOut: 0 };
+  const seedReveal = { t: 'secagg.seed_reveal', federation: 'f', round: 4, device: 'dev-1', seeds: { 'dev-3': new Uint8Array(32).fill(2) }, signature: new Uint8Array(64) };
+  let answers = 0;
+  device.secagg.onSeedRequest = () => { answers += 1; return seedReveal; };
+  await device.sendRound('unmask', { t: 'secagg.unmask_reveal', federation: 'f', round: 4, device: 'dev-1', self_mask_shares: {}, mask_key_shares: {}, signature: new Uint8Array(64) });
+  const request = encode({ t: 'secagg.seed_request', federation: 'f', round: 4, dealers: ['dev-3'], proofs: [], signature: new Uint8Array(64) });
+  fail = true; // the first answer's publish fails: kept in the ledger, not lost
+  device.handle(device.topics.notice, request);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(answers, 1);
+  assert.equal(device.deliveries.stats.failed, 1);
+  assert.deepEqual(device.deliveries.outstanding(), [[4, SEEDS], [4, 'unmask']]);
+  fail = false;
+  device.handle(device.topics.notice, request); // the request again (a reconnect, the aggregator re-publishing)
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(answers, 1); // answered once: the re-send is the ledger's
+  const topic = device.topics.roundMsg(4, 'unmask', 'dev-1');
+  assert.deepEqual(published.map(([t]) => t), [topic, topic]); // the unmask reveal, then the seed reveal on the same topic
+  assert.deepEqual([...decode(new Uint8Array(published[1][1])).seeds['dev-3']], [...seedReveal.seeds['dev-3']]);
+  assert.equal(device.deliveries.stats.resent, 1);
+  assert.deepEqual(device.deliveries.stats.byKind, { [SEEDS]: 1 });
+  assert.deepEqual(device.deliveries.outstanding(), [[4, SEEDS], [4, 'unmask']]);
 });
