@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import nacl.signing
 import numpy as np
@@ -93,6 +93,12 @@ def directory_of(keys: dict[str, nacl.signing.SigningKey]) -> dict[str, bytes]:
     return {cid: bytes(key.verify_key) for cid, key in keys.items()}
 
 
+def digit_shards(digits, n: int, seed: int = 0) -> list[np.ndarray]:
+    """The Dirichlet split :func:`secure_devices` trains on: device i of ``n`` gets shard i, so a device
+    that runs elsewhere (a JS device) can be handed the shard of the identity it plays."""
+    return dirichlet_partition(digits.y_train, n, alpha=0.5, seed=seed)
+
+
 def secure_devices(
     broker: MosquittoBroker,
     digits,
@@ -105,13 +111,18 @@ def secure_devices(
     budgets: dict[str, int] | None = None,
     trainer_cls: type[LocalTrainer] = LocalTrainer,
     clock_for: Callable[[str], Clock] | None = None,
+    skip: Collection[str] = (),
 ) -> list[EdgeClient]:
     """One secure-aggregation device per enrolled identity, on a Dirichlet split of digits (one local
-    epoch). Each keeps its pre-mask encodings so tests can compare the unmasked sum with an oracle."""
+    epoch). Each keeps its pre-mask encodings so tests can compare the unmasked sum with an oracle.
+    Identities in ``skip`` get no Python device (another process plays them) but keep their shard and
+    their place in every device's directory."""
     directory = directory_of(keys)
-    shards = dirichlet_partition(digits.y_train, len(keys), alpha=0.5, seed=seed)
+    shards = digit_shards(digits, len(keys), seed)
     devices = []
     for (cid, key), shard in zip(keys.items(), shards):
+        if cid in skip:
+            continue
         trainer = trainer_cls(
             FederatedModel(digits_mlp()),
             torch.from_numpy(digits.x_train[shard]),

@@ -13,55 +13,25 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
-import torch
 
-from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
-from aggregator.secure import PhaseWindows
-from edge_client.client import EdgeClient, EdgeConfig
-from edge_client.model import FederatedModel
-from edge_client.trainer import LocalTrainer, TrainConfig
-from shared.codec import CodecConfig
-from shared.snapshots import make_snapshot
 from shared.wire.secagg import PHASE_SHARED, SurvivorList
 from simulator.broker import MosquittoBroker
-from simulator.data import dirichlet_partition
 from simulator.faultproxy import FaultProxy
-from simulator.js_devices import RUNNERS, JsDevice, device_config
-from simulator.models import digits_mlp
-from tests.support import (
-    directory_of,
-    enrol,
-    eventually,
-    initial_weights,
-    mqtt_config,
-    mqtt_url_config,
-    run_rounds,
+from simulator.js_devices import RUNNERS
+from tests.integration.js_support import (
+    aggregator_config,
+    assert_exact_sum,
+    captured,
+    initial_snapshot,
+    js_config,
+    js_device,
+    python_devices,
 )
+from tests.support import enrol, eventually, mqtt_config, mqtt_url_config, run_rounds
 
 pytestmark = pytest.mark.broker
-FED = "mixed"
-
-
-def python_secure_devices(broker, digits, keys, shards, skip: str, aggregator_key: bytes) -> list[EdgeClient]:
-    directory = directory_of(keys)
-    devices = []
-    for i, (cid, key) in enumerate(keys.items()):
-        if cid == skip:
-            continue
-        trainer = LocalTrainer(
-            FederatedModel(digits_mlp()),
-            torch.from_numpy(digits.x_train[shards[i]]),
-            torch.from_numpy(digits.y_train[shards[i]]),
-            TrainConfig(epochs=1, lr=0.1),
-        )
-        config = EdgeConfig(FED, mqtt_config(broker, cid), aggregator_key, identity=key, directory=directory)
-        device = EdgeClient(config, trainer)
-        device.keep_encoded = True
-        devices.append(device)
-    return devices
 
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
@@ -71,58 +41,26 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
     broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
     keys = enrol(4)
     js_id = "dev-03"
-    directory = directory_of(keys)
-    shards = dirichlet_partition(digits.y_train, 4, alpha=0.5, seed=0)
-    model, weights = initial_weights()
-    cfg = AggregatorConfig(
-        federation=FED,
-        mqtt=mqtt_config(broker, "aggregator"),
-        store_dir=tmp_path / "agg",
-        directory=directory,
-        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
-        min_clients=4,
-        target_clients=4,
-    )
+    cfg = aggregator_config(tmp_path, mqtt_config(broker, "aggregator"), keys)
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-            python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
-            config = device_config(
-                ws_url=broker.ws_url,
-                federation=FED,
-                device=js_id,
-                identity=keys[js_id],
-                aggregator_key=agg.verify_key,
-                directory=directory,
-                features=digits.x_train[shards[3]],
-                labels=digits.y_train[shards[3]],
+        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+            devices = python_devices(broker, digits, keys, js_id, agg)
+            config = js_config(
+                broker, digits, keys, js_id, agg, tmp_path,
                 rounds=2,
-                timeout_s=240,
-                report=tmp_path / "js-report.json",
-                train={"epochs": 1, "lr": 0.1},
                 # An hour fast, too: its round deadlines live on its monotonic clock (src/timing.js).
                 faults={"disconnect_after": "shares", "disconnect_during": "masked", "offline_ms": 2000,
                         "clock_skew_s": 3600},
                 chunk_limit=2048,  # the masked input (~9.6 KB) travels as 5 chunks and a manifest
-            )
-            js = await JsDevice.start(runner, config, tmp_path / "js")
-            try:
+            )  # fmt: skip
+            async with js_device(runner, config, tmp_path / "js") as js:
                 rounds: list[dict] = []
 
                 async def capture() -> None:
-                    secure = agg.last_secure
-                    rounds.append(
-                        {
-                            "total": None if secure.total is None else secure.total.copy(),
-                            "bits": secure.config.bits,
-                            "python": [d.secure_round.encoded.copy() for d in python_devices],
-                        }
-                    )
+                    rounds.append(captured(agg, devices))
 
-                results = await run_rounds(agg, python_devices, 2, timeout=300, between=capture)
+                results = await run_rounds(agg, devices, 2, timeout=300, between=capture)
                 code = await js.wait(timeout_s=120)  # it leaves by itself after its two rounds
-            finally:
-                await js.kill()
     finally:
         broker.stop()
     stderr = "\n".join(js.stderr)
@@ -134,11 +72,8 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
     assert stderr.count("forced disconnect") == 2
     assert "wall clock set 3600 s off" in stderr
     js_rounds = {r["round"]: r for r in report["rounds"]}
-    for round_id, captured in enumerate(rounds):
-        js_encoded = np.array(js_rounds[round_id]["encoded"], dtype=np.uint64)
-        expected = sum((v.astype(np.uint64) for v in captured["python"]), js_encoded)
-        expected &= np.uint64((1 << captured["bits"]) - 1)
-        np.testing.assert_array_equal(captured["total"], expected.astype(np.uint32))  # bit-exact
+    for round_id, capture in enumerate(rounds):
+        assert_exact_sum(capture, js_rounds[round_id]["encoded"])
     assert report["version"] == 2  # the JS device followed both new snapshots
     if runner == "browser":
         assert "HeadlessChrome" in report["user_agent"]
@@ -157,24 +92,12 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     broker = MosquittoBroker(tmp_path / "broker", websockets=True, autosave_interval_s=0).start()
     keys = enrol(4)
     js_id = "dev-03"
-    directory = directory_of(keys)
-    shards = dirichlet_partition(digits.y_train, 4, alpha=0.5, seed=0)
-    model, weights = initial_weights()
     agg_link = FaultProxy(broker.port)
     await agg_link.start()
-    cfg = AggregatorConfig(
-        federation=FED,
-        mqtt=mqtt_url_config(agg_link.url, "aggregator"),
-        store_dir=tmp_path / "agg",
-        directory=directory,
-        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=30, shares=30, masked=60, unmask=30),
-        min_clients=4,
-        target_clients=4,
-    )
+    cfg = aggregator_config(tmp_path, mqtt_url_config(agg_link.url, "aggregator"), keys, masked=60)
     cut: list[str] = []
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
 
             publish_notice = agg._outbox.notice
             early: list[str] = []
@@ -190,15 +113,9 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
             agg.intake_hooks.append(
                 lambda topic, _: early.append(topic) if f"/masked/{js_id}" in topic and not cut else None
             )
-            python_devices = python_secure_devices(broker, digits, keys, shards, js_id, agg.verify_key)
-            config = device_config(
-                ws_url=broker.ws_url, federation=FED, device=js_id, identity=keys[js_id],
-                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[3]],
-                labels=digits.y_train[shards[3]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
-                train={"epochs": 1, "lr": 0.1}, chunk_limit=2048,
-            )  # fmt: skip
-            js = await JsDevice.start("node", config, tmp_path / "js")
-            try:
+            devices = python_devices(broker, digits, keys, js_id, agg)
+            config = js_config(broker, digits, keys, js_id, agg, tmp_path, chunk_limit=2048)
+            async with js_device("node", config, tmp_path / "js") as js:
                 rounds: list[dict] = []
 
                 async def crash_when_acknowledged() -> None:
@@ -210,17 +127,12 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
                     agg_link.refuse(False)
 
                 async def capture() -> None:
-                    secure = agg.last_secure
-                    python = [d.secure_round.encoded.copy() for d in python_devices]
-                    total = None if secure.total is None else secure.total.copy()
-                    rounds.append({"total": total, "bits": secure.config.bits, "python": python})
+                    rounds.append(captured(agg, devices))
 
                 crash = asyncio.create_task(crash_when_acknowledged())
-                results = await run_rounds(agg, python_devices, 1, timeout=300, between=capture)
+                results = await run_rounds(agg, devices, 1, timeout=300, between=capture)
                 await crash
                 code = await js.wait(timeout_s=120)
-            finally:
-                await js.kill()
     finally:
         await agg_link.close()
         broker.stop()
@@ -232,7 +144,4 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     assert report["deliveries"]["resent"] >= 1  # the JS device's ledger brought the input back
     # The aggregator re-published the open phase (inbox batches too) after reconnecting: skipped, not refused.
     assert not [line for line in js.stderr if "share phase closed" in line], js.log_tail()
-    js_encoded = np.array(report["rounds"][0]["encoded"], dtype=np.uint64)
-    expected = sum((v.astype(np.uint64) for v in rounds[0]["python"]), js_encoded)
-    expected &= np.uint64((1 << rounds[0]["bits"]) - 1)
-    np.testing.assert_array_equal(rounds[0]["total"], expected.astype(np.uint32))  # bit-exact
+    assert_exact_sum(rounds[0], report["rounds"][0]["encoded"])

@@ -9,35 +9,30 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import nacl.signing
 import nacl.utils
-import numpy as np
 import pytest
 
-from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
-from aggregator.secure import PhaseWindows
-from shared.codec import CodecConfig
+from edge_client.client import EdgeClient
 from shared.secagg import SecAggClient
 from shared.secagg.attribution import BUNDLES_REFUSED
-from shared.snapshots import make_snapshot
 from simulator.broker import MosquittoBroker
-from simulator.data import dirichlet_partition
 from simulator.faultproxy import FaultProxy
-from simulator.js_devices import JsDevice, device_config
 from tests.chaos.test_seed_step import answered, cut_on_seed_request
-from tests.integration.test_js_device import python_secure_devices
-from tests.support import (
-    directory_of,
-    enrol,
-    eventually,
-    initial_weights,
-    mqtt_config,
-    mqtt_url_config,
-    run_rounds,
+from tests.integration.js_support import (
+    FED,
+    aggregator_config,
+    assert_exact_sum,
+    captured,
+    initial_snapshot,
+    js_config,
+    js_device,
+    python_devices,
 )
+from tests.support import directory_of, enrol, eventually, mqtt_config, mqtt_url_config, run_rounds
 
 pytestmark = pytest.mark.broker
-FED = "mixed"
 ROGUE = "dev-00"
 JS_ID = "dev-04"
 
@@ -48,41 +43,31 @@ class GarbageDealer(SecAggClient):
         return [replace(b, ciphertext=nacl.utils.random(len(b.ciphertext))) for b in bundles]
 
 
+def attacked_devices(
+    broker: MosquittoBroker, digits, keys: dict[str, nacl.signing.SigningKey], agg: Aggregator
+) -> list[EdgeClient]:
+    """The Python devices of the JS device's round, :data:`ROGUE` dealing garbage share bundles."""
+    devices = python_devices(broker, digits, keys, JS_ID, agg)
+    rogue = next(d for d in devices if d.client_id == ROGUE)
+    rogue._secagg = GarbageDealer(FED, ROGUE, keys[ROGUE], agg.verify_key, directory_of(keys))
+    return devices
+
+
 async def test_js_device_answers_the_pair_seed_request_and_the_attacked_round_closes(tmp_path, digits):
     broker = MosquittoBroker(tmp_path / "broker", websockets=True).start()
     keys = enrol(5)
-    directory = directory_of(keys)
-    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=0)
-    model, weights = initial_weights()
-    cfg = AggregatorConfig(
-        federation=FED,
-        mqtt=mqtt_config(broker, "aggregator"),
-        store_dir=tmp_path / "agg",
-        directory=directory,
-        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
-        min_clients=4,
-        target_clients=5,
-    )
+    cfg = aggregator_config(tmp_path, mqtt_config(broker, "aggregator"), keys)
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-            python_devices = python_secure_devices(broker, digits, keys, shards, JS_ID, agg.verify_key)
-            rogue = next(d for d in python_devices if d.client_id == ROGUE)
-            rogue._secagg = GarbageDealer(FED, ROGUE, keys[ROGUE], agg.verify_key, directory)
-            config = device_config(
-                ws_url=broker.ws_url, federation=FED, device=JS_ID, identity=keys[JS_ID],
-                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[4]],
-                labels=digits.y_train[shards[4]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
-                train={"epochs": 1, "lr": 0.1},
-            )  # fmt: skip
-            js = await JsDevice.start("node", config, tmp_path / "js")
-            try:
-                results = await run_rounds(agg, python_devices, 1, timeout=300)
+        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+            devices = attacked_devices(broker, digits, keys, agg)
+            honest = [d for d in devices if d.client_id != ROGUE]
+            config = js_config(broker, digits, keys, JS_ID, agg, tmp_path)
+            async with js_device("node", config, tmp_path / "js") as js:
+                results = await run_rounds(agg, devices, 1, timeout=300)
                 secure = agg.last_secure
+                capture = captured(agg, honest)
                 named = agg.offences.by_sender()
                 code = await js.wait(timeout_s=120)
-            finally:
-                await js.kill()
     finally:
         broker.stop()
     assert code == 0, js.log_tail()
@@ -93,12 +78,7 @@ async def test_js_device_answers_the_pair_seed_request_and_the_attacked_round_cl
     assert JS_ID in secure.server.exclusion.seeds[ROGUE]  # the JS device revealed its pair seed
     assert JS_ID in secure.server.exclusion.refusals[ROGUE]  # and reported the refused bundle
     js_round = next(r for r in js.report()["rounds"] if r["round"] == 0)
-    expected = np.array(js_round["encoded"], dtype=np.uint64)
-    for device in python_devices:
-        if device.client_id != ROGUE:
-            expected += device.secure_round.encoded.astype(np.uint64)
-    expected &= np.uint64((1 << secure.config.bits) - 1)
-    np.testing.assert_array_equal(secure.total, expected.astype(np.uint32))  # bit-exact
+    assert_exact_sum(capture, js_round["encoded"])
     assert named == {ROGUE: {BUNDLES_REFUSED: 1}}
 
 
@@ -109,40 +89,20 @@ async def test_js_device_re_sends_a_seed_reveal_the_broker_lost_in_a_crash(tmp_p
     ledgers can bring the pair seeds back; the JS device's must re-send its own (kind "seeds")."""
     broker = MosquittoBroker(tmp_path / "broker", websockets=True, autosave_interval_s=0).start()
     keys = enrol(5)
-    directory = directory_of(keys)
-    shards = dirichlet_partition(digits.y_train, 5, alpha=0.5, seed=0)
-    model, weights = initial_weights()
     agg_link = FaultProxy(broker.port)
     await agg_link.start()
-    cfg = AggregatorConfig(
-        federation=FED,
-        mqtt=mqtt_url_config(agg_link.url, "aggregator"),
-        store_dir=tmp_path / "agg",
-        directory=directory,
-        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=30, shares=30, masked=40, unmask=30),
-        min_clients=4,
-        target_clients=5,
-    )
+    cfg = aggregator_config(tmp_path, mqtt_url_config(agg_link.url, "aggregator"), keys)
     cut = asyncio.Event()
     crashed: list[bool] = []
     held: set[str] = set()  # seed reveals the aggregator had read when the broker died
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
-            python_devices = python_secure_devices(broker, digits, keys, shards, JS_ID, agg.verify_key)
-            rogue = next(d for d in python_devices if d.client_id == ROGUE)
-            rogue._secagg = GarbageDealer(FED, ROGUE, keys[ROGUE], agg.verify_key, directory)
-            honest = [d for d in python_devices if d.client_id != ROGUE]
-            for device in python_devices:
+        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+            devices = attacked_devices(broker, digits, keys, agg)
+            honest = [d for d in devices if d.client_id != ROGUE]
+            for device in devices:
                 cut_on_seed_request(device, agg_link, cut)
-            config = device_config(
-                ws_url=broker.ws_url, federation=FED, device=JS_ID, identity=keys[JS_ID],
-                aggregator_key=agg.verify_key, directory=directory, features=digits.x_train[shards[4]],
-                labels=digits.y_train[shards[4]], rounds=1, timeout_s=240, report=tmp_path / "js-report.json",
-                train={"epochs": 1, "lr": 0.1},
-            )  # fmt: skip
-            js = await JsDevice.start("node", config, tmp_path / "js")
-            try:
+            config = js_config(broker, digits, keys, JS_ID, agg, tmp_path)
+            async with js_device("node", config, tmp_path / "js") as js:
 
                 async def crash_in_the_seed_step() -> None:
                     await cut.wait()
@@ -158,13 +118,12 @@ async def test_js_device_re_sends_a_seed_reveal_the_broker_lost_in_a_crash(tmp_p
 
                 crash = asyncio.create_task(crash_in_the_seed_step())
                 try:
-                    results = await run_rounds(agg, python_devices, 1, timeout=300)
+                    results = await run_rounds(agg, devices, 1, timeout=300)
                 finally:
                     crash.cancel()
                 secure = agg.last_secure
+                capture = captured(agg, honest)
                 code = await js.wait(timeout_s=120)
-            finally:
-                await js.kill()
     finally:
         await agg_link.close()
         broker.stop()
@@ -184,8 +143,4 @@ async def test_js_device_re_sends_a_seed_reveal_the_broker_lost_in_a_crash(tmp_p
     for device in honest:
         assert device.outbox.deliveries.stats.by_kind.get("seeds", 0) >= 1, device.client_id
     js_round = next(r for r in report["rounds"] if r["round"] == 0)
-    expected = np.array(js_round["encoded"], dtype=np.uint64)
-    for device in honest:
-        expected += device.secure_round.encoded.astype(np.uint64)
-    expected &= np.uint64((1 << secure.config.bits) - 1)
-    np.testing.assert_array_equal(secure.total, expected.astype(np.uint32))  # bit-exact
+    assert_exact_sum(capture, js_round["encoded"])
