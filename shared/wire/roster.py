@@ -23,7 +23,8 @@ from shared.wire.secagg import (
     SIGNATURE_BYTES,
     RosterMember,
     _canonical,
-    _check_key,
+    _check_roster_head,
+    _check_roster_parameters,
     _check_round,
 )
 
@@ -50,21 +51,14 @@ class CompactRoster(Message):
     signature: bytes = _EMPTY_SIG
 
     def __post_init__(self) -> None:
-        _check_round(self.round)
-        _check_key("graph_seed", self.graph_seed)
-        _check_key("signature", self.signature, SIGNATURE_BYTES)
+        _check_roster_head(self.round, self.graph_seed, self.signature)
+        _check_roster_parameters(self.degree, self.threshold, self.bits, self.length)
         if len(self.digests) != ADVERT_DIGEST_BYTES * len(self.devices):
             raise InvalidValue(
                 f"compact roster has {len(self.digests)} digest bytes for {len(self.devices)} members"
             )
         if any(a >= b for a, b in zip(self.devices, self.devices[1:], strict=False)):
             raise InvalidValue("compact roster members must be sorted and unique")
-        if not 1 <= self.bits <= 32:
-            raise InvalidValue(f"bits must be in 1..32, got {self.bits}")
-        if self.length < 0 or self.degree < 1 or not 1 <= self.threshold <= self.degree:
-            raise InvalidValue(
-                f"bad roster parameters degree={self.degree} threshold={self.threshold} length={self.length}"
-            )
 
     @property
     def member_ids(self) -> list[str]:

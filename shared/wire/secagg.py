@@ -45,6 +45,23 @@ def _check_key(name: str, key: bytes, size: int = KEY_BYTES) -> None:
         raise InvalidValue(f"{name} must be {size} bytes, got {len(key)}")
 
 
+def _check_roster_head(round_id: int, graph_seed: bytes, signature: bytes) -> None:
+    """The checks on the round, graph seed and signature both roster forms carry (the full
+    :class:`Roster` and the compact one, shared/wire/roster.py), so either form is refused alike."""
+    _check_round(round_id)
+    _check_key("graph_seed", graph_seed)
+    _check_key("signature", signature, SIGNATURE_BYTES)
+
+
+def _check_roster_parameters(degree: int, threshold: int, bits: int, length: int) -> None:
+    """The round parameters both roster forms carry, refused alike in either (see
+    :func:`_check_roster_head`)."""
+    if not 1 <= bits <= 32:
+        raise InvalidValue(f"bits must be in 1..32, got {bits}")
+    if length < 0 or degree < 1 or not 1 <= threshold <= degree:
+        raise InvalidValue(f"bad roster parameters degree={degree} threshold={threshold} length={length}")
+
+
 @message("secagg.advertise_keys")
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
@@ -123,15 +140,8 @@ class Roster(Message):
     signature: bytes = _EMPTY_SIG
 
     def __post_init__(self) -> None:
-        _check_round(self.round)
-        _check_key("graph_seed", self.graph_seed)
-        _check_key("signature", self.signature, SIGNATURE_BYTES)
-        if not 1 <= self.bits <= 32:
-            raise InvalidValue(f"bits must be in 1..32, got {self.bits}")
-        if self.length < 0 or self.degree < 1 or not 1 <= self.threshold <= self.degree:
-            raise InvalidValue(
-                f"bad roster parameters degree={self.degree} threshold={self.threshold} length={self.length}"
-            )
+        _check_roster_head(self.round, self.graph_seed, self.signature)
+        _check_roster_parameters(self.degree, self.threshold, self.bits, self.length)
 
     @property
     def member_ids(self) -> list[str]:
