@@ -45,6 +45,18 @@ def _proof(run: Round, dealer: str, digests, signature, shares) -> Inconsistency
     return InconsistencyProof(dealer, digests, signature, shares, commitment, advert.signature)
 
 
+def _through_the_share_phase(run: Round) -> SurvivorList:
+    """Run every device through adverts, roster and share bundles (no digest signatures: no proof is
+    made here) and close the share phase; the test then drives the masked phase itself."""
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    for client in run.clients.values():
+        for bundle in client.on_roster(roster):
+            run.server.add_shares(bundle)
+    return run.server.close_share_phase()
+
+
 def _signed_request(run: Round, dealers: list[str], proof_list: list[InconsistencyProof]) -> SeedRequest:
     unsigned = SeedRequest(FED, 1, dealers, proof_list)
     return replace(unsigned, signature=keys.sign(run.aggregator, unsigned.signed_bytes()))
@@ -110,13 +122,7 @@ def test_devices_reveal_pair_seeds_for_a_dropped_dealer_and_refuse_unsigned_requ
     """For a dealer its U3 notice listed as dropped, a device reveals the pair seed on a signed request
     (no proof needed: it revealed no share of that dealer's self mask); the seed is the one it masked with."""
     run = Round()
-    for client in run.clients.values():
-        run.server.add_advert(client.advertise(1))
-    roster = run.server.make_roster()
-    for client in run.clients.values():
-        for bundle in client.on_roster(roster):
-            run.server.add_shares(bundle)
-    shared = run.server.close_share_phase()
+    shared = _through_the_share_phase(run)
     for d in shared.devices:
         run.clients[d].open_all(run.server.shares_for(d))
         y = run.clients[d].mask(run.inputs[d], shared)
@@ -148,13 +154,7 @@ def test_a_device_starved_of_bundles_never_reveals_all_its_pair_seeds() -> None:
     it answers."""
     run = Round()
     victim = "dev-5"
-    for client in run.clients.values():
-        run.server.add_advert(client.advertise(1))
-    roster = run.server.make_roster()
-    for client in run.clients.values():
-        for bundle in client.on_roster(roster):
-            run.server.add_shares(bundle)
-    shared = run.server.close_share_phase()
+    shared = _through_the_share_phase(run)
     for d in shared.devices:
         inbox = run.server.shares_for(d)
         if d == victim:
