@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
 
 import nacl.signing
 import numpy as np
 import pytest
 import torch
 
+from aggregator.config import AggregatorConfig
+from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient, EdgeConfig
 from edge_client.model import FederatedModel
 from edge_client.trainer import LocalTrainer, TrainConfig
 from shared.clock import SYSTEM_CLOCK, Clock
+from shared.codec import CodecConfig
 from shared.mqtt import MqttConfig
+from shared.snapshots import ModelSnapshot, make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.data import dirichlet_partition
 from simulator.harness import running
@@ -82,6 +88,51 @@ async def eventually(predicate, timeout: float, interval: float = 0.05, what: st
 def initial_weights() -> tuple[FederatedModel, np.ndarray]:
     model = FederatedModel(digits_mlp())
     return model, model.get_flat()
+
+
+def initial_snapshot(federation: str) -> ModelSnapshot:
+    """Version 0 of a fresh digits model (:func:`initial_weights`), for an aggregator's ``initial``."""
+    model, weights = initial_weights()
+    return make_snapshot(federation, 0, -1, model.layout, weights)
+
+
+def secure_config(
+    tmp_path: Path,
+    federation: str,
+    mqtt: MqttConfig,
+    keys: dict[str, nacl.signing.SigningKey],
+    *,
+    windows: PhaseWindows,
+    min_clients: int,
+    bits: int = 16,
+) -> AggregatorConfig:
+    """A secure aggregator for every enrolled identity in ``keys`` (all of them targeted), storing under
+    ``tmp_path/agg``, with the tests' codec (clip 5, one expected client, a fixed seed): the tests that
+    build one differ only in their phase windows, their quorum and the encodings' width."""
+    return AggregatorConfig(
+        federation=federation,
+        mqtt=mqtt,
+        store_dir=tmp_path / "agg",
+        directory=directory_of(keys),
+        codec=CodecConfig(bits=bits, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
+        windows=windows,
+        min_clients=min_clients,
+        target_clients=len(keys),
+    )
+
+
+def broker_with_accounts(
+    keys: dict[str, nacl.signing.SigningKey], workdir: Path, federation: str
+) -> tuple[MosquittoBroker, Callable[[str], MqttConfig]]:
+    """A started Mosquitto enforcing the shipped ACL, with one account per enrolled device and one for
+    the aggregator (username = client id, random passwords), and the MQTT config each logs in with."""
+    accounts = {user: secrets.token_hex(8) for user in [*keys, "aggregator"]}
+    broker = MosquittoBroker.with_accounts(accounts, workdir, federation=federation).start()
+
+    def creds(user: str) -> MqttConfig:
+        return mqtt_config(broker, user, username=user, password=accounts[user])
+
+    return broker, creds
 
 
 def enrol(n: int) -> dict[str, nacl.signing.SigningKey]:

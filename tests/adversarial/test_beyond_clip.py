@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 
 import numpy as np
 import pytest
 
-from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.hunt import BEYOND_CLIP
 from aggregator.secure import PhaseWindows
-from shared.codec import CodecConfig
-from shared.snapshots import make_snapshot
-from simulator.broker import MosquittoBroker
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from simulator.chaos import exact_sum
+from tests.support import (
+    broker_with_accounts,
+    enrol,
+    initial_snapshot,
+    run_rounds,
+    secure_config,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "clip"
@@ -41,25 +44,11 @@ def _amplify(mask):
 
 async def test_a_rogue_beyond_the_clip_is_named_quarantined_and_rounds_close_again(tmp_path, digits):
     keys = enrol(N)
-    accounts = {user: secrets.token_hex(8) for user in [*keys, "aggregator"]}
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED).start()
-
-    def creds(user: str):
-        return mqtt_config(broker, user, username=user, password=accounts[user])
-
-    model, weights = initial_weights()
-    cfg = AggregatorConfig(
-        federation=FED,
-        mqtt=creds("aggregator"),
-        store_dir=tmp_path / "agg",
-        directory=directory_of(keys),
-        codec=CodecConfig(bits=BITS, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=15, shares=15, masked=30, unmask=15),
-        min_clients=3,
-        target_clients=N,
-    )
+    broker, creds = broker_with_accounts(keys, tmp_path / "broker", FED)
+    windows = PhaseWindows(keys=15, shares=15, masked=30, unmask=15)
+    cfg = secure_config(tmp_path, FED, creds("aggregator"), keys, windows=windows, min_clients=3, bits=BITS)
     try:
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = secure_devices(broker, digits, keys, agg.verify_key, FED, mqtt=creds)
             rogue = next(d for d in devices if d.client_id == ROGUE)
             rogue._secagg.mask = _amplify(rogue._secagg.mask)  # type: ignore[method-assign, union-attr]
@@ -80,11 +69,7 @@ async def test_a_rogue_beyond_the_clip_is_named_quarantined_and_rounds_close_aga
     last = results[-1]
     assert last.status == "closed", last.reason
     assert secure is not None and secure.server is not None and ROGUE not in secure.server.masked
-    plain = np.zeros_like(secure.total)
-    for device in devices:
-        if device.client_id in secure.server.masked:
-            np.add(plain, device.secure_round.encoded, out=plain)
-    plain &= np.uint32((1 << BITS) - 1)
+    plain = exact_sum([d.secure_round.encoded for d in devices if d.client_id in secure.server.masked], BITS)
     np.testing.assert_array_equal(secure.total, plain)  # the honest survivors' exact sum
     state = json.loads((tmp_path / "agg" / "quarantine.json").read_text())
     assert state[ROGUE]["rule"] == BEYOND_CLIP and state[ROGUE]["offences"] == 1

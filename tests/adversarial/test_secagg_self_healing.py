@@ -9,23 +9,27 @@ named in a log line and counted in the aggregator's offence counter, and no hone
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import replace
 
 import nacl.utils
 import numpy as np
 import pytest
 
-from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.metrics import Metrics
 from aggregator.secure import PhaseWindows
-from shared.codec import CodecConfig
 from shared.secagg import SecAggClient, shamir
 from shared.secagg.attribution import BUNDLES_REFUSED, INCONSISTENT_DEALER
-from shared.snapshots import make_snapshot
-from simulator.broker import MosquittoBroker
-from tests.support import directory_of, enrol, initial_weights, mqtt_config, run_rounds, secure_devices
+from simulator.chaos import exact_sum
+from tests.support import (
+    broker_with_accounts,
+    directory_of,
+    enrol,
+    initial_snapshot,
+    run_rounds,
+    secure_config,
+    secure_devices,
+)
 
 pytestmark = pytest.mark.broker
 FED = "heal"
@@ -72,26 +76,12 @@ async def test_the_first_attacked_round_closes_with_the_exact_honest_sum(
     tmp_path, digits, caplog, attack: str, rule: str
 ) -> None:
     keys = enrol(7)
-    accounts = {user: secrets.token_hex(8) for user in [*keys, "aggregator"]}
-    broker = MosquittoBroker.with_accounts(accounts, tmp_path / "broker", federation=FED).start()
+    broker, creds = broker_with_accounts(keys, tmp_path / "broker", FED)
     try:
-
-        def creds(user: str):  # type: ignore[no-untyped-def]
-            return mqtt_config(broker, user, username=user, password=accounts[user])
-
-        model, weights = initial_weights()
-        cfg = AggregatorConfig(
-            federation=FED,
-            mqtt=creds("aggregator"),
-            store_dir=tmp_path / "agg",
-            directory=directory_of(keys),
-            codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-            windows=PhaseWindows(keys=15, shares=15, masked=20, unmask=15),
-            min_clients=4,
-            target_clients=7,
-        )
+        windows = PhaseWindows(keys=15, shares=15, masked=20, unmask=15)
+        cfg = secure_config(tmp_path, FED, creds("aggregator"), keys, windows=windows, min_clients=4)
         caplog.set_level(logging.WARNING)
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = secure_devices(broker, digits, keys, agg.verify_key, FED, mqtt=creds)
             rogue = next(d for d in devices if d.client_id == ROGUE)
             assert rogue._secagg is not None
@@ -108,10 +98,7 @@ async def test_the_first_attacked_round_closes_with_the_exact_honest_sum(
     honest = [d for d in devices if d.client_id != ROGUE]
     assert secure is not None and secure.server is not None and secure.total is not None
     assert secure.server.masked == frozenset(d.client_id for d in honest)
-    expected = np.zeros_like(secure.total)
-    for device in honest:
-        np.add(expected, device.secure_round.encoded, out=expected)
-    expected &= np.uint32((1 << secure.config.bits) - 1)
+    expected = exact_sum([d.secure_round.encoded for d in honest], secure.config.bits)
     np.testing.assert_array_equal(secure.total, expected)  # bit-exact: the honest devices' sum
     assert named.get(ROGUE, {}).get(rule) == 1
     assert f'fedmq_offences_total{{rule="{rule}"}} 1' in exposition  # and in the aggregator's metrics

@@ -16,13 +16,11 @@ from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
 from edge_client.client import EdgeClient
-from shared.codec import CodecConfig
 from shared.mqtt import MqttConfig
-from shared.snapshots import ModelSnapshot, make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.chaos import exact_sum
 from simulator.js_devices import JsDevice, device_config
-from tests.support import digit_shards, directory_of, initial_weights, secure_devices
+from tests.support import digit_shards, directory_of, secure_config, secure_devices
 
 FED = "mixed"
 
@@ -32,22 +30,8 @@ def aggregator_config(
 ) -> AggregatorConfig:
     """A secure aggregator for every enrolled identity (four of them may close a round), with windows
     wide enough for a JS device that loses its link or re-sends (``masked``: that phase's window)."""
-    return AggregatorConfig(
-        federation=FED,
-        mqtt=mqtt,
-        store_dir=tmp_path / "agg",
-        directory=directory_of(keys),
-        codec=CodecConfig(bits=16, clip_norm=5.0, expected_clients=1, seed=bytes(32)),
-        windows=PhaseWindows(keys=30, shares=30, masked=masked, unmask=30),
-        min_clients=4,
-        target_clients=len(keys),
-    )
-
-
-def initial_snapshot() -> ModelSnapshot:
-    """Version 0 of a fresh digits model, the snapshot every JS-device test's aggregator starts from."""
-    model, weights = initial_weights()
-    return make_snapshot(FED, 0, -1, model.layout, weights)
+    windows = PhaseWindows(keys=30, shares=30, masked=masked, unmask=30)
+    return secure_config(tmp_path, FED, mqtt, keys, windows=windows, min_clients=4)
 
 
 def python_devices(

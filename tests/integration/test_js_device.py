@@ -21,15 +21,15 @@ from simulator.broker import MosquittoBroker
 from simulator.faultproxy import FaultProxy
 from simulator.js_devices import RUNNERS
 from tests.integration.js_support import (
+    FED,
     aggregator_config,
     assert_exact_sum,
     captured,
-    initial_snapshot,
     js_config,
     js_device,
     python_devices,
 )
-from tests.support import enrol, eventually, mqtt_config, mqtt_url_config, run_rounds
+from tests.support import enrol, eventually, initial_snapshot, mqtt_config, mqtt_url_config, run_rounds
 
 pytestmark = pytest.mark.broker
 
@@ -43,7 +43,7 @@ async def test_js_device_closes_secure_rounds_with_python_devices_after_a_forced
     js_id = "dev-03"
     cfg = aggregator_config(tmp_path, mqtt_config(broker, "aggregator"), keys)
     try:
-        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = python_devices(broker, digits, keys, js_id, agg)
             config = js_config(
                 broker, digits, keys, js_id, agg, tmp_path,
@@ -97,7 +97,7 @@ async def test_js_device_re_sends_a_masked_input_the_broker_lost_in_a_crash(tmp_
     cfg = aggregator_config(tmp_path, mqtt_url_config(agg_link.url, "aggregator"), keys, masked=60)
     cut: list[str] = []
     try:
-        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
 
             publish_notice = agg._outbox.notice
             early: list[str] = []

@@ -25,12 +25,19 @@ from tests.integration.js_support import (
     aggregator_config,
     assert_exact_sum,
     captured,
-    initial_snapshot,
     js_config,
     js_device,
     python_devices,
 )
-from tests.support import directory_of, enrol, eventually, mqtt_config, mqtt_url_config, run_rounds
+from tests.support import (
+    directory_of,
+    enrol,
+    eventually,
+    initial_snapshot,
+    mqtt_config,
+    mqtt_url_config,
+    run_rounds,
+)
 
 pytestmark = pytest.mark.broker
 ROGUE = "dev-00"
@@ -58,7 +65,7 @@ async def test_js_device_answers_the_pair_seed_request_and_the_attacked_round_cl
     keys = enrol(5)
     cfg = aggregator_config(tmp_path, mqtt_config(broker, "aggregator"), keys)
     try:
-        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = attacked_devices(broker, digits, keys, agg)
             honest = [d for d in devices if d.client_id != ROGUE]
             config = js_config(broker, digits, keys, JS_ID, agg, tmp_path)
@@ -96,7 +103,7 @@ async def test_js_device_re_sends_a_seed_reveal_the_broker_lost_in_a_crash(tmp_p
     crashed: list[bool] = []
     held: set[str] = set()  # seed reveals the aggregator had read when the broker died
     try:
-        async with Aggregator(cfg, initial=initial_snapshot()) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = attacked_devices(broker, digits, keys, agg)
             honest = [d for d in devices if d.client_id != ROGUE]
             for device in devices:
