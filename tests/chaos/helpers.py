@@ -20,6 +20,7 @@ from shared.mqtt import MqttConfig
 from shared.snapshots import make_snapshot
 from simulator.broker import MosquittoBroker
 from simulator.chaos import check_versions, exact_sum
+from simulator.harness import running
 from tests.support import directory_of, initial_weights, secure_devices
 
 FED = "chaos"
@@ -81,30 +82,22 @@ async def run_secure(
     """Run ``rounds`` secure rounds with every device online; ``fault(round_id)`` runs alongside each
     round (it may kill the broker, drop links...). Returns the ledger of every round."""
     ledger = ledger or Ledger()
-    stop = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        for device in devices:
-            await stack.enter_async_context(device)
-        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-        try:
 
-            async def all_rounds() -> None:
-                for index in range(rounds):
-                    chaos = asyncio.create_task(fault(index)) if fault is not None else None
-                    try:
-                        ran = await agg.run(1)
-                    finally:
-                        if chaos is not None:
-                            chaos.cancel()
-                            with contextlib.suppress(asyncio.CancelledError, Exception):
-                                await chaos
-                    assert ran, "the aggregator stopped"
-                    ledger.record(agg, devices)
+    async def all_rounds() -> None:
+        for index in range(rounds):
+            chaos = asyncio.create_task(fault(index)) if fault is not None else None
+            try:
+                ran = await agg.run(1)
+            finally:
+                if chaos is not None:
+                    chaos.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await chaos
+            assert ran, "the aggregator stopped"
+            ledger.record(agg, devices)
 
-            await asyncio.wait_for(all_rounds(), timeout)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async with running(devices):
+        await asyncio.wait_for(all_rounds(), timeout)
     return ledger
 
 

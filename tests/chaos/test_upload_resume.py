@@ -5,18 +5,17 @@ re-sends less than the whole message, and the contribution is counted exactly on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
-from shared.snapshots import make_snapshot
 from shared.wire import encode
 from simulator.chaos import ShippedMosquitto
 from simulator.faultproxy import FaultProxy
+from simulator.harness import running
 from tests.chaos.helpers import FED, link_config, versions_ok
-from tests.support import eventually, initial_weights, make_devices
+from tests.support import eventually, initial_snapshot, make_devices
 
 pytestmark = pytest.mark.broker
 CHUNK_LIMIT = 1024  # a 19 KB update in 21 chunks
@@ -35,13 +34,12 @@ async def test_a_cut_chunked_upload_resumes_and_counts_once(shipped, tmp_path, d
     """broker-kill: the aggregator's own link goes down mid-upload, the broker queues the next chunks for
     it, then dies before its autosave (losing them, acknowledged as they were); link-drop: the device's
     link is reset mid-upload."""
-    model, weights = initial_weights()
     n = 2
     async with FaultProxy(shipped.port) as link, FaultProxy(shipped.port) as agg_link:
         cfg = AggregatorConfig(federation=FED, mqtt=link_config(agg_link.url, "aggregator"),
                                store_dir=tmp_path / "agg", mode="plain", round_window_s=180.0, min_clients=n,
                                target_clients=n, snapshot_encoding="f32")  # fmt: skip
-        async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
+        async with Aggregator(cfg, initial=initial_snapshot(FED)) as agg:
             devices = make_devices(shipped, digits, n, agg.verify_key, FED, chunk_limit=CHUNK_LIMIT,
                                    url_for=lambda i: link.url if i == 0 else shipped.url)  # fmt: skip
             victim = devices[0]
@@ -49,33 +47,25 @@ async def test_a_cut_chunked_upload_resumes_and_counts_once(shipped, tmp_path, d
             agg.intake_hooks.append(
                 lambda topic, _: chunks_in.append(topic) if f"/{victim.client_id}/c/" in topic else None
             )
-            stop = asyncio.Event()
-            async with contextlib.AsyncExitStack() as stack:
-                for device in devices:
-                    await stack.enter_async_context(device)
-                tasks = [asyncio.create_task(d.run(stop)) for d in devices]
-                try:
-                    await agg._publish_snapshot()  # as run() does first: the snapshot comes at full speed
-                    await asyncio.gather(*(d.wait_for_version(0, 60) for d in devices))
-                    link.throttle(RATE)  # then the victim's link slows to a crawl
-                    run = asyncio.create_task(agg.run(1))
-                    await eventually(lambda: len(chunks_in) >= 8, 120, what="the victim's upload under way")
-                    if fault == "broker-kill":
-                        agg_link.refuse(True)
-                        agg_link.drop()
-                        sent = link.bytes_up
-                        more = sent + 6 * CHUNK_LIMIT  # six more chunks, queued for the aggregator
-                        await eventually(lambda: link.bytes_up > more, 60, what="queued chunks")
-                        shipped.kill()  # the chunks queued for the aggregator are lost with it
-                        await asyncio.sleep(0.3)
-                        shipped.start()
-                        agg_link.refuse(False)
-                    else:
-                        assert link.drop() == 1
-                    results = await asyncio.wait_for(run, 150)
-                finally:
-                    stop.set()
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            async with running(devices):
+                await agg._publish_snapshot()  # as run() does first: the snapshot comes at full speed
+                await asyncio.gather(*(d.wait_for_version(0, 60) for d in devices))
+                link.throttle(RATE)  # then the victim's link slows to a crawl
+                run = asyncio.create_task(agg.run(1))
+                await eventually(lambda: len(chunks_in) >= 8, 120, what="the victim's upload under way")
+                if fault == "broker-kill":
+                    agg_link.refuse(True)
+                    agg_link.drop()
+                    sent = link.bytes_up
+                    more = sent + 6 * CHUNK_LIMIT  # six more chunks, queued for the aggregator
+                    await eventually(lambda: link.bytes_up > more, 60, what="queued chunks")
+                    shipped.kill()  # the chunks queued for the aggregator are lost with it
+                    await asyncio.sleep(0.3)
+                    shipped.start()
+                    agg_link.refuse(False)
+                else:
+                    assert link.drop() == 1
+                results = await asyncio.wait_for(run, 150)
             assert versions_ok(agg) == []
     stats = victim.outbox.deliveries.stats
     total = sum(d.trainer.labels.shape[0] for d in devices)
