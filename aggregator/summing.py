@@ -138,6 +138,7 @@ class SummingPool:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._supervisor: Supervisor | None = None
+        self._close_task: asyncio.Future[None] | None = None
         #: Set once the workers first connected (or the start-up wait ended).
         self.started = asyncio.Event()
 
@@ -161,6 +162,7 @@ class SummingPool:
 
     async def start(self) -> None:
         self._closing = False
+        self._close_task = None
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._supervise(slot), name=f"summing-{slot.index}"))
 
@@ -371,7 +373,28 @@ class SummingPool:
                 process.kill()
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop every worker (``stop`` frame, then SIGTERM, then SIGKILL) and their supervisors."""
+        """Stop every worker (``stop`` frame, then SIGTERM, then SIGKILL) and their supervisors.
+
+        Runs to the end even when the caller is cancelled meanwhile (the aggregator's supervisor cancels
+        :meth:`run` while it may already be closing after a refusal): a close cut short left workers
+        running and their supervisors pending, killed only when the event loop shut down, and their
+        subprocess transports were finalized after the loop had closed. A cancellation is re-raised once
+        every worker has exited; the wait is bounded (two grace periods, then SIGKILL).
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close(grace_s))
+        closing = self._close_task
+        cancelled = False
+        while not closing.done():
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        closing.result()
+
+    async def _close(self, grace_s: float) -> None:
         self._closing = True
         for slot in self.slots:
             slot.send(("stop",))

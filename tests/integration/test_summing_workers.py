@@ -20,7 +20,7 @@ import pytest
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
-from aggregator.summing import worker_account
+from aggregator.summing import SummingPool, worker_account
 from fedmq_admin.broker import acl_rules
 from shared.codec import CodecConfig
 from shared.layout import ModelLayout
@@ -196,6 +196,29 @@ async def test_a_worker_killed_mid_round_loses_only_its_inputs(acl_broker, accou
     total, survivors, _ = recorder.rounds[second.round_id]
     bits = agg.last_secure.config.bits if agg.last_secure and agg.last_secure.config else 0
     np.testing.assert_array_equal(total, oracle(fleet, second.round_id, survivors, bits))
+
+
+async def test_a_close_cancelled_midway_still_stops_every_worker(acl_broker, accounts, tmp_path):
+    """The aggregator's supervisor cancels the pool's task at shutdown, maybe while the pool is already
+    closing (after a broker refused the workers): the close still runs to the end. Cut short, it left the
+    workers running and their supervisors pending until the event loop shut down, and their subprocess
+    transports were finalized after the loop had closed (PytestUnraisableExceptionWarning)."""
+    pool = SummingPool(agg_config(acl_broker, accounts, tmp_path), relay=lambda topic, payload: None,
+                       refused=lambda sender, rule, reason, round_id: None)  # fmt: skip
+    await pool.start()
+    try:
+        await pool.ready()
+        processes = [slot.process for slot in pool.slots]
+        assert len(processes) == 2 and all(p is not None and p.returncode is None for p in processes)
+        closing = asyncio.create_task(pool.close())
+        await eventually(lambda: pool._closing, 10, interval=0, what="the close under way")
+        closing.cancel()  # while it waits for the workers to leave
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert all(p is not None and p.returncode is not None for p in processes)  # both workers are gone
+        assert all(task.done() for task in pool._tasks)  # and their supervisors ended with them
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize("broker", ["nats"], indirect=True)
