@@ -255,12 +255,14 @@ def test_sigterm_stops_the_aggregator_and_its_workers(acl_broker, accounts, tmp_
     (tmp_path / "directory.json").write_text(json.dumps({k: v.hex() for k, v in directory().items()}))
     write_initial(tmp_path / "initial.fedmq", snapshot())
     url = f"mqtt://aggregator:{accounts['aggregator']}@127.0.0.1:{acl_broker.port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--broker", url, "--store", str(tmp_path / "agg"),
-         "--initial", str(tmp_path / "initial.fedmq"),
-         "--directory", str(tmp_path / "directory.json"), "--summing-workers", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # Its log (and its workers') goes to a file: an unread pipe could fill up and stall them.
+    with (tmp_path / "aggregator.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "--broker", url, "--store", str(tmp_path / "agg"),
+             "--initial", str(tmp_path / "initial.fedmq"),
+             "--directory", str(tmp_path / "directory.json"), "--summing-workers", "2"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
     try:
         workers: set[int] = set()
 
@@ -275,11 +277,12 @@ def test_sigterm_stops_the_aggregator_and_its_workers(acl_broker, accounts, tmp_
         asyncio.run(both_workers_connected())
         assert len(workers) == 2, workers
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, process.stderr.read().decode()[-2000:] if process.stderr else ""
+        assert process.wait(timeout=60) == 0, (tmp_path / "aggregator.log").read_text()[-2000:]
         assert not [pid for pid in workers if _alive(pid)]
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(timeout=10)
 
 
 async def test_a_dealer_excluded_with_workers_leaves_the_exact_honest_sum(tmp_path, digits):
