@@ -18,6 +18,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.hunt import Hunt
 from aggregator.plain import PlainRound
 from aggregator.receipts import Receipts
+from aggregator.republish import RecordingOutbox
 from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
@@ -132,7 +133,7 @@ class Intake:
                 except Exception:  # an observer's fault never costs a message
                     log.exception("intake hook failed")
             if topic.startswith(self.topics.status_all[:-1]):
-                self._on_presence(topic, payload)
+                self._on_presence(topic, payload, live=not msg.retain)
                 continue
             if self.retained.intercept(self._conn, topic, bool(msg.retain), payload):
                 continue
@@ -163,8 +164,9 @@ class Intake:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def _on_presence(self, topic: str, payload: bytes) -> None:
-        """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""
+    def _on_presence(self, topic: str, payload: bytes, *, live: bool = False) -> None:
+        """Record a device's declared memory budget; never raises (bad input is dropped and counted).
+        ``live``: published just now (not a retained copy), i.e. the device has just (re)connected."""
         if not payload:
             return
         sender = topic
@@ -174,10 +176,24 @@ class Intake:
             if presence.client_id != sender or not self.config.allows(sender):
                 raise ProtocolError("presence for another or unknown device")
             self._record_presence(presence)
+            if live and presence.online:
+                self._replay_inbox(sender)
         except FedmqError as exc:
             self._drop(sender, str(exc), topic=topic, rule=rule_of(exc))
         except Exception as exc:  # the per-message fault boundary
             self._drop(sender, f"{type(exc).__name__}: {exc}", topic=topic, rule=INTERNAL_ERROR, exc=exc)
+
+    def _replay_inbox(self, device: str) -> None:
+        """A device came back online: its inbox messages of the open secure phase go out again
+        (:meth:`aggregator.republish.OpenPhase.replay_for`); never blocks intake."""
+        outbox = self._outbox
+        if not isinstance(outbox, RecordingOutbox):
+            return
+        replay = outbox.open_phase.replay_for(device)
+        task = asyncio.create_task(guarded(replay, where=f"aggregator: re-publishing {device}'s inbox"))
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_receipt_tasks", set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _record_presence(self, presence: PresenceMsg) -> None:
         if presence.online and presence.memory_budget > 0:
