@@ -44,7 +44,7 @@ from aggregator.summing_worker import frame, read_frame
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.secagg import RoundAbandoned
-from shared.supervision import Supervisor
+from shared.supervision import Supervisor, run_to_end
 from shared.wire.secagg import MaskedInput
 
 if TYPE_CHECKING:
@@ -138,7 +138,6 @@ class SummingPool:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._supervisor: Supervisor | None = None
-        self._close_task: asyncio.Future[None] | None = None
         #: Set once the workers first connected (or the start-up wait ended).
         self.started = asyncio.Event()
 
@@ -157,12 +156,11 @@ class SummingPool:
             except ConfigError:
                 return  # _on_frame told the supervisor
             await asyncio.Event().wait()
-        finally:
-            await self.close()
+        finally:  # to the end even if cancelled again meanwhile: cut short, workers outlived the loop
+            await run_to_end(asyncio.ensure_future(self.close()))
 
     async def start(self) -> None:
         self._closing = False
-        self._close_task = None
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._supervise(slot), name=f"summing-{slot.index}"))
 
@@ -373,28 +371,7 @@ class SummingPool:
                 process.kill()
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop every worker (``stop`` frame, then SIGTERM, then SIGKILL) and their supervisors.
-
-        Runs to the end even when the caller is cancelled meanwhile (the aggregator's supervisor cancels
-        :meth:`run` while it may already be closing after a refusal): a close cut short left workers
-        running and their supervisors pending, killed only when the event loop shut down, and their
-        subprocess transports were finalized after the loop had closed. A cancellation is re-raised once
-        every worker has exited; the wait is bounded (two grace periods, then SIGKILL).
-        """
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close(grace_s))
-        closing = self._close_task
-        cancelled = False
-        while not closing.done():
-            try:
-                await asyncio.shield(closing)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        closing.result()
-
-    async def _close(self, grace_s: float) -> None:
+        """Stop every worker (``stop`` frame, then SIGTERM, then SIGKILL) and their supervisors."""
         self._closing = True
         for slot in self.slots:
             slot.send(("stop",))

@@ -26,7 +26,7 @@ from shared.codec import CodecConfig
 from shared.layout import ModelLayout
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot, write_initial
-from shared.supervision import SupervisionError
+from shared.supervision import SupervisionError, Supervisor
 from simulator.broker import PRODUCTION_AUTH, MosquittoBroker
 from simulator.light import LightDevice, device_key, device_name
 from tests.support import eventually, mqtt_config
@@ -205,19 +205,20 @@ async def test_a_close_cancelled_midway_still_stops_every_worker(acl_broker, acc
     transports were finalized after the loop had closed (PytestUnraisableExceptionWarning)."""
     pool = SummingPool(agg_config(acl_broker, accounts, tmp_path), relay=lambda topic, payload: None,
                        refused=lambda sender, rule, reason, round_id: None)  # fmt: skip
-    await pool.start()
+    running = asyncio.create_task(pool.run(Supervisor("test")))
     try:
-        await pool.ready()
+        await asyncio.wait_for(pool.wait_started(), 120)
         processes = [slot.process for slot in pool.slots]
         assert len(processes) == 2 and all(p is not None and p.returncode is None for p in processes)
-        closing = asyncio.create_task(pool.close())
+        running.cancel()  # the pool starts closing...
         await eventually(lambda: pool._closing, 10, interval=0, what="the close under way")
-        closing.cancel()  # while it waits for the workers to leave
+        running.cancel()  # ...and is cancelled again while it waits for the workers to leave
         with pytest.raises(asyncio.CancelledError):
-            await closing
+            await running
         assert all(p is not None and p.returncode is not None for p in processes)  # both workers are gone
         assert all(task.done() for task in pool._tasks)  # and their supervisors ended with them
     finally:
+        running.cancel()
         await pool.close()
 
 
