@@ -27,6 +27,29 @@ async def test_open_phase_replays_latest_per_key_in_first_published_order():
     assert await phase.replay() == 0 and phase.replays == 1
 
 
+async def test_a_device_back_online_gets_only_its_own_inbox_messages_again():
+    """A broker restart lost the session of a device that re-subscribed after its inbox went out: the
+    aggregator re-publishes that device's batch and neighbour keys, not the broadcast roster or notice
+    (and not another device's inbox, nor that of a device whose name merely ends the same)."""
+    sent: list[str] = []
+    phase = OpenPhase()
+
+    def step(label: str):
+        async def go() -> None:
+            sent.append(label)
+
+        return go
+
+    for key in ["roster", "neighbours/dev-1", "neighbours/dev-11", "inbox/dev-1", "inbox/dev-11", "notice"]:
+        await phase.publish(key, step(key))
+    sent.clear()
+    await phase.replay_for("dev-1")
+    assert sent == ["neighbours/dev-1", "inbox/dev-1"]
+    sent.clear()
+    await phase.replay_for("dev-9")  # nothing of this phase was addressed to it
+    assert sent == [] and phase.replays == 0  # and a device's replay is not a reconnect's
+
+
 def test_shipped_broker_renders_the_shipped_persistence_lines(tmp_path):
     broker = ShippedMosquitto(tmp_path / "b")
     text = broker.render().read_text()
