@@ -192,7 +192,8 @@ class SecureParticipation:
             return
         if notice.round == self.round_id and notice.phase == PHASE_MASKED:
             self._masked_closed.set()  # outside the lock: a pending masked send must see it
-        if notice.round == self.round_id and notice.phase == PHASE_SHARED:
+        in_u2 = notice.phase == PHASE_SHARED and self.secagg.device_id in notice.devices  # has a batch
+        if notice.round == self.round_id and in_u2 and not self.left_out:
             await self._inbox_first()  # outside the lock: on_inbox takes it
         async with self._lock:
             if notice.round != self.round_id or self.left_out:
