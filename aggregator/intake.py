@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 
 import nacl.signing
@@ -18,6 +19,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.hunt import Hunt
 from aggregator.plain import PlainRound
 from aggregator.receipts import Receipts
+from aggregator.republish import RecordingOutbox
 from aggregator.retained import RetainedGuard
 from aggregator.secure import SecureRound
 from aggregator.store import Store
@@ -36,6 +38,9 @@ from shared.wire import Presence as PresenceMsg
 from shared.wire import decode
 
 log = logging.getLogger("aggregator.engine")
+
+#: A device's open-phase inbox is re-published on its live "online" presence at most this often.
+REPLAY_SPACING_S = 2.0
 
 
 class Intake:
@@ -132,7 +137,7 @@ class Intake:
                 except Exception:  # an observer's fault never costs a message
                     log.exception("intake hook failed")
             if topic.startswith(self.topics.status_all[:-1]):
-                self._on_presence(topic, payload)
+                self._on_presence(topic, payload, live=not msg.retain)
                 continue
             if self.retained.intercept(self._conn, topic, bool(msg.retain), payload):
                 continue
@@ -163,8 +168,9 @@ class Intake:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def _on_presence(self, topic: str, payload: bytes) -> None:
-        """Record a device's declared memory budget; never raises (bad input is dropped and counted)."""
+    def _on_presence(self, topic: str, payload: bytes, *, live: bool = False) -> None:
+        """Record a device's declared memory budget; never raises (bad input is dropped and counted).
+        ``live``: published just now (not a retained copy), i.e. the device has just (re)connected."""
         if not payload:
             return
         sender = topic
@@ -174,10 +180,35 @@ class Intake:
             if presence.client_id != sender or not self.config.allows(sender):
                 raise ProtocolError("presence for another or unknown device")
             self._record_presence(presence)
+            if live and presence.online:
+                self._replay_inbox(sender)
         except FedmqError as exc:
             self._drop(sender, str(exc), topic=topic, rule=rule_of(exc))
         except Exception as exc:  # the per-message fault boundary
             self._drop(sender, f"{type(exc).__name__}: {exc}", topic=topic, rule=INTERNAL_ERROR, exc=exc)
+
+    def _replay_inbox(self, device: str) -> None:
+        """A device came back online: its inbox messages of the open secure phase go out again
+        (:meth:`aggregator.republish.OpenPhase.replay_for`); never blocks intake.
+
+        At most once per :data:`REPLAY_SPACING_S` per device: presence is not rate-limited like round
+        messages, and a device announcing itself online in a loop must not turn each few bytes of
+        presence into a re-published share batch."""
+        outbox = self._outbox
+        if not isinstance(outbox, RecordingOutbox):
+            return
+        replayed: dict[str, float] = self.__dict__.setdefault("_replayed_at", {})
+        now = time.monotonic()
+        if now - replayed.get(device, -REPLAY_SPACING_S) < REPLAY_SPACING_S:
+            log.debug("device=%s online again within %.0f s: its inbox was just re-published", device,
+                      REPLAY_SPACING_S)  # fmt: skip
+            return
+        replayed[device] = now
+        replay = outbox.open_phase.replay_for(device)
+        task = asyncio.create_task(guarded(replay, where=f"aggregator: re-publishing {device}'s inbox"))
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_receipt_tasks", set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _record_presence(self, presence: PresenceMsg) -> None:
         if presence.online and presence.memory_budget > 0:

@@ -61,6 +61,25 @@ class OpenPhase:
         return len(steps)
 
 
+    async def replay_for(self, device: str) -> None:
+        """Run again the steps addressed to ``device`` alone (its share batch, its neighbours' keys).
+
+        Why: those go to the device's inbox, which is not retained. A broker that crashed without saving
+        forgot the device's session, so what the aggregator published for it before it re-subscribed went
+        nowhere -- and a device without its share batch cannot reveal its neighbours' shares at unmask, so
+        an honest neighbour is blamed (``secagg-bundles-refused``) and quarantined. The aggregator calls
+        this when the device announces itself online, which it does only once it has subscribed again.
+        """
+        steps = [step for key, step in self._steps.items() if key.split("/", 1)[-1] == device]
+        for step in steps:
+            try:
+                await step()
+            except FedmqError as exc:
+                log.error("re-publishing %s's part of the open phase: %s", device, exc)
+        if steps:
+            log.info("re-published %s's %d open-phase messages: it came back online", device, len(steps))
+
+
 class RecordingOutbox(Outbox):
     """The aggregator's outbox: publishes as :class:`shared.outbox.Outbox` does, and remembers the open
     secure round's roster, inbox batches and notice in :attr:`open_phase` for :meth:`OpenPhase.replay`."""

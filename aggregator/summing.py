@@ -44,7 +44,7 @@ from aggregator.summing_worker import frame, read_frame
 from shared.errors import ConfigError
 from shared.mqtt import MqttConfig
 from shared.secagg import RoundAbandoned
-from shared.supervision import Supervisor
+from shared.supervision import Supervisor, run_to_end
 from shared.wire.secagg import MaskedInput
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ class SummingPool:
             except ConfigError:
                 return  # _on_frame told the supervisor
             await asyncio.Event().wait()
-        finally:
-            await self.close()
+        finally:  # to the end even if cancelled again meanwhile: cut short, workers outlived the loop
+            await run_to_end(asyncio.ensure_future(self.close()))
 
     async def start(self) -> None:
         self._closing = False

@@ -115,6 +115,8 @@ class SecureParticipation:
         self.seeds_answered = False
         self._lock = asyncio.Lock()
         self._masked_closed = asyncio.Event()
+        #: Set once this round's share batch (this device's inbox) came: it must come before masking.
+        self._inbox_seen = asyncio.Event()
         self._early_bundles: list[ShareBatch] = []
         self._opened: set[frozenset[tuple[str, bytes]]] = set()
 
@@ -166,6 +168,7 @@ class SecureParticipation:
         async with self._lock:
             if batch.round != self.round_id:
                 raise ProtocolError(f"share batch for round {batch.round}, this device is in {self.round_id}")
+            self._inbox_seen.set()
             if self.roster is None:
                 self._early_bundles.append(batch)
             else:
@@ -195,6 +198,9 @@ class SecureParticipation:
             return
         if notice.round == self.round_id and notice.phase == PHASE_MASKED:
             self._masked_closed.set()  # outside the lock: a pending masked send must see it
+        in_u2 = notice.phase == PHASE_SHARED and self.secagg.device_id in notice.devices  # has a batch
+        if notice.round == self.round_id and in_u2 and not self.left_out:
+            await self._inbox_first()  # outside the lock: on_inbox takes it
         async with self._lock:
             if notice.round != self.round_id or self.left_out:
                 return
@@ -205,6 +211,26 @@ class SecureParticipation:
                 await self.send("unmask", reveal)
                 self.revealed = True
                 self.on_phase("unmask")
+
+    async def _inbox_first(self) -> None:
+        """Wait, at most until the masked phase ends, for this device's share batch before masking.
+
+        The aggregator publishes every inbox before the shared-set notice, so this normally returns at
+        once. But after a broker restart that lost this device's session, the retained notice reaches the
+        device as soon as it subscribes again, and its batch only when the aggregator re-publishes it (on
+        seeing the device online). Masking first would close the share phase: the batch would then be
+        refused, this device could reveal none of its neighbours' shares at unmask, and an honest dealer
+        would be blamed for bundles nobody could open (``secagg-bundles-refused``).
+        """
+        if self._inbox_seen.is_set():
+            return
+        waits = [asyncio.ensure_future(event.wait()) for event in (self._inbox_seen, self._masked_closed)]
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, self.times.until(self.masked_deadline)),
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     async def _send_masked(self, shared: SurvivorList) -> None:
         if self.roster is None:

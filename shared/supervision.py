@@ -201,6 +201,21 @@ async def guarded(
             on_error(exc)
 
 
+async def run_to_end(future: asyncio.Future[T]) -> T:
+    """Await ``future`` to its end even if the caller is cancelled meanwhile, then re-raise that
+    cancellation. For bounded clean-up that must not be cut short: stopping child processes whose
+    pipes would otherwise outlive the event loop."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()
+
+
 __all__ = [
     "INTERNAL_ERROR",
     "FaultCounter",
@@ -209,4 +224,5 @@ __all__ = [
     "Supervisor",
     "guarded",
     "rule_of",
+    "run_to_end",
 ]

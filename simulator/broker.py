@@ -124,6 +124,7 @@ class MosquittoBroker(ServerProcess):
 
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
         self.render()
+        self._close_pipes()  # of the previous run, if it died by itself
         self.process = subprocess.Popen(
             [find_mosquitto(), "-c", str(self.conf_file)],
             stdout=subprocess.DEVNULL,

@@ -98,6 +98,7 @@ class ServerProcess(Lifecycle):
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._close_pipes()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -106,6 +107,17 @@ class ServerProcess(Lifecycle):
                 self.process.wait(timeout=self.stop_grace_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Close the pipes of a process that has exited (a restart makes a new Popen; the old one's
+        pipes would otherwise be closed by the garbage collector, with a ResourceWarning)."""
+        process = self.process
+        if process is None or process.poll() is None:
+            return
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def restart(self, hard: bool = True) -> None:
         self.kill() if hard else self.stop()

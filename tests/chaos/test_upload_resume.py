@@ -60,6 +60,9 @@ async def test_a_cut_chunked_upload_resumes_and_counts_once(shipped, tmp_path, d
                     more = sent + 6 * CHUNK_LIMIT  # six more chunks, queued for the aggregator
                     await eventually(lambda: link.bytes_up > more, 60, what="queued chunks")
                     shipped.kill()  # the chunks queued for the aggregator are lost with it
+                    # ... whenever the shipped 30 s autosave last ran: a save between their PUBACKs
+                    # and the kill would have kept them (and nothing would need re-sending).
+                    (shipped.data_dir / "mosquitto.db").unlink(missing_ok=True)
                     await asyncio.sleep(0.3)
                     shipped.start()
                     agg_link.refuse(False)

@@ -158,9 +158,8 @@ async def test_summers_on_a_shared_subscription_split_the_intake_and_sum_exactly
     stop = asyncio.Event()
     tasks = [asyncio.create_task(s.run(stop)) for s in summers]
     try:
-        for summer in summers:
+        for summer in summers:  # connected means subscribed: MqttConnection waits for the SUBACK first
             await summer.conn.wait_connected(timeout=30)
-        await asyncio.sleep(0.3)  # both shared subscriptions acknowledged
         async with MqttConnection(mqtt_config(broker, "publisher")) as conn:
             await conn.wait_connected(timeout=30)
             for device, data, _ in inputs:

@@ -20,13 +20,13 @@ import pytest
 from aggregator.config import AggregatorConfig
 from aggregator.engine import Aggregator
 from aggregator.secure import PhaseWindows
-from aggregator.summing import worker_account
+from aggregator.summing import SummingPool, worker_account
 from fedmq_admin.broker import acl_rules
 from shared.codec import CodecConfig
 from shared.layout import ModelLayout
 from shared.signing import load_or_create_key
 from shared.snapshots import make_snapshot, write_initial
-from shared.supervision import SupervisionError
+from shared.supervision import SupervisionError, Supervisor
 from simulator.broker import PRODUCTION_AUTH, MosquittoBroker
 from simulator.light import LightDevice, device_key, device_name
 from tests.support import eventually, mqtt_config
@@ -198,6 +198,30 @@ async def test_a_worker_killed_mid_round_loses_only_its_inputs(acl_broker, accou
     np.testing.assert_array_equal(total, oracle(fleet, second.round_id, survivors, bits))
 
 
+async def test_a_close_cancelled_midway_still_stops_every_worker(acl_broker, accounts, tmp_path):
+    """The aggregator's supervisor cancels the pool's task at shutdown, maybe while the pool is already
+    closing (after a broker refused the workers): the close still runs to the end. Cut short, it left the
+    workers running and their supervisors pending until the event loop shut down, and their subprocess
+    transports were finalized after the loop had closed (PytestUnraisableExceptionWarning)."""
+    pool = SummingPool(agg_config(acl_broker, accounts, tmp_path), relay=lambda topic, payload: None,
+                       refused=lambda sender, rule, reason, round_id: None)  # fmt: skip
+    running = asyncio.create_task(pool.run(Supervisor("test")))
+    try:
+        await asyncio.wait_for(pool.wait_started(), 120)
+        processes = [slot.process for slot in pool.slots]
+        assert len(processes) == 2 and all(p is not None and p.returncode is None for p in processes)
+        running.cancel()  # the pool starts closing...
+        await eventually(lambda: pool._closing, 10, interval=0, what="the close under way")
+        running.cancel()  # ...and is cancelled again while it waits for the workers to leave
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert all(p is not None and p.returncode is not None for p in processes)  # both workers are gone
+        assert all(task.done() for task in pool._tasks)  # and their supervisors ended with them
+    finally:
+        running.cancel()
+        await pool.close()
+
+
 @pytest.mark.parametrize("broker", ["nats"], indirect=True)
 async def test_a_broker_without_shared_subscriptions_is_refused_with_one_line(broker, tmp_path):
     """NATS speaks MQTT 3.1.1 with no ``$share``: the aggregator ends with the cause, no round runs."""
@@ -232,12 +256,14 @@ def test_sigterm_stops_the_aggregator_and_its_workers(acl_broker, accounts, tmp_
     (tmp_path / "directory.json").write_text(json.dumps({k: v.hex() for k, v in directory().items()}))
     write_initial(tmp_path / "initial.fedmq", snapshot())
     url = f"mqtt://aggregator:{accounts['aggregator']}@127.0.0.1:{acl_broker.port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--broker", url, "--store", str(tmp_path / "agg"),
-         "--initial", str(tmp_path / "initial.fedmq"),
-         "--directory", str(tmp_path / "directory.json"), "--summing-workers", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # Its log (and its workers') goes to a file: an unread pipe could fill up and stall them.
+    with (tmp_path / "aggregator.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "--broker", url, "--store", str(tmp_path / "agg"),
+             "--initial", str(tmp_path / "initial.fedmq"),
+             "--directory", str(tmp_path / "directory.json"), "--summing-workers", "2"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
     try:
         workers: set[int] = set()
 
@@ -252,11 +278,12 @@ def test_sigterm_stops_the_aggregator_and_its_workers(acl_broker, accounts, tmp_
         asyncio.run(both_workers_connected())
         assert len(workers) == 2, workers
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, process.stderr.read().decode()[-2000:] if process.stderr else ""
+        assert process.wait(timeout=60) == 0, (tmp_path / "aggregator.log").read_text()[-2000:]
         assert not [pid for pid in workers if _alive(pid)]
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(timeout=10)
 
 
 async def test_a_dealer_excluded_with_workers_leaves_the_exact_honest_sum(tmp_path, digits):

@@ -36,22 +36,22 @@ def _alive(pid: int) -> bool:
 @pytest.mark.broker
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_broker_dies_with_the_process_that_started_it(tmp_path, how):
-    starter = subprocess.Popen(
+    with subprocess.Popen(  # leaving the block closes its stdout pipe and reaps it
         [sys.executable, "-c", _STARTER, str(tmp_path / "broker")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert starter.stdout is not None
-        pid = int(starter.stdout.readline())
-        assert _alive(pid)
-        starter.send_signal(how)  # no close(), no fixture teardown: the test run itself dying
-        starter.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid), f"mosquitto {pid} outlived its parent ({how.name})"
-    finally:
-        if starter.poll() is None:
-            starter.kill()
+    ) as starter:
+        try:
+            assert starter.stdout is not None
+            pid = int(starter.stdout.readline())
+            assert _alive(pid)
+            starter.send_signal(how)  # no close(), no fixture teardown: the test run itself dying
+            starter.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(pid), f"mosquitto {pid} outlived its parent ({how.name})"
+        finally:
+            if starter.poll() is None:
+                starter.kill()
