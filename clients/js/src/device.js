@@ -310,6 +310,8 @@ export class Device {
     if (batch.t === 'secagg.neighbour_keys' && batch.device === this.deviceId) { this.onRoster(batch); return; }
     if (batch.t !== 'secagg.share_batch' || batch.device !== this.deviceId) throw new ProtocolError('inbox message is not a share batch for this device');
     if (!r || batch.round !== r.id) throw new ProtocolError(`share batch for round ${batch.round}`);
+    r.inboxSeen = true;
+    this.emit('inbox');
     if (!r.roster) r.early.push(batch);
     else this.openInbox(batch);
   }
@@ -360,7 +362,14 @@ export class Device {
     const a = r.announce;
     const w = a.plan.windows;
     const untilMasked = this.times.until(a, a.opened_at + w.keys + w.shares + w.masked);
-    await this.until(() => r.result || r.closed, Math.max(0, untilMasked * 1000), 'training').catch(() => {});
+    // In U2, the share batch must come before masking (after masking the share phase is over and its bundles
+    // are refused). The aggregator sends it before the U2 notice, but after a broker restart that lost this
+    // device's session the retained notice comes first and the batch only when the aggregator re-publishes it
+    // (on this device's presence): masking at once would leave it unable to reveal its neighbours' shares,
+    // and an honest neighbour would be blamed at unmask. So wait for it, at most until the masked phase ends.
+    const needsBatch = shared.devices.includes(this.deviceId);
+    await this.until(() => (r.result && (r.inboxSeen || !needsBatch)) || r.closed, Math.max(0, untilMasked * 1000),
+      'training and the share batch').catch(() => {});
     if (!r.result || r.closed) { this.log(`device=${this.deviceId} round ${r.id}: not trained before the masked phase closed`); return; }
     const config = codecConfig(a.plan.codec, { expected_clients: memberIds(r.roster).length });
     const encoder = new UpdateEncoder(config, r.result.delta.length);

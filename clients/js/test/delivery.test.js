@@ -145,3 +145,28 @@ test('the device answers a seed request once, on the unmask topic, and re-sends 
   assert.deepEqual(device.deliveries.stats.byKind, { [SEEDS]: 1 });
   assert.deepEqual(device.deliveries.outstanding(), [[4, SEEDS], [4, 'unmask']]);
 });
+
+test('in U2, the device masks only once its share batch has come (the retained notice may come first after a broker restart)', async () => {
+  const device = new Device({ url: 'mqtt://127.0.0.1:1', federation: 'f', deviceId: 'dev-1', identity: c.ed25519FromSeed(new Uint8Array(32)),
+    aggregatorKey: new Uint8Array(32), directory: {}, trainer: null });
+  device.times.until = () => 30; // the masked phase is open for 30 s more
+  device.secagg.onInbox = () => ({});
+  // A roster whose length no encoding matches: past the wait, sendMasked stops with a ProtocolError (our signal).
+  const r = { id: 4, announce: { opened_at: 0, plan: { windows: { keys: 0, shares: 0, masked: 0 }, codec: { bits: 16, clip_norm: 5, seed: new Uint8Array(32) } } },
+    roster: { devices: ['dev-1', 'dev-2'], length: -1, bits: 16 }, result: { delta: new Float32Array(10), numExamples: 5 },
+    early: [], bytesIn: 0, bytesOut: 0 };
+  device.round = r;
+  let outcome = null;
+  const masking = device.sendMasked(r, { t: 'secagg.survivor_list', round: 4, phase: 'shared', devices: ['dev-1', 'dev-2'] })
+    .then(() => { outcome = 'sent'; }, (e) => { outcome = e; });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(outcome, null); // trained, but still waiting for its share batch
+  device.onInbox({ t: 'secagg.share_batch', round: 4, device: 'dev-1', ciphertexts: {} });
+  await masking;
+  assert.ok(outcome instanceof ProtocolError, String(outcome)); // went on to mask once the batch came
+
+  // Not in U2: no batch will come, so no wait.
+  const r2 = { ...r, inboxSeen: false };
+  device.round = r2;
+  await assert.rejects(device.sendMasked(r2, { t: 'secagg.survivor_list', round: 4, phase: 'shared', devices: ['dev-2'] }), ProtocolError);
+});
