@@ -25,7 +25,7 @@ from aggregator.secure import SecureRound
 from aggregator.store import Store
 from aggregator.summing import SummingPool
 from shared.chunking import Reassembler
-from shared.errors import FedmqError, ProtocolError, WireError
+from shared.errors import FedmqError, LateMessage, ProtocolError, WireError
 from shared.mqtt import MqttConnection
 from shared.offences import Offences
 from shared.outbox import Outbox
@@ -231,6 +231,9 @@ class Intake:
         """Count one refused message and log it, at most once per sender and rule per interval
         (``Aggregator.offences``), with the traceback when no rule anticipated it."""
         self.faults.record(who, topic, rule, reason)
+        if rule == LateMessage.__name__:  # an honest device's re-send: refused, counted, no offence
+            log.debug("late message from=%s round=%s topic=%s: %s", who, round_id, topic, reason)
+            return
         self.offences.record(who, rule, reason, context=f"round={round_id} topic={topic}",
                              exc_info=exc if rule == INTERNAL_ERROR else None)  # fmt: skip
 
@@ -252,8 +255,7 @@ class Intake:
                 return
             current = self._round
             if current is None or parsed.round_id != current.round_id:
-                now = "none" if current is None else current.round_id
-                raise ProtocolError(f"update for round {parsed.round_id}, current round is {now}")
+                raise self._wrong_round(UPDATE, parsed.round_id, getattr(current, "round_id", None))
             if parsed.kind != UPDATE:
                 raise ProtocolError(f"unexpected message kind {parsed.kind!r} in plain mode")
             if not self.config.allows(sender):
@@ -266,6 +268,18 @@ class Intake:
             self._drop(sender, f"{type(exc).__name__}: {exc}", round_id, topic=topic, rule=INTERNAL_ERROR,
                        exc=exc)  # fmt: skip
 
+    def _wrong_round(self, kind: str, round_id: int, current: int | None) -> ProtocolError:
+        """The error for a ``kind`` message of a round that is not open: :class:`LateMessage` for one that
+        was (a device's re-send after a reconnect: counted, not an offence), else a ProtocolError."""
+        newest = current
+        if newest is None:
+            last = self.store_or_fail().last_round()
+            newest = None if last is None else last.round_id + 1
+        late = newest is not None and round_id < newest
+        opened = "none" if current is None else current
+        error = LateMessage if late else ProtocolError
+        return error(f"{kind} for round {round_id}, current round is {opened}")
+
     def _journal(self, parsed: RoundTopic, topic: str, payload: bytes) -> bool:
         part = -1 if parsed.chunk is None else parsed.chunk
         return self.store_or_fail().journal(parsed.round_id, parsed.sender, UPDATE, part, topic, payload)
@@ -273,8 +287,7 @@ class Intake:
     def _ingest_secure(self, parsed: RoundTopic, payload: bytes) -> None:
         secure = self._secure
         if secure is None or parsed.round_id != secure.round_id:
-            now = "none" if secure is None else secure.round_id
-            raise ProtocolError(f"{parsed.kind} for round {parsed.round_id}, current round is {now}")
+            raise self._wrong_round(parsed.kind, parsed.round_id, getattr(secure, "round_id", None))
         if not self.config.allows(parsed.sender):
             raise ProtocolError(f"unknown sender {parsed.sender!r}")
         if len(payload) > self.config.max_update_bytes:

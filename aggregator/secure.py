@@ -45,7 +45,7 @@ from shared.plan import PhaseWindows, RoundPlan
 from shared.secagg import RoundAbandoned, SecAggServer
 from shared.secagg import keys as secagg_keys
 from shared.secagg.attribution import QUARANTINE_RULES, WEAK_KEY
-from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic
+from shared.topics import KEYS, MASKED, SHARES, UNMASK, RoundTopic, wrong_phase
 from shared.wire import Message
 from shared.wire.secagg import AdvertiseKeys, MaskedInput, ShareBatch, UnmaskReveal
 from shared.wire.seeds import SeedReveal
@@ -318,7 +318,7 @@ class SecureRound:
         if parsed.kind != self.phase:
             if parsed.kind == KEYS and parsed.sender in self.sat_out:
                 return  # a suspect the hunt left out, late: it sits out all the same
-            raise ProtocolError(f"{parsed.kind} message in phase {self.phase}")
+            raise wrong_phase(parsed.kind, self.phase)
         key = f"{parsed.round_id}/{parsed.kind}/{parsed.sender}"
         msg = self._reassembler.feed(key, parsed.chunk, payload, self.max_bytes)
         self.bytes_in[parsed.kind] += len(payload)

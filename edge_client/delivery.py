@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from shared.chunking import split, transfer_id_for
 from shared.errors import FedmqError, ProtocolError
 from shared.outbox import Outbox, Publisher
-from shared.topics import KEYS, MASKED, SHARES, UNMASK, UPDATE, Topics
+from shared.topics import KEYS, MASKED, SECURE_ORDER, SHARES, UNMASK, UPDATE, Topics
 from shared.wire import ChunkReceipt, Message, RoundAnnounce, decode, encode
 from shared.wire.roster import CompactRoster
 from shared.wire.secagg import Roster, SurvivorList
@@ -42,8 +42,6 @@ from shared.wire.seeds import SeedRequest, SeedReveal
 
 log = logging.getLogger(__name__)
 
-#: Each phase's contribution, in protocol order; an aggregator message opening phase i confirms i - 1.
-SECURE_ORDER = (KEYS, SHARES, MASKED, UNMASK)
 #: The ledger kind of a seed reveal (the answer to a ``SeedRequest``). Not a topic kind: it travels on the
 #: unmask topic. Outside :data:`SECURE_ORDER`, so its request settles no earlier phase.
 SEEDS = "seeds"

@@ -44,6 +44,12 @@ class ProtocolError(FedmqError):
     """A well-formed message that breaks the protocol (wrong round, unknown sender, replay...)."""
 
 
+class LateMessage(ProtocolError):
+    """A message for a round or phase that is already over: what an honest device's re-send after a
+    reconnect looks like (its delivery ledger re-sends until the aggregator moves on). Refused and counted,
+    but not an offence: it must neither quarantine a device nor show it among the offenders."""
+
+
 class SecAggError(ProtocolError):
     """Secure aggregation refused to proceed (bad signature, threshold not met, double reveal...)."""
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import ConfigError, InvalidValue, WireError
+from shared.errors import ConfigError, InvalidValue, LateMessage, ProtocolError, WireError
 
 ROOT = "fl"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
@@ -44,6 +44,17 @@ SHARES = "shares"
 MASKED = "masked"
 UNMASK = "unmask"
 ROUND_KINDS = frozenset({UPDATE, KEYS, SHARES, MASKED, UNMASK})
+#: A device's messages of a secure round, in phase order.
+SECURE_ORDER = (KEYS, SHARES, MASKED, UNMASK)
+
+
+def wrong_phase(kind: str, open_phase: str) -> ProtocolError:
+    """The error for a secure round's ``kind`` message that arrives while ``open_phase`` is open: one of an
+    earlier phase is late (:class:`LateMessage`, a device's re-send), one of a later phase breaks the
+    protocol."""
+    late = kind in SECURE_ORDER and open_phase in SECURE_ORDER
+    late = late and SECURE_ORDER.index(kind) < SECURE_ORDER.index(open_phase)
+    return (LateMessage if late else ProtocolError)(f"{kind} message in phase {open_phase}")
 
 
 def check_id(value: str, field: str) -> str:

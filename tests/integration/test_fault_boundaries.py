@@ -269,3 +269,32 @@ async def test_a_failed_training_or_secure_step_is_contained_and_the_device_cont
     # failure was that device's alone, and in round 2 every device contributes again.
     assert closed_with(results, 5)[:2] == [True, True] and closed_with(results[2:], 6) == [True], results
     assert devices[1].stats.faults.by_rule[INTERNAL_ERROR] == 1
+
+
+async def test_a_late_re_send_is_refused_but_no_offence_and_a_future_round_is(broker, tmp_path, digits):
+    """A device's delivery ledger re-sends until the aggregator moves on, so an update for a round that
+    has closed is what an honest device's re-send looks like: refused and counted (``LateMessage``), never
+    an offence that would name or quarantine it. One for a round that never opened is an offence."""
+    agg = Aggregator(plain_config(broker, tmp_path), initial=initial_snapshot())
+    dim = initial_weights()[1].size
+    topics = Topics(FED)
+
+    def update(round_id: int, sender: str) -> tuple[str, bytes, bool]:
+        msg = ModelUpdate(round_id, sender, 0, 10, "f32", dim, np.zeros(dim, "<f4").tobytes(), {})
+        return topics.round_msg(round_id, UPDATE, sender), encode(msg), False
+
+    async with agg:
+        await agg._conn.wait_connected()
+        devices = make_devices(broker, digits, 3, agg.verify_key, FED)
+        results = await run_rounds(agg, devices, 1)
+        honest, rogue = devices[0].client_id, devices[1].client_id
+        refused = agg.faults.by_rule.copy()
+        await publish_raw(broker, [update(0, honest), update(7, rogue)])  # round 0 closed; 7 never opened
+        async with asyncio.timeout(30):
+            while sum(agg.faults.by_rule.values()) < sum(refused.values()) + 2:
+                await asyncio.sleep(0.05)
+    assert closed_with(results, 3) == [True]
+    assert agg.faults.by_rule["LateMessage"] == refused["LateMessage"] + 1
+    assert agg.faults.by_rule["ProtocolError"] == refused["ProtocolError"] + 1
+    offenders = {sender for sender, _ in agg.offences.counts}
+    assert rogue in offenders and honest not in offenders

@@ -132,3 +132,15 @@ def test_parsers_raise_only_wire_errors_on_arbitrary_topics(segments):
             assert topic == t.status(value)
         else:
             assert value is None or (0 <= value <= MAX_CHUNK_INDEX and topic.endswith(f"/c/{value}"))
+
+
+def test_a_message_of_an_earlier_secure_phase_is_late_one_of_a_later_phase_breaks_the_protocol():
+    from shared.errors import LateMessage, ProtocolError
+    from shared.topics import KEYS, MASKED, SHARES, UNMASK, wrong_phase
+
+    assert isinstance(wrong_phase(SHARES, MASKED), LateMessage)  # a re-send after a reconnect
+    assert isinstance(wrong_phase(KEYS, UNMASK), LateMessage)
+    for kind, phase in [(MASKED, SHARES), (UNMASK, KEYS), ("update", MASKED), (KEYS, "done")]:
+        error = wrong_phase(kind, phase)
+        assert type(error) is ProtocolError, (kind, phase)
+    assert str(wrong_phase(SHARES, MASKED)) == "shares message in phase masked"
