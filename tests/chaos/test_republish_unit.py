@@ -10,15 +10,22 @@ from shared.topics import Topics
 from simulator.chaos import ShippedMosquitto, check_versions, shipped_persistence
 
 
-async def test_open_phase_replays_latest_per_key_in_first_published_order():
-    sent: list[str] = []
-    phase = OpenPhase()
+def recorder(sent: list[str]):
+    """Steps for an OpenPhase that note their label in ``sent`` when they run (instead of publishing)."""
 
     def step(label: str):
         async def go() -> None:
             sent.append(label)
 
         return go
+
+    return step
+
+
+async def test_open_phase_replays_latest_per_key_in_first_published_order():
+    sent: list[str] = []
+    phase = OpenPhase()
+    step = recorder(sent)
 
     await phase.publish("roster", step("roster"))
     await phase.publish("inbox/a", step("inbox a"))
@@ -37,12 +44,7 @@ async def test_a_device_back_online_gets_only_its_own_inbox_messages_again():
     (and not another device's inbox, nor that of a device whose name merely ends the same)."""
     sent: list[str] = []
     phase = OpenPhase()
-
-    def step(label: str):
-        async def go() -> None:
-            sent.append(label)
-
-        return go
+    step = recorder(sent)
 
     for key in ["roster", "neighbours/dev-1", "neighbours/dev-11", "inbox/dev-1", "inbox/dev-11", "notice"]:
         await phase.publish(key, step(key))
