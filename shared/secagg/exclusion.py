@@ -182,6 +182,11 @@ def prepare(server: SecAggServer, sign: Callable[[bytes], bytes]) -> SeedRequest
             server.abandon(u, f"too few reveals to unmask: {problem}")
         ex.dealers[u] = proof
         server.exclude(u)
+    if ex.dealers and len(server.masked) < t:
+        # Fewer than t inputs would be unmasked: the sum would say more about each than SecAgg+ allows
+        # (and with none left, there is nothing to unmask at all).
+        server.abandon(None, f"too few reveals to unmask: {len(server.masked)} inputs left after excluding "
+                             f"{len(ex.dealers)} that cannot be rebuilt, threshold {t}")  # fmt: skip
     for v in server.needed_keys():
         if v in ex.dealers:
             continue

@@ -309,3 +309,31 @@ def test_two_colluding_rogues_are_both_excluded_and_the_round_closes(attack: str
     np.testing.assert_array_equal(total, run.honest_sum(d for d in run.clients if d not in run.rogues))
     assert run.request is not None and set(run.request.dealers) == run.rogues
     assert run.server.offences.by_sender() == {r: {rule: 1} for r in run.rogues}
+
+
+def test_a_round_whose_dealers_cannot_be_rebuilt_is_abandoned_not_unmasked_over_fewer_than_t() -> None:
+    """No survivor revealed (a mass dropout in the unmask phase, as a broker crash can cause): every
+    dealer would be excluded, and the aggregator must not unmask a sum of fewer than t inputs -- with one
+    left it would be that device's input alone; with none, nothing (the soak once 'refused' such an empty
+    aggregate)."""
+    from shared.secagg import RoundAbandoned
+
+    run = Round()
+    for client in run.clients.values():
+        run.server.add_advert(client.advertise(1))
+    roster = run.server.make_roster()
+    for d, client in run.clients.items():
+        bundles = client.on_roster(roster)
+        for bundle in bundles:
+            run.server.add_shares(bundle)
+        digests = {b.recipient: b.digest for b in bundles}
+        run.server.add_digest_signature(d, digests, client.sign_digests(1, digests))
+    shared = run.server.close_share_phase()
+    for d in shared.devices:
+        run.clients[d].open_all(run.server.shares_for(d))
+        y = run.clients[d].mask(run.inputs[d], shared)
+        run.server.add_masked(run.clients[d].masked_input(y.astype("<u4").tobytes()))
+    run.server.close_masked_phase()
+    with pytest.raises(RoundAbandoned, match="too few reveals to unmask: 0 inputs left"):
+        run.server.seed_request()
+    assert run.server.phase == "abandoned"
