@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 import nacl.signing
 
@@ -163,10 +163,18 @@ class Intake:
         receipt = self.receipts.after_frame(reassembler) if reassembler is not None else None
         if receipt is None or self._outbox is None:
             return
-        task = asyncio.create_task(guarded(self._outbox.receipt(receipt), where="aggregator: chunk receipt"))
-        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_receipt_tasks", set())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._background(self._outbox.receipt(receipt), where="aggregator: chunk receipt")
+
+    @functools.cached_property
+    def background_tasks(self) -> set[asyncio.Task[None]]:
+        """Publishes intake started without waiting for them (receipts, inbox replays), held until done."""
+        return set()
+
+    def _background(self, publish: Coroutine[object, object, None], *, where: str) -> None:
+        """Run ``publish`` beside the intake (never blocks it); a failure is logged with ``where``."""
+        task = asyncio.create_task(guarded(publish, where=where))
+        self.background_tasks.add(task)
+        task.add_done_callback(self.background_tasks.discard)
 
     def _on_presence(self, topic: str, payload: bytes, *, live: bool = False) -> None:
         """Record a device's declared memory budget; never raises (bad input is dropped and counted).
@@ -197,18 +205,19 @@ class Intake:
         outbox = self._outbox
         if not isinstance(outbox, RecordingOutbox):
             return
-        replayed: dict[str, float] = self.__dict__.setdefault("_replayed_at", {})
         now = time.monotonic()
-        if now - replayed.get(device, -REPLAY_SPACING_S) < REPLAY_SPACING_S:
+        if now - self.inbox_replayed_at.get(device, -REPLAY_SPACING_S) < REPLAY_SPACING_S:
             log.debug("device=%s online again within %.0f s: its inbox was just re-published", device,
                       REPLAY_SPACING_S)  # fmt: skip
             return
-        replayed[device] = now
+        self.inbox_replayed_at[device] = now
         replay = outbox.open_phase.replay_for(device)
-        task = asyncio.create_task(guarded(replay, where=f"aggregator: re-publishing {device}'s inbox"))
-        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_receipt_tasks", set())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._background(replay, where=f"aggregator: re-publishing {device}'s inbox")
+
+    @functools.cached_property
+    def inbox_replayed_at(self) -> dict[str, float]:
+        """When each device's inbox was last re-published on its presence (monotonic; one per device)."""
+        return {}
 
     def _record_presence(self, presence: PresenceMsg) -> None:
         if presence.online and presence.memory_budget > 0:

@@ -60,7 +60,6 @@ class OpenPhase:
             log.info("re-published the open phase's %d messages after a reconnect", len(steps))
         return len(steps)
 
-
     async def replay_for(self, device: str) -> None:
         """Run again the steps addressed to ``device`` alone (its share batch, its neighbours' keys).
 

@@ -75,7 +75,7 @@ async def test_a_device_online_in_a_loop_gets_its_inbox_again_at_most_every_repl
         for _ in range(count):
             handler._replay_inbox("dev-1")
             await asyncio.sleep(0)
-        await asyncio.gather(*handler.__dict__.get("_receipt_tasks", ()))
+        await asyncio.gather(*handler.background_tasks)
 
     await online_times(50)
     assert sent == ["inbox/dev-1"]
