@@ -77,6 +77,8 @@ async def test_malformed_topics_and_presence_never_stop_the_aggregator_or_device
                 while any(d.stats.faults.by_rule["WireError"] <= n for d, n in zip(devices, before)):
                     await publish_raw(broker, [(topic, junk, False) for topic in bad])
                     await asyncio.sleep(0.5)
+                # The new snapshot reaches each device some time after the round closes.
+                await asyncio.gather(*(d.wait_for_version(agg.version, 15) for d in devices))
 
         results = await run_rounds(agg, devices, 2, between=device_junk)
         rules = {(r.sender, r.rule) for r in agg.faults.recent}

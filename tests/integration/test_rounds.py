@@ -75,6 +75,8 @@ async def test_rounds_advance_version_and_improve_accuracy(broker, tmp_path, dig
         devices = make_devices(broker, digits, 6, agg.verify_key, FED)
         async with running(devices):
             results = await asyncio.wait_for(agg.run(3), timeout=60)
+            # The snapshot reaches each device some time after the round closes.
+            await asyncio.gather(*(d.wait_for_version(3, timeout=15) for d in devices))
         assert [r.version for r in results] == [1, 2, 3]
         assert all(r.status == "closed" and r.contributors == 6 for r in results)
         assert agg.store.versions() == [0, 1, 2, 3]
@@ -131,7 +133,8 @@ async def test_snapshot_and_updates_travel_chunked(broker, tmp_path, digits):
         devices = make_devices(broker, digits, 3, agg.verify_key, FED, chunk_limit=2048)
         async with running(devices):
             results = await asyncio.wait_for(agg.run(1), timeout=30)
-            await devices[0].wait_for_version(1, timeout=5)
+            # Every device, not only the first: each reassembles the chunked snapshot on its own.
+            await asyncio.gather(*(d.wait_for_version(1, timeout=15) for d in devices))
         assert results[0].contributors == 3  # 19 KB updates in 2 KB chunks
         assert len(agg._snapshot_bytes) > 4 * 2048
         for device in devices:
