@@ -96,6 +96,8 @@ class EdgeClient(LocalTraining):
         self.last_train_s: float | None = None
         self._following_full = True  # subscribed to the full snapshot topic
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set when the device closes or crashes: from then on nothing starts a new training or step.
+        self._closing = False
         #: Called with the name of each secure phase this device completes (observability, fault tests).
         self.phase_hook: Callable[[str], None] | None = None
         #: Keep a copy of each encoded (pre-mask) vector on ``secure_round.encoded`` (tests, audits).
@@ -106,6 +108,7 @@ class EdgeClient(LocalTraining):
         return self.config.client_id
 
     async def __aenter__(self) -> EdgeClient:
+        self._closing = False
         await self._estimate_training_time()
         await self.conn.__aenter__()  # online (presence) only once it can act on what it receives
         return self
@@ -124,6 +127,7 @@ class EdgeClient(LocalTraining):
             log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True  # a cancelled training's end would otherwise start the next one
         self.trainer.interrupt()  # the worker thread would otherwise hold the process until it finished
         for task in [self._training, *self._tasks]:
             if task is not None:
@@ -137,6 +141,7 @@ class EdgeClient(LocalTraining):
         delay) and no further part in the current round. Used by fault tests and the fleet simulator."""
         self.phase_hook = None
         self._secure = None
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         self.conn.abort()
@@ -268,6 +273,9 @@ class EdgeClient(LocalTraining):
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         """Run one step (a secure phase, a (un)subscribe) as a task that can fail only into the log."""
+        if self._closing:  # the close has already cancelled the steps it knows of
+            coro.close()
+            return
         where = f"device={self.client_id} {getattr(coro, '__qualname__', 'step')}"
 
         def count(exc: BaseException) -> None:
@@ -294,6 +302,8 @@ class EdgeClient(LocalTraining):
         return a
 
     def _maybe_train(self) -> None:
+        if self._closing:
+            return
         announce = self._joinable()
         if announce is None:
             return

@@ -21,7 +21,7 @@ from shared.plan import PhaseWindows, RoundPlan
 from shared.signing import sign
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
-from shared.wire import PHASE_KEYS, RoundAnnounce
+from shared.wire import PHASE_COLLECT, PHASE_KEYS, RoundAnnounce
 
 
 class ConcurrencyProbe:
@@ -162,3 +162,36 @@ def test_interrupt_stops_a_running_training_at_its_next_step():
     trainer.interrupt()  # nothing running: the next training is not affected
     trainer.config = TrainConfig(epochs=1, batch_size=16, lr=0.1)
     assert trainer.train(trainer.model.get_flat()).num_examples == 64
+
+
+async def test_closing_while_training_leaves_no_training_task_behind():
+    """Cancelling a plain-round training re-checks for work when it ends; on a closing device that check
+    must not start a new training the close never sees (it was left pending when the loop closed)."""
+    aggregator = nacl.signing.SigningKey.generate()
+    probe = ConcurrencyProbe()
+    trainer = small_trainer(probe)
+    config = EdgeConfig(
+        "fed",
+        MqttConfig.from_url("mqtt://127.0.0.1:9", client_id="dev-0"),  # never connected in this test
+        bytes(aggregator.verify_key),
+    )
+    device = EdgeClient(config, trainer)
+    layout, weights = trainer.model.layout, trainer.model.get_flat()
+    now = time.time()
+    announce = RoundAnnounce(federation="fed", round_id=0, base_version=0, phase=PHASE_COLLECT,
+                             opened_at=now, deadline=now + 60, min_clients=1, target_clients=1)  # fmt: skip
+    probe.release.clear()  # the training blocks inside its first step
+    try:
+        device._on_snapshot(make_snapshot("fed", 0, -1, layout, weights, aggregator))
+        device._on_round(sign(announce, aggregator))
+        training = device._training
+        assert training is not None and not training.done()
+        while probe.calls == 0:
+            await asyncio.sleep(0.001)
+        await asyncio.wait_for(device.__aexit__(None, None, None), 30)
+        for _ in range(5):  # let any callback the close scheduled run
+            await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() if t.get_name() == "train-dev-0" and not t.done()]
+        assert training.done() and left == [], left
+    finally:
+        probe.release.set()
