@@ -103,28 +103,11 @@ class EdgeClient(LocalTraining):
         #: Keep a copy of each encoded (pre-mask) vector on ``secure_round.encoded`` (tests, audits).
         self.keep_encoded = False
 
-    @property
-    def client_id(self) -> str:
-        return self.config.client_id
-
     async def __aenter__(self) -> EdgeClient:
         self._closing = False
         await self._estimate_training_time()
         await self.conn.__aenter__()  # online (presence) only once it can act on what it receives
         return self
-
-    async def _estimate_training_time(self) -> None:
-        """Before connecting: a first estimate of the training time, so a slow new device does not take a
-        roster slot in its first round either (``EdgeConfig.train_ahead``). It runs before the device
-        says it is online, or a round could open and close while the device is still measuring."""
-        if not self.config.train_ahead or self.last_train_s is not None:
-            return
-        try:
-            self.last_train_s = await asyncio.to_thread(self.trainer.estimate_seconds)
-            log.info("device=%s expects a round of training to take %.2f s", self.client_id,
-                     self.last_train_s)  # fmt: skip
-        except Exception as exc:  # the first real training will tell (and fail loudly if it must)
-            log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True  # a cancelled training's end would otherwise start the next one
