@@ -100,12 +100,15 @@ class EdgeClient(LocalTraining):
         self.phase_hook: Callable[[str], None] | None = None
         #: Keep a copy of each encoded (pre-mask) vector on ``secure_round.encoded`` (tests, audits).
         self.keep_encoded = False
+        #: Set while the device shuts down: no new training or round step may start then.
+        self._stopping = False
 
     @property
     def client_id(self) -> str:
         return self.config.client_id
 
     async def __aenter__(self) -> EdgeClient:
+        self._stopping = False
         await self._estimate_training_time()
         await self.conn.__aenter__()  # online (presence) only once it can act on what it receives
         return self
@@ -124,6 +127,9 @@ class EdgeClient(LocalTraining):
             log.error("device=%s could not estimate its training time", self.client_id, exc_info=exc)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # First: a training cancelled below re-checks for a round to join as it ends, and would otherwise
+        # start a new one after this loop (a task left pending, a training thread after the device left).
+        self._stopping = True
         self.trainer.interrupt()  # the worker thread would otherwise hold the process until it finished
         for task in [self._training, *self._tasks]:
             if task is not None:
@@ -294,6 +300,8 @@ class EdgeClient(LocalTraining):
         return a
 
     def _maybe_train(self) -> None:
+        if self._stopping:
+            return
         announce = self._joinable()
         if announce is None:
             return

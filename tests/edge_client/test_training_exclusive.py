@@ -21,7 +21,7 @@ from shared.plan import PhaseWindows, RoundPlan
 from shared.signing import sign
 from shared.snapshots import make_snapshot
 from shared.staleness import StalenessPolicy
-from shared.wire import PHASE_KEYS, RoundAnnounce
+from shared.wire import PHASE_COLLECT, PHASE_KEYS, RoundAnnounce
 
 
 class ConcurrencyProbe:
@@ -162,3 +162,45 @@ def test_interrupt_stops_a_running_training_at_its_next_step():
     trainer.interrupt()  # nothing running: the next training is not affected
     trainer.config = TrainConfig(epochs=1, batch_size=16, lr=0.1)
     assert trainer.train(trainer.model.get_flat()).num_examples == 64
+
+
+async def test_a_device_that_leaves_mid_training_starts_no_training_after_it_left():
+    """Leaving cancels the running training, whose end re-checks for a round to join: with the round
+    still open, that check used to start a fresh training after the device had left (a task left pending
+    on a closed connection, a training thread running into the next test)."""
+    aggregator = nacl.signing.SigningKey.generate()
+    probe = ConcurrencyProbe()
+    trainer = small_trainer(probe)
+    config = EdgeConfig(
+        "fed",
+        MqttConfig.from_url("mqtt://127.0.0.1:9", client_id="dev-0"),  # never connected in this test
+        bytes(aggregator.verify_key),
+        train_ahead=False,
+    )
+    device = EdgeClient(config, trainer)
+    layout, weights = trainer.model.layout, trainer.model.get_flat()
+    now = time.time()
+    announce = sign(
+        RoundAnnounce(federation="fed", round_id=0, base_version=0, phase=PHASE_COLLECT, opened_at=now,
+                      deadline=now + 600, min_clients=1, target_clients=1),
+        aggregator,
+    )  # fmt: skip
+    probe.release.clear()  # the training blocks inside its first step
+    try:
+        async with device:
+            device._on_snapshot(make_snapshot("fed", 0, -1, layout, weights, aggregator))
+            device._on_round(announce)
+            first = device._training
+            assert first is not None
+            async with asyncio.timeout(30):
+                while probe.calls == 0:
+                    await asyncio.sleep(0.001)
+        await asyncio.sleep(0)  # callbacks the exit scheduled run now
+        assert first.done()
+        assert device._training is first, "a training started after the device left"
+    finally:
+        probe.release.set()
+        leftover = [t for t in (device._training, *device._tasks) if t is not None and not t.done()]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
