@@ -207,7 +207,7 @@ async def run_rounds(
     after the first round at whose end ``until()`` holds; awaiting ``between()`` after each), disconnect."""
     async with running(devices):
         if ready is not None:
-            await eventually(ready, 10, what="devices ready")
+            await eventually(ready, 30, what="devices ready")  # connects on a loaded 2-core machine
 
         async def rounds_until() -> list:
             results: list = []
