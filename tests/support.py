@@ -203,11 +203,15 @@ async def run_rounds(
     until: Callable[[], bool] | None = None,
     between: Callable[[], Awaitable[None]] | None = None,
 ) -> list:
-    """Connect ``devices``, optionally wait until ``ready()``, run up to ``rounds`` rounds (stopping
-    after the first round at whose end ``until()`` holds; awaiting ``between()`` after each), disconnect."""
+    """Connect ``devices`` (waiting until each is connected and subscribed), optionally wait until
+    ``ready()``, run up to ``rounds`` rounds (stopping after the first round at whose end ``until()``
+    holds; awaiting ``between()`` after each), disconnect."""
     async with running(devices):
+        # The first round's windows (a secure round's keys phase: a few seconds) are for the round, not
+        # for a loaded machine's connects: a device that connected late missed round 0.
+        await eventually(lambda: all(d.conn.connected for d in devices), 30, what="devices connected")
         if ready is not None:
-            await eventually(ready, 10, what="devices ready")
+            await eventually(ready, 30, what="devices ready")  # connects on a loaded 2-core machine
 
         async def rounds_until() -> list:
             results: list = []

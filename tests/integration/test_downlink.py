@@ -42,13 +42,13 @@ async def test_devices_follow_deltas_and_a_lagging_device_catches_up(broker, tmp
             lag_stop = asyncio.Event()
             lag_task = asyncio.create_task(lagging.run(lag_stop))
             run = asyncio.create_task(agg.run(3))
-            await lagging.wait_for_version(0, timeout=5)
+            await lagging.wait_for_version(0, timeout=30)
             lag_stop.set()  # the lagging device stops listening (offline) ...
             await lag_task
             await lagging.conn.close(graceful=False)
             try:
                 await asyncio.wait_for(run, timeout=60)
-                await asyncio.gather(*(d.wait_for_version(3, timeout=5) for d in devices))
+                await asyncio.gather(*(d.wait_for_version(3, timeout=30) for d in devices))
             finally:
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -62,7 +62,7 @@ async def test_devices_follow_deltas_and_a_lagging_device_catches_up(broker, tmp
         async with returning:
             returning.version, returning.weights = lagging.version, lagging.weights
             run = asyncio.create_task(returning.run(stop := asyncio.Event()))
-            await returning.wait_for_version(3, timeout=10)
+            await returning.wait_for_version(3, timeout=30)
             stop.set()
             await run
         np.testing.assert_array_equal(returning.weights, published)

@@ -113,10 +113,20 @@ async def test_acl_refuses_foreign_inbox_and_impersonation(acl_broker, accounts)
             await client.publish(topics.round_msg(0, KEYS, "dev-02"), b"impersonated", qos=1)
             await client.publish(topics.round_msg(0, KEYS, "dev-01"), b"own", qos=1)
             await agg.publish(topics.inbox("dev-02"), b"sealed for dev-02")
-            received = []
+            await agg.publish(topics.inbox("dev-01"), b"sealed for dev-01")
+            # The allowed message is waited for with a loaded machine's deadline (Mosquitto forwards a
+            # client's messages in order, so a refused one that got through would come first); then a
+            # quiet second shows nothing else follows.
+            first = await agg.next_message(timeout=30)
+            assert first is not None, "the device's own keys message never reached the aggregator"
+            received = [(str(first.topic), first.payload)]
             while (msg := await agg.next_message(timeout=1.0)) is not None:
                 received.append((str(msg.topic), msg.payload))
             assert received == [(topics.round_msg(0, KEYS, "dev-01"), b"own")]
+            # dev-01 gets its own inbox message, published after dev-02's, and never dev-02's.
+            async with asyncio.timeout(30):
+                delivered = await anext(aiter(client.messages))
+            assert (str(delivered.topic), delivered.payload) == (topics.inbox("dev-01"), b"sealed for dev-01")
             with pytest.raises(asyncio.TimeoutError):
                 async with asyncio.timeout(1.0):
                     async for _ in client.messages:

@@ -212,7 +212,7 @@ async def test_buffered_close_at_k_with_over_selection(broker, tmp_path, digits)
     keys = enrol(6)
     model, weights = initial_weights()
     cfg = agg_config(broker, tmp_path, keys, target_clients=4, over_selection=1.25,
-                     windows=PhaseWindows(keys=3, shares=5, masked=20, unmask=5))  # fmt: skip
+                     windows=PhaseWindows(keys=10, shares=10, masked=60, unmask=10))  # fmt: skip
     async with Aggregator(cfg, initial=make_snapshot(FED, 0, -1, model.layout, weights)) as agg:
         devices = fleet(broker, digits, keys, agg.verify_key)
         t0 = time.monotonic()
@@ -221,7 +221,9 @@ async def test_buffered_close_at_k_with_over_selection(broker, tmp_path, digits)
         secure = agg.last_secure
     assert len(secure.adverts) == 5  # ceil(1.25 * 4) admitted, the sixth refused
     assert results[0].status == "closed" and results[0].contributors == 4  # closed at K ...
-    assert elapsed < 20  # ... long before the 20 s masked window
+    # ... long before the 60 s masked window (the bound leaves a loaded machine its connects and phases;
+    # the keys and shares phases close as soon as they are complete, so their wider windows cost nothing)
+    assert elapsed < 40
     # The sixth advert is refused: over the admission limit, or after the keys phase closed on it.
     assert any("over-selection" in r or "keys message in phase" in r for _, r in agg.dropped)
 
