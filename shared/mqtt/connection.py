@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -102,10 +103,16 @@ class MqttConnection:
         """Drop the TCP connection without DISCONNECT, as a crash or a lost link would (tests, faults)."""
         client = self._client
         if client is not None:
-            sock = client._client.socket()  # paho's socket; closing it is what a dead link looks like
+            sock = client._client.socket()  # paho's; ending its TCP link is what a dead link looks like
             if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+                # Shut it down, never close it here: the event loop still watches its descriptor, and a
+                # closed one cannot be unregistered (its number reads -1), so the next socket to get that
+                # number would never be read (no CONNACK: a connect timeout). After a shutdown the reader
+                # sees end-of-file, and paho unregisters and closes the socket itself.
+                raw = sock if hasattr(sock, "shutdown") else getattr(sock, "_socket", None)  # websockets
+                if raw is not None:
+                    with contextlib.suppress(OSError):
+                        raw.shutdown(socket.SHUT_RDWR)
 
     @property
     def connected(self) -> bool:
