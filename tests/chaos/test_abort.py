@@ -9,7 +9,8 @@ import asyncio
 
 import pytest
 
-from shared.mqtt import MqttConnection
+from shared.mqtt import MqttConnection, MqttTimeout
+from simulator.process import free_port
 from tests.chaos.helpers import link_config
 
 pytestmark = pytest.mark.broker
@@ -33,3 +34,21 @@ async def test_an_aborted_connection_leaves_the_next_socket_readable(broker):
             await asyncio.wait_for(conn.publish("t/abort", b"x"), 20)
             msg = await conn.next_message(20)
             assert msg is not None and msg.payload == b"x"
+
+
+async def test_a_publish_waiting_for_a_connection_fails_at_once_when_the_connection_is_closed():
+    """What a task cancelled mid-round meets when its cleanup publishes on a connection closed under it (the
+    crashed aggregator's round loop in test_aggregator_crash): an error now, not its whole deadline."""
+    nobody = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: the connection never comes up
+    conn = MqttConnection(link_config(nobody, "closing", publish_timeout_s=600.0))
+    await conn.__aenter__()
+    try:
+        waiting = asyncio.create_task(conn.publish("t/closed", b"x"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # waiting for a connection...
+    finally:
+        await conn.close(graceful=False)
+    with pytest.raises(MqttTimeout, match="closed"):
+        await asyncio.wait_for(waiting, 30)  # ...and told at once that none will come
+    with pytest.raises(MqttTimeout, match="closed"):
+        await asyncio.wait_for(conn.publish("t/closed", b"y"), 30)
