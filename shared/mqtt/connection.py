@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -67,6 +68,8 @@ class MqttConnection:
         #: Set when the broker refuses this configuration for good; waits raise it.
         self.error: FedmqError | None = None
         self._gave_up = asyncio.Event()
+        #: Set by :meth:`close`: a publish waiting for a connection then fails at once (none will come).
+        self._closed = asyncio.Event()
         self._refusals = Refusals(config, f"{__name__}.paho")  # wrong credentials, TLS: give up after N
         #: Set when the current connection ends (a fresh event per connection).
         self._lost = asyncio.Event()
@@ -91,6 +94,7 @@ class MqttConnection:
             with contextlib.suppress(Exception):
                 await self.publish(self._presence.topic, self._presence.offline, retain=True, timeout=2.0)
         self._closing = True
+        self._closed.set()
         self._refusals.close()
         if self._task is not None:
             self._task.cancel()
@@ -102,10 +106,16 @@ class MqttConnection:
         """Drop the TCP connection without DISCONNECT, as a crash or a lost link would (tests, faults)."""
         client = self._client
         if client is not None:
-            sock = client._client.socket()  # paho's socket; closing it is what a dead link looks like
+            sock = client._client.socket()  # paho's; ending its TCP link is what a dead link looks like
             if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+                # Shut it down, never close it here: the event loop still watches its descriptor, and a
+                # closed one cannot be unregistered (its number reads -1), so the next socket to get that
+                # number would never be read (no CONNACK: a connect timeout). After a shutdown the reader
+                # sees end-of-file, and paho unregisters and closes the socket itself.
+                raw = sock if hasattr(sock, "shutdown") else getattr(sock, "_socket", None)  # websockets
+                if raw is not None:
+                    with contextlib.suppress(OSError):
+                        raw.shutdown(socket.SHUT_RDWR)
 
     @property
     def connected(self) -> bool:
@@ -194,8 +204,11 @@ class MqttConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise MqttTimeout(f"publish to {topic} ({len(payload)} B) did not complete in time")
+            if not self._connected.is_set():
+                if not await self._until_connected(remaining):
+                    raise MqttTimeout(f"publish to {topic}: the connection is closed")
+                continue  # connected, or out of time: checked again above
             try:
-                await asyncio.wait_for(self._connected.wait(), remaining)
                 client = self._client
                 limits = self.limits
                 if client is None or limits is None:
@@ -252,6 +265,19 @@ class MqttConnection:
                 attempt += 1
                 log.debug("publish to %s failed (%s), retry %d", topic, exc, attempt)
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+    async def _until_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a connection; False if the connection is closed (meanwhile or
+        already): a publish waiting on a closed connection would otherwise wait out its whole deadline
+        (a task cancelled mid-round whose cleanup publishes, say)."""
+        if not self._closing:
+            waits = [asyncio.ensure_future(event.wait()) for event in (self._connected, self._closed)]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+        return not self._closing
 
     def frame_limit(self, topic: str, limit: int) -> int:
         """The largest frame to publish on ``topic`` (or its chunk topics): ``limit``, lowered to fit the

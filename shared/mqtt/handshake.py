@@ -4,6 +4,7 @@ calls these on every (re)connect."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiomqtt
@@ -31,6 +32,19 @@ class Client(aiomqtt.Client):
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:  # type: ignore[no-untyped-def]
         self.connack = properties
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:  # type: ignore[no-untyped-def]
+        # aiomqtt ignores a link that dies before CONNACK (reset, closed, a TLS alert), so the attempt
+        # would wait out its whole connect timeout for a CONNACK that cannot come: end it now.
+        if not self._connected.done():
+            self._loop.call_soon_threadsafe(_lost_before_connack, self._connected, reason_code)
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
+def _lost_before_connack(connected: asyncio.Future[None], reason_code: object) -> None:
+    if not connected.done():  # (a CONNACK, or the attempt's timeout, may have come first)
+        connected.set_exception(aiomqtt.MqttError(f"connection lost before CONNACK ({reason_code})"))
 
 
 def make_client(

@@ -42,7 +42,8 @@ async def test_aggregator_crash_in_a_phase_abandons_that_round_and_the_next_clos
             await asyncio.wait_for(reached.wait(), 120)
             run.cancel()  # the crash: the round loop stops where it is...
             assert first._conn is not None
-            first._conn.abort()  # ...and the connection dies without a DISCONNECT
+            first._conn.abort()  # ...and the connection dies without a DISCONNECT (nor comes back)
+            await first._conn.close(graceful=False)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
             await first.__aexit__(None, None, None)

@@ -60,17 +60,31 @@ async def test_an_aggregator_wall_clock_jump_breaks_no_secure_window_or_version(
         devices = secure_devices(broker, digits, keys, agg.verify_key, FED)
         steps = {0: HOUR, 1: -2 * HOUR}
         done: list[int] = []
+        phases: list[str | None] = []
 
         async def jump(index: int) -> None:
-            if index in steps:
-                await eventually(lambda: agg._secure is not None and agg._secure.phase == "masked", 60,
-                                 what="the masked phase")  # fmt: skip
-                clock.jump(steps[index])
-                done.append(index)
+            """Jump as the round's first masked input comes in (the masked phase can end only after it; a
+            poll for the phase could miss a phase shorter than its interval)."""
+            if index not in steps:
+                return
+            jumped = asyncio.Event()
+
+            def on_message(topic: str, _payload: bytes) -> None:
+                if not jumped.is_set() and f"/r/{index}/masked/" in topic:
+                    phases.append(agg._secure.phase if agg._secure is not None else None)
+                    clock.jump(steps[index])
+                    done.append(index)
+                    jumped.set()
+
+            agg.intake_hooks.append(on_message)
+            try:
+                await asyncio.wait_for(jumped.wait(), 60)
+            finally:
+                agg.intake_hooks.remove(on_message)
 
         ledger = await run_secure(agg, devices, rounds, fault=jump)
         assert versions_ok(agg) == []
-    assert done == [0, 1]
+    assert done == [0, 1] and phases == ["masked", "masked"]
     assert [(status, count) for _, status, count in ledger.rounds] == [("closed", n)] * rounds
     assert ledger.exact == [True] * rounds
     assert all(d.times.steps == 1 for d in devices)  # each device saw the step back, and only that one

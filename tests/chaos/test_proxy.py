@@ -7,6 +7,7 @@ waiting out its whole deadline (issue 14, part 1): checked here with a deadline 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -56,13 +57,18 @@ async def test_stall_holds_bytes_then_delivers_them(broker):
         ):
             await sub.wait_connected()
             await pub.wait_connected()
-            stall = asyncio.create_task(proxy.stall(2.0))
+            # Stalled until the test ends it (a timed stall could run out before a loaded machine gets
+            # to the check below).
+            stall = asyncio.create_task(proxy.stall(3600))
             await asyncio.sleep(0)
             up_before = proxy.bytes_up
             sending = asyncio.create_task(pub.publish("chaos/s", b"held"))
             await asyncio.sleep(0.5)
             assert proxy.bytes_up == up_before  # nothing got through while stalled
-            await stall
+            assert not sending.done()
+            stall.cancel()  # the stall ends: the held bytes flow
+            with contextlib.suppress(asyncio.CancelledError):
+                await stall
             await asyncio.wait_for(sending, 30)
             assert await receive(sub, 1, 10) == [b"held"]
             assert proxy.drops == 0 and pub.stats.connects == 1  # a stall is not a reconnect
@@ -93,8 +99,10 @@ async def test_half_open_link_is_noticed_by_keepalive_and_replaced(broker):
 
 
 async def test_refused_link_keeps_the_client_retrying_until_it_is_back(broker):
+    """A refused attempt (the link reset before CONNACK) ends at once, rather than waiting out a CONNACK
+    that cannot come: with a connect timeout longer than the test's wait, the client is back in time."""
     async with FaultProxy(broker.port) as proxy:
-        async with MqttConnection(link_config(proxy.url, "talker")) as pub:
+        async with MqttConnection(link_config(proxy.url, "talker", connect_timeout_s=120.0)) as pub:
             await pub.wait_connected()
             proxy.refuse(True)
             proxy.drop()
