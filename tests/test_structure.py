@@ -14,7 +14,7 @@ MAX_LINES = 400
 MAX_POSITIONAL = 6
 #: Modules that landed over the limit with other work and are to be split next; each may not grow past
 #: its ceiling in the meantime (remove an entry once its module is split).
-CEILINGS = {"shared/dp/calibration.py": 450}
+CEILINGS = {"shared/dp/calibration.py": 450, "shared/mqtt/connection.py": 420}
 
 
 def modules(*packages: str) -> list[Path]:
