@@ -32,6 +32,9 @@ T = TypeVar("T")
 #: Rule name of an exception no rule anticipated (a bug): the message is dropped, the loop goes on.
 INTERNAL_ERROR = "internal-error"
 
+#: Seconds a cancelled main coroutine may take over its clean-up (:meth:`Supervisor.watch`).
+STOP_GRACE_S = 5.0
+
 
 class SupervisionError(FedmqError):
     """A long-lived task kept failing and was given up; the component cannot go on."""
@@ -150,7 +153,11 @@ class Supervisor:
                 await asyncio.sleep(delay)
 
     async def watch(self, main: Awaitable[T]) -> T:
-        """Await ``main``; if a supervised task is given up first, cancel ``main`` and raise why."""
+        """Await ``main``; if a supervised task is given up first, cancel ``main`` and raise why.
+
+        Either way a cancelled ``main`` gets up to :data:`STOP_GRACE_S` to run its clean-up (close its
+        round, a last publish) before this returns: it must not outlive its caller unseen.
+        """
         failed = self._failed_future()
         if failed.done():
             raise failed.result()
@@ -159,14 +166,22 @@ class Supervisor:
             racing: list[asyncio.Future[Any]] = [work, failed]
             await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: stop waiting, still raise
+                await self._stop(work)
             raise
         if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
+            await self._stop(work)
             raise failed.result()
         return work.result()
+
+    async def _stop(self, work: asyncio.Future[Any]) -> None:
+        work.cancel()
+        await asyncio.wait([work], timeout=STOP_GRACE_S)
+        if not work.done():
+            log.error("%s: its main task did not end within %.0f s of being cancelled", self.owner,
+                      STOP_GRACE_S)  # fmt: skip
+        elif not work.cancelled() and work.exception() is not None:
+            log.error("%s: its main task failed while stopping", self.owner, exc_info=work.exception())
 
     async def close(self) -> None:
         """Cancel every supervised task and wait for them to end."""
