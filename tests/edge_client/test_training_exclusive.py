@@ -59,6 +59,12 @@ def small_trainer(probe: ConcurrencyProbe) -> LocalTrainer:
     return LocalTrainer(model, x, y, TrainConfig(epochs=2, batch_size=16, lr=0.1), loss_fn=probe)
 
 
+def unconnected_config(aggregator: nacl.signing.SigningKey, **extra) -> EdgeConfig:
+    """Device ``dev-0`` of federation ``fed``; its broker URL is never connected in these tests."""
+    mqtt = MqttConfig.from_url("mqtt://127.0.0.1:9", client_id="dev-0")
+    return EdgeConfig("fed", mqtt, bytes(aggregator.verify_key), **extra)
+
+
 def test_estimate_never_runs_beside_a_training():
     probe = ConcurrencyProbe()
     trainer = small_trainer(probe)
@@ -81,14 +87,8 @@ async def test_a_discarded_delta_still_training_never_gets_a_second_training_bes
     identity = nacl.signing.SigningKey.generate()
     probe = ConcurrencyProbe()
     trainer = small_trainer(probe)
-    config = EdgeConfig(
-        "fed",
-        MqttConfig.from_url("mqtt://127.0.0.1:9", client_id="dev-0"),  # never connected in this test
-        bytes(aggregator.verify_key),
-        identity=identity,
-        directory={"dev-0": bytes(identity.verify_key), "dev-1": bytes(identity.verify_key)},
-        train_ahead=False,
-    )
+    directory = {"dev-0": bytes(identity.verify_key), "dev-1": bytes(identity.verify_key)}
+    config = unconnected_config(aggregator, identity=identity, directory=directory, train_ahead=False)
     device = EdgeClient(config, trainer)
     layout, weights = trainer.model.layout, trainer.model.get_flat()
     policy = StalenessPolicy(max_staleness=1)
@@ -170,11 +170,7 @@ async def test_closing_while_training_leaves_no_training_task_behind():
     aggregator = nacl.signing.SigningKey.generate()
     probe = ConcurrencyProbe()
     trainer = small_trainer(probe)
-    config = EdgeConfig(
-        "fed",
-        MqttConfig.from_url("mqtt://127.0.0.1:9", client_id="dev-0"),  # never connected in this test
-        bytes(aggregator.verify_key),
-    )
+    config = unconnected_config(aggregator)
     device = EdgeClient(config, trainer)
     layout, weights = trainer.model.layout, trainer.model.get_flat()
     now = time.time()
